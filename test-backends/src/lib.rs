@@ -1,0 +1,1 @@
+//! Mock vhost-user backends for testing the generic vhost-user device.

@@ -1,0 +1,234 @@
+//! ACPI tables: RSDP -> XSDT -> FADT (hardware-reduced, with sleep control
+//! and reset registers), DSDT (PCI host bridge, ECAM resource, COM1, \_S5),
+//! MADT (one LAPIC per vCPU, the IOAPIC) and MCFG (ECAM).
+
+use acpi_tables::aml::{
+    self, AddressSpace, AddressSpaceCacheable, Device, EISAName, Interrupt, Memory32Fixed,
+    Name, Package, Path, ResourceTemplate, IO,
+};
+use acpi_tables::fadt::{FADTBuilder, Flags};
+use acpi_tables::gas::{AccessSize, AddressSpace as GasSpace, GAS};
+use acpi_tables::madt::{EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT};
+use acpi_tables::mcfg::MCFG;
+use acpi_tables::rsdp::Rsdp;
+use acpi_tables::sdt::Sdt;
+use acpi_tables::xsdt::XSDT;
+use acpi_tables::Aml;
+use vm_memory::{Bytes, GuestAddress};
+
+use super::layout::*;
+use crate::devices::acpi_power::{
+    RESET_OFFSET, RESET_VALUE, SLEEP_CONTROL_OFFSET, SLEEP_STATUS_OFFSET, SLP_TYP_S5,
+};
+use crate::vstate::memory::GuestMemory;
+
+const OEM_ID: [u8; 6] = *b"VMMGVU";
+const OEM_TABLE_ID: [u8; 8] = *b"VMMGVU  ";
+const OEM_REVISION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AcpiError {
+    #[error("ACPI tables need {needed} bytes, more than the {available} reserved for them")]
+    TooLarge { needed: u64, available: u64 },
+    #[error("Failed to write ACPI tables to guest memory")]
+    Write(#[source] vm_memory::GuestMemoryError),
+}
+
+fn to_bytes(table: &dyn Aml) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    table.to_aml_bytes(&mut bytes);
+    bytes
+}
+
+fn dsdt() -> Vec<u8> {
+    // The AML builders borrow their children, so each object is built and
+    // serialised within one statement.
+    let mut aml = Vec::new();
+    Device::new(
+        "_SB_.PCI0".into(),
+        vec![
+            &Name::new("_HID".into(), &EISAName::new("PNP0A08")),
+            &Name::new("_CID".into(), &EISAName::new("PNP0A03")),
+            &Name::new("_ADR".into(), &aml::ZERO),
+            &Name::new("_SEG".into(), &aml::ZERO),
+            &Name::new("_UID".into(), &aml::ZERO),
+            &Name::new("_BBN".into(), &aml::ZERO),
+            &Name::new(
+                "_CRS".into(),
+                &ResourceTemplate::new(vec![
+                    &AddressSpace::new_bus_number(0u16, 0u16),
+                    &IO::new(PORT_PCI_CONFIG_ADDRESS, PORT_PCI_CONFIG_ADDRESS, 1, 8),
+                    &AddressSpace::new_memory(
+                        AddressSpaceCacheable::NotCacheable,
+                        true,
+                        PCI_MMIO32_START as u32,
+                        (PCI_MMIO32_START + PCI_MMIO32_SIZE - 1) as u32,
+                        None,
+                    ),
+                ]),
+            ),
+        ],
+    )
+    .to_aml_bytes(&mut aml);
+    // Motherboard resources: where guests without MCFG support (and Linux,
+    // which checks) find the ECAM window.
+    Device::new(
+        "_SB_.MRES".into(),
+        vec![
+            &Name::new("_HID".into(), &EISAName::new("PNP0C02")),
+            &Name::new("_UID".into(), &aml::ZERO),
+            &Name::new(
+                "_CRS".into(),
+                &ResourceTemplate::new(vec![&Memory32Fixed::new(
+                    false,
+                    PCI_ECAM_START as u32,
+                    PCI_ECAM_SIZE as u32,
+                )]),
+            ),
+        ],
+    )
+    .to_aml_bytes(&mut aml);
+    Device::new(
+        "_SB_.COM1".into(),
+        vec![
+            &Name::new("_HID".into(), &EISAName::new("PNP0501")),
+            &Name::new("_UID".into(), &aml::ZERO),
+            &Name::new(
+                "_CRS".into(),
+                &ResourceTemplate::new(vec![
+                    &IO::new(PORT_COM1, PORT_COM1, 1, PORT_COM1_LEN as u8),
+                    &Interrupt::new(true, true, false, false, COM1_IRQ),
+                ]),
+            ),
+        ],
+    )
+    .to_aml_bytes(&mut aml);
+    Name::new(
+        Path::new("_S5_"),
+        &Package::new(vec![&SLP_TYP_S5, &aml::ZERO, &aml::ZERO, &aml::ZERO]),
+    )
+    .to_aml_bytes(&mut aml);
+
+    let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    dsdt.append_slice(&aml);
+    dsdt.as_slice().to_vec()
+}
+
+fn io_register(port: u64) -> GAS {
+    GAS::new(GasSpace::SystemIo, 8, 0, AccessSize::ByteAccess, port)
+}
+
+fn fadt(dsdt_addr: u64) -> Vec<u8> {
+    let power = u64::from(PORT_ACPI_POWER);
+    let mut builder = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION)
+        .dsdt_64(dsdt_addr)
+        .flag(Flags::HwReducedAcpi)
+        .flag(Flags::ResetRegSup)
+        .flag(Flags::PwrButton)
+        .flag(Flags::SlpButton);
+    builder.reset_reg = io_register(power + RESET_OFFSET);
+    builder.reset_value = RESET_VALUE;
+    builder.sleep_control_reg = io_register(power + SLEEP_CONTROL_OFFSET);
+    builder.sleep_status_reg = io_register(power + SLEEP_STATUS_OFFSET);
+    to_bytes(&builder.finalize())
+}
+
+fn madt(cpus: u8) -> Vec<u8> {
+    let mut madt = MADT::new(
+        OEM_ID,
+        OEM_TABLE_ID,
+        OEM_REVISION,
+        LocalInterruptController::Address(APIC_START as u32),
+    );
+    for id in 0..cpus {
+        madt.add_structure(ProcessorLocalApic::new(id, id, EnabledStatus::Enabled));
+    }
+    madt.add_structure(IoApic::new(cpus, IOAPIC_START as u32, 0));
+    to_bytes(&madt)
+}
+
+fn mcfg() -> Vec<u8> {
+    let mut mcfg = MCFG::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    mcfg.add_ecam(PCI_ECAM_START, 0, 0, 0);
+    to_bytes(&mcfg)
+}
+
+/// Lays out every table in the BIOS area and returns the RSDP's address.
+pub fn create_acpi_tables(mem: &GuestMemory, cpus: u8) -> Result<u64, AcpiError> {
+    let align = |addr: u64| (addr + 7) & !7;
+    let mut next = align(RSDP_START + Rsdp::len() as u64);
+    let mut place = |bytes: Vec<u8>| {
+        let addr = next;
+        next = align(addr + bytes.len() as u64);
+        (addr, bytes)
+    };
+    let dsdt = place(dsdt());
+    let fadt = place(fadt(dsdt.0));
+    let madt = place(madt(cpus));
+    let mcfg = place(mcfg());
+    let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    for (addr, _) in [&fadt, &madt, &mcfg] {
+        xsdt.add_entry(*addr);
+    }
+    let xsdt = place(to_bytes(&xsdt));
+    let rsdp = (RSDP_START, to_bytes(&Rsdp::new(OEM_ID, xsdt.0)));
+    let end = xsdt.0 + xsdt.1.len() as u64;
+    if end > ACPI_TABLES_END {
+        return Err(AcpiError::TooLarge {
+            needed: end - RSDP_START,
+            available: ACPI_TABLES_END - RSDP_START,
+        });
+    }
+    for (addr, bytes) in [rsdp, dsdt, fadt, madt, mcfg, xsdt] {
+        mem.write_slice(&bytes, GuestAddress(addr))
+            .map_err(AcpiError::Write)?;
+    }
+    Ok(RSDP_START)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checksum_ok(table: &[u8]) -> bool {
+        table.iter().fold(0u8, |a, b| a.wrapping_add(*b)) == 0
+    }
+
+    #[test]
+    fn tables_have_valid_checksums_and_lengths() {
+        for table in [dsdt(), fadt(0x1000), madt(4), mcfg()] {
+            assert!(checksum_ok(&table), "{:?}", &table[..4]);
+            let len = u32::from_le_bytes(table[4..8].try_into().unwrap());
+            assert_eq!(len as usize, table.len());
+        }
+    }
+
+    #[test]
+    fn madt_lists_every_cpu() {
+        let table = madt(4);
+        // Header (44) + 4 LAPICs (8 each) + one IOAPIC (12).
+        assert_eq!(table.len(), 44 + 4 * 8 + 12);
+        assert_eq!(&table[44..48], &[0, 8, 0, 0]);
+        assert_eq!(&table[44 + 3 * 8..44 + 3 * 8 + 4], &[0, 8, 3, 3]);
+    }
+
+    #[test]
+    fn dsdt_names_host_bridge_and_s5() {
+        let table = dsdt();
+        let has = |needle: &[u8]| table.windows(needle.len()).any(|w| w == needle);
+        assert!(has(b"PCI0"));
+        assert!(has(b"_S5_"));
+        // EISAID("PNP0C02") as AML encodes it.
+        assert!(has(&0x020c_d041u32.to_le_bytes()));
+    }
+
+    #[test]
+    fn fadt_is_hardware_reduced_with_sleep_control_at_0x600() {
+        let table = fadt(0x1000);
+        let flags = u32::from_le_bytes(table[112..116].try_into().unwrap());
+        assert_ne!(flags & (1 << 20), 0);
+        // sleep_control_reg GAS at offset 244: I/O space, address 0x600.
+        assert_eq!(table[244], 1);
+        assert_eq!(u64::from_le_bytes(table[248..256].try_into().unwrap()), 0x600);
+    }
+}

@@ -1,0 +1,254 @@
+//! The command line: option names, help text and defaults, in Cloud
+//! Hypervisor's style. Values are kept as typed; `config` parses them.
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Parser};
+
+const AFTER_HELP: &str = "\
+Option values follow Cloud Hypervisor: comma-separated key=value pairs. A value
+may be double-quoted to hold commas, '=' or spaces, with \"\" inside quotes for a
+literal quote (socket=\"a,\"\"b\"\"\" is the path a,\"b\"). Brackets group a list
+whose commas do not split pairs: queue_sizes=[256,256].
+
+Guest exit device:
+  A guest write of the value V to I/O port 0xf4 makes vmm exit with status
+  (V << 1) | 1, V taken modulo 128, like QEMU's isa-debug-exit (iobase=0xf4,
+  iosize=4). ACPI power-off and reset make vmm exit with status 0.
+
+Exit status:
+  0              the guest powered off or reset
+  1              vmm could not start, or the guest or a vCPU failed
+  2              bad command line
+  (V << 1) | 1   the guest wrote V to the exit device
+  128 + N        stopped by signal N";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vmm",
+    version,
+    about = "A KVM virtual machine monitor for generic vhost-user devices",
+    after_help = AFTER_HELP,
+    next_line_help = true
+)]
+pub struct Args {
+    /// vCPUs: boot=N, N from 1 to 254
+    #[arg(long, value_name = "boot=N", default_value = "boot=1")]
+    pub cpus: String,
+
+    /// Guest RAM: SIZE in bytes with an optional K, M, G or T suffix
+    ///
+    /// SIZE (binary multiples: 1K = 1024) must be a multiple of 4K from 2M to
+    /// 1T, and of 2M with hugepages=on; it defaults to 512M. shared=on backs
+    /// the RAM with a memfd that vhost-user backends map, as
+    /// --generic-vhost-user needs. hugepages=on backs it with huge pages.
+    /// Both default to off.
+    #[arg(
+        long,
+        value_name = "size=SIZE[,shared=on|off][,hugepages=on|off]",
+        default_value = "size=512M",
+        verbatim_doc_comment
+    )]
+    pub memory: String,
+
+    /// The kernel: a PVH ELF (vmlinux) or a bzImage
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+
+    /// An initramfs loaded next to the kernel
+    #[arg(long, value_name = "PATH")]
+    pub initramfs: Option<PathBuf>,
+
+    /// The kernel command line
+    #[arg(
+        long,
+        value_name = "STR",
+        default_value = "",
+        allow_hyphen_values = true
+    )]
+    pub cmdline: String,
+
+    /// Where the guest's COM1 output goes: off (no UART), null, tty (stdout) or a file
+    #[arg(long, value_name = "off|null|tty|file=PATH", default_value = "tty")]
+    pub serial: String,
+
+    /// The virtio console's output (accepted and checked; no device yet)
+    #[arg(long, value_name = "off|null|tty|file=PATH", default_value = "off")]
+    pub console: String,
+
+    /// A virtio-pci device served by a vhost-user backend (repeatable)
+    ///
+    /// socket=PATH       the backend's Unix socket
+    /// virtio_id=ID      the VIRTIO device ID: a number, or a name from the
+    ///                   spec's list (net, block, console, rng, fs, vsock,
+    ///                   sound, gpio, i2c, scmi, ...); device_type=ID is a
+    ///                   synonym
+    /// queue_sizes=[N,N,...]
+    ///                   one size per queue, each a power of two from 1 to
+    ///                   32768, 64 queues at most and at least as many as the
+    ///                   type needs (fs: hiprio and a request queue); a single
+    ///                   number is one queue
+    /// id=NAME           unique name, default _generic_vhost_user<I> with I
+    ///                   counting these options from 0
+    /// config_size=N     length of the device config window, 0 to 4096;
+    ///                   default: the spec's config size for the type, or the
+    ///                   length of config= if longer, or 0 for types whose
+    ///                   config the spec does not define
+    /// config=HEX        the device config bytes (an even number of hex
+    ///                   digits) for backends without the CONFIG protocol
+    ///                   feature
+    ///
+    /// Needs --memory shared=on.
+    #[arg(
+        long = "generic-vhost-user",
+        value_name = "socket=PATH,virtio_id=ID,queue_sizes=[N,N,...][,id=NAME][,config_size=N][,config=HEX]",
+        action = ArgAction::Append,
+        verbatim_doc_comment
+    )]
+    pub generic_vhost_user: Vec<String>,
+
+    /// A disk image (repeatable; accepted and checked, no device yet)
+    #[arg(long, value_name = "path=PATH[,readonly=on|off]", action = ArgAction::Append)]
+    pub disk: Vec<String>,
+
+    /// Log more: warnings by default, -v info, -vv debug, -vvv trace
+    #[arg(short, long, action = ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Write the log to this file (appending) instead of stderr
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+}
+
+impl Args {
+    /// The log level that `-v` asks for.
+    pub fn log_level(&self) -> log::LevelFilter {
+        match self.verbose {
+            0 => log::LevelFilter::Warn,
+            1 => log::LevelFilter::Info,
+            2 => log::LevelFilter::Debug,
+            _ => log::LevelFilter::Trace,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::ErrorKind;
+    use clap::CommandFactory;
+    use rstest::rstest;
+
+    fn parse(extra: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(["vmm", "--kernel", "/boot/vmlinux"].iter().chain(extra))
+    }
+
+    #[test]
+    fn command_is_well_formed() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults() {
+        let args = parse(&[]).expect("defaults parse");
+        assert_eq!(args.cpus, "boot=1");
+        assert_eq!(args.memory, "size=512M");
+        assert_eq!(args.kernel, PathBuf::from("/boot/vmlinux"));
+        assert_eq!(args.initramfs, None);
+        assert_eq!(args.cmdline, "");
+        assert_eq!(args.serial, "tty");
+        assert_eq!(args.console, "off");
+        assert!(args.generic_vhost_user.is_empty());
+        assert!(args.disk.is_empty());
+        assert_eq!(args.log_level(), log::LevelFilter::Warn);
+        assert_eq!(args.log_file, None);
+    }
+
+    #[test]
+    fn values_are_kept_raw() {
+        let args = parse(&[
+            "--cpus=boot=2",
+            "--memory",
+            "size=1G,shared=on",
+            "--initramfs",
+            "/i",
+            "--cmdline",
+            "-console=ttyS0 quiet",
+            "--serial",
+            "file=\"a b\"",
+            "--generic-vhost-user",
+            "socket=/a,virtio_id=fs,queue_sizes=[1,1]",
+            "--generic-vhost-user=socket=/b,virtio_id=26,queue_sizes=[1,1]",
+            "--disk",
+            "path=/d",
+            "--log-file",
+            "/tmp/log",
+        ])
+        .expect("parses");
+        assert_eq!(args.cpus, "boot=2");
+        assert_eq!(args.memory, "size=1G,shared=on");
+        assert_eq!(args.initramfs, Some(PathBuf::from("/i")));
+        assert_eq!(args.cmdline, "-console=ttyS0 quiet");
+        assert_eq!(args.serial, "file=\"a b\"");
+        assert_eq!(
+            args.generic_vhost_user,
+            [
+                "socket=/a,virtio_id=fs,queue_sizes=[1,1]",
+                "socket=/b,virtio_id=26,queue_sizes=[1,1]"
+            ]
+        );
+        assert_eq!(args.disk, ["path=/d"]);
+        assert_eq!(args.log_file, Some(PathBuf::from("/tmp/log")));
+    }
+
+    #[rstest]
+    #[case(&[], log::LevelFilter::Warn)]
+    #[case(&["-v"], log::LevelFilter::Info)]
+    #[case(&["-vv"], log::LevelFilter::Debug)]
+    #[case(&["-v", "--verbose"], log::LevelFilter::Debug)]
+    #[case(&["-vvv"], log::LevelFilter::Trace)]
+    #[case(&["-vvvvvvv"], log::LevelFilter::Trace)]
+    fn verbosity(#[case] flags: &[&str], #[case] level: log::LevelFilter) {
+        assert_eq!(parse(flags).expect("parses").log_level(), level);
+    }
+
+    #[rstest]
+    #[case(&["--cpus", "boot=1", "--cpus", "boot=2"], ErrorKind::ArgumentConflict)]
+    #[case(&["--bogus"], ErrorKind::UnknownArgument)]
+    #[case(&["--cpus"], ErrorKind::InvalidValue)]
+    #[case(&["--kernel", "/other"], ErrorKind::ArgumentConflict)]
+    fn clap_refuses(#[case] extra: &[&str], #[case] kind: ErrorKind) {
+        assert_eq!(parse(extra).map(|_| ()).map_err(|e| e.kind()), Err(kind));
+    }
+
+    #[test]
+    fn kernel_is_required() {
+        let err = Args::try_parse_from(["vmm"]).expect_err("no kernel");
+        assert_eq!(err.kind(), ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn help_documents_syntax_defaults_and_exit_device() {
+        let help = Args::command().render_long_help().to_string();
+        for needle in [
+            "A KVM virtual machine monitor for generic vhost-user devices",
+            "boot=N",
+            "[default: boot=1]",
+            "size=SIZE[,shared=on|off][,hugepages=on|off]",
+            "[default: size=512M]",
+            "off|null|tty|file=PATH",
+            "[default: tty]",
+            "[default: off]",
+            "queue_sizes=[N,N,...]",
+            "device_type=ID",
+            "_generic_vhost_user<I>",
+            "path=PATH[,readonly=on|off]",
+            "0xf4",
+            "(V << 1) | 1",
+            "isa-debug-exit",
+            "ACPI power-off and reset",
+        ] {
+            assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
+        }
+    }
+}

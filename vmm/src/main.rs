@@ -1,0 +1,71 @@
+//! `vmm`: command line -> configuration -> VM -> run -> exit status.
+
+mod arch;
+mod builder;
+mod bus;
+mod cli;
+mod config;
+mod devices;
+mod logger;
+mod pci;
+mod virtio;
+mod vm_exit;
+mod vmm;
+mod vstate;
+
+use std::error::Error;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Exit status for start-up failures (bad configuration is 2, from the CLI).
+const EXIT_START_FAILED: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let args = cli::Args::parse();
+    let config = match config::VmConfig::try_from(&args) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("vmm: error: {}", error_chain(&e));
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if let Err(e) = logger::init(args.log_level(), args.log_file.as_deref()) {
+        eprintln!("vmm: error: {}", error_chain(&e));
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let vmm = match builder::build_vm(&config) {
+        Ok(vmm) => vmm,
+        Err(e) => {
+            log::error!("{}", error_chain(&e));
+            eprintln!("vmm: error: {}", error_chain(&e));
+            return ExitCode::from(EXIT_START_FAILED);
+        }
+    };
+    match vmm.run() {
+        Ok(reason) => {
+            let status = reason.exit_status();
+            if status != 0 && !matches!(reason, vm_exit::ExitReason::DebugExit(_)) {
+                eprintln!("vmm: error: {reason}");
+            }
+            ExitCode::from(status as u8)
+        }
+        Err(e) => {
+            eprintln!("vmm: error: {}", error_chain(&e));
+            ExitCode::from(EXIT_START_FAILED)
+        }
+    }
+}
+
+/// "outer: cause: root cause", the way the error's sources nest.
+fn error_chain(error: &dyn Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

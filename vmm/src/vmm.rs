@@ -1,0 +1,230 @@
+//! A built VM and its run loop: one named thread per vCPU, the main thread
+//! waiting on the exit event, SIGINT/SIGTERM and terminal input, and a
+//! teardown that stops and joins every vCPU thread.
+
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::bus::lock;
+use crate::devices::serial::Serial;
+use crate::vm_exit::{ExitReason, VmExit};
+use crate::vstate::memory::GuestMemory;
+use crate::vstate::vcpu::{Buses, Vcpu};
+use crate::vstate::vm::Vm;
+
+const EVENT_EXIT: u64 = 0;
+const EVENT_SIGNAL: u64 = 1;
+const EVENT_STDIN: u64 = 2;
+/// How often a vCPU thread is kicked while we wait for it to leave KVM_RUN.
+const KICK_INTERVAL: Duration = Duration::from_millis(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("Failed to set up signal handling")]
+    Signals(#[source] std::io::Error),
+    #[error("Failed to set up the event loop")]
+    Epoll(#[source] std::io::Error),
+    #[error("Failed to start a vCPU thread")]
+    SpawnVcpu(#[source] std::io::Error),
+}
+
+pub struct Vmm {
+    // Field order is drop order: vCPUs (already joined) go before the VM and
+    // the memory KVM maps.
+    vcpus: Vec<Vcpu>,
+    buses: Buses,
+    exit: Arc<VmExit>,
+    serial: Option<Arc<Mutex<Serial>>>,
+    _vm: Vm,
+    _memory: GuestMemory,
+}
+
+impl Vmm {
+    pub fn new(
+        vm: Vm,
+        memory: GuestMemory,
+        vcpus: Vec<Vcpu>,
+        buses: Buses,
+        exit: Arc<VmExit>,
+        serial: Option<Arc<Mutex<Serial>>>,
+    ) -> Self {
+        Self {
+            vcpus,
+            buses,
+            exit,
+            serial,
+            _vm: vm,
+            _memory: memory,
+        }
+    }
+
+    /// Runs the guest to the end and says why it ended.
+    pub fn run(mut self) -> Result<ExitReason, RunError> {
+        // SIGINT/SIGTERM are blocked before any thread starts, so every thread
+        // inherits the mask and they arrive only through our signalfd.
+        let signals = block_termination_signals().map_err(RunError::Signals)?;
+        register_signal_handler(SIGRTMIN(), kick_handler)
+            .map_err(|e| RunError::Signals(std::io::Error::from_raw_os_error(e.errno())))?;
+
+        let epoll = Epoll::new().map_err(RunError::Epoll)?;
+        let add = |fd, data| {
+            epoll
+                .ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, data))
+                .map_err(RunError::Epoll)
+        };
+        add(self.exit.event().as_raw_fd(), EVENT_EXIT)?;
+        add(signals.as_raw_fd(), EVENT_SIGNAL)?;
+        let forward_stdin = self.serial.is_some() && is_terminal_stdin();
+        if forward_stdin {
+            add(libc::STDIN_FILENO, EVENT_STDIN)?;
+        }
+
+        let mut threads = Vec::with_capacity(self.vcpus.len());
+        let vcpus = std::mem::take(&mut self.vcpus);
+        for mut vcpu in vcpus {
+            let buses = self.buses.clone();
+            let exit = self.exit.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("vcpu{}", vcpu.id()))
+                .spawn(move || {
+                    vcpu.run(&buses, &exit);
+                    vcpu
+                });
+            match handle {
+                Ok(h) => threads.push(h),
+                Err(e) => {
+                    self.exit.request(ExitReason::VcpuError {
+                        vcpu: 0,
+                        message: "failed to start vCPU threads".into(),
+                    });
+                    self.vcpus.extend(stop_vcpus(threads));
+                    return Err(RunError::SpawnVcpu(e));
+                }
+            }
+        }
+
+        let mut events = vec![EpollEvent::default(); 4];
+        while !self.exit.is_requested() {
+            let n = match epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.exit.request(ExitReason::VcpuError {
+                        vcpu: 0,
+                        message: format!("event loop failed: {e}"),
+                    });
+                    break;
+                }
+            };
+            for event in &events[..n] {
+                match event.data() {
+                    EVENT_SIGNAL => {
+                        if let Some(signo) = read_signal(&signals) {
+                            self.exit.request(ExitReason::Signal(signo));
+                        }
+                    }
+                    EVENT_STDIN => {
+                        if !self.forward_stdin() {
+                            // EOF or error: stop watching, keep running.
+                            let _ = epoll.ctl(
+                                ControlOperation::Delete,
+                                libc::STDIN_FILENO,
+                                EpollEvent::default(),
+                            );
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+
+        self.vcpus.extend(stop_vcpus(threads));
+        Ok(self
+            .exit
+            .reason()
+            .unwrap_or(ExitReason::VcpuError {
+                vcpu: 0,
+                message: "stopped without a reason".into(),
+            }))
+    }
+
+    fn forward_stdin(&self) -> bool {
+        let mut buf = [0u8; 64];
+        match std::io::stdin().lock().read(&mut buf) {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                if let Some(serial) = &self.serial {
+                    lock(serial).enqueue_input(&buf[..n]);
+                }
+                true
+            }
+        }
+    }
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Kicks every vCPU thread out of KVM_RUN until it has seen the stop and
+/// returned, then joins it. Kicks repeat because one may land just before
+/// a thread enters KVM_RUN.
+fn stop_vcpus(threads: Vec<JoinHandle<Vcpu>>) -> Vec<Vcpu> {
+    let mut vcpus = Vec::with_capacity(threads.len());
+    for thread in threads {
+        while !thread.is_finished() {
+            if let Err(e) = thread.kill(SIGRTMIN()) {
+                log::debug!("Kick failed: {e}");
+            }
+            std::thread::sleep(KICK_INTERVAL);
+        }
+        match thread.join() {
+            Ok(vcpu) => vcpus.push(vcpu),
+            Err(_) => log::error!("A vCPU thread panicked"),
+        }
+    }
+    vcpus
+}
+
+fn is_terminal_stdin() -> bool {
+    // SAFETY: isatty only inspects the descriptor.
+    unsafe { libc::isatty(libc::STDIN_FILENO) == 1 }
+}
+
+fn block_termination_signals() -> std::io::Result<OwnedFd> {
+    // SAFETY: `set` is a plain C struct initialised by sigemptyset before use;
+    // every call's result is checked.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(rc));
+        }
+        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+fn read_signal(signals: &OwnedFd) -> Option<i32> {
+    let mut info = std::mem::MaybeUninit::<libc::signalfd_siginfo>::uninit();
+    let size = std::mem::size_of::<libc::signalfd_siginfo>();
+    // SAFETY: `info` is a buffer of exactly `size` bytes; we read it only
+    // when the kernel filled all of it.
+    let n = unsafe { libc::read(signals.as_raw_fd(), info.as_mut_ptr().cast(), size) };
+    if n != size as isize {
+        return None;
+    }
+    // SAFETY: the kernel wrote a whole signalfd_siginfo above.
+    let info = unsafe { info.assume_init() };
+    Some(info.ssi_signo as i32)
+}

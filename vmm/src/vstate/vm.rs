@@ -1,0 +1,108 @@
+//! The KVM VM: in-kernel interrupt controllers and PIT, guest memory slots,
+//! irqfds that turn eventfd writes into guest interrupts.
+
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::memory::GuestMemory;
+
+/// KVM needs three pages for the real-mode TSS and one for the identity map
+/// just below the BIOS area at the top of 4 GiB; nothing else lives there.
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("Failed to open /dev/kvm")]
+    OpenKvm(#[source] kvm_ioctls::Error),
+    #[error("KVM API version {0} is not the supported version 12")]
+    KvmApiVersion(i32),
+    #[error("Failed to create the KVM VM")]
+    CreateVm(#[source] kvm_ioctls::Error),
+    #[error("Failed to set the TSS address")]
+    SetTssAddress(#[source] kvm_ioctls::Error),
+    #[error("Failed to set the identity map address")]
+    SetIdentityMap(#[source] kvm_ioctls::Error),
+    #[error("Failed to create the in-kernel interrupt controllers")]
+    CreateIrqChip(#[source] kvm_ioctls::Error),
+    #[error("Failed to create the in-kernel PIT")]
+    CreatePit(#[source] kvm_ioctls::Error),
+    #[error("Failed to register guest memory at {addr:#x}")]
+    SetMemoryRegion {
+        addr: u64,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("Failed to register an irqfd for GSI {gsi}")]
+    RegisterIrqfd {
+        gsi: u32,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+}
+
+pub struct Vm {
+    kvm: Kvm,
+    fd: VmFd,
+}
+
+impl Vm {
+    pub fn new() -> Result<Self, VmError> {
+        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+        let version = kvm.get_api_version();
+        if version != kvm_bindings::KVM_API_VERSION as i32 {
+            return Err(VmError::KvmApiVersion(version));
+        }
+        let fd = kvm.create_vm().map_err(VmError::CreateVm)?;
+        fd.set_tss_address(KVM_TSS_ADDRESS)
+            .map_err(VmError::SetTssAddress)?;
+        fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
+            .map_err(VmError::SetIdentityMap)?;
+        fd.create_irq_chip().map_err(VmError::CreateIrqChip)?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        fd.create_pit2(pit).map_err(VmError::CreatePit)?;
+        Ok(Self { kvm, fd })
+    }
+
+    pub fn kvm(&self) -> &Kvm {
+        &self.kvm
+    }
+
+    pub fn fd(&self) -> &VmFd {
+        &self.fd
+    }
+
+    pub fn register_memory(&self, memory: &GuestMemory) -> Result<(), VmError> {
+        for (slot, region) in memory.iter().enumerate() {
+            let region_desc = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.start_addr().raw_value(),
+                memory_size: region.len(),
+                userspace_addr: region.as_ptr() as u64,
+            };
+            // SAFETY: the mapping behind `region` stays alive as long as the
+            // VM: `GuestMemory` is owned by the `Vmm` that also owns this `Vm`,
+            // and is dropped after the vCPUs have been joined.
+            unsafe { self.fd.set_user_memory_region(region_desc) }.map_err(|source| {
+                VmError::SetMemoryRegion {
+                    addr: region_desc.guest_phys_addr,
+                    source,
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Writes to `event` raise IOAPIC pin (or routed GSI) `gsi`.
+    pub fn register_irqfd(&self, event: &EventFd, gsi: u32) -> Result<(), VmError> {
+        self.fd
+            .register_irqfd(event, gsi)
+            .map_err(|source| VmError::RegisterIrqfd { gsi, source })
+    }
+}

@@ -1,0 +1,163 @@
+//! The kernel command line: `probe.*` keys choose what runs and how;
+//! unknown `probe.*` keys and bad values are reported and ignored, other
+//! words are left alone (they belong to whoever else reads the line).
+
+use crate::rt::FixedString;
+use crate::virtio::Mode;
+
+pub const MAX_ITEMS: usize = 32;
+
+/// Comma-separated values, borrowed from the stored command line.
+#[derive(Clone, Copy)]
+pub struct List {
+    items: [&'static str; MAX_ITEMS],
+    len: usize,
+}
+
+impl List {
+    const fn new() -> Self {
+        List {
+            items: [""; MAX_ITEMS],
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, s: &'static str) {
+        if self.len < MAX_ITEMS {
+            self.items[self.len] = s;
+            self.len += 1;
+        }
+    }
+
+    fn extend_csv(&mut self, s: &'static str) {
+        for item in s.split(',').filter(|i| !i.is_empty()) {
+            self.push(item);
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.items[..self.len].iter().copied()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+pub struct Args {
+    pub run: List,
+    pub fs_tag: Option<&'static str>,
+    pub fs_read: List,
+    pub fs_write: List,
+    pub fs_list: List,
+    pub fs_ops: bool,
+    pub virtio_mode: Mode,
+    /// Feature bits the driver accepts when the device offers them
+    /// (VERSION_1 is always accepted).
+    pub virtio_features: u64,
+    pub pci_window: (u64, u64),
+    unknown: List,
+}
+
+static mut STORED: FixedString<4096> = FixedString::new();
+
+fn store(s: &str) -> &'static str {
+    // SAFETY: written once, at start-up, before anything borrows it.
+    let stored = unsafe { &mut *core::ptr::addr_of_mut!(STORED) };
+    stored.clear();
+    let _ = core::fmt::Write::write_str(stored, s);
+    // SAFETY: never written again, so the borrow can live forever.
+    unsafe { (*core::ptr::addr_of!(STORED)).as_str() }
+}
+
+fn parse_hex(s: &str) -> Option<u64> {
+    u64::from_str_radix(s.trim_start_matches("0x"), 16).ok()
+}
+
+impl Args {
+    pub fn parse(cmdline: &str) -> Args {
+        let line = store(cmdline);
+        let mut a = Args {
+            run: List::new(),
+            fs_tag: None,
+            fs_read: List::new(),
+            fs_write: List::new(),
+            fs_list: List::new(),
+            fs_ops: true,
+            virtio_mode: Mode::Interrupt,
+            virtio_features: 0,
+            pci_window: (0xc000_0000, 0xe000_0000),
+            unknown: List::new(),
+        };
+        for word in line.split_ascii_whitespace() {
+            let Some(rest) = word.strip_prefix("probe.") else {
+                continue;
+            };
+            let (key, value) = rest.split_once('=').unwrap_or((rest, ""));
+            let good = match key {
+                "run" => {
+                    a.run.extend_csv(value);
+                    true
+                }
+                "fs.tag" => {
+                    a.fs_tag = Some(value);
+                    !value.is_empty()
+                }
+                "fs.read" => {
+                    a.fs_read.extend_csv(value);
+                    true
+                }
+                "fs.write" => {
+                    a.fs_write.extend_csv(value);
+                    true
+                }
+                "fs.list" => {
+                    a.fs_list.extend_csv(value);
+                    true
+                }
+                "fs.ops" => match value {
+                    "on" => {
+                        a.fs_ops = true;
+                        true
+                    }
+                    "off" => {
+                        a.fs_ops = false;
+                        true
+                    }
+                    _ => false,
+                },
+                "virtio.mode" => match value {
+                    "irq" => {
+                        a.virtio_mode = Mode::Interrupt;
+                        true
+                    }
+                    "poll" => {
+                        a.virtio_mode = Mode::Poll;
+                        true
+                    }
+                    _ => false,
+                },
+                "virtio.features" => parse_hex(value).map(|f| a.virtio_features = f).is_some(),
+                "pci.window" => value
+                    .split_once('-')
+                    .and_then(|(b, e)| Some((parse_hex(b)?, parse_hex(e)?)))
+                    .filter(|(b, e)| b < e)
+                    .map(|w| a.pci_window = w)
+                    .is_some(),
+                _ => false,
+            };
+            if !good {
+                a.unknown.push(word);
+            }
+        }
+        if a.run.is_empty() {
+            a.run.push("boot");
+        }
+        a
+    }
+
+    /// Words that were not understood, as `key=value`.
+    pub fn unknown(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.unknown.iter()
+    }
+}

@@ -1,0 +1,432 @@
+//! A virtio 1.x modern PCI driver: status handshake, features, split
+//! virtqueues, MSI-X or polled completions, config space with the
+//! generation counter.
+
+use core::sync::atomic::{fence, Ordering};
+
+use crate::io::{self, mmio};
+use crate::pci::{self, Function, VirtioCap};
+use crate::rt::Failure;
+use crate::{bail, boot, Clock, Dma};
+
+pub const STATUS_ACKNOWLEDGE: u8 = 1;
+pub const STATUS_DRIVER: u8 = 2;
+pub const STATUS_DRIVER_OK: u8 = 4;
+pub const STATUS_FEATURES_OK: u8 = 8;
+pub const STATUS_NEEDS_RESET: u8 = 0x40;
+pub const STATUS_FAILED: u8 = 0x80;
+pub const F_VERSION_1: u64 = 1 << 32;
+pub const MAX_QUEUES: usize = 16;
+/// Where device interrupts start: config is `VECTOR_BASE`, queue i is
+/// `VECTOR_BASE + 1 + i`, per device slot.
+const VECTOR_BASE: u8 = 0x40;
+const VECTORS_PER_DEVICE: u8 = 0x12;
+
+// Common configuration registers.
+const DEVICE_FEATURE_SELECT: u64 = 0;
+const DEVICE_FEATURE: u64 = 4;
+const DRIVER_FEATURE_SELECT: u64 = 8;
+const DRIVER_FEATURE: u64 = 12;
+const CONFIG_MSIX_VECTOR: u64 = 16;
+const NUM_QUEUES: u64 = 18;
+const DEVICE_STATUS: u64 = 20;
+const CONFIG_GENERATION: u64 = 21;
+const QUEUE_SELECT: u64 = 22;
+const QUEUE_SIZE: u64 = 24;
+const QUEUE_MSIX_VECTOR: u64 = 26;
+const QUEUE_ENABLE: u64 = 28;
+const QUEUE_NOTIFY_OFF: u64 = 30;
+const QUEUE_DESC: u64 = 32;
+const QUEUE_DRIVER: u64 = 40;
+const QUEUE_DEVICE: u64 = 48;
+
+const DESC_F_NEXT: u16 = 1;
+const DESC_F_WRITE: u16 = 2;
+const NO_VECTOR: u16 = 0xffff;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Interrupt,
+    Poll,
+}
+
+pub struct Queue {
+    pub size: u16,
+    desc: u64,
+    avail: u64,
+    used: u64,
+    notify: u64,
+    pub vector: Option<u8>,
+    next_avail: u16,
+    last_used: u16,
+    /// Completions seen, and how many of them were signalled by an
+    /// interrupt that arrived while we waited.
+    pub completions: u32,
+}
+
+pub struct Device {
+    pub f: Function,
+    common: u64,
+    device_cfg: Option<VirtioCap>,
+    device_cfg_base: u64,
+    notify_base: u64,
+    notify_multiplier: u32,
+    pub isr: u64,
+    pub device_features: u64,
+    pub driver_features: u64,
+    pub num_queues: u16,
+    pub max_sizes: [u16; MAX_QUEUES],
+    pub queues: [Option<Queue>; MAX_QUEUES],
+    pub mode: Mode,
+    pub config_vector: Option<u8>,
+    vector_base: u8,
+}
+
+fn cap_addr(f: &Function, cap: Option<VirtioCap>) -> Option<u64> {
+    let cap = cap?;
+    let base = f.bar_addr(cap.bar);
+    (base != 0).then_some(base + u64::from(cap.offset))
+}
+
+impl Device {
+    /// `slot` spreads interrupt vectors so several devices never share one.
+    pub fn new(f: Function, slot: usize, mode: Mode) -> Result<Device, Failure> {
+        let Some(common) = cap_addr(&f, f.virtio[1]) else {
+            bail!("{} has no virtio common config capability", f.bdf)
+        };
+        let Some(notify_base) = cap_addr(&f, f.virtio[2]) else {
+            bail!("{} has no virtio notify capability", f.bdf)
+        };
+        let isr = cap_addr(&f, f.virtio[3]).unwrap_or(0);
+        let device_cfg_base = cap_addr(&f, f.virtio[4]).unwrap_or(0);
+        let mode = if f.msix.is_none() { Mode::Poll } else { mode };
+        let vector_base = VECTOR_BASE + VECTORS_PER_DEVICE * (slot as u8 % 8);
+        Ok(Device {
+            notify_multiplier: f.virtio[2].map_or(0, |c| c.notify_multiplier),
+            device_cfg: f.virtio[4],
+            f,
+            common,
+            device_cfg_base,
+            notify_base,
+            isr,
+            device_features: 0,
+            driver_features: 0,
+            num_queues: 0,
+            max_sizes: [0; MAX_QUEUES],
+            queues: [const { None }; MAX_QUEUES],
+            mode,
+            config_vector: None,
+            vector_base,
+        })
+    }
+
+    pub fn status(&self) -> u8 {
+        mmio::read8(self.common + DEVICE_STATUS)
+    }
+
+    fn set_status(&self, status: u8) {
+        mmio::write8(self.common + DEVICE_STATUS, status);
+    }
+
+    /// Writes 0 and waits for the device to read back 0.
+    pub fn reset(&mut self, clock: &Clock) -> Result<(), Failure> {
+        self.set_status(0);
+        let deadline = clock.deadline_ms(1000);
+        while self.status() != 0 {
+            if clock.expired(deadline) {
+                bail!(
+                    "{} did not complete reset (status 0x{:02x})",
+                    self.f.bdf,
+                    self.status()
+                );
+            }
+            io::pause();
+        }
+        self.queues = [const { None }; MAX_QUEUES];
+        Ok(())
+    }
+
+    /// Reset, ACKNOWLEDGE, DRIVER, features, FEATURES_OK. Accepts the
+    /// device's features that are in `wanted`, and always VERSION_1.
+    pub fn negotiate(&mut self, wanted: u64, clock: &Clock) -> Result<(), Failure> {
+        self.reset(clock)?;
+        self.set_status(STATUS_ACKNOWLEDGE);
+        self.set_status(STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        let mut features = 0u64;
+        for word in 0..2u32 {
+            mmio::write32(self.common + DEVICE_FEATURE_SELECT, word);
+            features |= u64::from(mmio::read32(self.common + DEVICE_FEATURE)) << (32 * word);
+        }
+        self.device_features = features;
+        if features & F_VERSION_1 == 0 {
+            self.set_status(STATUS_FAILED);
+            bail!(
+                "{} does not offer VIRTIO_F_VERSION_1 (features 0x{features:x})",
+                self.f.bdf
+            );
+        }
+        self.driver_features = features & (wanted | F_VERSION_1);
+        for word in 0..2u32 {
+            mmio::write32(self.common + DRIVER_FEATURE_SELECT, word);
+            mmio::write32(
+                self.common + DRIVER_FEATURE,
+                (self.driver_features >> (32 * word)) as u32,
+            );
+        }
+        self.set_status(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+        if self.status() & STATUS_FEATURES_OK == 0 {
+            self.set_status(STATUS_FAILED);
+            bail!(
+                "{} refused features 0x{:x} (FEATURES_OK not kept)",
+                self.f.bdf,
+                self.driver_features
+            );
+        }
+        self.num_queues = mmio::read16(self.common + NUM_QUEUES);
+        for q in 0..usize::from(self.num_queues).min(MAX_QUEUES) {
+            mmio::write16(self.common + QUEUE_SELECT, q as u16);
+            self.max_sizes[q] = mmio::read16(self.common + QUEUE_SIZE);
+        }
+        if self.mode == Mode::Interrupt {
+            let vector = self.vector_base;
+            pci::msix_set_vector(&self.f, 0, vector);
+            mmio::write16(self.common + CONFIG_MSIX_VECTOR, 0);
+            self.config_vector =
+                (mmio::read16(self.common + CONFIG_MSIX_VECTOR) != NO_VECTOR).then_some(vector);
+        } else {
+            mmio::write16(self.common + CONFIG_MSIX_VECTOR, NO_VECTOR);
+        }
+        Ok(())
+    }
+
+    /// Sets up queue `index` with `size` entries (0: the device's maximum).
+    pub fn setup_queue(&mut self, index: u16, size: u16, dma: &mut Dma) -> Result<(), Failure> {
+        let q = usize::from(index);
+        if q >= MAX_QUEUES || index >= self.num_queues {
+            bail!(
+                "{} has no queue {index} (num_queues {})",
+                self.f.bdf,
+                self.num_queues
+            );
+        }
+        let max = self.max_sizes[q];
+        let size = if size == 0 || size > max { max } else { size };
+        if size == 0 {
+            bail!("{} queue {index} is not available (size 0)", self.f.bdf);
+        }
+        let n = u64::from(size);
+        let desc = dma.alloc(16 * n, 16)?;
+        let avail = dma.alloc(6 + 2 * n, 2)?;
+        let used = dma.alloc(6 + 8 * n, 4)?;
+        mmio::write16(self.common + QUEUE_SELECT, index);
+        mmio::write16(self.common + QUEUE_SIZE, size);
+        mmio::write64(self.common + QUEUE_DESC, desc);
+        mmio::write64(self.common + QUEUE_DRIVER, avail);
+        mmio::write64(self.common + QUEUE_DEVICE, used);
+        let mut vector = None;
+        if self.mode == Mode::Interrupt {
+            let entry = index + 1;
+            let v = self.vector_base + 1 + index as u8;
+            pci::msix_set_vector(&self.f, entry, v);
+            mmio::write16(self.common + QUEUE_MSIX_VECTOR, entry);
+            if mmio::read16(self.common + QUEUE_MSIX_VECTOR) == entry {
+                vector = Some(v);
+            }
+        } else {
+            mmio::write16(self.common + QUEUE_MSIX_VECTOR, NO_VECTOR);
+        }
+        let notify_off = mmio::read16(self.common + QUEUE_NOTIFY_OFF);
+        mmio::write16(self.common + QUEUE_ENABLE, 1);
+        self.queues[q] = Some(Queue {
+            size,
+            desc,
+            avail,
+            used,
+            notify: self.notify_base + u64::from(notify_off) * u64::from(self.notify_multiplier),
+            vector,
+            next_avail: 0,
+            last_used: 0,
+            completions: 0,
+        });
+        Ok(())
+    }
+
+    pub fn driver_ok(&mut self, bus: &pci::Bus) -> Result<(), Failure> {
+        if self.mode == Mode::Interrupt {
+            pci::msix_enable(bus, &self.f, true);
+        }
+        self.set_status(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+        let status = self.status();
+        if status & STATUS_NEEDS_RESET != 0 {
+            bail!(
+                "{} set DEVICE_NEEDS_RESET at DRIVER_OK (status 0x{status:02x})",
+                self.f.bdf
+            );
+        }
+        if status & STATUS_DRIVER_OK == 0 {
+            bail!(
+                "{} did not keep DRIVER_OK (status 0x{status:02x})",
+                self.f.bdf
+            );
+        }
+        Ok(())
+    }
+
+    pub fn config_len(&self) -> u32 {
+        self.device_cfg.map_or(0, |c| c.length)
+    }
+
+    pub fn config_generation(&self) -> u8 {
+        mmio::read8(self.common + CONFIG_GENERATION)
+    }
+
+    /// Reads `out.len()` bytes of device config from `offset`, retrying
+    /// until the generation counter is stable. Aligned dwords where
+    /// possible, as drivers do.
+    pub fn read_config(&self, offset: u32, out: &mut [u8]) -> Result<(), Failure> {
+        if self.device_cfg_base == 0 {
+            bail!("{} has no device config capability", self.f.bdf);
+        }
+        for _ in 0..16 {
+            let before = self.config_generation();
+            let mut i = 0usize;
+            while i < out.len() {
+                let addr = self.device_cfg_base + u64::from(offset) + i as u64;
+                if addr % 4 == 0 && out.len() - i >= 4 {
+                    out[i..i + 4].copy_from_slice(&mmio::read32(addr).to_le_bytes());
+                    i += 4;
+                } else {
+                    out[i] = mmio::read8(addr);
+                    i += 1;
+                }
+            }
+            if self.config_generation() == before {
+                return Ok(());
+            }
+        }
+        bail!("{} config generation never settled", self.f.bdf)
+    }
+
+    /// Puts a descriptor chain on queue `index` and notifies the device.
+    /// `bufs` are (address, length, device-writable).
+    pub fn submit(&mut self, index: u16, bufs: &[(u64, u32, bool)]) -> Result<(), Failure> {
+        let bdf = self.f.bdf;
+        let Some(q) = self.queues[usize::from(index)].as_mut() else {
+            bail!("{bdf} queue {index} is not set up")
+        };
+        if bufs.is_empty() || bufs.len() > usize::from(q.size) {
+            bail!(
+                "{bdf} queue {index}: chain of {} buffers does not fit",
+                bufs.len()
+            );
+        }
+        // One request in flight per queue: the chain always starts at
+        // descriptor 0, which keeps the driver simple and exact.
+        for (i, &(addr, len, write)) in bufs.iter().enumerate() {
+            let d = q.desc + 16 * i as u64;
+            let mut flags = if write { DESC_F_WRITE } else { 0 };
+            if i + 1 < bufs.len() {
+                flags |= DESC_F_NEXT;
+            }
+            // SAFETY: the descriptor table is our DMA memory.
+            unsafe {
+                core::ptr::write_volatile(d as *mut u64, addr);
+                core::ptr::write_volatile((d + 8) as *mut u32, len);
+                core::ptr::write_volatile((d + 12) as *mut u16, flags);
+                core::ptr::write_volatile((d + 14) as *mut u16, (i + 1) as u16);
+            }
+        }
+        let slot = q.avail + 4 + 2 * u64::from(q.next_avail % q.size);
+        // SAFETY: the available ring is our DMA memory.
+        unsafe { core::ptr::write_volatile(slot as *mut u16, 0) };
+        q.next_avail = q.next_avail.wrapping_add(1);
+        fence(Ordering::SeqCst);
+        // SAFETY: as above.
+        unsafe { core::ptr::write_volatile((q.avail + 2) as *mut u16, q.next_avail) };
+        fence(Ordering::SeqCst);
+        mmio::write16(q.notify, index);
+        Ok(())
+    }
+
+    /// Waits for the device to use the submitted chain; returns the number
+    /// of bytes it wrote.
+    pub fn wait_used(
+        &mut self,
+        index: u16,
+        clock: &Clock,
+        timeout_ms: u64,
+    ) -> Result<u32, Failure> {
+        let bdf = self.f.bdf;
+        let mode = self.mode;
+        let Some(q) = self.queues[usize::from(index)].as_mut() else {
+            bail!("{bdf} queue {index} is not set up")
+        };
+        let deadline = clock.deadline_ms(timeout_ms);
+        let used_idx = |q: &Queue| {
+            // SAFETY: the used ring is our DMA memory, written by the device.
+            unsafe { core::ptr::read_volatile((q.used + 2) as *const u16) }
+        };
+        loop {
+            if used_idx(q) != q.last_used {
+                break;
+            }
+            if clock.expired(deadline) {
+                bail!(
+                    "{bdf} queue {index}: no completion within {timeout_ms} ms (status 0x{:02x})",
+                    mmio::read8(self.common + DEVICE_STATUS)
+                );
+            }
+            match (mode, q.vector) {
+                (Mode::Interrupt, Some(_)) => {
+                    // Check again with interrupts off, then sleep: the
+                    // completion interrupt (or the watchdog tick) wakes us.
+                    io::cli();
+                    if used_idx(q) == q.last_used {
+                        io::hlt();
+                    } else {
+                        io::sti();
+                    }
+                }
+                _ => io::pause(),
+            }
+        }
+        fence(Ordering::SeqCst);
+        let elem = q.used + 4 + 8 * u64::from(q.last_used % q.size);
+        // SAFETY: as above.
+        let written = unsafe { core::ptr::read_volatile((elem + 4) as *const u32) };
+        q.last_used = q.last_used.wrapping_add(1);
+        q.completions += 1;
+        Ok(written)
+    }
+
+    /// Interrupts delivered on a queue's vector so far.
+    pub fn queue_irqs(&self, index: u16) -> u32 {
+        self.queues[usize::from(index)]
+            .as_ref()
+            .and_then(|q| q.vector)
+            .map_or(0, boot::irq_count)
+    }
+
+    pub fn config_irqs(&self) -> u32 {
+        self.config_vector.map_or(0, boot::irq_count)
+    }
+
+    /// Sizes of the queues that are set up, as `N,N,...`.
+    pub fn sizes(&self) -> QueueSizes<'_> {
+        QueueSizes(self)
+    }
+}
+
+pub struct QueueSizes<'a>(&'a Device);
+
+impl core::fmt::Display for QueueSizes<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        for q in 0..usize::from(self.0.num_queues).min(MAX_QUEUES) {
+            if q > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{}", self.0.max_sizes[q])?;
+        }
+        Ok(())
+    }
+}

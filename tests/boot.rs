@@ -27,7 +27,11 @@ fn boots_with_every_vcpu_started(#[case] cpus: u8) {
     let report = run.assert_passed();
     let boot = report.first("boot").expect("boot record");
     assert_eq!(boot.number("cpus"), Some(u64::from(cpus)), "{boot:?}");
-    assert_eq!(boot.number("cpus_started"), Some(u64::from(cpus)), "{boot:?}");
+    assert_eq!(
+        boot.number("cpus_started"),
+        Some(u64::from(cpus)),
+        "{boot:?}"
+    );
 }
 
 #[rstest]
@@ -46,7 +50,11 @@ fn guest_sees_the_configured_memory(#[case] size: &str, #[case] bytes: u64) {
         .args(["--memory", &format!("size={size}")])
         .run(dir.path())
         .expect("vmm runs");
-    let boot = run.assert_passed().first("boot").expect("boot record").clone();
+    let boot = run
+        .assert_passed()
+        .first("boot")
+        .expect("boot record")
+        .clone();
     assert_eq!(boot.number("mem_bytes"), Some(bytes), "{boot:?}");
 }
 
@@ -79,7 +87,7 @@ fn serial_to_file_holds_the_report() {
     let log = dir.path().join("serial.log");
     let run = VmmCommand::probe("probe.run=boot")
         .expect("artifacts")
-        .args(["--serial".into(), format!("file={}", log.display())])
+        .serial(&format!("file={}", log.display()))
         .run(dir.path())
         .expect("vmm runs");
     assert_eq!(run.output.code(), Some(0), "{}", run.output.describe());
@@ -100,7 +108,11 @@ fn guest_failure_exits_with_the_debug_exit_status() {
         .expect("artifacts")
         .run(dir.path())
         .expect("vmm runs");
-    assert!(matches!(run.report.result(), Some(Err(_))), "{}", run.output.describe());
+    assert!(
+        matches!(run.report.result(), Some(Err(_))),
+        "{}",
+        run.output.describe()
+    );
     // The probe writes 1 to port 0xf4: (1 << 1) | 1, as under QEMU.
     assert_eq!(run.output.code(), Some(3), "{}", run.output.describe());
 }
@@ -125,7 +137,9 @@ fn sigterm_stops_the_vm_and_every_thread() {
         child.stdout_so_far()
     );
     child.signal(SIGTERM);
-    let output = child.wait(std::time::Duration::from_secs(10)).expect("wait");
+    let output = child
+        .wait(std::time::Duration::from_secs(10))
+        .expect("wait");
     assert_eq!(output.code(), Some(128 + 15), "{}", output.describe());
 }
 
@@ -164,7 +178,11 @@ fn same_facts_as_qemu(#[case] cpus: u8, #[case] mib: u64) {
         r.first("boot").and_then(|b| b.get(key)).map(str::to_string)
     };
     for key in ["cpus", "cpus_started", "mem_bytes", "cmdline"] {
-        assert_eq!(fact(ours, key), fact(theirs, key), "boot record field {key}");
+        assert_eq!(
+            fact(ours, key),
+            fact(theirs, key),
+            "boot record field {key}"
+        );
     }
     let bridge_class = |r: &test_infra::ProbeReport| {
         r.all("pci")

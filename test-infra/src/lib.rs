@@ -1,13 +1,16 @@
 //! Test harness: finds the binaries, detects the host, boots the probe guest
 //! under `vmm` or QEMU, and turns its serial output into typed records.
 
+pub mod guest;
 pub mod host;
 pub mod paths;
 pub mod probe;
 pub mod process;
 pub mod qemu;
+pub mod virtiofsd;
 pub mod vmm;
 
+pub use guest::{Guest, Hypervisor};
 pub use host::{HostKind, KvmHost};
 pub use probe::{ProbeReport, Record};
 pub use process::{Output, RunError};

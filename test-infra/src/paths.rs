@@ -37,7 +37,12 @@ fn built_artifact(
     }
     let built = std::fs::metadata(&default)
         .and_then(|m| m.modified())
-        .map_err(|_| format!("{} is missing: run `{build}` (or set {env_var})", default.display()))?;
+        .map_err(|_| {
+            format!(
+                "{} is missing: run `{build}` (or set {env_var})",
+                default.display()
+            )
+        })?;
     let root = workspace_root();
     for source in sources {
         if newest_mtime(&root.join(source)).is_some_and(|m| m > built) {

@@ -22,7 +22,10 @@ impl Record {
         let first = words.next()?;
         // `result=pass` is a record whose kind carries a value.
         let (kind, mut fields) = match first.split_once('=') {
-            Some((k, v)) => (k.to_string(), BTreeMap::from([(k.to_string(), v.to_string())])),
+            Some((k, v)) => (
+                k.to_string(),
+                BTreeMap::from([(k.to_string(), v.to_string())]),
+            ),
             None => (first, BTreeMap::new()),
         };
         let mut positional = Vec::new();

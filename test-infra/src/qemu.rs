@@ -55,6 +55,11 @@ impl QemuCommand {
         self
     }
 
+    pub fn timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.timeout = timeout;
+        self
+    }
+
     pub fn arg(&mut self, arg: impl Into<OsString>) -> &mut Self {
         self.extra.push(arg.into());
         self
@@ -65,16 +70,22 @@ impl QemuCommand {
         let mut cmd = Command::new(qemu);
         let mem = format!("{}M", self.memory_mib);
         let machine = if self.shared_memory {
-            cmd.args(["-object"]).arg(format!(
-                "memory-backend-memfd,id=mem,size={mem},share=on"
-            ));
+            cmd.args(["-object"])
+                .arg(format!("memory-backend-memfd,id=mem,size={mem},share=on"));
             "microvm,pcie=on,acpi=on,memory-backend=mem"
         } else {
             "microvm,pcie=on,acpi=on"
         };
         cmd.args(["-M", machine, "-enable-kvm", "-m", &mem])
             .args(["-smp", &self.cpus.to_string()])
-            .args(["-nodefaults", "-no-reboot", "-display", "none", "-serial", "stdio"])
+            .args([
+                "-nodefaults",
+                "-no-reboot",
+                "-display",
+                "none",
+                "-serial",
+                "stdio",
+            ])
             .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
             .arg("-kernel")
             .arg(&self.kernel)

@@ -16,6 +16,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone)]
 pub struct VmmCommand {
     args: Vec<OsString>,
+    /// Kept apart because `vmm` accepts `--serial` once.
+    serial: Option<String>,
     timeout: Duration,
 }
 
@@ -44,8 +46,12 @@ impl VmmCommand {
     pub fn probe(cmdline: &str) -> Result<VmmCommand, String> {
         let kernel = paths::probe_guest()?;
         let mut cmd = VmmCommand::bare();
-        cmd.arg("--kernel").arg(kernel).arg("--cmdline").arg(cmdline);
-        cmd.arg("--serial").arg("tty").arg("--console").arg("off");
+        cmd.arg("--kernel")
+            .arg(kernel)
+            .arg("--cmdline")
+            .arg(cmdline);
+        cmd.arg("--console").arg("off");
+        cmd.serial = Some("tty".into());
         Ok(cmd)
     }
 
@@ -53,6 +59,7 @@ impl VmmCommand {
     pub fn bare() -> VmmCommand {
         VmmCommand {
             args: Vec::new(),
+            serial: None,
             timeout: DEFAULT_TIMEOUT,
         }
     }
@@ -67,6 +74,12 @@ impl VmmCommand {
         self
     }
 
+    /// Where the guest's serial port goes (`tty` for probe runs).
+    pub fn serial(&mut self, spec: &str) -> &mut Self {
+        self.serial = Some(spec.to_string());
+        self
+    }
+
     pub fn timeout(&mut self, timeout: Duration) -> &mut Self {
         self.timeout = timeout;
         self
@@ -75,6 +88,9 @@ impl VmmCommand {
     pub fn command(&self) -> Result<Command, String> {
         let mut command = Command::new(paths::vmm_binary()?);
         command.args(&self.args);
+        if let Some(serial) = &self.serial {
+            command.arg("--serial").arg(serial);
+        }
         Ok(command)
     }
 

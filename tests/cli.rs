@@ -9,8 +9,7 @@ use test_infra::vmm::VmmCommand;
 fn run(args: &[&str]) -> test_infra::Output {
     let dir = tempfile::tempdir().expect("temporary directory");
     let mut cmd = VmmCommand::bare();
-    cmd.args(args)
-        .timeout(std::time::Duration::from_secs(20));
+    cmd.args(args).timeout(std::time::Duration::from_secs(20));
     cmd.spawn(dir.path())
         .expect("vmm starts")
         .wait(std::time::Duration::from_secs(20))
@@ -26,7 +25,11 @@ fn assert_usage_error(args: &[&str], option: &str) {
         out.stderr
     );
     assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
-    let lines: Vec<_> = out.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    let lines: Vec<_> = out
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
     assert!(
         lines.len() <= 3,
         "expected a short error, got:\n{}",

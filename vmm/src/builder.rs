@@ -70,8 +70,8 @@ pub fn build_vm(config: &VmConfig) -> Result<Vmm, BuildError> {
         initramfs: config.payload.initramfs.as_deref(),
         cmdline: &config.payload.cmdline,
     };
-    let entry =
-        boot::load_payload(&memory, config.memory.size, &payload, rsdp).map_err(BuildError::Boot)?;
+    let entry = boot::load_payload(&memory, config.memory.size, &payload, rsdp)
+        .map_err(BuildError::Boot)?;
     boot::write_boot_gdt(&memory, &regs::boot_gdt(entry)).map_err(BuildError::Boot)?;
 
     let cpuid = vm
@@ -115,8 +115,12 @@ fn attach_devices(
             let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
             vm.register_irqfd(&irq, COM1_IRQ).map_err(BuildError::Vm)?;
             let serial = Arc::new(Mutex::new(Serial::new(irq, out)));
-            io.insert(serial.clone(), u64::from(PORT_COM1), u64::from(PORT_COM1_LEN))
-                .map_err(BuildError::Bus)?;
+            io.insert(
+                serial.clone(),
+                u64::from(PORT_COM1),
+                u64::from(PORT_COM1_LEN),
+            )
+            .map_err(BuildError::Bus)?;
             Some(serial)
         }
         None => None,

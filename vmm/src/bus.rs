@@ -131,7 +131,10 @@ mod tests {
         bus.insert(d(), 0x100, 0x10).unwrap();
         assert_eq!(
             bus.insert(d(), 0x10f, 1),
-            Err(BusError::Overlap { base: 0x10f, len: 1 })
+            Err(BusError::Overlap {
+                base: 0x10f,
+                len: 1
+            })
         );
         assert_eq!(
             bus.insert(d(), 0xf8, 0x9),

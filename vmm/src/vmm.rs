@@ -75,7 +75,11 @@ impl Vmm {
         let epoll = Epoll::new().map_err(RunError::Epoll)?;
         let add = |fd, data| {
             epoll
-                .ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, data))
+                .ctl(
+                    ControlOperation::Add,
+                    fd,
+                    EpollEvent::new(EventSet::IN, data),
+                )
                 .map_err(RunError::Epoll)
         };
         add(self.exit.event().as_raw_fd(), EVENT_EXIT)?;
@@ -145,13 +149,10 @@ impl Vmm {
         }
 
         self.vcpus.extend(stop_vcpus(threads));
-        Ok(self
-            .exit
-            .reason()
-            .unwrap_or(ExitReason::VcpuError {
-                vcpu: 0,
-                message: "stopped without a reason".into(),
-            }))
+        Ok(self.exit.reason().unwrap_or(ExitReason::VcpuError {
+            vcpu: 0,
+            message: "stopped without a reason".into(),
+        }))
     }
 
     fn forward_stdin(&self) -> bool {

@@ -169,17 +169,17 @@ impl Vcpu {
         while !exit.is_requested() {
             let action = match self.fd.run() {
                 Ok(vcpu_exit) => handle_exit(vcpu_exit, buses, id),
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                    Action::Continue
-                }
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Action::Continue,
                 Err(e) => Action::Stop(ExitReason::VcpuError {
                     vcpu: id,
                     message: format!("KVM_RUN failed: {e}"),
                 }),
             };
             if let Action::Stop(reason) = action {
-                if matches!(reason, ExitReason::TripleFault { .. } | ExitReason::VcpuError { .. })
-                {
+                if matches!(
+                    reason,
+                    ExitReason::TripleFault { .. } | ExitReason::VcpuError { .. }
+                ) {
                     self.log_state();
                 }
                 exit.request(reason);
@@ -228,7 +228,10 @@ mod tests {
     #[test]
     fn port_io_reaches_devices_and_unassigned_reads_all_ones() {
         let b = buses();
-        assert_eq!(handle_exit(VcpuExit::IoOut(0x3f8, &[5]), &b, 0), Action::Continue);
+        assert_eq!(
+            handle_exit(VcpuExit::IoOut(0x3f8, &[5]), &b, 0),
+            Action::Continue
+        );
         let mut data = [0u8; 1];
         handle_exit(VcpuExit::IoIn(0x3f9, &mut data), &b, 0);
         assert_eq!(data, [5]);

@@ -3,12 +3,14 @@
 //! MADT (one LAPIC per vCPU, the IOAPIC) and MCFG (ECAM).
 
 use acpi_tables::aml::{
-    self, AddressSpace, AddressSpaceCacheable, Device, EISAName, Interrupt, Memory32Fixed,
-    Name, Package, Path, ResourceTemplate, IO,
+    self, AddressSpace, AddressSpaceCacheable, Device, EISAName, Interrupt, Memory32Fixed, Name,
+    Package, Path, ResourceTemplate, IO,
 };
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace as GasSpace, GAS};
-use acpi_tables::madt::{EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT};
+use acpi_tables::madt::{
+    EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
+};
 use acpi_tables::mcfg::MCFG;
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
@@ -229,6 +231,9 @@ mod tests {
         assert_ne!(flags & (1 << 20), 0);
         // sleep_control_reg GAS at offset 244: I/O space, address 0x600.
         assert_eq!(table[244], 1);
-        assert_eq!(u64::from_le_bytes(table[248..256].try_into().unwrap()), 0x600);
+        assert_eq!(
+            u64::from_le_bytes(table[248..256].try_into().unwrap()),
+            0x600
+        );
     }
 }

@@ -65,7 +65,11 @@ pub enum BootError {
     #[error("Failed to write the kernel command line to guest memory")]
     WriteCmdline(#[source] linux_loader::loader::Error),
     #[error("Initramfs {path} ({size} bytes) does not fit in guest memory below {limit:#x}")]
-    InitramfsTooLarge { path: PathBuf, size: u64, limit: u64 },
+    InitramfsTooLarge {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
     #[error("Failed to load the initramfs {path}")]
     LoadInitramfs {
         path: PathBuf,
@@ -200,7 +204,9 @@ fn load_initramfs(
             source,
         })?
         .len();
-    let low_ram_end = mem_size.min(MEM_32BIT_GAP_START).min(limit.saturating_add(1));
+    let low_ram_end = mem_size
+        .min(MEM_32BIT_GAP_START)
+        .min(limit.saturating_add(1));
     let too_large = || BootError::InitramfsTooLarge {
         path: path.to_owned(),
         size,
@@ -276,7 +282,9 @@ fn fill_boot_params(
     params.hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
     params.hdr.header = KERNEL_HDR_MAGIC;
     params.hdr.cmd_line_ptr = CMDLINE_START as u32;
-    params.hdr.cmdline_size = cmdline.as_cstring().map_or(0, |c| c.as_bytes().len() as u32);
+    params.hdr.cmdline_size = cmdline
+        .as_cstring()
+        .map_or(0, |c| c.as_bytes().len() as u32);
     if let Some((start, size)) = initramfs {
         params.hdr.ramdisk_image = start as u32;
         params.hdr.ramdisk_size = size as u32;

@@ -66,7 +66,10 @@ mod tests {
         assert_eq!(seg.base, 0);
         assert_eq!(seg.limit, 0xffff_ffff);
         assert_eq!(seg.selector, 8);
-        assert_eq!((seg.type_, seg.present, seg.db, seg.s, seg.g), (0xb, 1, 1, 1, 1));
+        assert_eq!(
+            (seg.type_, seg.present, seg.db, seg.s, seg.g),
+            (0xb, 1, 1, 1, 1)
+        );
     }
 
     #[test]

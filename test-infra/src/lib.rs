@@ -3,6 +3,7 @@
 
 pub mod guest;
 pub mod host;
+pub mod linux;
 pub mod paths;
 pub mod probe;
 pub mod process;

@@ -16,9 +16,12 @@ use crate::config::{ConsoleOutput, VmConfig};
 use crate::devices::{acpi_power::AcpiPower, debug_exit::DebugExit, i8042::I8042, serial::Serial};
 use crate::pci::host_bridge::HostBridge;
 use crate::pci::{PciConfigIo, PciEcam, PciSegment};
+use crate::virtio::pci::{self as virtio_pci, PciWindow, VirtioPciDevice};
+use crate::virtio::vhost_user::GenericVhostUser;
 use crate::vm_exit::VmExit;
 use crate::vmm::Vmm;
-use crate::vstate::memory::{create_guest_memory, MemoryError};
+use crate::vstate::interrupts::{IoEvents, MsiRouter};
+use crate::vstate::memory::{create_guest_memory, GuestMemory, MemoryError};
 use crate::vstate::vcpu::{Buses, Vcpu, VcpuError};
 use crate::vstate::vm::{Vm, VmError};
 
@@ -44,6 +47,14 @@ pub enum BuildError {
     Bus(#[source] BusError),
     #[error("Failed to add a PCI device")]
     Pci(#[source] crate::pci::segment::SegmentError),
+    #[error("Generic vhost-user device {id}")]
+    VhostUser {
+        id: String,
+        #[source]
+        source: crate::virtio::vhost_user::Error,
+    },
+    #[error("Failed to set up a virtio-pci transport")]
+    Transport(#[source] crate::virtio::pci::TransportError),
     #[error("Failed to create ACPI tables")]
     Acpi(#[source] acpi::AcpiError),
     #[error("Failed to load the payload")]
@@ -62,7 +73,7 @@ pub fn build_vm(config: &VmConfig) -> Result<Vmm, BuildError> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(BuildError::Vcpu)?;
 
-    let (buses, serial) = attach_devices(&vm, config, &exit)?;
+    let (buses, serial) = attach_devices(&vm, &memory, config, &exit)?;
 
     let rsdp = acpi::create_acpi_tables(&memory, cpus).map_err(BuildError::Acpi)?;
     let payload = boot::Payload {
@@ -104,6 +115,7 @@ fn serial_output(output: &ConsoleOutput) -> Result<Option<Box<dyn Write + Send>>
 /// Legacy devices on the port bus, the PCI segment on both buses.
 fn attach_devices(
     vm: &Vm,
+    memory: &GuestMemory,
     config: &VmConfig,
     exit: &Arc<VmExit>,
 ) -> Result<(Buses, Option<Arc<Mutex<Serial>>>), BuildError> {
@@ -151,6 +163,32 @@ fn attach_devices(
     segment
         .add(Arc::new(Mutex::new(HostBridge::new())))
         .map_err(BuildError::Pci)?;
+    let router = MsiRouter::new(vm.shared_fd());
+    let mut virtio_devices = Vec::new();
+    for (slot, device_config) in config.generic_vhost_user.iter().enumerate() {
+        let device = GenericVhostUser::new(device_config, memory).map_err(|source| {
+            BuildError::VhostUser {
+                id: device_config.id.clone(),
+                source,
+            }
+        })?;
+        let mut device = VirtioPciDevice::new(device, &router, IoEvents::new(vm.shared_fd()))
+            .map_err(BuildError::Transport)?;
+        // A firmware-style initial placement; guests may move it.
+        device.place_bar(PCI_MMIO32_START + slot as u64 * virtio_pci::BAR_SIZE);
+        let device = Arc::new(Mutex::new(device));
+        let bdf = segment.add(device.clone()).map_err(BuildError::Pci)?;
+        log::info!("{}: virtio-pci at {bdf}", device_config.id);
+        virtio_devices.push(device);
+    }
+    if !virtio_devices.is_empty() {
+        mmio.insert(
+            Arc::new(Mutex::new(PciWindow::new(PCI_MMIO32_START, virtio_devices))),
+            PCI_MMIO32_START,
+            PCI_MMIO32_SIZE,
+        )
+        .map_err(BuildError::Bus)?;
+    }
     let segment = Arc::new(segment);
     mmio.insert(
         Arc::new(Mutex::new(PciEcam::new(segment.clone()))),

@@ -59,7 +59,7 @@ fn main() -> ExitCode {
 }
 
 /// "outer: cause: root cause", the way the error's sources nest.
-fn error_chain(error: &dyn Error) -> String {
+pub(crate) fn error_chain(error: &dyn Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -51,6 +51,28 @@ impl ConfigSpace {
         self.regs[offset..offset + 2].copy_from_slice(&value.to_le_bytes());
     }
 
+    pub fn set_u8(&mut self, offset: usize, value: u8) {
+        self.regs[offset] = value;
+    }
+
+    pub fn set_u32(&mut self, offset: usize, value: u32) {
+        self.regs[offset..offset + 4].copy_from_slice(&value.to_le_bytes());
+    }
+
+    pub fn u16_at(&self, offset: usize) -> u16 {
+        u16::from_le_bytes([self.regs[offset], self.regs[offset + 1]])
+    }
+
+    pub fn u32_at(&self, offset: usize) -> u32 {
+        let mut b = [0u8; 4];
+        b.copy_from_slice(&self.regs[offset..offset + 4]);
+        u32::from_le_bytes(b)
+    }
+
+    pub fn set_write_mask_u32(&mut self, offset: usize, mask: u32) {
+        self.write_mask[offset..offset + 4].copy_from_slice(&mask.to_le_bytes());
+    }
+
     pub fn set_write_mask_u16(&mut self, offset: usize, mask: u16) {
         self.write_mask[offset..offset + 2].copy_from_slice(&mask.to_le_bytes());
     }

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod host_bridge;
+pub mod msix;
 pub mod segment;
 
 pub use segment::{PciConfigIo, PciEcam, PciSegment};

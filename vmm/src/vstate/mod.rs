@@ -1,6 +1,7 @@
 //! Every KVM ioctl the VMM makes lives below here: the VM, its vCPUs and
 //! guest memory. Device emulation does not call KVM directly.
 
+pub mod interrupts;
 pub mod memory;
 pub mod vcpu;
 pub mod vm;

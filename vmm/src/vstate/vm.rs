@@ -1,6 +1,8 @@
 //! The KVM VM: in-kernel interrupt controllers and PIT, guest memory slots,
 //! irqfds that turn eventfd writes into guest interrupts.
 
+use std::sync::Arc;
+
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
@@ -45,7 +47,9 @@ pub enum VmError {
 
 pub struct Vm {
     kvm: Kvm,
-    fd: VmFd,
+    /// Shared with devices that register ioeventfds, irqfds and MSI routes
+    /// while the guest runs (BAR moves, MSI-X programming).
+    fd: Arc<VmFd>,
 }
 
 impl Vm {
@@ -66,7 +70,10 @@ impl Vm {
             ..Default::default()
         };
         fd.create_pit2(pit).map_err(VmError::CreatePit)?;
-        Ok(Self { kvm, fd })
+        Ok(Self {
+            kvm,
+            fd: Arc::new(fd),
+        })
     }
 
     pub fn kvm(&self) -> &Kvm {
@@ -75,6 +82,10 @@ impl Vm {
 
     pub fn fd(&self) -> &VmFd {
         &self.fd
+    }
+
+    pub fn shared_fd(&self) -> Arc<VmFd> {
+        self.fd.clone()
     }
 
     pub fn register_memory(&self, memory: &GuestMemory) -> Result<(), VmError> {

@@ -41,18 +41,32 @@ fn debian_kernel_boots_under_vmm() {
     let mut cmd = VmmCommand::bare();
     cmd.arg("--kernel")
         .arg(&kernel)
-        .args(["--cmdline", CMDLINE, "--memory", "size=512M", "--console", "off"])
+        .args([
+            "--cmdline",
+            CMDLINE,
+            "--memory",
+            "size=512M",
+            "--console",
+            "off",
+        ])
         .serial(&format!("file={}", serial.display()));
     let read_serial = || std::fs::read_to_string(&serial).unwrap_or_default();
 
     match KvmHost::detect().kind {
         HostKind::Hardware => {
-            let initramfs = busybox_initramfs(dir.path(), "echo vmm-linux-shell-ready")
-                .expect("initramfs");
+            let initramfs =
+                busybox_initramfs(dir.path(), "echo vmm-linux-shell-ready").expect("initramfs");
             cmd.arg("--initramfs").arg(initramfs);
-            let run = cmd.timeout(EARLY_BOOT_DEADLINE).run(dir.path()).expect("vmm runs");
+            let run = cmd
+                .timeout(EARLY_BOOT_DEADLINE)
+                .run(dir.path())
+                .expect("vmm runs");
             let log = read_serial();
-            assert!(log.contains("vmm-linux-shell-ready"), "no shell line:\n{log}\n{}", run.output.describe());
+            assert!(
+                log.contains("vmm-linux-shell-ready"),
+                "no shell line:\n{log}\n{}",
+                run.output.describe()
+            );
             assert_eq!(run.output.code(), Some(0), "{}", run.output.describe());
         }
         HostKind::Pvm => {
@@ -71,8 +85,15 @@ fn debian_kernel_boots_under_vmm() {
             child.signal(libc::SIGTERM);
             let output = child.wait(Duration::from_secs(10)).expect("vmm stops");
             let log = read_serial();
-            let missing: Vec<&String> = markers.iter().filter(|m| !log.contains(m.as_str())).collect();
-            assert!(all_seen && missing.is_empty(), "missing {missing:?} in:\n{log}\n{}", output.describe());
+            let missing: Vec<&String> = markers
+                .iter()
+                .filter(|m| !log.contains(m.as_str()))
+                .collect();
+            assert!(
+                all_seen && missing.is_empty(),
+                "missing {missing:?} in:\n{log}\n{}",
+                output.describe()
+            );
         }
         HostKind::NoKvm => unreachable!("require_kvm returned true"),
     }

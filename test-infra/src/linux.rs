@@ -9,12 +9,19 @@ use crate::paths;
 /// The Debian cloud kernel's bzImage, or why there is none.
 pub fn debian_kernel() -> Result<PathBuf, String> {
     let boot = paths::workspace_root().join("target/linux/root/boot");
-    let entries = std::fs::read_dir(&boot)
-        .map_err(|e| format!("{}: {e} (run ci/setup to unpack linux-image-cloud-amd64)", boot.display()))?;
+    let entries = std::fs::read_dir(&boot).map_err(|e| {
+        format!(
+            "{}: {e} (run ci/setup to unpack linux-image-cloud-amd64)",
+            boot.display()
+        )
+    })?;
     entries
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
         .ok_or_else(|| format!("no vmlinuz-* in {} (run ci/setup)", boot.display()))
 }
 
@@ -32,12 +39,16 @@ impl Default for Cpio {
 
 impl Cpio {
     pub fn new() -> Cpio {
-        Cpio { data: Vec::new(), ino: 1 }
+        Cpio {
+            data: Vec::new(),
+            ino: 1,
+        }
     }
 
     fn entry(&mut self, name: &str, mode: u32, body: &[u8]) {
         let name_len = name.len() + 1;
-        let header = format!(
+        let header =
+            format!(
             "070701{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
             self.ino, mode, 0, 0, 1, 0, body.len(), 0, 0, 0, 0, name_len, 0
         );

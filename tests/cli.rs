@@ -98,7 +98,7 @@ proptest! {
         option in prop::sample::select(vec!["--cpus", "--memory", "--serial", "--console", "--generic-vhost-user", "--disk"]),
         value in "[a-z_=,\\[\\]\"0-9A-Z ./]{0,40}",
     ) {
-        let out = run(&["--kernel", "/nonexistent/kernel", "--serial", "null", &option, &value]);
+        let out = run(&["--kernel", "/nonexistent/kernel", "--serial", "null", option, &value]);
         prop_assert!(!out.stderr.contains("panicked"), "{}", out.describe());
         prop_assert!(matches!(out.code(), Some(1) | Some(2)), "{}", out.describe());
     }

@@ -98,6 +98,9 @@ pub fn build_vm(config: &VmConfig) -> Result<Vmm, BuildError> {
     Ok(Vmm::new(vm, memory, vcpus, buses, exit, serial))
 }
 
+/// The serial device, if the guest has one.
+type SharedSerial = Option<Arc<Mutex<Serial>>>;
+
 fn serial_output(output: &ConsoleOutput) -> Result<Option<Box<dyn Write + Send>>, BuildError> {
     Ok(match output {
         ConsoleOutput::Off => None,
@@ -118,7 +121,7 @@ fn attach_devices(
     memory: &GuestMemory,
     config: &VmConfig,
     exit: &Arc<VmExit>,
-) -> Result<(Buses, Option<Arc<Mutex<Serial>>>), BuildError> {
+) -> Result<(Buses, SharedSerial), BuildError> {
     let mut io = Bus::new();
     let mut mmio = Bus::new();
 

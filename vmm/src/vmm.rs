@@ -133,15 +133,13 @@ impl Vmm {
                             self.exit.request(ExitReason::Signal(signo));
                         }
                     }
-                    EVENT_STDIN => {
-                        if !self.forward_stdin() {
-                            // EOF or error: stop watching, keep running.
-                            let _ = epoll.ctl(
-                                ControlOperation::Delete,
-                                libc::STDIN_FILENO,
-                                EpollEvent::default(),
-                            );
-                        }
+                    // EOF or error: stop watching stdin, keep running.
+                    EVENT_STDIN if !self.forward_stdin() => {
+                        let _ = epoll.ctl(
+                            ControlOperation::Delete,
+                            libc::STDIN_FILENO,
+                            EpollEvent::default(),
+                        );
                     }
                     _ => {}
                 }

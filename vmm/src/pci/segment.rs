@@ -82,7 +82,7 @@ impl PciSegment {
 /// Only naturally aligned 1, 2 and 4 byte accesses are PCI configuration
 /// cycles; anything else reads all ones and is dropped.
 fn is_valid_access(offset: u64, len: usize) -> bool {
-    matches!(len, 1 | 2 | 4) && offset % len as u64 == 0
+    matches!(len, 1 | 2 | 4) && offset.is_multiple_of(len as u64)
 }
 
 /// ECAM: the address itself encodes bus, device, function and register.

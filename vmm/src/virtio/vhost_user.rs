@@ -327,10 +327,12 @@ impl GenericVhostUser {
         let started = std::mem::take(&mut self.started);
         let mut healthy = true;
         for q in started {
-            let stopped = (!self.protocol.is_empty())
-                .then(|| self.frontend.set_vring_enable(q, false).is_ok())
-                .unwrap_or(true)
-                && self.frontend.get_vring_base(q).is_ok();
+            let disabled = if self.protocol.is_empty() {
+                true
+            } else {
+                self.frontend.set_vring_enable(q, false).is_ok()
+            };
+            let stopped = disabled && self.frontend.get_vring_base(q).is_ok();
             healthy &= stopped;
         }
         if healthy {

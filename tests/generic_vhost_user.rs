@@ -175,6 +175,16 @@ fn write_tagged(dir: &Path, tag: &str) {
     std::fs::write(dir.join("whoami"), tag).expect("write");
 }
 
+fn add_fs_devices(cmd: &mut VmmCommand, devices: &[&Virtiofsd]) {
+    cmd.args(["--memory", "size=512M,shared=on"]);
+    for fs in devices {
+        cmd.arg("--generic-vhost-user").arg(format!(
+            "socket={},virtio_id=fs,queue_sizes=[256,256]",
+            fs.socket().display()
+        ));
+    }
+}
+
 #[test]
 fn two_virtio_fs_devices_in_one_vm() {
     if !require_kvm("two_virtio_fs_devices_in_one_vm") {
@@ -190,13 +200,7 @@ fn two_virtio_fs_devices_in_one_vm() {
         "probe.run=fs probe.fs.tag=alpha probe.fs.read=whoami probe.fs.write=from-guest:12345",
     )
     .expect("artifacts");
-    cmd.args(["--memory", "size=512M,shared=on"]);
-    for fs in [&a, &b] {
-        cmd.arg("--generic-vhost-user").arg(format!(
-            "socket={},virtio_id=fs,queue_sizes=[256,256]",
-            fs.socket().display()
-        ));
-    }
+    add_fs_devices(&mut cmd, &[&a, &b]);
     let report = cmd
         .run(dir.path())
         .expect("vmm runs")
@@ -222,13 +226,7 @@ fn two_virtio_fs_devices_in_one_vm() {
     write_tagged(b.shared_dir(), "beta");
     let mut cmd = VmmCommand::probe("probe.run=virtio,fs probe.fs.tag=beta probe.fs.read=whoami")
         .expect("artifacts");
-    cmd.args(["--memory", "size=512M,shared=on"]);
-    for fs in [&a, &b] {
-        cmd.arg("--generic-vhost-user").arg(format!(
-            "socket={},virtio_id=fs,queue_sizes=[256,256]",
-            fs.socket().display()
-        ));
-    }
+    add_fs_devices(&mut cmd, &[&a, &b]);
     let report = cmd
         .run(dir2.path())
         .expect("vmm runs")

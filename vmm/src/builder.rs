@@ -122,8 +122,8 @@ fn attach_devices(
     config: &VmConfig,
     exit: &Arc<VmExit>,
 ) -> Result<(Buses, SharedSerial), BuildError> {
-    let mut io = Bus::new();
-    let mut mmio = Bus::new();
+    let io = Bus::new();
+    let mmio = Bus::new();
 
     let serial = match serial_output(&config.serial)? {
         Some(out) => {

@@ -1,8 +1,13 @@
 //! Address-range buses for port I/O and MMIO: a vCPU exit names an address,
 //! the bus finds the device that owns it and hands it the offset.
+//!
+//! Ranges can change while the guest runs (a guest moving a PCI BAR), so a
+//! bus is a shared handle: clones see the same ranges, and a lookup never
+//! holds the range lock while a device runs, so a device access may itself
+//! move ranges (a config write through ECAM relocating a BAR).
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// A device on a bus: it sees offsets into its own range and bytes, nothing else.
 pub trait BusDevice: Send {
@@ -28,10 +33,13 @@ struct Entry {
     device: SharedDevice,
 }
 
-/// One address space (port I/O or MMIO). Cloning shares the devices.
+type Ranges = BTreeMap<u64, Entry>;
+
+/// One address space (port I/O or MMIO). Clones are handles to the same
+/// ranges.
 #[derive(Clone, Default)]
 pub struct Bus {
-    ranges: BTreeMap<u64, Entry>,
+    ranges: Arc<RwLock<Ranges>>,
 }
 
 impl Bus {
@@ -39,35 +47,52 @@ impl Bus {
         Self::default()
     }
 
-    pub fn insert(&mut self, device: SharedDevice, base: u64, len: u64) -> Result<(), BusError> {
+    fn ranges(&self) -> std::sync::RwLockReadGuard<'_, Ranges> {
+        // A panic elsewhere cannot leave the map half-updated: every change
+        // is a single insert or remove.
+        self.ranges.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn ranges_mut(&self) -> std::sync::RwLockWriteGuard<'_, Ranges> {
+        self.ranges.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn insert(&self, device: SharedDevice, base: u64, len: u64) -> Result<(), BusError> {
         let end = base
             .checked_add(len)
             .filter(|_| len > 0)
             .ok_or(BusError::InvalidRange { base, len })?;
-        let overlaps_before = self
-            .ranges
+        let mut ranges = self.ranges_mut();
+        let overlaps_before = ranges
             .range(..end)
             .next_back()
             .is_some_and(|(b, e)| b + e.len > base);
         if overlaps_before {
             return Err(BusError::Overlap { base, len });
         }
-        self.ranges.insert(base, Entry { len, device });
+        ranges.insert(base, Entry { len, device });
         Ok(())
     }
 
-    /// The device covering `addr` and the offset of `addr` inside it.
-    fn resolve(&self, addr: u64) -> Option<(&SharedDevice, u64)> {
-        let (base, entry) = self.ranges.range(..=addr).next_back()?;
+    /// Takes the range starting at `base` off the bus; false if none starts there.
+    pub fn remove(&self, base: u64) -> bool {
+        self.ranges_mut().remove(&base).is_some()
+    }
+
+    /// The device covering `addr` and the offset of `addr` inside it. The
+    /// device is cloned out so that the range lock is released before it runs.
+    fn resolve(&self, addr: u64) -> Option<(SharedDevice, u64)> {
+        let ranges = self.ranges();
+        let (base, entry) = ranges.range(..=addr).next_back()?;
         let offset = addr - base;
-        (offset < entry.len).then_some((&entry.device, offset))
+        (offset < entry.len).then(|| (entry.device.clone(), offset))
     }
 
     /// Returns false when nothing lives at `addr`; `data` is then left as is.
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.resolve(addr) {
             Some((device, offset)) => {
-                lock(device).read(offset, data);
+                lock(&device).read(offset, data);
                 true
             }
             None => false,
@@ -78,7 +103,7 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.resolve(addr) {
             Some((device, offset)) => {
-                lock(device).write(offset, data);
+                lock(&device).write(offset, data);
                 true
             }
             None => false,
@@ -113,7 +138,7 @@ mod tests {
     #[test]
     fn routes_by_range_and_offset() {
         let a = Arc::new(Mutex::new(Recorder::default()));
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         bus.insert(a.clone(), 0x100, 0x10).unwrap();
         let mut buf = [0u8; 2];
         assert!(bus.read(0x105, &mut buf));
@@ -126,7 +151,7 @@ mod tests {
 
     #[test]
     fn refuses_overlaps_and_empty_ranges() {
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         let d = || Arc::new(Mutex::new(Recorder::default())) as SharedDevice;
         bus.insert(d(), 0x100, 0x10).unwrap();
         assert_eq!(
@@ -144,5 +169,44 @@ mod tests {
         assert!(bus.insert(d(), 0x110, 0x8).is_ok());
         assert!(bus.insert(d(), 0x200, 0).is_err());
         assert!(bus.insert(d(), u64::MAX, 2).is_err());
+    }
+
+    #[test]
+    fn ranges_move_and_clones_see_it() {
+        let bus = Bus::new();
+        let vcpu_view = bus.clone();
+        let d = Arc::new(Mutex::new(Recorder::default()));
+        bus.insert(d.clone(), 0x1000, 0x100).unwrap();
+        assert!(vcpu_view.write(0x1010, &[1]));
+        assert!(bus.remove(0x1000));
+        assert!(!bus.remove(0x1000), "already gone");
+        bus.insert(d.clone(), 0x8000, 0x100).unwrap();
+        assert!(!vcpu_view.write(0x1010, &[2]), "old range is empty");
+        assert!(vcpu_view.write(0x8010, &[3]));
+        assert_eq!(
+            d.lock().unwrap().writes,
+            vec![(0x10, vec![1]), (0x10, vec![3])]
+        );
+    }
+
+    /// A device may change the bus it sits on from inside an access, as
+    /// the ECAM window does when the guest moves a BAR.
+    #[test]
+    fn a_device_may_move_ranges_during_its_own_access() {
+        struct Mover(Bus);
+        impl BusDevice for Mover {
+            fn read(&mut self, _offset: u64, data: &mut [u8]) {
+                data.fill(0);
+            }
+            fn write(&mut self, _offset: u64, _data: &[u8]) {
+                let target = Arc::new(Mutex::new(Recorder::default()));
+                self.0.insert(target, 0x9000, 0x10).unwrap();
+            }
+        }
+        let bus = Bus::new();
+        bus.insert(Arc::new(Mutex::new(Mover(bus.clone()))), 0, 0x10)
+            .unwrap();
+        assert!(bus.write(0, &[1]));
+        assert!(bus.read(0x9000, &mut [0u8; 1]));
     }
 }

@@ -217,9 +217,9 @@ mod tests {
     }
 
     fn buses() -> Buses {
-        let mut io = Bus::new();
+        let io = Bus::new();
         io.insert(Arc::new(Mutex::new(Reg(7))), 0x3f8, 8).unwrap();
-        let mut mmio = Bus::new();
+        let mmio = Bus::new();
         mmio.insert(Arc::new(Mutex::new(Reg(9))), 0xe000_0000, 0x1000)
             .unwrap();
         Buses { io, mmio }

@@ -162,7 +162,7 @@ fn attach_devices(
             .map_err(BuildError::Bus)?;
     }
 
-    let mut segment = PciSegment::new();
+    let mut segment = PciSegment::new(mmio.clone());
     segment
         .add(Arc::new(Mutex::new(HostBridge::new())))
         .map_err(BuildError::Pci)?;

@@ -2,7 +2,7 @@
 //! that guests find a PCI root where the ACPI tables say there is one.
 
 use super::config::{ConfigSpace, CLASS_HOST_BRIDGE};
-use super::PciDevice;
+use super::{BarReprogram, PciDevice};
 
 /// Intel's ID for a generic host bridge, as Cloud Hypervisor presents.
 const VENDOR_INTEL: u16 = 0x8086;
@@ -31,7 +31,7 @@ impl PciDevice for HostBridge {
         self.config.read(offset, data);
     }
 
-    fn config_write(&mut self, offset: u16, data: &[u8]) {
-        self.config.write(offset, data);
+    fn config_write(&mut self, offset: u16, data: &[u8]) -> Vec<BarReprogram> {
+        self.config.write(offset, data)
     }
 }

@@ -1,10 +1,12 @@
-//! PCI segment 0, bus 0: device slots and the two ways into their
-//! configuration space (ECAM over MMIO, mechanism #1 over ports 0xcf8/0xcfc).
+//! PCI segment 0, bus 0: device slots, the two ways into their
+//! configuration space (ECAM over MMIO, mechanism #1 over ports 0xcf8/0xcfc),
+//! and the BARs' ranges on the MMIO bus, which follow the guest's writes.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use super::PciDevice;
-use crate::bus::{lock, BusDevice};
+use super::{BarMapping, BarReprogram, PciDevice};
+use crate::bus::{lock, Bus, BusDevice, BusError};
 
 pub const DEVICES_PER_BUS: usize = 32;
 
@@ -12,6 +14,14 @@ pub const DEVICES_PER_BUS: usize = 32;
 pub enum SegmentError {
     #[error("No free PCI slot on bus 0")]
     BusFull,
+    #[error("BAR {bar} of {bdf} at {addr:#x} cannot go on the MMIO bus")]
+    MapBar {
+        bdf: Bdf,
+        bar: u8,
+        addr: u64,
+        #[source]
+        source: BusError,
+    },
 }
 
 /// A bus address: device and function on bus 0.
@@ -30,30 +40,75 @@ impl std::fmt::Display for Bdf {
 
 pub type SharedPciDevice = Arc<Mutex<dyn PciDevice>>;
 
+/// One BAR's range on the MMIO bus: accesses become `bar_read`/`bar_write`
+/// at the offset inside the BAR.
+struct BarRegion {
+    device: SharedPciDevice,
+    bar: u8,
+}
+
+impl BusDevice for BarRegion {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        lock(&self.device).bar_read(self.bar, offset, data);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        lock(&self.device).bar_write(self.bar, offset, data);
+    }
+}
+
 /// Bus 0 with single-function devices in slots 0..32.
-#[derive(Default)]
 pub struct PciSegment {
     slots: [Option<SharedPciDevice>; DEVICES_PER_BUS],
+    mmio: Bus,
+    /// What we actually put on the MMIO bus, by (slot, BAR). Also serialises
+    /// configuration writes, so that two vCPUs moving BARs at once apply
+    /// their changes in the order the device saw them.
+    mapped: Mutex<BTreeMap<(u8, u8), u64>>,
 }
 
 impl PciSegment {
-    pub fn new() -> Self {
-        Self::default()
+    /// `mmio` is where BARs go; it is shared with the vCPUs.
+    pub fn new(mmio: Bus) -> Self {
+        Self {
+            slots: Default::default(),
+            mmio,
+            mapped: Mutex::new(BTreeMap::new()),
+        }
     }
 
-    /// Puts `device` in the lowest free slot and returns its address.
+    /// Puts `device` in the lowest free slot, maps the BARs it already
+    /// decodes (placed as firmware would), and returns its address.
     pub fn add(&mut self, device: SharedPciDevice) -> Result<Bdf, SegmentError> {
         let slot = self
             .slots
             .iter()
             .position(Option::is_none)
             .ok_or(SegmentError::BusFull)?;
-        self.slots[slot] = Some(device);
-        Ok(Bdf {
+        let bdf = Bdf {
             bus: 0,
             device: slot as u8,
             function: 0,
-        })
+        };
+        let bars = lock(&device).mapped_bars();
+        for BarMapping { bar, addr, len } in bars {
+            let region = Arc::new(Mutex::new(BarRegion {
+                device: device.clone(),
+                bar,
+            }));
+            self.mmio
+                .insert(region, addr, len)
+                .map_err(|source| SegmentError::MapBar {
+                    bdf,
+                    bar,
+                    addr,
+                    source,
+                })?;
+            lock(&self.mapped).insert((bdf.device, bar), addr);
+            log::debug!("{bdf}: BAR {bar} at {addr:#x}+{len:#x}");
+        }
+        self.slots[slot] = Some(device);
+        Ok(bdf)
     }
 
     fn device(&self, bdf: Bdf) -> Option<&SharedPciDevice> {
@@ -73,8 +128,58 @@ impl PciSegment {
     }
 
     pub fn config_write(&self, bdf: Bdf, offset: u16, data: &[u8]) {
-        if let Some(dev) = self.device(bdf) {
-            lock(dev).config_write(offset, data);
+        let Some(dev) = self.device(bdf) else {
+            return;
+        };
+        let mut mapped = lock(&self.mapped);
+        // The device lock is released before the bus changes: a vCPU may be
+        // waiting for it inside a BAR access.
+        let changes = lock(dev).config_write(offset, data);
+        if !changes.is_empty() {
+            self.apply(&mut mapped, bdf, dev, &changes);
+        }
+    }
+
+    /// Removals first, so that a guest swapping two BARs' addresses works.
+    fn apply(
+        &self,
+        mapped: &mut BTreeMap<(u8, u8), u64>,
+        bdf: Bdf,
+        device: &SharedPciDevice,
+        changes: &[BarReprogram],
+    ) {
+        for change in changes {
+            // Only what we inserted is removed: a BAR the guest had placed
+            // over another device was never on the bus.
+            if let Some(addr) = mapped.remove(&(bdf.device, change.bar)) {
+                self.mmio.remove(addr);
+            }
+        }
+        for change in changes {
+            let Some(addr) = change.new else {
+                log::debug!("{bdf}: BAR {} unmapped", change.bar);
+                continue;
+            };
+            let region = Arc::new(Mutex::new(BarRegion {
+                device: device.clone(),
+                bar: change.bar,
+            }));
+            match self.mmio.insert(region, addr, change.len) {
+                Ok(()) => {
+                    mapped.insert((bdf.device, change.bar), addr);
+                    log::debug!(
+                        "{bdf}: BAR {} at {addr:#x}+{:#x} (was {:x?})",
+                        change.bar,
+                        change.len,
+                        change.old
+                    );
+                }
+                Err(e) => log::warn!(
+                    "{bdf}: guest placed BAR {} at {addr:#x}+{:#x}; not decoded: {e}",
+                    change.bar,
+                    change.len
+                ),
+            }
         }
     }
 }
@@ -186,10 +291,11 @@ impl BusDevice for PciConfigIo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pci::config::{ConfigSpace, CLASS_HOST_BRIDGE, COMMAND, COMMAND_MEMORY};
     use crate::pci::host_bridge::HostBridge;
 
     fn segment_with_bridge() -> Arc<PciSegment> {
-        let mut seg = PciSegment::new();
+        let mut seg = PciSegment::new(Bus::new());
         let bdf = seg.add(Arc::new(Mutex::new(HostBridge::new()))).unwrap();
         assert_eq!(bdf.to_string(), "00:00.0");
         Arc::new(seg)
@@ -225,5 +331,115 @@ mod tests {
         let mut latch = [0u8; 4];
         io.read(0, &mut latch);
         assert_eq!(u32::from_le_bytes(latch), ENABLE_BIT);
+    }
+
+    /// A device with one 64-bit BAR whose accesses report the BAR offset.
+    struct BarDevice {
+        config: ConfigSpace,
+    }
+
+    impl BarDevice {
+        fn new(addr: u64, decoding: bool) -> Self {
+            let mut config = ConfigSpace::new(0x1af4, 0x105a, CLASS_HOST_BRIDGE, 1);
+            config.add_mem_bar64(0, 0x1000).unwrap();
+            config.set_bar_address(0, addr);
+            if decoding {
+                config.write(COMMAND as u16, &COMMAND_MEMORY.to_le_bytes());
+            }
+            Self { config }
+        }
+    }
+
+    impl PciDevice for BarDevice {
+        fn config_read(&mut self, offset: u16, data: &mut [u8]) {
+            self.config.read(offset, data);
+        }
+        fn config_write(&mut self, offset: u16, data: &[u8]) -> Vec<BarReprogram> {
+            self.config.write(offset, data)
+        }
+        fn mapped_bars(&self) -> Vec<BarMapping> {
+            self.config.mapped_bars()
+        }
+        fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]) {
+            data.fill(0);
+            data[0] = bar;
+            data[1] = offset as u8;
+        }
+    }
+
+    fn read_at(bus: &Bus, addr: u64) -> Option<[u8; 2]> {
+        let mut data = [0u8; 2];
+        bus.read(addr, &mut data).then_some(data)
+    }
+
+    fn ecam_write32(ecam: &mut PciEcam, slot: u64, reg: u64, value: u32) {
+        ecam.write((slot << 15) | reg, &value.to_le_bytes());
+    }
+
+    #[test]
+    fn added_devices_are_mapped_where_firmware_put_them() {
+        let mmio = Bus::new();
+        let mut seg = PciSegment::new(mmio.clone());
+        seg.add(Arc::new(Mutex::new(HostBridge::new()))).unwrap();
+        let bdf = seg
+            .add(Arc::new(Mutex::new(BarDevice::new(0xc000_0000, true))))
+            .unwrap();
+        assert_eq!(bdf.device, 1);
+        assert_eq!(read_at(&mmio, 0xc000_0010), Some([0, 0x10]));
+        // Not decoding: not on the bus.
+        seg.add(Arc::new(Mutex::new(BarDevice::new(0xc000_1000, false))))
+            .unwrap();
+        assert_eq!(read_at(&mmio, 0xc000_1000), None);
+        // Firmware placement colliding with another device is refused.
+        let clash = seg.add(Arc::new(Mutex::new(BarDevice::new(0xc000_0000, true))));
+        assert!(matches!(clash, Err(SegmentError::MapBar { bar: 0, .. })));
+    }
+
+    #[test]
+    fn guest_relocation_through_ecam_and_legacy_ports_moves_the_range() {
+        let mmio = Bus::new();
+        let mut seg = PciSegment::new(mmio.clone());
+        seg.add(Arc::new(Mutex::new(HostBridge::new()))).unwrap();
+        seg.add(Arc::new(Mutex::new(BarDevice::new(0xc000_0000, true))))
+            .unwrap();
+        let seg = Arc::new(seg);
+        let mut ecam = PciEcam::new(seg.clone());
+
+        // The guest's sequence: decoding off, size, place, decoding on.
+        ecam_write32(&mut ecam, 1, COMMAND as u64, 0);
+        assert_eq!(read_at(&mmio, 0xc000_0000), None);
+        ecam_write32(&mut ecam, 1, 0x10, u32::MAX);
+        ecam_write32(&mut ecam, 1, 0x14, u32::MAX);
+        ecam_write32(&mut ecam, 1, 0x10, 0xd000_0000);
+        ecam_write32(&mut ecam, 1, 0x14, 0);
+        assert_eq!(read_at(&mmio, 0xd000_0000), None, "decoding still off");
+        ecam_write32(&mut ecam, 1, COMMAND as u64, u32::from(COMMAND_MEMORY));
+        assert_eq!(read_at(&mmio, 0xd000_0004), Some([0, 4]));
+        assert_eq!(read_at(&mmio, 0xc000_0004), None);
+
+        // A move while decoding, through 0xcf8/0xcfc, above 4 GiB.
+        let mut io = PciConfigIo::new(seg.clone());
+        io.write(0, &(ENABLE_BIT | (1 << 11) | 0x14).to_le_bytes());
+        io.write(4, &2u32.to_le_bytes());
+        assert_eq!(read_at(&mmio, 0xd000_0004), None);
+        assert_eq!(read_at(&mmio, 0x2_d000_0004), Some([0, 4]));
+    }
+
+    #[test]
+    fn a_bar_placed_over_another_device_is_not_decoded_until_moved_away() {
+        let mmio = Bus::new();
+        let mut seg = PciSegment::new(mmio.clone());
+        seg.add(Arc::new(Mutex::new(BarDevice::new(0xc000_0000, true))))
+            .unwrap();
+        seg.add(Arc::new(Mutex::new(BarDevice::new(0xc000_1000, true))))
+            .unwrap();
+        let mut ecam = PciEcam::new(Arc::new(seg));
+        ecam_write32(&mut ecam, 1, 0x10, 0xc000_0000);
+        // Slot 0's range is intact; slot 1 is nowhere.
+        assert_eq!(read_at(&mmio, 0xc000_0000), Some([0, 0]));
+        assert_eq!(read_at(&mmio, 0xc000_1000), None);
+        ecam_write32(&mut ecam, 1, 0x10, 0xc000_2000);
+        assert_eq!(read_at(&mmio, 0xc000_2008), Some([0, 8]));
+        assert_eq!(read_at(&mmio, 0xc000_0000), Some([0, 0]), "slot 0 kept");
     }
 }

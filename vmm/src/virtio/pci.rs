@@ -544,7 +544,7 @@ impl PciDevice for VirtioPciDevice {
         }
     }
 
-    fn config_write(&mut self, offset: u16, data: &[u8]) {
+    fn config_write(&mut self, offset: u16, data: &[u8]) -> Vec<crate::pci::BarReprogram> {
         let control_at = self.msix_cap + 2;
         let start = usize::from(offset);
         if start <= control_at + 1 && start + data.len() > control_at {
@@ -557,8 +557,10 @@ impl PciDevice for VirtioPciDevice {
             }
             self.msix.set_control(u16::from_le_bytes(control));
         }
-        self.config.write(offset, data);
+        // BAR 0 is served through `PciWindow`, not moved on the bus.
+        let _ = self.config.write(offset, data);
         self.update_ioevents();
+        Vec::new()
     }
 }
 

@@ -16,11 +16,11 @@ use crate::config::{ConsoleOutput, VmConfig};
 use crate::devices::{acpi_power::AcpiPower, debug_exit::DebugExit, i8042::I8042, serial::Serial};
 use crate::pci::host_bridge::HostBridge;
 use crate::pci::{PciConfigIo, PciEcam, PciSegment};
-use crate::virtio::pci::{self as virtio_pci, PciWindow, VirtioPciDevice};
+use crate::virtio::pci::{self as virtio_pci, VirtioPciDevice};
 use crate::virtio::vhost_user::GenericVhostUser;
 use crate::vm_exit::VmExit;
 use crate::vmm::Vmm;
-use crate::vstate::interrupts::{IoEvents, MsiRouter};
+use crate::vstate::interrupts::{InterruptError, IoEvents, KvmMsiVectors, MsiRouter};
 use crate::vstate::memory::{create_guest_memory, GuestMemory, MemoryError};
 use crate::vstate::vcpu::{Buses, Vcpu, VcpuError};
 use crate::vstate::vm::{Vm, VmError};
@@ -53,8 +53,20 @@ pub enum BuildError {
         #[source]
         source: crate::virtio::vhost_user::Error,
     },
-    #[error("Failed to set up a virtio-pci transport")]
-    Transport(#[source] crate::virtio::pci::TransportError),
+    #[error("Failed to set up the virtio-pci transport of {id}")]
+    Transport {
+        id: String,
+        #[source]
+        source: crate::virtio::pci::TransportError,
+    },
+    #[error("Failed to allocate MSI-X vectors for {id}")]
+    Msix {
+        id: String,
+        #[source]
+        source: InterruptError,
+    },
+    #[error("No room for device {id}'s BAR in the PCI window")]
+    PciWindowFull { id: String },
     #[error("Failed to create ACPI tables")]
     Acpi(#[source] acpi::AcpiError),
     #[error("Failed to load the payload")]
@@ -167,30 +179,42 @@ fn attach_devices(
         .add(Arc::new(Mutex::new(HostBridge::new())))
         .map_err(BuildError::Pci)?;
     let router = MsiRouter::new(vm.shared_fd());
-    let mut virtio_devices = Vec::new();
-    for (slot, device_config) in config.generic_vhost_user.iter().enumerate() {
+    for (index, device_config) in config.generic_vhost_user.iter().enumerate() {
+        let id = &device_config.id;
         let device = GenericVhostUser::new(device_config, memory).map_err(|source| {
             BuildError::VhostUser {
-                id: device_config.id.clone(),
+                id: id.clone(),
                 source,
             }
         })?;
-        let mut device = VirtioPciDevice::new(device, &router, IoEvents::new(vm.shared_fd()))
-            .map_err(BuildError::Transport)?;
-        // A firmware-style initial placement; guests may move it.
-        device.place_bar(PCI_MMIO32_START + slot as u64 * virtio_pci::BAR_SIZE);
-        let device = Arc::new(Mutex::new(device));
-        let bdf = segment.add(device.clone()).map_err(BuildError::Pci)?;
-        log::info!("{}: virtio-pci at {bdf}", device_config.id);
-        virtio_devices.push(device);
-    }
-    if !virtio_devices.is_empty() {
-        mmio.insert(
-            Arc::new(Mutex::new(PciWindow::new(PCI_MMIO32_START, virtio_devices))),
-            PCI_MMIO32_START,
-            PCI_MMIO32_SIZE,
+        let vectors = KvmMsiVectors::new(
+            &router,
+            virtio_pci::msix_vectors(device_config.queue_sizes.len()),
         )
-        .map_err(BuildError::Bus)?;
+        .map_err(|source| BuildError::Msix {
+            id: id.clone(),
+            source,
+        })?;
+        let mut device = VirtioPciDevice::new(
+            device,
+            Box::new(vectors),
+            Box::new(IoEvents::new(vm.shared_fd())),
+        )
+        .map_err(|source| BuildError::Transport {
+            id: id.clone(),
+            source,
+        })?;
+        // A firmware-style initial placement, BARs side by side from the
+        // start of the window, decoding on; guests may move them.
+        let bar = PCI_MMIO32_START + index as u64 * virtio_pci::BAR_SIZE;
+        if bar + virtio_pci::BAR_SIZE > PCI_MMIO32_START + PCI_MMIO32_SIZE {
+            return Err(BuildError::PciWindowFull { id: id.clone() });
+        }
+        device.place_bar(bar);
+        let bdf = segment
+            .add(Arc::new(Mutex::new(device)))
+            .map_err(BuildError::Pci)?;
+        log::info!("{id}: virtio-pci at {bdf}, BAR 0 at {bar:#x}");
     }
     let segment = Arc::new(segment);
     mmio.insert(

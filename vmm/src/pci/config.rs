@@ -115,10 +115,6 @@ impl ConfigSpace {
         self.regs[offset..offset + 2].copy_from_slice(&value.to_le_bytes());
     }
 
-    pub fn set_u8(&mut self, offset: usize, value: u8) {
-        self.regs[offset] = value;
-    }
-
     pub fn set_u32(&mut self, offset: usize, value: u32) {
         self.regs[offset..offset + 4].copy_from_slice(&value.to_le_bytes());
     }
@@ -355,10 +351,7 @@ mod tests {
         let changes = write_dword(&mut cs, BAR0 + 4, 0x1);
         assert_eq!(changes[0].old, Some(0xc000_0000));
         assert_eq!(changes[0].new, Some(0x1_c000_0000));
-        assert!(
-            write_dword(&mut cs, BAR0 + 4, 0x1).is_empty(),
-            "same value"
-        );
+        assert!(write_dword(&mut cs, BAR0 + 4, 0x1).is_empty(), "same value");
 
         // Sizing with decoding left on takes the BAR off the bus until the
         // guest writes an address back.

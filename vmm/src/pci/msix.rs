@@ -1,16 +1,41 @@
 //! MSI-X: the capability's control word, the vector table and the pending
-//! bit array, with per-vector and function masking, delivered through the
-//! KVM routes and irqfds of `vstate::interrupts`.
+//! bit array, with per-vector and function masking. Delivery is behind
+//! `MsiVectors` (KVM routes and irqfds in `vstate::interrupts`), so this is a
+//! plain state machine: offsets and bytes in, vector updates out.
 
-use crate::vstate::interrupts::{InterruptError, MsiRouter, MsiVector};
-use std::sync::Arc;
+use vmm_sys_util::eventfd::EventFd;
 
+use crate::vstate::interrupts::InterruptError;
+
+pub const CAPABILITY_ID: u8 = 0x11;
 pub const ENTRY_SIZE: u64 = 16;
 const CONTROL_ENABLE: u16 = 1 << 15;
 const CONTROL_FUNCTION_MASK: u16 = 1 << 14;
 const VECTOR_MASKED: u32 = 1;
+/// The control word's offset inside the capability.
+const CONTROL_OFFSET: usize = 2;
 
-#[derive(Clone, Copy, Default)]
+/// Where interrupts go: one eventfd per vector that raises it when routed
+/// and unmasked. A signal that arrives while a vector is masked must be
+/// kept and delivered when it is unmasked (MSI-X's pending bit).
+pub trait MsiVectors: Send {
+    /// Routes `vector` to the message `address`/`data`, then arms it
+    /// (`masked == false`) or disarms it.
+    fn update(
+        &mut self,
+        vector: usize,
+        address: u64,
+        data: u32,
+        masked: bool,
+    ) -> Result<(), InterruptError>;
+    /// Whether a signal is waiting on a masked vector.
+    fn pending(&self, vector: usize) -> bool;
+    /// The eventfd that raises `vector`: what a vhost-user backend gets as
+    /// its call fd.
+    fn irqfd(&self, vector: usize) -> Option<&EventFd>;
+}
+
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 struct Entry {
     addr_lo: u32,
     addr_hi: u32,
@@ -18,19 +43,48 @@ struct Entry {
     control: u32,
 }
 
+impl Entry {
+    fn to_bytes(self) -> [u8; ENTRY_SIZE as usize] {
+        let mut bytes = [0u8; ENTRY_SIZE as usize];
+        for (i, word) in [self.addr_lo, self.addr_hi, self.data, self.control]
+            .iter()
+            .enumerate()
+        {
+            bytes[4 * i..4 * i + 4].copy_from_slice(&word.to_le_bytes());
+        }
+        bytes
+    }
+
+    fn from_bytes(bytes: &[u8; ENTRY_SIZE as usize]) -> Entry {
+        let word = |i: usize| {
+            u32::from_le_bytes([
+                bytes[4 * i],
+                bytes[4 * i + 1],
+                bytes[4 * i + 2],
+                bytes[4 * i + 3],
+            ])
+        };
+        Entry {
+            addr_lo: word(0),
+            addr_hi: word(1),
+            data: word(2),
+            // Only the mask bit of Vector Control is defined.
+            control: word(3) & VECTOR_MASKED,
+        }
+    }
+}
+
 pub struct Msix {
     entries: Vec<Entry>,
-    vectors: Vec<MsiVector>,
+    vectors: Box<dyn MsiVectors>,
     enabled: bool,
     function_masked: bool,
 }
 
 impl Msix {
-    pub fn new(router: &Arc<MsiRouter>, count: u16) -> Result<Msix, InterruptError> {
-        let vectors = (0..count)
-            .map(|_| router.allocate())
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Msix {
+    /// `count` vectors, all masked, MSI-X disabled: the reset state.
+    pub fn new(vectors: Box<dyn MsiVectors>, count: u16) -> Msix {
+        Msix {
             entries: vec![
                 Entry {
                     control: VECTOR_MASKED,
@@ -41,11 +95,31 @@ impl Msix {
             vectors,
             enabled: false,
             function_masked: false,
-        })
+        }
     }
 
     pub fn count(&self) -> u16 {
         self.entries.len() as u16
+    }
+
+    /// Bytes of the vector table in its BAR.
+    pub fn table_len(&self) -> u64 {
+        u64::from(self.count()) * ENTRY_SIZE
+    }
+
+    /// Bytes of the pending bit array: whole qwords.
+    pub fn pba_len(&self) -> u64 {
+        u64::from(self.count()).div_ceil(64) * 8
+    }
+
+    /// The capability's body after ID and next pointer: control word, then
+    /// table and PBA as BAR index plus offset (offsets 8-byte aligned).
+    pub fn capability_body(&self, bar: u8, table_offset: u32, pba_offset: u32) -> [u8; 10] {
+        let mut body = [0u8; 10];
+        body[0..2].copy_from_slice(&self.control().to_le_bytes());
+        body[2..6].copy_from_slice(&((table_offset & !7) | u32::from(bar & 7)).to_le_bytes());
+        body[6..10].copy_from_slice(&((pba_offset & !7) | u32::from(bar & 7)).to_le_bytes());
+        body
     }
 
     /// The capability's message-control word (table size N-1, enable, mask).
@@ -61,10 +135,50 @@ impl Msix {
     }
 
     pub fn set_control(&mut self, control: u16) {
-        self.enabled = control & CONTROL_ENABLE != 0;
-        self.function_masked = control & CONTROL_FUNCTION_MASK != 0;
+        let enabled = control & CONTROL_ENABLE != 0;
+        let function_masked = control & CONTROL_FUNCTION_MASK != 0;
+        if (enabled, function_masked) == (self.enabled, self.function_masked) {
+            return;
+        }
+        self.enabled = enabled;
+        self.function_masked = function_masked;
         for i in 0..self.entries.len() {
             self.apply(i);
+        }
+    }
+
+    /// Serves the control word of the capability at `cap` from our state;
+    /// the rest of `data` comes from the configuration space.
+    pub fn config_read(&self, cap: usize, offset: u16, data: &mut [u8]) {
+        let control = self.control().to_le_bytes();
+        for (i, byte) in data.iter_mut().enumerate() {
+            let at = usize::from(offset) + i;
+            if let Some(b) = at
+                .checked_sub(cap + CONTROL_OFFSET)
+                .and_then(|k| control.get(k))
+            {
+                *byte = *b;
+            }
+        }
+    }
+
+    /// Takes the bytes of a configuration write that land on the control
+    /// word of the capability at `cap`.
+    pub fn config_write(&mut self, cap: usize, offset: u16, data: &[u8]) {
+        let mut control = self.control().to_le_bytes();
+        let mut touched = false;
+        for (i, &byte) in data.iter().enumerate() {
+            let at = usize::from(offset) + i;
+            if let Some(b) = at
+                .checked_sub(cap + CONTROL_OFFSET)
+                .and_then(|k| control.get_mut(k))
+            {
+                *b = byte;
+                touched = true;
+            }
+        }
+        if touched {
+            self.set_control(u16::from_le_bytes(control));
         }
     }
 
@@ -76,25 +190,23 @@ impl Msix {
         let masked = self.masked(i);
         let e = self.entries[i];
         let address = (u64::from(e.addr_hi) << 32) | u64::from(e.addr_lo);
-        if let Err(err) = self.vectors[i].update(address, e.data, masked) {
-            log::error!("MSI-X vector {i}: {err}");
+        if let Err(err) = self.vectors.update(i, address, e.data, masked) {
+            log::error!(
+                "MSI-X vector {i}: {}",
+                crate::error_chain(&err as &dyn std::error::Error)
+            );
         }
     }
 
+    /// Reads of any width inside one entry; outside the table read zero.
     pub fn table_read(&self, offset: u64, data: &mut [u8]) {
-        let index = (offset / ENTRY_SIZE) as usize;
-        let Some(e) = self.entries.get(index) else {
-            data.fill(0);
+        data.fill(0);
+        let Some(e) = self.entries.get((offset / ENTRY_SIZE) as usize) else {
             return;
         };
-        let words = [e.addr_lo, e.addr_hi, e.data, e.control];
-        let mut bytes = [0u8; 16];
-        for (i, w) in words.iter().enumerate() {
-            bytes[4 * i..4 * i + 4].copy_from_slice(&w.to_le_bytes());
-        }
+        let bytes = e.to_bytes();
         let start = (offset % ENTRY_SIZE) as usize;
-        let end = (start + data.len()).min(16);
-        data.fill(0);
+        let end = (start + data.len()).min(bytes.len());
         data[..end - start].copy_from_slice(&bytes[start..end]);
     }
 
@@ -103,36 +215,27 @@ impl Msix {
         let Some(e) = self.entries.get_mut(index) else {
             return;
         };
-        let mut bytes = [0u8; 16];
-        for (i, w) in [e.addr_lo, e.addr_hi, e.data, e.control].iter().enumerate() {
-            bytes[4 * i..4 * i + 4].copy_from_slice(&w.to_le_bytes());
-        }
+        let mut bytes = e.to_bytes();
         let start = (offset % ENTRY_SIZE) as usize;
-        let end = (start + data.len()).min(16);
+        let end = (start + data.len()).min(bytes.len());
         bytes[start..end].copy_from_slice(&data[..end - start]);
-        let word = |i: usize| {
-            u32::from_le_bytes([
-                bytes[4 * i],
-                bytes[4 * i + 1],
-                bytes[4 * i + 2],
-                bytes[4 * i + 3],
-            ])
-        };
-        *e = Entry {
-            addr_lo: word(0),
-            addr_hi: word(1),
-            data: word(2),
-            control: word(3) & VECTOR_MASKED,
-        };
-        self.apply(index);
+        let new = Entry::from_bytes(&bytes);
+        if new != *e {
+            *e = new;
+            self.apply(index);
+        }
     }
 
+    /// Pending bits; the PBA is read-only.
     pub fn pba_read(&self, offset: u64, data: &mut [u8]) {
         data.fill(0);
         for (i, byte) in data.iter_mut().enumerate() {
             for bit in 0..8 {
                 let vector = (offset as usize + i) * 8 + bit;
-                if self.vectors.get(vector).is_some_and(MsiVector::pending) {
+                if vector < self.entries.len()
+                    && self.masked(vector)
+                    && self.vectors.pending(vector)
+                {
                     *byte |= 1 << bit;
                 }
             }
@@ -140,14 +243,231 @@ impl Msix {
     }
 
     /// The eventfd a backend signals for `vector` (None: no such vector).
-    pub fn irqfd(&self, vector: u16) -> Option<&vmm_sys_util::eventfd::EventFd> {
-        self.vectors.get(usize::from(vector)).map(|v| &v.irqfd)
+    pub fn irqfd(&self, vector: u16) -> Option<&EventFd> {
+        self.vectors.irqfd(usize::from(vector))
     }
 
-    /// Raises `vector` from the VMM (config change interrupts).
+    /// Raises `vector` from the VMM itself (config change interrupts); if
+    /// the vector is masked it stays pending.
     pub fn trigger(&self, vector: u16) {
-        if let Some(v) = self.vectors.get(usize::from(vector)) {
-            v.trigger();
+        if let Some(fd) = self.irqfd(vector) {
+            if let Err(e) = fd.write(1) {
+                log::error!("MSI-X vector {vector}: failed to signal: {e}");
+            }
         }
+    }
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// What KVM would do, observable: routes, arming, and deliveries (a
+    /// signal on an armed vector, or one kept while masked and delivered
+    /// when armed).
+    #[derive(Default)]
+    pub struct Log {
+        pub routes: Vec<Option<(u64, u32)>>,
+        pub armed: Vec<bool>,
+        pub delivered: Vec<(usize, u64, u32)>,
+    }
+
+    pub struct FakeVectors {
+        irq: FakeIrq,
+    }
+
+    /// The test's handle: what was routed, armed and delivered.
+    #[derive(Clone)]
+    pub struct FakeIrq {
+        fds: Arc<Vec<EventFd>>,
+        pub log: Arc<Mutex<Log>>,
+    }
+
+    impl FakeVectors {
+        pub fn new(count: usize) -> (Box<FakeVectors>, FakeIrq) {
+            let log = Arc::new(Mutex::new(Log {
+                routes: vec![None; count],
+                armed: vec![false; count],
+                delivered: Vec::new(),
+            }));
+            let fds = (0..count)
+                .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
+                .collect();
+            let irq = FakeIrq {
+                fds: Arc::new(fds),
+                log,
+            };
+            (Box::new(FakeVectors { irq: irq.clone() }), irq)
+        }
+    }
+
+    impl FakeIrq {
+        /// Delivers what is waiting on armed vectors, as KVM's irqfd would.
+        pub fn poll(&self) {
+            let mut log = self.log.lock().unwrap();
+            for (i, fd) in self.fds.iter().enumerate() {
+                if log.armed[i] && fd.read().is_ok() {
+                    let (addr, data) = log.routes[i].unwrap();
+                    log.delivered.push((i, addr, data));
+                }
+            }
+        }
+
+        pub fn delivered(&self) -> Vec<(usize, u64, u32)> {
+            self.poll();
+            self.log.lock().unwrap().delivered.clone()
+        }
+
+        pub fn armed(&self, vector: usize) -> bool {
+            self.log.lock().unwrap().armed[vector]
+        }
+
+        pub fn route(&self, vector: usize) -> Option<(u64, u32)> {
+            self.log.lock().unwrap().routes[vector]
+        }
+    }
+
+    impl MsiVectors for FakeVectors {
+        fn update(
+            &mut self,
+            vector: usize,
+            address: u64,
+            data: u32,
+            masked: bool,
+        ) -> Result<(), InterruptError> {
+            {
+                let mut log = self.irq.log.lock().unwrap();
+                if !masked {
+                    log.routes[vector] = Some((address, data));
+                }
+                log.armed[vector] = !masked;
+            }
+            self.irq.poll();
+            Ok(())
+        }
+
+        fn pending(&self, vector: usize) -> bool {
+            let fd = &self.irq.fds[vector];
+            match fd.read() {
+                Ok(n) => {
+                    fd.write(n).unwrap();
+                    true
+                }
+                Err(_) => false,
+            }
+        }
+
+        fn irqfd(&self, vector: usize) -> Option<&EventFd> {
+            self.irq.fds.get(vector)
+        }
+    }
+
+    fn program(msix: &mut Msix, vector: u64, addr: u64, data: u32) {
+        let base = vector * ENTRY_SIZE;
+        msix.table_write(base, &(addr as u32).to_le_bytes());
+        msix.table_write(base + 4, &((addr >> 32) as u32).to_le_bytes());
+        msix.table_write(base + 8, &data.to_le_bytes());
+    }
+
+    fn unmask(msix: &mut Msix, vector: u64) {
+        msix.table_write(vector * ENTRY_SIZE + 12, &0u32.to_le_bytes());
+    }
+
+    fn pba(msix: &Msix) -> u64 {
+        let mut b = [0u8; 8];
+        msix.pba_read(0, &mut b);
+        u64::from_le_bytes(b)
+    }
+
+    #[test]
+    fn reset_state_and_capability_layout() {
+        let (vectors, _) = FakeVectors::new(3);
+        let msix = Msix::new(vectors, 3);
+        assert_eq!(msix.control(), 2, "table size N-1, disabled, unmasked");
+        assert_eq!(msix.table_len(), 48);
+        assert_eq!(msix.pba_len(), 8);
+        let body = msix.capability_body(0, 0x4000, 0x6000);
+        assert_eq!(body, [2, 0, 0, 0x40, 0, 0, 0, 0x60, 0, 0]);
+        let mut entry = [0u8; 16];
+        msix.table_read(16, &mut entry);
+        assert_eq!(entry[12], 1, "vectors start masked");
+        let mut beyond = [0xaau8; 4];
+        msix.table_read(48, &mut beyond);
+        assert_eq!(beyond, [0; 4]);
+    }
+
+    #[test]
+    fn control_word_through_configuration_space() {
+        let (vectors, irq) = FakeVectors::new(2);
+        let mut msix = Msix::new(vectors, 2);
+        program(&mut msix, 1, 0xfee0_0000, 0x41);
+        unmask(&mut msix, 1);
+        assert!(!irq.armed(1), "MSI-X still disabled");
+        // A dword write at the capability start carries the control word
+        // in its upper half.
+        msix.config_write(0x50, 0x50, &[0x11, 0x00, 0x01, 0x80]);
+        assert_eq!(msix.control(), 0x8001);
+        assert!(irq.armed(1));
+        assert!(!irq.armed(0), "vector 0 is still masked");
+        let mut data = [0x11, 0x60, 0, 0];
+        msix.config_read(0x50, 0x50, &mut data);
+        assert_eq!(data, [0x11, 0x60, 0x01, 0x80]);
+        // Function mask disarms every vector without touching the entries.
+        msix.config_write(0x50, 0x53, &[0xc0]);
+        assert!(!irq.armed(1));
+        msix.config_write(0x50, 0x53, &[0x80]);
+        assert!(irq.armed(1));
+        // Writes elsewhere leave it alone.
+        msix.config_write(0x50, 0x54, &[0; 4]);
+        assert_eq!(msix.control(), 0x8001);
+    }
+
+    #[test]
+    fn masked_vectors_keep_signals_pending_until_unmasked() {
+        let (vectors, irq) = FakeVectors::new(2);
+        let mut msix = Msix::new(vectors, 2);
+        msix.set_control(CONTROL_ENABLE);
+        program(&mut msix, 0, 0xfee0_0000, 0x30);
+        msix.trigger(0);
+        assert_eq!(pba(&msix), 1, "masked: pending bit set");
+        assert!(irq.log.lock().unwrap().delivered.is_empty());
+        unmask(&mut msix, 0);
+        assert_eq!(irq.delivered(), vec![(0, 0xfee0_0000, 0x30)]);
+        assert_eq!(pba(&msix), 0, "delivered on unmask");
+        // While unmasked there is no pending state to show.
+        msix.trigger(0);
+        assert_eq!(pba(&msix), 0);
+    }
+
+    #[test]
+    fn entries_accept_any_access_width_and_route_on_change() {
+        let (vectors, irq) = FakeVectors::new(1);
+        let mut msix = Msix::new(vectors, 1);
+        msix.set_control(CONTROL_ENABLE);
+        let mut entry = Entry {
+            addr_lo: 0xfee0_1000,
+            addr_hi: 0,
+            data: 0x4051,
+            control: 0,
+        }
+        .to_bytes();
+        entry[12] = 0xfe; // reserved control bits are dropped, mask bit clear
+        msix.table_write(0, &entry[..8]);
+        msix.table_write(8, &entry[8..]);
+        let mut back = [0u8; 16];
+        msix.table_read(0, &mut back);
+        assert_eq!(&back[..12], &entry[..12]);
+        assert_eq!(
+            u32::from_le_bytes([back[12], back[13], back[14], back[15]]),
+            0
+        );
+        assert_eq!(irq.route(0), Some((0xfee0_1000, 0x4051)));
+        let mut byte = [0u8; 1];
+        msix.table_read(8, &mut byte);
+        assert_eq!(byte, [0x51]);
+        // A write crossing the end of the entry is cut at the entry.
+        msix.table_write(14, &[0xff; 8]);
+        assert_eq!(msix.count(), 1);
     }
 }

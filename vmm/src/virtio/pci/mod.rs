@@ -1,0 +1,431 @@
+//! The virtio-pci modern transport (VIRTIO 1.3, 4.1): PCI identity, the
+//! virtio and MSI-X capabilities, and one 64-bit BAR holding common config,
+//! ISR, device config, notify and the MSI-X table and PBA.
+//!
+//! The data path never comes here: kicks are KVM ioeventfds at the notify
+//! addresses (moved with the BAR) and completions are irqfds the backend
+//! signals. The VMM sees only set-up, config space and reset.
+
+pub mod common;
+
+use vmm_sys_util::eventfd::EventFd;
+
+use self::common::{Action, CommonConfig, NO_VECTOR};
+use super::{QueueSetup, VirtioDevice};
+use crate::pci::config::{
+    ConfigSpace, ConfigSpaceError, PciClass, COMMAND, COMMAND_MEMORY, SUBSYSTEM_ID,
+    SUBSYSTEM_VENDOR_ID,
+};
+use crate::pci::msix::{self, MsiVectors, Msix};
+use crate::pci::{BarMapping, BarReprogram, PciDevice};
+
+const VIRTIO_VENDOR: u16 = 0x1af4;
+/// Modern (non-transitional) device IDs are 0x1040 + the VIRTIO device ID.
+const VIRTIO_DEVICE_BASE: u16 = 0x1040;
+/// Non-transitional devices should have a subsystem ID of 0x40 or more.
+const VIRTIO_SUBSYSTEM_ID: u16 = 0x40;
+const CAP_VENDOR: u8 = 0x09;
+
+/// The BAR everything lives in, and its layout.
+const BAR: u8 = 0;
+pub const BAR_SIZE: u64 = 0x8000;
+const COMMON_OFFSET: u64 = 0x0000;
+const ISR_OFFSET: u64 = 0x1000;
+const ISR_LEN: u64 = 4;
+const DEVICE_CFG_OFFSET: u64 = 0x2000;
+const DEVICE_CFG_MAX: u64 = 0x1000;
+const NOTIFY_OFFSET: u64 = 0x3000;
+const NOTIFY_MULTIPLIER: u32 = 4;
+const MSIX_TABLE_OFFSET: u64 = 0x4000;
+const MSIX_PBA_OFFSET: u64 = 0x6000;
+
+/// virtio_pci_cap cfg_type values.
+const CFG_COMMON: u8 = 1;
+const CFG_NOTIFY: u8 = 2;
+const CFG_ISR: u8 = 3;
+const CFG_DEVICE: u8 = 4;
+
+/// ISR bit 1: configuration change (bit 0, queue interrupt, is INTx only).
+const ISR_CONFIG: u8 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("VIRTIO device ID {id} does not fit a PCI device ID (0x1040 + id)")]
+    DeviceId { id: u32 },
+    #[error("{queues} queues need more MSI-X vectors than fit the BAR")]
+    TooManyQueues { queues: usize },
+    #[error("Failed to lay out the PCI configuration space")]
+    ConfigSpace(#[source] ConfigSpaceError),
+    #[error("Failed to create a queue eventfd")]
+    EventFd(#[source] std::io::Error),
+}
+
+/// KVM's ioeventfds, as the transport needs them: an eventfd signalled by
+/// guest writes to an MMIO address, without an exit to the VMM.
+pub trait IoEventRegistry: Send {
+    fn register(&self, event: &EventFd, addr: u64) -> std::io::Result<()>;
+    fn unregister(&self, event: &EventFd, addr: u64) -> std::io::Result<()>;
+}
+
+/// QEMU's class codes for the types it has, so guests see the same device;
+/// "unclassified" otherwise.
+fn class_of(virtio_id: u32) -> PciClass {
+    let (class, subclass) = match virtio_id {
+        1 => (0x02, 0x00),  // net: Ethernet
+        2 => (0x01, 0x00),  // block: SCSI storage
+        3 => (0x07, 0x80),  // console: other communication
+        8 => (0x01, 0x00),  // scsi
+        26 => (0x01, 0x80), // fs: other storage
+        _ => (0xff, 0x00),
+    };
+    PciClass {
+        class,
+        subclass,
+        prog_if: 0,
+    }
+}
+
+/// A virtio_pci_cap body (after ID and next): cap_len, cfg_type, bar, id,
+/// padding, offset, length, and for notify the offset multiplier.
+fn virtio_cap(cfg_type: u8, offset: u64, len: u64) -> Vec<u8> {
+    let cap_len: u8 = if cfg_type == CFG_NOTIFY { 20 } else { 16 };
+    let mut body = vec![cap_len, cfg_type, BAR, 0, 0, 0];
+    body.extend_from_slice(&(offset as u32).to_le_bytes());
+    body.extend_from_slice(&(len as u32).to_le_bytes());
+    if cfg_type == CFG_NOTIFY {
+        body.extend_from_slice(&NOTIFY_MULTIPLIER.to_le_bytes());
+    }
+    body
+}
+
+/// MSI-X vectors for a device with `queues` queues: one per queue plus one
+/// for configuration changes.
+pub fn msix_vectors(queues: usize) -> u16 {
+    u16::try_from(queues + 1).unwrap_or(u16::MAX)
+}
+
+fn notify_addr(bar: u64, queue: usize) -> u64 {
+    bar + NOTIFY_OFFSET + u64::from(NOTIFY_MULTIPLIER) * queue as u64
+}
+
+pub struct VirtioPciDevice<D: VirtioDevice> {
+    device: D,
+    config: ConfigSpace,
+    msix: Msix,
+    msix_cap: usize,
+    ioevents: Box<dyn IoEventRegistry>,
+    kicks: Vec<EventFd>,
+    /// Calls of queues without an MSI-X vector: nobody listens (INTx is
+    /// not offered), but a backend needs some eventfd.
+    unrouted_calls: Vec<EventFd>,
+    /// The BAR address the kick ioeventfds are registered at, if any.
+    notify_base: Option<u64>,
+    common: CommonConfig,
+    isr: u8,
+    /// One error line per burst of failed config accesses.
+    config_failing: bool,
+}
+
+impl<D: VirtioDevice> VirtioPciDevice<D> {
+    pub fn new(
+        device: D,
+        vectors: Box<dyn MsiVectors>,
+        ioevents: Box<dyn IoEventRegistry>,
+    ) -> Result<Self, TransportError> {
+        let queue_count = device.queue_sizes().len();
+        let vector_count = msix_vectors(queue_count);
+        let msix = Msix::new(vectors, vector_count);
+        if MSIX_TABLE_OFFSET + msix.table_len() > MSIX_PBA_OFFSET
+            || MSIX_PBA_OFFSET + msix.pba_len() > BAR_SIZE
+        {
+            return Err(TransportError::TooManyQueues {
+                queues: queue_count,
+            });
+        }
+        let id = device.device_type();
+        let pci_id = u16::try_from(id)
+            .ok()
+            .and_then(|id| VIRTIO_DEVICE_BASE.checked_add(id))
+            .ok_or(TransportError::DeviceId { id })?;
+
+        let mut config = ConfigSpace::new(VIRTIO_VENDOR, pci_id, class_of(id), 1);
+        config.set_u16(SUBSYSTEM_VENDOR_ID, VIRTIO_VENDOR);
+        config.set_u16(SUBSYSTEM_ID, VIRTIO_SUBSYSTEM_ID);
+        config
+            .add_mem_bar64(usize::from(BAR), BAR_SIZE)
+            .map_err(TransportError::ConfigSpace)?;
+        let cfg_len = u64::from(device.config_len()).min(DEVICE_CFG_MAX);
+        let notify_len = u64::from(NOTIFY_MULTIPLIER) * queue_count as u64;
+        let mut caps = vec![
+            virtio_cap(CFG_COMMON, COMMON_OFFSET, common::COMMON_LEN as u64),
+            virtio_cap(CFG_NOTIFY, NOTIFY_OFFSET, notify_len),
+            virtio_cap(CFG_ISR, ISR_OFFSET, ISR_LEN),
+        ];
+        if cfg_len > 0 {
+            caps.push(virtio_cap(CFG_DEVICE, DEVICE_CFG_OFFSET, cfg_len));
+        }
+        for cap in caps {
+            config
+                .add_capability(CAP_VENDOR, &cap)
+                .map_err(TransportError::ConfigSpace)?;
+        }
+        let msix_cap = config
+            .add_capability(
+                msix::CAPABILITY_ID,
+                &msix.capability_body(BAR, MSIX_TABLE_OFFSET as u32, MSIX_PBA_OFFSET as u32),
+            )
+            .map_err(TransportError::ConfigSpace)?;
+
+        let eventfds = |n: usize| {
+            (0..n)
+                .map(|_| EventFd::new(libc::EFD_NONBLOCK))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(TransportError::EventFd)
+        };
+        Ok(VirtioPciDevice {
+            common: CommonConfig::new(device.features(), device.queue_sizes(), vector_count),
+            kicks: eventfds(queue_count)?,
+            unrouted_calls: eventfds(queue_count)?,
+            device,
+            config,
+            msix,
+            msix_cap,
+            ioevents,
+            notify_base: None,
+            isr: 0,
+            config_failing: false,
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        self.device.id()
+    }
+
+    /// Places the BAR and turns memory decoding on, as firmware would
+    /// before the guest runs; the guest may move it later.
+    pub fn place_bar(&mut self, addr: u64) {
+        self.config.set_bar_address(usize::from(BAR), addr);
+        let command = self.config.u16_at(COMMAND) | COMMAND_MEMORY;
+        // Through the normal write path, so that the kicks follow.
+        self.config_write(COMMAND as u16, &command.to_le_bytes());
+    }
+
+    /// Moves the kick ioeventfds with the BAR, or takes them away while it
+    /// is not decoded.
+    fn move_notify(&mut self, new: Option<u64>) {
+        if new == self.notify_base {
+            return;
+        }
+        if let Some(old) = self.notify_base.take() {
+            for (i, kick) in self.kicks.iter().enumerate() {
+                let addr = notify_addr(old, i);
+                if let Err(e) = self.ioevents.unregister(kick, addr) {
+                    log::error!("{}: unregistering ioeventfd at {addr:#x}: {e}", self.id());
+                }
+            }
+        }
+        if let Some(base) = new {
+            for (i, kick) in self.kicks.iter().enumerate() {
+                let addr = notify_addr(base, i);
+                if let Err(e) = self.ioevents.register(kick, addr) {
+                    // Kicks of this queue then exit to `bar_write`.
+                    log::error!("{}: registering ioeventfd at {addr:#x}: {e}", self.id());
+                }
+            }
+            log::debug!("{}: notify at {:#x}", self.id(), notify_addr(base, 0));
+        }
+        self.notify_base = new;
+    }
+
+    fn region_read(&mut self, offset: u64, data: &mut [u8]) {
+        match offset {
+            o if o < ISR_OFFSET => self.common.read(o - COMMON_OFFSET, data),
+            o if o < ISR_OFFSET + ISR_LEN => {
+                data.fill(0);
+                // Reading the ISR acknowledges it.
+                if o == ISR_OFFSET {
+                    data[0] = std::mem::take(&mut self.isr);
+                }
+            }
+            o if (DEVICE_CFG_OFFSET..DEVICE_CFG_OFFSET + DEVICE_CFG_MAX).contains(&o) => {
+                self.device_config_read(o - DEVICE_CFG_OFFSET, data)
+            }
+            o if (MSIX_TABLE_OFFSET..MSIX_PBA_OFFSET).contains(&o) => {
+                self.msix.table_read(o - MSIX_TABLE_OFFSET, data)
+            }
+            o if (MSIX_PBA_OFFSET..BAR_SIZE).contains(&o) => {
+                self.msix.pba_read(o - MSIX_PBA_OFFSET, data)
+            }
+            _ => data.fill(0),
+        }
+    }
+
+    fn region_write(&mut self, offset: u64, data: &[u8]) {
+        match offset {
+            o if o < ISR_OFFSET => match self.common.write(o - COMMON_OFFSET, data) {
+                Action::None => {}
+                Action::Reset => self.reset(),
+                Action::Activate => self.activate(),
+            },
+            o if (DEVICE_CFG_OFFSET..DEVICE_CFG_OFFSET + DEVICE_CFG_MAX).contains(&o) => {
+                self.device_config_write(o - DEVICE_CFG_OFFSET, data)
+            }
+            o if (NOTIFY_OFFSET..MSIX_TABLE_OFFSET).contains(&o) => {
+                // Only reached when the ioeventfd could not be registered.
+                let queue = ((o - NOTIFY_OFFSET) / u64::from(NOTIFY_MULTIPLIER)) as usize;
+                if let Some(kick) = self.kicks.get(queue) {
+                    if let Err(e) = kick.write(1) {
+                        log::error!("{}: kick of queue {queue} lost: {e}", self.id());
+                    }
+                }
+            }
+            o if (MSIX_TABLE_OFFSET..MSIX_PBA_OFFSET).contains(&o) => {
+                self.msix.table_write(o - MSIX_TABLE_OFFSET, data)
+            }
+            _ => {}
+        }
+    }
+
+    /// How many bytes of an access at `offset` fall inside the window: the
+    /// window has a defined length, and beyond it the guest reads zeros and
+    /// nothing reaches the device.
+    fn in_window(&self, offset: u64, len: usize) -> usize {
+        let window = u64::from(self.device.config_len());
+        window.saturating_sub(offset).min(len as u64) as usize
+    }
+
+    fn device_config_read(&mut self, offset: u64, data: &mut [u8]) {
+        let n = self.in_window(offset, data.len());
+        data.fill(0);
+        if n == 0 {
+            return;
+        }
+        match self.device.read_config(offset as u32, &mut data[..n]) {
+            Ok(()) => self.config_failing = false,
+            Err(e) => {
+                data.fill(0xff);
+                self.config_failed("read", offset, &e);
+            }
+        }
+    }
+
+    fn device_config_write(&mut self, offset: u64, data: &[u8]) {
+        let n = self.in_window(offset, data.len());
+        if n == 0 {
+            return;
+        }
+        match self.device.write_config(offset as u32, &data[..n]) {
+            Ok(()) => {
+                self.config_failing = false;
+                self.common.generation = self.common.generation.wrapping_add(1);
+            }
+            Err(e) => self.config_failed("write", offset, &e),
+        }
+    }
+
+    /// A failed config access never stops the VM: the device asks for a
+    /// reset (DEVICE_NEEDS_RESET) and tells the guest by a config interrupt.
+    fn config_failed(&mut self, what: &str, offset: u64, e: &D::Error) {
+        if !self.config_failing {
+            log::error!(
+                "{}: config {what} at offset {offset:#x} failed; device needs reset: {}",
+                self.id(),
+                crate::error_chain(e)
+            );
+            self.config_failing = true;
+        }
+        self.needs_reset();
+    }
+
+    fn needs_reset(&mut self) {
+        if self.common.set_needs_reset() {
+            self.isr |= ISR_CONFIG;
+            if self.common.msix_config != NO_VECTOR {
+                self.msix.trigger(self.common.msix_config);
+            }
+        }
+    }
+
+    fn activate(&mut self) {
+        let setups: Vec<QueueSetup<'_>> = self
+            .common
+            .queues
+            .iter()
+            .enumerate()
+            .filter(|(_, q)| q.enabled)
+            .map(|(index, q)| QueueSetup {
+                index,
+                size: q.size,
+                desc: q.desc,
+                avail: q.avail,
+                used: q.used,
+                kick: &self.kicks[index],
+                call: self
+                    .msix
+                    .irqfd(q.vector)
+                    .unwrap_or(&self.unrouted_calls[index]),
+            })
+            .collect();
+        if let Err(e) = self.device.activate(self.common.driver_features, &setups) {
+            log::error!(
+                "{}: activation failed; device needs reset: {}",
+                self.device.id(),
+                crate::error_chain(&e)
+            );
+            self.needs_reset();
+        }
+    }
+
+    fn reset(&mut self) {
+        let was_running = self.common.driver_ok();
+        if let Err(e) = self.device.reset() {
+            log::error!("{}: reset: {}", self.id(), crate::error_chain(&e));
+        }
+        self.common.reset(self.device.features());
+        self.isr = 0;
+        self.config_failing = false;
+        // Stale kicks would reach the backend at the next activation.
+        for fd in self.kicks.iter().chain(&self.unrouted_calls) {
+            let _ = fd.read();
+        }
+        log::debug!("{}: reset (was running: {was_running})", self.id());
+    }
+}
+
+impl<D: VirtioDevice> PciDevice for VirtioPciDevice<D> {
+    fn config_read(&mut self, offset: u16, data: &mut [u8]) {
+        self.config.read(offset, data);
+        // The MSI-X control word lives in `Msix`.
+        self.msix.config_read(self.msix_cap, offset, data);
+    }
+
+    fn config_write(&mut self, offset: u16, data: &[u8]) -> Vec<BarReprogram> {
+        self.msix.config_write(self.msix_cap, offset, data);
+        let changes = self.config.write(offset, data);
+        if let Some(change) = changes.iter().find(|c| c.bar == BAR) {
+            self.move_notify(change.new);
+        }
+        changes
+    }
+
+    fn mapped_bars(&self) -> Vec<BarMapping> {
+        self.config.mapped_bars()
+    }
+
+    fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]) {
+        if bar == BAR {
+            self.region_read(offset, data);
+        } else {
+            data.fill(0xff);
+        }
+    }
+
+    fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]) {
+        if bar == BAR {
+            self.region_write(offset, data);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,474 @@
+//! The transport driven the way a guest driver drives it, against a fake
+//! device, fake MSI vectors and fake ioeventfds: no KVM, no backend.
+
+use std::collections::BTreeSet;
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+
+use super::common::{
+    STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK, STATUS_NEEDS_RESET,
+};
+use super::*;
+use crate::pci::config::BAR0;
+use crate::pci::msix::tests::{FakeIrq, FakeVectors};
+
+#[derive(Debug, thiserror::Error)]
+#[error("backend gone")]
+struct Gone;
+
+/// (index, size, desc, avail, used, kick fd, call fd) of a started queue.
+type StartedQueue = (usize, u16, u64, u64, u64, i32, i32);
+
+#[derive(Default)]
+struct Calls {
+    config_reads: Vec<(u32, usize)>,
+    config_writes: Vec<(u32, Vec<u8>)>,
+    activations: Vec<(u64, Vec<StartedQueue>)>,
+    resets: usize,
+    fail_config: bool,
+}
+
+struct FakeDevice {
+    queues: Vec<u16>,
+    config_len: u32,
+    calls: Arc<Mutex<Calls>>,
+}
+
+impl VirtioDevice for FakeDevice {
+    type Error = Gone;
+    fn id(&self) -> &str {
+        "fake"
+    }
+    fn device_type(&self) -> u32 {
+        26
+    }
+    fn queue_sizes(&self) -> &[u16] {
+        &self.queues
+    }
+    fn features(&self) -> u64 {
+        (1 << 32) | (1 << 29)
+    }
+    fn config_len(&self) -> u32 {
+        self.config_len
+    }
+    fn read_config(&mut self, offset: u32, data: &mut [u8]) -> Result<(), Gone> {
+        let mut calls = self.calls.lock().unwrap();
+        calls.config_reads.push((offset, data.len()));
+        if calls.fail_config {
+            return Err(Gone);
+        }
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = b"myfs".get(offset as usize + i).copied().unwrap_or(0);
+        }
+        Ok(())
+    }
+    fn write_config(&mut self, offset: u32, data: &[u8]) -> Result<(), Gone> {
+        let mut calls = self.calls.lock().unwrap();
+        calls.config_writes.push((offset, data.to_vec()));
+        if calls.fail_config {
+            return Err(Gone);
+        }
+        Ok(())
+    }
+    fn activate(&mut self, features: u64, queues: &[QueueSetup<'_>]) -> Result<(), Gone> {
+        let queues = queues
+            .iter()
+            .map(|q| {
+                (
+                    q.index,
+                    q.size,
+                    q.desc,
+                    q.avail,
+                    q.used,
+                    q.kick.as_raw_fd(),
+                    q.call.as_raw_fd(),
+                )
+            })
+            .collect();
+        self.calls
+            .lock()
+            .unwrap()
+            .activations
+            .push((features, queues));
+        Ok(())
+    }
+    fn reset(&mut self) -> Result<(), Gone> {
+        self.calls.lock().unwrap().resets += 1;
+        Ok(())
+    }
+}
+
+/// Registered ioeventfds by address.
+#[derive(Clone, Default)]
+struct FakeIoEvents(Arc<Mutex<BTreeSet<(u64, i32)>>>);
+
+impl IoEventRegistry for FakeIoEvents {
+    fn register(&self, event: &EventFd, addr: u64) -> std::io::Result<()> {
+        assert!(self.0.lock().unwrap().insert((addr, event.as_raw_fd())));
+        Ok(())
+    }
+    fn unregister(&self, event: &EventFd, addr: u64) -> std::io::Result<()> {
+        assert!(self.0.lock().unwrap().remove(&(addr, event.as_raw_fd())));
+        Ok(())
+    }
+}
+
+impl FakeIoEvents {
+    fn addrs(&self) -> Vec<u64> {
+        self.0.lock().unwrap().iter().map(|(a, _)| *a).collect()
+    }
+}
+
+struct Rig {
+    dev: VirtioPciDevice<FakeDevice>,
+    calls: Arc<Mutex<Calls>>,
+    irq: FakeIrq,
+    ioevents: FakeIoEvents,
+}
+
+fn rig(queues: &[u16], config_len: u32) -> Rig {
+    let calls = Arc::new(Mutex::new(Calls::default()));
+    let (vectors, irq) = FakeVectors::new(queues.len() + 1);
+    let ioevents = FakeIoEvents::default();
+    let dev = VirtioPciDevice::new(
+        FakeDevice {
+            queues: queues.to_vec(),
+            config_len,
+            calls: calls.clone(),
+        },
+        vectors,
+        Box::new(ioevents.clone()),
+    )
+    .unwrap();
+    Rig {
+        dev,
+        calls,
+        irq,
+        ioevents,
+    }
+}
+
+impl Rig {
+    fn cfg32(&mut self, offset: usize) -> u32 {
+        let mut b = [0u8; 4];
+        self.dev.config_read(offset as u16, &mut b);
+        u32::from_le_bytes(b)
+    }
+    fn cfg8(&mut self, offset: usize) -> u8 {
+        let mut b = [0u8; 1];
+        self.dev.config_read(offset as u16, &mut b);
+        b[0]
+    }
+    fn set_cfg32(&mut self, offset: usize, v: u32) -> Vec<BarReprogram> {
+        self.dev.config_write(offset as u16, &v.to_le_bytes())
+    }
+    fn bar32(&mut self, offset: u64) -> u32 {
+        let mut b = [0u8; 4];
+        self.dev.bar_read(0, offset, &mut b);
+        u32::from_le_bytes(b)
+    }
+    fn bar8(&mut self, offset: u64) -> u8 {
+        let mut b = [0u8; 1];
+        self.dev.bar_read(0, offset, &mut b);
+        b[0]
+    }
+    fn set_bar32(&mut self, offset: u64, v: u32) {
+        self.dev.bar_write(0, offset, &v.to_le_bytes());
+    }
+    fn set_bar16(&mut self, offset: u64, v: u16) {
+        self.dev.bar_write(0, offset, &v.to_le_bytes());
+    }
+    fn set_status(&mut self, v: u8) {
+        self.dev.bar_write(0, 20, &[v]);
+    }
+    fn status(&mut self) -> u8 {
+        self.bar8(20)
+    }
+
+    /// The capability chain as (id, offset).
+    fn caps(&mut self) -> Vec<(u8, usize)> {
+        let mut caps = Vec::new();
+        let mut at = usize::from(self.cfg8(0x34));
+        while at != 0 && caps.len() < 16 {
+            caps.push((self.cfg8(at), at));
+            at = usize::from(self.cfg8(at + 1));
+        }
+        caps
+    }
+
+    /// What a Linux-like driver does up to DRIVER_OK, with every queue
+    /// enabled on vector `queue + 1` and config changes on vector 0.
+    fn bring_up(&mut self, features: u64) {
+        self.set_status(0);
+        self.set_status(STATUS_ACKNOWLEDGE);
+        self.set_status(STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        self.set_bar32(8, 0);
+        self.set_bar32(12, features as u32);
+        self.set_bar32(8, 1);
+        self.set_bar32(12, (features >> 32) as u32);
+        self.set_status(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+        self.set_bar16(16, 0);
+        let n = self.bar32(16) >> 16;
+        for q in 0..n as u16 {
+            self.set_bar16(22, q);
+            self.set_bar16(24, 128);
+            let base = 0x10_0000 * (u64::from(q) + 1);
+            self.dev.bar_write(0, 32, &base.to_le_bytes());
+            self.dev.bar_write(0, 40, &(base + 0x1000).to_le_bytes());
+            self.dev.bar_write(0, 48, &(base + 0x2000).to_le_bytes());
+            self.set_bar16(26, q + 1);
+            self.set_bar16(28, 1);
+        }
+        self.set_status(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+    }
+
+    fn enable_msix_vector(&mut self, vector: u64) {
+        let (_, cap) = *self
+            .caps()
+            .iter()
+            .find(|(id, _)| *id == msix::CAPABILITY_ID)
+            .unwrap();
+        self.dev
+            .config_write(cap as u16 + 2, &0x8000u16.to_le_bytes());
+        let entry = MSIX_TABLE_OFFSET + vector * 16;
+        self.set_bar32(entry, 0xfee0_0000);
+        self.set_bar32(entry + 8, 0x40 + vector as u32);
+        self.set_bar32(entry + 12, 0);
+    }
+}
+
+#[test]
+fn identity_and_capabilities_look_like_qemus_vhost_user_fs_pci() {
+    let mut r = rig(&[1024, 1024], 40);
+    assert_eq!(r.cfg32(0), 0x105a_1af4, "vendor 0x1af4, device 0x1040 + 26");
+    assert_eq!(r.cfg32(8), 0x0180_0001, "class 0x018000, revision 1");
+    assert_eq!(r.cfg32(0x2c), 0x0040_1af4);
+    assert_ne!(r.cfg32(4) >> 16 & (1 << 4), 0, "capability list");
+    let caps = r.caps();
+    let ids: Vec<u8> = caps.iter().map(|c| c.0).collect();
+    assert_eq!(ids, vec![9, 9, 9, 9, 0x11]);
+    // (cfg_type, bar, offset, length) of each virtio capability.
+    let mut virtio = Vec::new();
+    for &(_, at) in &caps[..4] {
+        let cfg_type = r.cfg8(at + 3);
+        virtio.push((cfg_type, r.cfg8(at + 4), r.cfg32(at + 8), r.cfg32(at + 12)));
+        if cfg_type == 2 {
+            assert_eq!(r.cfg8(at + 2), 20);
+            assert_eq!(r.cfg32(at + 16), 4, "notify_off_multiplier");
+        }
+    }
+    assert_eq!(
+        virtio,
+        vec![
+            (1, 0, 0, 0x38),
+            (2, 0, 0x3000, 8),
+            (3, 0, 0x1000, 4),
+            (4, 0, 0x2000, 40)
+        ]
+    );
+    let msix_at = caps[4].1;
+    assert_eq!(r.cfg32(msix_at) >> 16, 2, "3 vectors, disabled");
+    assert_eq!(r.cfg32(msix_at + 4), 0x4000, "table in BAR 0");
+    assert_eq!(r.cfg32(msix_at + 8), 0x6000, "PBA in BAR 0");
+}
+
+#[test]
+fn no_device_cap_without_a_window_and_bad_ids_refused() {
+    let mut r = rig(&[64], 0);
+    let ids: Vec<u8> = r.caps().iter().map(|c| r.cfg8(c.1 + 3)).collect();
+    assert_eq!(
+        ids,
+        vec![1, 2, 3, 0],
+        "no device cfg (the 0 is MSI-X's byte)"
+    );
+
+    let (vectors, _) = FakeVectors::new(2);
+    let huge = FakeDevice {
+        queues: vec![64],
+        config_len: 0,
+        calls: Arc::new(Mutex::new(Calls::default())),
+    };
+    // 0x1040 + 0xefc0 overflows a 16-bit device ID.
+    struct Id(FakeDevice);
+    impl VirtioDevice for Id {
+        type Error = Gone;
+        fn id(&self) -> &str {
+            "big"
+        }
+        fn device_type(&self) -> u32 {
+            0xefc0
+        }
+        fn queue_sizes(&self) -> &[u16] {
+            self.0.queue_sizes()
+        }
+        fn features(&self) -> u64 {
+            0
+        }
+        fn config_len(&self) -> u32 {
+            0
+        }
+        fn read_config(&mut self, _: u32, _: &mut [u8]) -> Result<(), Gone> {
+            Ok(())
+        }
+        fn write_config(&mut self, _: u32, _: &[u8]) -> Result<(), Gone> {
+            Ok(())
+        }
+        fn activate(&mut self, _: u64, _: &[QueueSetup<'_>]) -> Result<(), Gone> {
+            Ok(())
+        }
+        fn reset(&mut self) -> Result<(), Gone> {
+            Ok(())
+        }
+    }
+    let err = VirtioPciDevice::new(Id(huge), vectors, Box::new(FakeIoEvents::default()));
+    assert!(matches!(err, Err(TransportError::DeviceId { id: 0xefc0 })));
+}
+
+#[test]
+fn kicks_follow_the_bar() {
+    let mut r = rig(&[256, 256], 40);
+    assert!(r.ioevents.addrs().is_empty());
+    r.dev.place_bar(0xc000_0000);
+    assert_eq!(r.ioevents.addrs(), vec![0xc000_3000, 0xc000_3004]);
+    assert_eq!(
+        r.dev.mapped_bars(),
+        vec![BarMapping {
+            bar: 0,
+            addr: 0xc000_0000,
+            len: BAR_SIZE
+        }]
+    );
+
+    // The guest sizes and moves the BAR with decoding off, then turns it on.
+    r.dev.config_write(COMMAND as u16, &[0, 0]);
+    assert!(r.ioevents.addrs().is_empty());
+    r.set_cfg32(BAR0, u32::MAX);
+    r.set_cfg32(BAR0 + 4, u32::MAX);
+    assert_eq!(r.cfg32(BAR0), 0xffff_8004, "size 0x8000, 64-bit");
+    r.set_cfg32(BAR0, 0xd000_0000);
+    r.set_cfg32(BAR0 + 4, 0);
+    let changes = r
+        .dev
+        .config_write(COMMAND as u16, &COMMAND_MEMORY.to_le_bytes());
+    assert_eq!(changes[0].new, Some(0xd000_0000));
+    assert_eq!(r.ioevents.addrs(), vec![0xd000_3000, 0xd000_3004]);
+
+    // Moved while decoding: one step from old to new.
+    let changes = r.set_cfg32(BAR0 + 4, 1);
+    assert_eq!(changes[0].old, Some(0xd000_0000));
+    assert_eq!(r.ioevents.addrs(), vec![0x1_d000_3000, 0x1_d000_3004]);
+}
+
+#[test]
+fn driver_ok_hands_the_rings_kicks_and_msix_irqfds_to_the_device() {
+    let mut r = rig(&[1024, 512], 40);
+    r.dev.place_bar(0xc000_0000);
+    r.enable_msix_vector(2);
+    let features = (1 << 32) | (1 << 29);
+    r.bring_up(features);
+    assert!(r.dev.common.driver_ok());
+    let calls = r.calls.lock().unwrap();
+    assert_eq!(calls.activations.len(), 1);
+    let (acked, queues) = &calls.activations[0];
+    assert_eq!(*acked, features);
+    assert_eq!(queues.len(), 2);
+    let registered: Vec<(u64, i32)> = r.ioevents.0.lock().unwrap().iter().copied().collect();
+    for (q, &(index, size, desc, avail, used, kick, call)) in queues.iter().enumerate() {
+        let base = 0x10_0000 * (q as u64 + 1);
+        assert_eq!(
+            (index, size, desc, avail, used),
+            (q, 128, base, base + 0x1000, base + 0x2000)
+        );
+        assert_eq!(registered[q], (0xc000_3000 + 4 * q as u64, kick));
+        let vector_fd = r.dev.msix.irqfd(q as u16 + 1).unwrap().as_raw_fd();
+        assert_eq!(call, vector_fd, "call is the queue's MSI-X irqfd");
+    }
+    drop(calls);
+    // The queue on vector 2 interrupts when the backend signals its call fd.
+    r.dev.msix.irqfd(2).unwrap().write(1).unwrap();
+    assert_eq!(r.irq.delivered(), vec![(2, 0xfee0_0000, 0x42)]);
+}
+
+#[test]
+fn unregistered_notify_still_reaches_the_kick() {
+    let mut r = rig(&[64], 0);
+    r.set_bar16(NOTIFY_OFFSET, 0);
+    assert_eq!(r.dev.kicks[0].read().unwrap(), 1);
+}
+
+#[test]
+fn config_window_forwards_inside_and_reads_zero_beyond() {
+    let mut r = rig(&[64, 64], 40);
+    assert_eq!(r.bar32(DEVICE_CFG_OFFSET), u32::from_le_bytes(*b"myfs"));
+    // Straddling the end: only the part inside is forwarded.
+    assert_eq!(r.bar32(DEVICE_CFG_OFFSET + 38), 0);
+    assert_eq!(r.bar32(DEVICE_CFG_OFFSET + 40), 0);
+    assert_eq!(r.bar32(DEVICE_CFG_OFFSET + 0x800), 0);
+    r.set_bar32(DEVICE_CFG_OFFSET + 36, 7);
+    r.set_bar32(DEVICE_CFG_OFFSET + 40, 7);
+    let calls = r.calls.lock().unwrap();
+    assert_eq!(calls.config_reads, vec![(0, 4), (38, 2)]);
+    assert_eq!(calls.config_writes, vec![(36, 7u32.to_le_bytes().to_vec())]);
+}
+
+#[test]
+fn failed_config_access_reads_ones_and_asks_for_reset() {
+    let mut r = rig(&[64, 64], 40);
+    r.dev.place_bar(0xc000_0000);
+    r.enable_msix_vector(0);
+    r.set_bar16(16, 0); // config changes on vector 0
+    r.calls.lock().unwrap().fail_config = true;
+    assert_eq!(r.bar32(DEVICE_CFG_OFFSET), u32::MAX);
+    assert_eq!(r.bar32(DEVICE_CFG_OFFSET + 4), u32::MAX);
+    r.set_bar32(DEVICE_CFG_OFFSET, 1);
+    assert_ne!(r.status() & STATUS_NEEDS_RESET, 0);
+    assert_eq!(
+        r.irq.delivered(),
+        vec![(0, 0xfee0_0000, 0x40)],
+        "one config interrupt"
+    );
+    assert_eq!(r.bar8(ISR_OFFSET), ISR_CONFIG);
+    assert_eq!(r.bar8(ISR_OFFSET), 0, "read clears the ISR");
+    // Reset clears NEEDS_RESET and the device is asked to reset.
+    r.calls.lock().unwrap().fail_config = false;
+    r.set_status(0);
+    assert_eq!(r.status(), 0);
+    assert_eq!(r.calls.lock().unwrap().resets, 1);
+    assert_eq!(r.bar32(DEVICE_CFG_OFFSET), u32::from_le_bytes(*b"myfs"));
+}
+
+#[test]
+fn reset_returns_to_a_renegotiable_state() {
+    let mut r = rig(&[64, 64], 40);
+    r.dev.place_bar(0xc000_0000);
+    r.bring_up(1 << 32);
+    r.dev.kicks[0].write(1).unwrap();
+    r.set_status(0);
+    assert_eq!(r.status(), 0);
+    assert!(!r.dev.common.driver_ok());
+    assert!(r.dev.kicks[0].read().is_err(), "stale kick drained");
+    r.bring_up((1 << 32) | (1 << 29));
+    let calls = r.calls.lock().unwrap();
+    assert_eq!(calls.resets, 3, "bring_up resets first, twice, and ours");
+    assert_eq!(calls.activations.len(), 2);
+    assert_eq!(calls.activations[1].0, (1 << 32) | (1 << 29));
+}
+
+#[test]
+fn guest_cannot_panic_the_transport() {
+    let mut r = rig(&[64, 64], 40);
+    r.dev.place_bar(0xc000_0000);
+    for offset in (0..BAR_SIZE + 16).step_by(3) {
+        for len in [1usize, 2, 4, 8] {
+            let mut buf = vec![0u8; len];
+            r.dev.bar_read(0, offset, &mut buf);
+            r.dev.bar_write(0, offset, &vec![0xff; len]);
+            r.dev.bar_read(1, offset, &mut buf);
+        }
+    }
+    for offset in (0..4096u16).step_by(1) {
+        let mut buf = [0u8; 4];
+        r.dev.config_read(offset, &mut buf);
+        r.dev.config_write(offset, &[0xff]);
+    }
+}

@@ -1,0 +1,579 @@
+//! The generic vhost-user device: everything device-specific lives in the
+//! backend. We connect, negotiate, check the queue layout against what the
+//! backend offers, and on DRIVER_OK hand it the memory table and the rings
+//! the guest set up, with KVM ioeventfds as kicks and irqfds as calls.
+//!
+//! Every request runs under a watchdog deadline; a request that fails at
+//! the connection level marks the connection broken, later requests fail at
+//! once, and the next device reset reconnects (a restarted backend then
+//! serves the re-initialised device).
+
+mod watchdog;
+
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag};
+use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+
+use self::watchdog::Watchdog;
+use super::{QueueSetup, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::config::GenericVhostUserConfig;
+use crate::vstate::memory::GuestMemory;
+
+/// VHOST_USER_F_PROTOCOL_FEATURES: a vhost-user bit, never the guest's.
+const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
+const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
+const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+/// Device-type feature bits (VIRTIO 1.3, 6): 0-23 and 50-63.
+const DEVICE_FEATURES: u64 = 0x00ff_ffff | (0x3fff << 50);
+/// Ring features that need nothing from the transport. The other transport
+/// bits (packed rings, access platform, notification data, ...) would need
+/// support here and are never offered.
+const RING_FEATURES: u64 = VIRTIO_RING_F_INDIRECT_DESC | VIRTIO_RING_F_EVENT_IDX;
+/// The protocol features we use when the backend has them.
+const WANTED_PROTOCOL: VhostUserProtocolFeatures = VhostUserProtocolFeatures::MQ
+    .union(VhostUserProtocolFeatures::REPLY_ACK)
+    .union(VhostUserProtocolFeatures::CONFIG)
+    .union(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS);
+pub const MAX_QUEUE_SIZE: u16 = 32768;
+
+/// How long we wait for a backend.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// For the socket to accept a connection (start-up and reconnects).
+    pub connect: Duration,
+    /// For each reply; a vCPU waits this long at most, once.
+    pub reply: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(5),
+            reply: Duration::from_secs(3),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Nothing listens on vhost-user socket {path} (waited {waited:?})")]
+    Connect {
+        path: PathBuf,
+        waited: Duration,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Failed to watch vhost-user socket {path}")]
+    Watchdog {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("vhost-user {what} failed")]
+    Backend {
+        what: &'static str,
+        #[source]
+        source: vhost::Error,
+    },
+    #[error("vhost-user {what}: no reply within {after:?}; connection closed")]
+    NoReply { what: &'static str, after: Duration },
+    #[error("vhost-user connection to {path} is down until the device is reset")]
+    Disconnected { path: PathBuf },
+    #[error(
+        "device {id}: {asked} queues were asked for (queue_sizes) but the backend offers {offered} (VHOST_USER_GET_QUEUE_NUM)"
+    )]
+    TooManyQueues {
+        id: String,
+        asked: usize,
+        offered: u64,
+    },
+    #[error("device {id}: {ty} needs at least {min} queues ({why}); queue_sizes gives {asked}")]
+    TooFewQueues {
+        id: String,
+        ty: String,
+        min: usize,
+        why: &'static str,
+        asked: usize,
+    },
+    #[error("device {id}: queue size {size} is not a power of two between 1 and {MAX_QUEUE_SIZE}")]
+    QueueSize { id: String, size: u16 },
+    #[error(
+        "device {id}: {ty} has a config space but the backend lacks VHOST_USER_PROTOCOL_F_CONFIG; give its bytes with config=HEX"
+    )]
+    NoConfigFeature { id: String, ty: String },
+    #[error("guest memory region at {addr:#x} is not shared (use --memory shared=on)")]
+    NotShared { addr: u64 },
+    #[error("queue {queue}: ring at {addr:#x}+{len:#x} is not in guest memory")]
+    BadRingAddress { queue: usize, addr: u64, len: u64 },
+}
+
+/// Errors after which the byte stream cannot be trusted (lost, cut, or out
+/// of step with our requests); a refusal from a live backend is not one.
+fn breaks_connection(e: &vhost::Error) -> bool {
+    use vhost::vhost_user::Error as E;
+    match e {
+        vhost::Error::VhostUserProtocol(inner) => !matches!(
+            inner,
+            E::InvalidParam
+                | E::InvalidOperation(_)
+                | E::InactiveFeature(_)
+                | E::InactiveOperation(_)
+                | E::BackendInternalError
+                | E::FeatureMismatch
+        ),
+        _ => false,
+    }
+}
+
+/// One connection to the backend and the watchdog on its socket.
+struct Connection {
+    frontend: Frontend,
+    watchdog: Watchdog,
+}
+
+/// What negotiation settled.
+#[derive(Debug, Clone, Copy)]
+struct Negotiated {
+    backend_features: u64,
+    protocol: VhostUserProtocolFeatures,
+}
+
+pub struct GenericVhostUser {
+    config: GenericVhostUserConfig,
+    memory: GuestMemory,
+    timeouts: Timeouts,
+    /// None after a reconnect failed.
+    connection: Option<Connection>,
+    /// The connection failed; requests fail at once until reset reconnects.
+    broken: bool,
+    negotiated: Negotiated,
+    /// User-supplied config bytes (`config=`), served instead of GET_CONFIG.
+    config_bytes: Option<Vec<u8>>,
+    /// Queues the backend is running.
+    started: Vec<usize>,
+    /// Whether the acked features carried VHOST_USER_F_PROTOCOL_FEATURES,
+    /// which makes SET_VRING_ENABLE available.
+    vring_enable: bool,
+}
+
+impl GenericVhostUser {
+    /// Connects and negotiates; every check that can fail does so here,
+    /// before the guest runs.
+    pub fn new(config: &GenericVhostUserConfig, memory: &GuestMemory) -> Result<Self, Error> {
+        Self::with_timeouts(config, memory, Timeouts::default())
+    }
+
+    pub fn with_timeouts(
+        config: &GenericVhostUserConfig,
+        memory: &GuestMemory,
+        timeouts: Timeouts,
+    ) -> Result<Self, Error> {
+        validate_queues(config)?;
+        if let Some(region) = memory.iter().find(|r| r.file_offset().is_none()) {
+            return Err(Error::NotShared {
+                addr: region.start_addr().0,
+            });
+        }
+        let mut device = GenericVhostUser {
+            config: config.clone(),
+            memory: memory.clone(),
+            timeouts,
+            connection: None,
+            broken: true,
+            negotiated: Negotiated {
+                backend_features: 0,
+                protocol: VhostUserProtocolFeatures::empty(),
+            },
+            config_bytes: config.config.clone(),
+            started: Vec::new(),
+            vring_enable: false,
+        };
+        device.connect()?;
+        Ok(device)
+    }
+
+    /// A fresh connection and negotiation, replacing any old connection.
+    fn connect(&mut self) -> Result<(), Error> {
+        self.connection = None;
+        self.broken = true;
+        self.started.clear();
+        self.vring_enable = false;
+        let (frontend, socket) = connect(&self.config, self.timeouts.connect)?;
+        let name = format!("vu-watch-{}", self.config.id);
+        let watchdog = Watchdog::new(&name, socket).map_err(|source| Error::Watchdog {
+            path: self.config.socket.clone(),
+            source,
+        })?;
+        self.connection = Some(Connection { frontend, watchdog });
+        self.broken = false;
+        let set_up = self.negotiate().and_then(|negotiated| {
+            self.negotiated = negotiated;
+            self.set_mem_table()
+        });
+        if let Err(e) = set_up {
+            // Not a connection the device can use, whatever the cause.
+            self.broken = true;
+            return Err(e);
+        }
+        log::info!(
+            "{}: connected to {}: features {:#x}, protocol features {:?}",
+            self.config.id,
+            self.config.socket.display(),
+            self.negotiated.backend_features,
+            self.negotiated.protocol
+        );
+        Ok(())
+    }
+
+    /// Sends one request under the watchdog. Connection-level failures mark
+    /// the connection broken so that nothing waits on it again.
+    fn request<T>(
+        &mut self,
+        what: &'static str,
+        op: impl FnOnce(&mut Frontend) -> vhost::Result<T>,
+    ) -> Result<T, Error> {
+        let path = &self.config.socket;
+        let connection = match &mut self.connection {
+            Some(c) if !self.broken => c,
+            _ => return Err(Error::Disconnected { path: path.clone() }),
+        };
+        let Connection { frontend, watchdog } = connection;
+        let (result, cut_off) = watchdog.run(self.timeouts.reply, || op(frontend));
+        result.map_err(|source| {
+            if cut_off {
+                self.broken = true;
+                return Error::NoReply {
+                    what,
+                    after: self.timeouts.reply,
+                };
+            }
+            if breaks_connection(&source) {
+                self.broken = true;
+            }
+            log::debug!("{}: {what}: {source}", self.config.id);
+            Error::Backend { what, source }
+        })
+    }
+
+    fn negotiate(&mut self) -> Result<Negotiated, Error> {
+        let id = self.config.id.clone();
+        self.request("SET_OWNER", |f| f.set_owner())?;
+        let backend_features = self.request("GET_FEATURES", |f| f.get_features())?;
+        let mut protocol = VhostUserProtocolFeatures::empty();
+        if backend_features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
+            let offered = self.request("GET_PROTOCOL_FEATURES", |f| f.get_protocol_features())?;
+            protocol = offered & WANTED_PROTOCOL;
+            self.request("SET_PROTOCOL_FEATURES", |f| {
+                f.set_protocol_features(protocol)
+            })?;
+            log::debug!("{id}: protocol features offered {offered:?}, using {protocol:?}");
+            if protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+                // Every request without a reply of its own is acked, so a
+                // backend's refusal (of SET_MEM_TABLE, say) is not missed.
+                if let Some(c) = &self.connection {
+                    c.frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+                }
+            }
+        }
+        if backend_features & VIRTIO_F_VERSION_1 == 0 {
+            log::warn!(
+                "{id}: backend does not offer VIRTIO_F_VERSION_1 (features {backend_features:#x}); offering it to the guest anyway"
+            );
+        }
+        let asked = self.config.queue_sizes.len();
+        if protocol.contains(VhostUserProtocolFeatures::MQ) {
+            let offered = self.request("GET_QUEUE_NUM", |f| f.get_queue_num())?;
+            log::debug!("{id}: backend has {offered} queues, {asked} asked for");
+            if asked as u64 > offered {
+                return Err(Error::TooManyQueues { id, asked, offered });
+            }
+        }
+        let spec_config = self.config.device_type.spec_config_size().unwrap_or(0) > 0;
+        if spec_config
+            && self.config_bytes.is_none()
+            && !protocol.contains(VhostUserProtocolFeatures::CONFIG)
+        {
+            return Err(Error::NoConfigFeature {
+                id,
+                ty: self.config.device_type.to_string(),
+            });
+        }
+        Ok(Negotiated {
+            backend_features,
+            protocol,
+        })
+    }
+
+    fn set_mem_table(&mut self) -> Result<(), Error> {
+        let regions = self
+            .memory
+            .iter()
+            .map(|r| {
+                VhostUserMemoryRegionInfo::from_guest_region(r).map_err(|source| Error::Backend {
+                    what: "memory region",
+                    source,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.request("SET_MEM_TABLE", |f| f.set_mem_table(&regions).map(|_| ()))
+    }
+
+    fn host_address(&self, queue: usize, gpa: u64, len: u64) -> Result<u64, Error> {
+        let bad = Error::BadRingAddress {
+            queue,
+            addr: gpa,
+            len,
+        };
+        let usize_len = usize::try_from(len).map_err(|_| Error::BadRingAddress {
+            queue,
+            addr: gpa,
+            len,
+        })?;
+        if !self.memory.check_range(GuestAddress(gpa), usize_len) {
+            return Err(bad);
+        }
+        self.memory
+            .get_host_address(GuestAddress(gpa))
+            .map(|p| p as u64)
+            .map_err(|_| bad)
+    }
+
+    fn start_queues(&mut self, queues: &[QueueSetup<'_>]) -> Result<(), Error> {
+        // Firecracker's order: every ring size first, then per queue
+        // address, base, call, kick and enable (the kick starts the ring,
+        // so the call fd is in place before it).
+        for q in queues {
+            self.request("SET_VRING_NUM", |f| f.set_vring_num(q.index, q.size))?;
+        }
+        for q in queues {
+            let size = u64::from(q.size);
+            let ring = VringConfigData {
+                queue_max_size: q.size,
+                queue_size: q.size,
+                flags: 0,
+                desc_table_addr: self.host_address(q.index, q.desc, 16 * size)?,
+                avail_ring_addr: self.host_address(q.index, q.avail, 6 + 2 * size)?,
+                used_ring_addr: self.host_address(q.index, q.used, 6 + 8 * size)?,
+                log_addr: None,
+            };
+            self.request("SET_VRING_ADDR", |f| f.set_vring_addr(q.index, &ring))?;
+            self.request("SET_VRING_BASE", |f| f.set_vring_base(q.index, 0))?;
+            self.request("SET_VRING_CALL", |f| f.set_vring_call(q.index, q.call))?;
+            self.request("SET_VRING_KICK", |f| f.set_vring_kick(q.index, q.kick))?;
+            if self.vring_enable {
+                self.request("SET_VRING_ENABLE", |f| f.set_vring_enable(q.index, true))?;
+            }
+            self.started.push(q.index);
+        }
+        Ok(())
+    }
+
+    /// Stops the rings the backend runs.
+    fn stop_queues(&mut self) {
+        for q in std::mem::take(&mut self.started) {
+            if self.vring_enable {
+                if let Err(e) = self.request("SET_VRING_ENABLE", |f| f.set_vring_enable(q, false)) {
+                    log::warn!("{}: queue {q}: {}", self.config.id, crate::error_chain(&e));
+                }
+            }
+            // GET_VRING_BASE is what stops a ring.
+            if let Err(e) = self.request("GET_VRING_BASE", |f| f.get_vring_base(q)) {
+                log::warn!("{}: queue {q}: {}", self.config.id, crate::error_chain(&e));
+            }
+        }
+    }
+}
+
+impl VirtioDevice for GenericVhostUser {
+    type Error = Error;
+
+    fn id(&self) -> &str {
+        &self.config.id
+    }
+
+    fn device_type(&self) -> u32 {
+        self.config.device_type.id()
+    }
+
+    fn queue_sizes(&self) -> &[u16] {
+        &self.config.queue_sizes
+    }
+
+    /// The backend's device and ring features plus VERSION_1; never
+    /// VHOST_USER_F_PROTOCOL_FEATURES.
+    fn features(&self) -> u64 {
+        (self.negotiated.backend_features & (DEVICE_FEATURES | RING_FEATURES)) | VIRTIO_F_VERSION_1
+    }
+
+    fn config_len(&self) -> u32 {
+        self.config.config_window_len()
+    }
+
+    fn read_config(&mut self, offset: u32, data: &mut [u8]) -> Result<(), Error> {
+        if let Some(bytes) = &self.config_bytes {
+            data.fill(0);
+            let start = (offset as usize).min(bytes.len());
+            let end = (start + data.len()).min(bytes.len());
+            data[..end - start].copy_from_slice(&bytes[start..end]);
+            return Ok(());
+        }
+        if !self
+            .negotiated
+            .protocol
+            .contains(VhostUserProtocolFeatures::CONFIG)
+        {
+            // Only types without a spec-defined config get here (start-up
+            // refuses the others): their window reads zero.
+            data.fill(0);
+            return Ok(());
+        }
+        let len = data.len() as u32;
+        let zeros = vec![0; data.len()];
+        let (_, payload) = self.request("GET_CONFIG", |f| {
+            f.get_config(offset, len, VhostUserConfigFlags::empty(), &zeros)
+        })?;
+        // The vhost crate has checked that the reply has the asked size.
+        data.copy_from_slice(&payload[..data.len()]);
+        Ok(())
+    }
+
+    fn write_config(&mut self, offset: u32, data: &[u8]) -> Result<(), Error> {
+        if let Some(bytes) = &mut self.config_bytes {
+            let start = offset as usize;
+            if bytes.len() < start + data.len() {
+                bytes.resize(start + data.len(), 0);
+            }
+            bytes[start..start + data.len()].copy_from_slice(data);
+            return Ok(());
+        }
+        if !self
+            .negotiated
+            .protocol
+            .contains(VhostUserProtocolFeatures::CONFIG)
+        {
+            return Ok(());
+        }
+        self.request("SET_CONFIG", |f| {
+            f.set_config(offset, VhostUserConfigFlags::WRITABLE, data)
+        })
+    }
+
+    /// DRIVER_OK: features, memory, then every queue the guest enabled.
+    fn activate(&mut self, features: u64, queues: &[QueueSetup<'_>]) -> Result<(), Error> {
+        let backend_features = self.negotiated.backend_features;
+        // VERSION_1 is ours to offer; the backend gets only bits it has.
+        let mut acked = features & self.features() & backend_features;
+        if backend_features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
+            acked |= VHOST_USER_F_PROTOCOL_FEATURES;
+        }
+        self.request("SET_FEATURES", |f| f.set_features(acked))?;
+        self.vring_enable = acked & VHOST_USER_F_PROTOCOL_FEATURES != 0;
+        self.set_mem_table()?;
+        self.start_queues(queues)?;
+        log::info!(
+            "{}: started queues {:?} with features {acked:#x}",
+            self.config.id,
+            self.started
+        );
+        Ok(())
+    }
+
+    /// Device reset: stop the rings so the backend is ready for a new
+    /// negotiation. If the connection is gone, connect again and redo the
+    /// set-up, so that a restarted backend serves the re-initialised device.
+    fn reset(&mut self) -> Result<(), Error> {
+        if !self.broken {
+            if self.started.is_empty() {
+                // Nothing was running, so nothing has talked to the backend
+                // lately: make sure it is still there.
+                let _ = self.request("GET_FEATURES", |f| f.get_features());
+            } else {
+                self.stop_queues();
+            }
+        }
+        self.started.clear();
+        if !self.broken {
+            return Ok(());
+        }
+        log::warn!(
+            "{}: vhost-user connection to {} lost; reconnecting",
+            self.config.id,
+            self.config.socket.display()
+        );
+        self.connect()
+    }
+}
+
+fn validate_queues(config: &GenericVhostUserConfig) -> Result<(), Error> {
+    let id = &config.id;
+    for &size in &config.queue_sizes {
+        if !size.is_power_of_two() || size > MAX_QUEUE_SIZE {
+            return Err(Error::QueueSize {
+                id: id.clone(),
+                size,
+            });
+        }
+    }
+    let min = config.device_type.min_queues();
+    if config.queue_sizes.len() < min {
+        return Err(Error::TooFewQueues {
+            id: id.clone(),
+            ty: config.device_type.to_string(),
+            min,
+            why: config.device_type.required_queues(),
+            asked: config.queue_sizes.len(),
+        });
+    }
+    Ok(())
+}
+
+/// Connects, retrying while the socket does not exist or nobody accepts
+/// yet (a backend starting next to us), until `deadline` has passed.
+/// Returns the frontend and a second handle on its socket for the watchdog.
+fn connect(
+    config: &GenericVhostUserConfig,
+    deadline: Duration,
+) -> Result<(Frontend, UnixStream), Error> {
+    let path = &config.socket;
+    let start = Instant::now();
+    let failed = |source| Error::Connect {
+        path: path.clone(),
+        waited: start.elapsed(),
+        source,
+    };
+    let stream = loop {
+        match UnixStream::connect(path) {
+            Ok(stream) => break stream,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) && start.elapsed() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(failed(e)),
+        }
+    };
+    let watched = stream.try_clone().map_err(failed)?;
+    log::debug!(
+        "{}: connected to {} after {:?}",
+        config.id,
+        path.display(),
+        start.elapsed()
+    );
+    Ok((
+        Frontend::from_stream(stream, config.queue_sizes.len() as u64),
+        watched,
+    ))
+}
+
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod virtiofsd_tests;

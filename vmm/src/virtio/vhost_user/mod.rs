@@ -204,7 +204,9 @@ impl GenericVhostUser {
         self.started.clear();
         self.vring_enable = false;
         let (frontend, socket) = connect(&self.config, self.timeouts.connect)?;
-        let name = format!("vu-watch-{}", self.config.id);
+        // Thread names cannot hold NUL; ids from the command line cannot
+        // either, but the config type does not promise it.
+        let name = format!("vu-watch-{}", self.config.id).replace('\0', "");
         let watchdog = Watchdog::new(&name, socket).map_err(|source| Error::Watchdog {
             path: self.config.socket.clone(),
             source,
@@ -573,6 +575,8 @@ fn connect(
     ))
 }
 
+#[cfg(test)]
+mod mock;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

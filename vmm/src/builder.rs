@@ -211,9 +211,9 @@ fn attach_devices(
             return Err(BuildError::PciWindowFull { id: id.clone() });
         }
         device.place_bar(bar);
-        let bdf = segment
-            .add(Arc::new(Mutex::new(device)))
-            .map_err(BuildError::Pci)?;
+        let device = Arc::new(Mutex::new(device));
+        VirtioPciDevice::watch_device(&device);
+        let bdf = segment.add(device).map_err(BuildError::Pci)?;
         log::info!("{id}: virtio-pci at {bdf}, BAR 0 at {bar:#x}");
     }
     let segment = Arc::new(segment);

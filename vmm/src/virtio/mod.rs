@@ -5,10 +5,17 @@ pub mod device_type;
 pub mod pci;
 pub mod vhost_user;
 
+use std::sync::Arc;
+
 use vmm_sys_util::eventfd::EventFd;
 
 /// VIRTIO_F_VERSION_1: the modern interface, which our transport is.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+
+/// How a device tells its transport, from a thread of its own, that it
+/// failed while the guest was not touching it (its backend hung up). The
+/// call returns false while the transport is busy; the caller retries.
+pub type FailureSignal = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// A queue the guest enabled, as the transport hands it to the device at
 /// DRIVER_OK: guest-physical ring addresses and the eventfds that carry
@@ -49,4 +56,7 @@ pub trait VirtioDevice: Send {
     /// The driver wrote 0 to device_status: stop and be ready to negotiate
     /// again.
     fn reset(&mut self) -> Result<(), Self::Error>;
+    /// Where to signal failures found between guest accesses; devices that
+    /// only fail when asked something ignore it.
+    fn set_failure_signal(&mut self, _signal: FailureSignal) {}
 }

@@ -8,10 +8,12 @@
 
 pub mod common;
 
+use std::sync::{Arc, Mutex, TryLockError};
+
 use vmm_sys_util::eventfd::EventFd;
 
 use self::common::{Action, CommonConfig, NO_VECTOR};
-use super::{QueueSetup, VirtioDevice};
+use super::{FailureSignal, QueueSetup, VirtioDevice};
 use crate::pci::config::{
     ConfigSpace, ConfigSpaceError, PciClass, COMMAND, COMMAND_MEMORY, SUBSYSTEM_ID,
     SUBSYSTEM_VENDOR_ID,
@@ -199,6 +201,37 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
 
     pub fn id(&self) -> &str {
         self.device.id()
+    }
+
+    /// Lets the device report failures it finds on its own thread (a
+    /// backend that hung up while the guest only used the rings): the
+    /// device is then marked DEVICE_NEEDS_RESET and the guest told by a
+    /// config interrupt, as for a failed access.
+    pub fn watch_device(this: &Arc<Mutex<Self>>)
+    where
+        D: 'static,
+    {
+        let transport = Arc::downgrade(this);
+        let signal: FailureSignal = Arc::new(move || {
+            let Some(transport) = transport.upgrade() else {
+                return true; // The VM is going away.
+            };
+            let mut transport = match transport.try_lock() {
+                Ok(t) => t,
+                Err(TryLockError::WouldBlock) => return false,
+                Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            };
+            transport.device_failed();
+            true
+        });
+        crate::bus::lock(this).device.set_failure_signal(signal);
+    }
+
+    fn device_failed(&mut self) {
+        if self.common.status & common::STATUS_NEEDS_RESET == 0 {
+            log::error!("{}: the backend went away; device needs reset", self.id());
+        }
+        self.needs_reset();
     }
 
     /// Places the BAR and turns memory decoding on, as firmware would

@@ -26,6 +26,7 @@ struct Calls {
     activations: Vec<(u64, Vec<StartedQueue>)>,
     resets: usize,
     fail_config: bool,
+    signal: Option<FailureSignal>,
 }
 
 struct FakeDevice {
@@ -95,6 +96,9 @@ impl VirtioDevice for FakeDevice {
     fn reset(&mut self) -> Result<(), Gone> {
         self.calls.lock().unwrap().resets += 1;
         Ok(())
+    }
+    fn set_failure_signal(&mut self, signal: FailureSignal) {
+        self.calls.lock().unwrap().signal = Some(signal);
     }
 }
 
@@ -471,4 +475,39 @@ fn guest_cannot_panic_the_transport() {
         r.dev.config_read(offset, &mut buf);
         r.dev.config_write(offset, &[0xff]);
     }
+}
+
+#[test]
+fn a_device_failing_on_its_own_asks_for_reset_once() {
+    let mut r = rig(&[64, 64], 40);
+    r.dev.place_bar(0xc000_0000);
+    r.enable_msix_vector(0);
+    r.bring_up(1 << 32);
+    let delivered_before = r.irq.delivered().len();
+    let Rig {
+        dev, calls, irq, ..
+    } = r;
+    let shared = Arc::new(Mutex::new(dev));
+    VirtioPciDevice::watch_device(&shared);
+    let signal = calls.lock().unwrap().signal.clone().unwrap();
+    {
+        let _busy = shared.lock().unwrap();
+        assert!(!signal(), "a busy transport makes the caller retry");
+    }
+    assert!(signal());
+    assert!(signal(), "a second failure is harmless");
+    let mut dev = shared.lock().unwrap();
+    let mut status = [0u8];
+    dev.bar_read(0, 20, &mut status);
+    assert_ne!(status[0] & STATUS_NEEDS_RESET, 0);
+    assert_ne!(status[0] & STATUS_DRIVER_OK, 0, "the driver's bits stay");
+    let config_irqs: Vec<_> = irq.delivered()[delivered_before..].to_vec();
+    assert_eq!(
+        config_irqs,
+        vec![(0, 0xfee0_0000, 0x40)],
+        "one config interrupt"
+    );
+    drop(dev);
+    drop(shared);
+    assert!(signal(), "after the VM is gone the signal is a no-op");
 }

@@ -20,7 +20,7 @@ use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use self::watchdog::Watchdog;
-use super::{QueueSetup, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{FailureSignal, QueueSetup, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::config::GenericVhostUserConfig;
 use crate::vstate::memory::GuestMemory;
 
@@ -159,6 +159,8 @@ pub struct GenericVhostUser {
     /// Whether the acked features carried VHOST_USER_F_PROTOCOL_FEATURES,
     /// which makes SET_VRING_ENABLE available.
     vring_enable: bool,
+    /// Where the watchdog reports a backend that hung up.
+    failure_signal: Option<FailureSignal>,
 }
 
 impl GenericVhostUser {
@@ -192,6 +194,7 @@ impl GenericVhostUser {
             config_bytes: config.config.clone(),
             started: Vec::new(),
             vring_enable: false,
+            failure_signal: None,
         };
         device.connect()?;
         Ok(device)
@@ -211,6 +214,9 @@ impl GenericVhostUser {
             path: self.config.socket.clone(),
             source,
         })?;
+        if let Some(signal) = &self.failure_signal {
+            watchdog.set_signal(signal.clone());
+        }
         self.connection = Some(Connection { frontend, watchdog });
         self.broken = false;
         let set_up = self.negotiate().and_then(|negotiated| {
@@ -241,8 +247,11 @@ impl GenericVhostUser {
     ) -> Result<T, Error> {
         let path = &self.config.socket;
         let connection = match &mut self.connection {
-            Some(c) if !self.broken => c,
-            _ => return Err(Error::Disconnected { path: path.clone() }),
+            Some(c) if !self.broken && !c.watchdog.lost() => c,
+            _ => {
+                self.broken = true;
+                return Err(Error::Disconnected { path: path.clone() });
+            }
         };
         let Connection { frontend, watchdog } = connection;
         let (result, cut_off) = watchdog.run(self.timeouts.reply, || op(frontend));
@@ -508,6 +517,13 @@ impl VirtioDevice for GenericVhostUser {
             self.config.socket.display()
         );
         self.connect()
+    }
+
+    fn set_failure_signal(&mut self, signal: FailureSignal) {
+        if let Some(connection) = &self.connection {
+            connection.watchdog.set_signal(signal.clone());
+        }
+        self.failure_signal = Some(signal);
     }
 }
 

@@ -2,6 +2,7 @@
 //! real Unix socket.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::EventFd;
@@ -316,6 +317,45 @@ fn a_backend_that_went_away_is_reconnected_at_reset() {
     let mut tag = [0u8; 4];
     dev.read_config(0, &mut tag).unwrap();
     assert_eq!(&tag, b"myfs");
+    drop(dev);
+    server.join();
+}
+
+#[test]
+fn a_backend_hanging_up_while_the_guest_is_away_is_signalled_at_once() {
+    let mut server = Server::start(Mock::fs(), 2);
+    let mut dev = device(&server);
+    let signals = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    dev.set_failure_signal(Arc::new({
+        let signals = signals.clone();
+        move || {
+            signals.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            true
+        }
+    }));
+    let rings = Rings::new(2);
+    dev.activate(VERSION_1, &rings.setups()).unwrap();
+    assert_eq!(signals.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    server.kill_connection();
+    let start = Instant::now();
+    while signals.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(start.elapsed() < Duration::from_secs(5), "no signal");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Known lost: a config read fails at once, without a request.
+    server.take_log();
+    let err = dev.read_config(0, &mut [0u8; 4]).err().unwrap();
+    assert!(matches!(err, Error::Disconnected { .. }), "{err:?}");
+    // Reset reconnects; the new connection keeps the signal.
+    dev.reset().unwrap();
+    assert_eq!(server.take_log()[0], "SET_OWNER");
+    server.kill_connection();
+    let start = Instant::now();
+    while signals.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+        assert!(start.elapsed() < Duration::from_secs(5), "no second signal");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     drop(dev);
     server.join();
 }

@@ -24,6 +24,7 @@ use crate::pci::{BarMapping, BarReprogram, PciDevice};
 const VIRTIO_VENDOR: u16 = 0x1af4;
 /// Modern (non-transitional) device IDs are 0x1040 + the VIRTIO device ID.
 const VIRTIO_DEVICE_BASE: u16 = 0x1040;
+const VIRTIO_DEVICE_LAST: u16 = 0x107f;
 /// Non-transitional devices should have a subsystem ID of 0x40 or more.
 const VIRTIO_SUBSYSTEM_ID: u16 = 0x40;
 const CAP_VENDOR: u8 = 0x09;
@@ -52,7 +53,9 @@ const ISR_CONFIG: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    #[error("VIRTIO device ID {id} does not fit a PCI device ID (0x1040 + id)")]
+    #[error(
+        "VIRTIO device ID {id} cannot be carried by virtio-pci: PCI device IDs 0x1040 + id must stay within 0x1041..=0x107f (IDs 1 to 63)"
+    )]
     DeviceId { id: u32 },
     #[error("{queues} queues need more MSI-X vectors than fit the BAR")]
     TooManyQueues { queues: usize },
@@ -145,9 +148,11 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
             });
         }
         let id = device.device_type();
+        // VIRTIO 1.3, 4.1.2: drivers bind to 0x1000..=0x107f only.
         let pci_id = u16::try_from(id)
             .ok()
             .and_then(|id| VIRTIO_DEVICE_BASE.checked_add(id))
+            .filter(|pci_id| *pci_id <= VIRTIO_DEVICE_LAST)
             .ok_or(TransportError::DeviceId { id })?;
 
         let mut config = ConfigSpace::new(VIRTIO_VENDOR, pci_id, class_of(id), 1);

@@ -85,7 +85,11 @@ impl VhostUserBackendReqHandlerMut for Mock {
         Ok(None)
     }
     fn set_vring_num(&mut self, index: u32, num: u32) -> VuResult<()> {
-        self.note(format!("SET_VRING_NUM {index} {num}"))
+        self.note(format!("SET_VRING_NUM {index} {num}"))?;
+        if u64::from(index) >= self.queue_num {
+            return Err(VuError::InvalidParam);
+        }
+        Ok(())
     }
     fn set_vring_addr(
         &mut self,

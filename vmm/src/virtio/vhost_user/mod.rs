@@ -100,6 +100,16 @@ pub enum Error {
         why: &'static str,
         asked: usize,
     },
+    #[error(
+        "device {id}: the backend refuses queue {index} with {size} entries (SET_VRING_NUM): it has fewer queues or a smaller maximum queue size"
+    )]
+    QueueRefused {
+        id: String,
+        index: usize,
+        size: u16,
+        #[source]
+        source: Box<Error>,
+    },
     #[error("device {id}: queue size {size} is not a power of two between 1 and {MAX_QUEUE_SIZE}")]
     QueueSize { id: String, size: u16 },
     #[error(
@@ -302,6 +312,22 @@ impl GenericVhostUser {
             log::debug!("{id}: backend has {offered} queues, {asked} asked for");
             if asked as u64 > offered {
                 return Err(Error::TooManyQueues { id, asked, offered });
+            }
+        }
+        if protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+            // Without MQ this is the only way to learn the backend's queue
+            // count before the guest runs, and even with it the only way to
+            // learn its largest queue size: ask for every ring as
+            // configured and see what is refused. Nothing runs until a
+            // ring is kicked, and DRIVER_OK sets the sizes again.
+            for (index, size) in self.config.queue_sizes.clone().into_iter().enumerate() {
+                self.request("SET_VRING_NUM", |f| f.set_vring_num(index, size))
+                    .map_err(|e| Error::QueueRefused {
+                        id: id.clone(),
+                        index,
+                        size,
+                        source: Box::new(e),
+                    })?;
             }
         }
         let spec_config = self.config.device_type.spec_config_size().unwrap_or(0) > 0;

@@ -88,9 +88,42 @@ fn negotiation_offers_device_and_ring_bits_but_never_protocol_features() {
             "GET_PROTOCOL_FEATURES".into(),
             format!("SET_PROTOCOL_FEATURES {wanted:#x}"),
             "GET_QUEUE_NUM".into(),
+            "SET_VRING_NUM 0 64".into(),
+            "SET_VRING_NUM 1 64".into(),
             "SET_MEM_TABLE 1".into(),
         ]
     );
+}
+
+#[test]
+fn without_mq_a_refused_ring_is_found_at_start_up() {
+    let server = Server::start(
+        Mock {
+            queue_num: 1,
+            protocol: VhostUserProtocolFeatures::all() - VhostUserProtocolFeatures::MQ,
+            ..Mock::fs()
+        },
+        1,
+    );
+    let err =
+        GenericVhostUser::with_timeouts(&fs_config(&server.path, &[64, 64]), &memory(), quick())
+            .err()
+            .unwrap();
+    assert!(
+        matches!(
+            err,
+            Error::QueueRefused {
+                index: 1,
+                size: 64,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let text = crate::error_chain(&err);
+    for part in ["fs0", "queue 1", "SET_VRING_NUM"] {
+        assert!(text.contains(part), "{part:?} not in {text:?}");
+    }
 }
 
 #[test]

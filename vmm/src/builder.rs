@@ -76,8 +76,7 @@ pub enum BuildError {
 pub fn build_vm(config: &VmConfig) -> Result<Vmm, BuildError> {
     let cpus = config.cpus.boot;
     let memory = create_guest_memory(&config.memory).map_err(BuildError::Memory)?;
-    let vm = Vm::new().map_err(BuildError::Vm)?;
-    vm.register_memory(&memory).map_err(BuildError::Vm)?;
+    let vm = Vm::new(&memory).map_err(BuildError::Vm)?;
     let exit = Arc::new(VmExit::new().map_err(BuildError::EventFd)?);
 
     let vcpus = (0..cpus)

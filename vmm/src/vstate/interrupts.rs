@@ -290,7 +290,13 @@ mod tests {
 
     /// KVM tests run where /dev/kvm exists and say so loudly elsewhere.
     fn vm_or_skip(test: &str) -> Option<Vm> {
-        match Vm::new() {
+        let memory = crate::vstate::memory::create_guest_memory(&crate::config::MemoryConfig {
+            size: 2 << 20,
+            shared: false,
+            hugepages: false,
+        })
+        .ok()?;
+        match Vm::new(&memory) {
             Ok(vm) => Some(vm),
             Err(e) => {
                 eprintln!("SKIPPED {test}: no usable KVM here: {e}");

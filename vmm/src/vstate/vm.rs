@@ -53,13 +53,21 @@ pub struct Vm {
 }
 
 impl Vm {
-    pub fn new() -> Result<Self, VmError> {
+    /// A VM with `memory` registered and the in-kernel devices created.
+    pub fn new(memory: &GuestMemory) -> Result<Self, VmError> {
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let version = kvm.get_api_version();
         if version != kvm_bindings::KVM_API_VERSION as i32 {
             return Err(VmError::KvmApiVersion(version));
         }
         let fd = kvm.create_vm().map_err(VmError::CreateVm)?;
+        // Memory first: measured on PVM, registering the first memory slot
+        // after the in-kernel irqchip exists costs about 4 ms more than
+        // before it. (RAM above 4 GiB costs about 0.45 ms per GiB there,
+        // for the shadow MMU's reverse maps; registering it on a thread
+        // while the rest is built gained nothing: creating the irqchip and
+        // the ioeventfds waits for the same KVM lock.)
+        register_memory(&fd, &slots(memory))?;
         fd.set_tss_address(KVM_TSS_ADDRESS)
             .map_err(VmError::SetTssAddress)?;
         fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
@@ -88,32 +96,38 @@ impl Vm {
         self.fd.clone()
     }
 
-    pub fn register_memory(&self, memory: &GuestMemory) -> Result<(), VmError> {
-        for (slot, region) in memory.iter().enumerate() {
-            let region_desc = kvm_userspace_memory_region {
-                slot: slot as u32,
-                flags: 0,
-                guest_phys_addr: region.start_addr().raw_value(),
-                memory_size: region.len(),
-                userspace_addr: region.as_ptr() as u64,
-            };
-            // SAFETY: the mapping behind `region` stays alive as long as the
-            // VM: `GuestMemory` is owned by the `Vmm` that also owns this `Vm`,
-            // and is dropped after the vCPUs have been joined.
-            unsafe { self.fd.set_user_memory_region(region_desc) }.map_err(|source| {
-                VmError::SetMemoryRegion {
-                    addr: region_desc.guest_phys_addr,
-                    source,
-                }
-            })?;
-        }
-        Ok(())
-    }
-
     /// Writes to `event` raise IOAPIC pin (or routed GSI) `gsi`.
     pub fn register_irqfd(&self, event: &EventFd, gsi: u32) -> Result<(), VmError> {
         self.fd
             .register_irqfd(event, gsi)
             .map_err(|source| VmError::RegisterIrqfd { gsi, source })
     }
+}
+
+/// One KVM slot per memory region, as plain values a thread can own.
+fn slots(memory: &GuestMemory) -> Vec<kvm_userspace_memory_region> {
+    memory
+        .iter()
+        .enumerate()
+        .map(|(slot, region)| kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().raw_value(),
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+        })
+        .collect()
+}
+
+fn register_memory(fd: &VmFd, slots: &[kvm_userspace_memory_region]) -> Result<(), VmError> {
+    for &slot in slots {
+        // SAFETY: the mapping behind each slot stays alive as long as the
+        // VM: `GuestMemory` is owned by the `Vmm` that also owns this `Vm`
+        // (or, while building, outlives it) and is dropped after it.
+        unsafe { fd.set_user_memory_region(slot) }.map_err(|source| VmError::SetMemoryRegion {
+            addr: slot.guest_phys_addr,
+            source,
+        })?;
+    }
+    Ok(())
 }

@@ -1,0 +1,265 @@
+//! The echo device: what the driver puts on queue 0 comes back reversed
+//! on queue 1. Queues past 1 are drained. Its config space is a byte
+//! array with writable ranges, shared by every connection of the process
+//! so that it persists across reconnects, as a real device's would.
+
+use std::ops::Range;
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
+
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost_user_backend::{VhostUserBackendMut, VringRwLock, VringT};
+use virtio_queue::QueueT;
+use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+
+use crate::fault::{Faults, What};
+use crate::relay::crash;
+
+const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
+
+/// The config space, as the command line set it up.
+#[derive(Debug, Clone)]
+pub struct ConfigSpace {
+    pub bytes: Vec<u8>,
+    pub writable: Vec<Range<u32>>,
+}
+
+impl ConfigSpace {
+    fn read(&self, offset: u32, size: u32) -> Vec<u8> {
+        let (start, len) = (offset as usize, size as usize);
+        // An empty answer is the protocol's error: out of range.
+        self.bytes
+            .get(start..start.saturating_add(len))
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default()
+    }
+
+    fn write(&mut self, offset: u32, data: &[u8]) -> std::io::Result<()> {
+        let end = u64::from(offset) + data.len() as u64;
+        let allowed = self
+            .writable
+            .iter()
+            .any(|r| u64::from(r.start) <= u64::from(offset) && end <= u64::from(r.end));
+        if !allowed || end > self.bytes.len() as u64 {
+            log::info!(
+                "SET_CONFIG of {} bytes at {offset} refused: outside the writable ranges {:?}",
+                data.len(),
+                self.writable
+            );
+            return Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
+        }
+        self.bytes[offset as usize..end as usize].copy_from_slice(data);
+        Ok(())
+    }
+}
+
+pub struct EchoDevice {
+    pub queues: usize,
+    pub queue_max: usize,
+    pub features: u64,
+    pub config: Arc<Mutex<ConfigSpace>>,
+    pub faults: Arc<Faults>,
+    /// The connection being served, for faults that close it.
+    pub connection: Arc<Mutex<Option<UnixStream>>>,
+    memory: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
+    /// Reversed bytes from queue 0 waiting for a buffer on queue 1.
+    pending: Option<Vec<u8>>,
+    echoed: u64,
+}
+
+type Result<T> = std::io::Result<T>;
+
+fn queue_error(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+impl EchoDevice {
+    pub fn new(
+        queues: usize,
+        queue_max: usize,
+        features: u64,
+        config: Arc<Mutex<ConfigSpace>>,
+        faults: Arc<Faults>,
+        connection: Arc<Mutex<Option<UnixStream>>>,
+    ) -> EchoDevice {
+        EchoDevice {
+            queues,
+            queue_max,
+            features,
+            config,
+            faults,
+            connection,
+            memory: None,
+            pending: None,
+            echoed: 0,
+        }
+    }
+
+    fn config(&self) -> std::sync::MutexGuard<'_, ConfigSpace> {
+        self.config.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn buffer_done(&mut self) {
+        self.echoed += 1;
+        log::debug!("echoed buffer {}", self.echoed);
+        match self.faults.on_buffer().map(|f| f.what) {
+            Some(What::Close | What::CloseAfter) => {
+                let connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(c) = connection.as_ref() {
+                    let _ = c.shutdown(std::net::Shutdown::Both);
+                }
+            }
+            Some(What::Crash | What::CrashAfter) => crash(),
+            Some(What::Delay(d)) => std::thread::sleep(d),
+            _ => {}
+        }
+    }
+
+    fn process(&mut self, vrings: &[VringRwLock]) -> Result<()> {
+        let Some(memory) = self.memory.as_ref().map(GuestMemoryAtomic::memory) else {
+            return Ok(());
+        };
+        for vring in vrings.iter().skip(2) {
+            let mut used = false;
+            loop {
+                let chain = vring
+                    .get_mut()
+                    .get_queue_mut()
+                    .pop_descriptor_chain(memory.clone());
+                let Some(chain) = chain else { break };
+                vring.add_used(chain.head_index(), 0).map_err(queue_error)?;
+                used = true;
+            }
+            if used {
+                vring.signal_used_queue()?;
+            }
+        }
+        let [out, back, ..] = vrings else {
+            return Ok(());
+        };
+        loop {
+            if self.pending.is_none() {
+                let chain = out
+                    .get_mut()
+                    .get_queue_mut()
+                    .pop_descriptor_chain(memory.clone());
+                let Some(chain) = chain else { break };
+                let mut data = Vec::new();
+                for desc in chain.clone().readable() {
+                    let start = data.len();
+                    data.resize(start + desc.len() as usize, 0);
+                    memory
+                        .read_slice(&mut data[start..], desc.addr())
+                        .map_err(queue_error)?;
+                }
+                data.reverse();
+                out.add_used(chain.head_index(), 0).map_err(queue_error)?;
+                out.signal_used_queue()?;
+                self.pending = Some(data);
+            }
+            let chain = back
+                .get_mut()
+                .get_queue_mut()
+                .pop_descriptor_chain(memory.clone());
+            let Some(chain) = chain else { break };
+            let data = self.pending.take().unwrap_or_default();
+            let mut written = 0usize;
+            for desc in chain.clone().writable() {
+                let n = (desc.len() as usize).min(data.len() - written);
+                memory
+                    .write_slice(&data[written..written + n], desc.addr())
+                    .map_err(queue_error)?;
+                written += n;
+            }
+            back.add_used(chain.head_index(), written as u32)
+                .map_err(queue_error)?;
+            back.signal_used_queue()?;
+            self.buffer_done();
+        }
+        Ok(())
+    }
+}
+
+impl VhostUserBackendMut for EchoDevice {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        self.queues
+    }
+
+    fn max_queue_size(&self) -> usize {
+        self.queue_max
+    }
+
+    fn features(&self) -> u64 {
+        VIRTIO_F_VERSION_1 | VHOST_USER_F_PROTOCOL_FEATURES | self.features
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        // The relay hides what the command line withholds.
+        VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+    }
+
+    fn reset_device(&mut self) {
+        self.pending = None;
+    }
+
+    fn set_event_idx(&mut self, _enabled: bool) {
+        // EVENT_IDX is never offered: every used buffer is signalled.
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        self.config().read(offset, size)
+    }
+
+    fn set_config(&mut self, offset: u32, buf: &[u8]) -> Result<()> {
+        self.config().write(offset, buf)
+    }
+
+    fn update_memory(&mut self, memory: GuestMemoryAtomic<GuestMemoryMmap>) -> Result<()> {
+        self.memory = Some(memory);
+        Ok(())
+    }
+
+    fn handle_event(
+        &mut self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[VringRwLock],
+        _thread_id: usize,
+    ) -> Result<()> {
+        if evset != EventSet::IN {
+            return Err(std::io::Error::other(format!(
+                "unexpected event set {evset:?} on queue {device_event}"
+            )));
+        }
+        self.process(vrings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_reads_are_bounded_and_writes_need_a_writable_range() {
+        let mut c = ConfigSpace {
+            bytes: b"abcdefgh".to_vec(),
+            writable: [4..8].to_vec(),
+        };
+        assert_eq!(c.read(2, 4), b"cdef");
+        assert!(c.read(6, 4).is_empty(), "past the end is the error form");
+        assert!(c.read(u32::MAX, 4).is_empty());
+        c.write(4, b"XY").unwrap();
+        assert_eq!(c.read(0, 8), b"abcdXYgh");
+        assert!(c.write(3, b"XY").is_err());
+        assert!(c.write(7, b"XY").is_err());
+        assert_eq!(c.read(0, 8), b"abcdXYgh");
+    }
+}

@@ -1,1 +1,0 @@
-//! Mock vhost-user backends for testing the generic vhost-user device.

@@ -251,7 +251,7 @@ mod tests {
     fn config_reads_are_bounded_and_writes_need_a_writable_range() {
         let mut c = ConfigSpace {
             bytes: b"abcdefgh".to_vec(),
-            writable: [4..8].to_vec(),
+            writable: vec![Range { start: 4, end: 8 }],
         };
         assert_eq!(c.read(2, 4), b"cdef");
         assert!(c.read(6, 4).is_empty(), "past the end is the error form");

@@ -4,6 +4,7 @@
 pub mod guest;
 pub mod host;
 pub mod linux;
+pub mod mock;
 pub mod paths;
 pub mod probe;
 pub mod process;
@@ -13,5 +14,6 @@ pub mod vmm;
 
 pub use guest::{Guest, Hypervisor};
 pub use host::{HostKind, KvmHost};
+pub use mock::{MockBackend, MockOptions};
 pub use probe::{ProbeReport, Record};
 pub use process::{Output, RunError};

@@ -26,7 +26,7 @@ fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
 }
 
 /// An artifact built from `sources`, or an explanation of why it cannot be used.
-fn built_artifact(
+pub(crate) fn built_artifact(
     env_var: &str,
     default: PathBuf,
     sources: &[&str],

@@ -6,6 +6,8 @@ use crate::rt::FixedString;
 use crate::virtio::Mode;
 
 pub const MAX_ITEMS: usize = 32;
+/// The echo test's largest message: one buffer each way.
+pub const MAX_ECHO_BYTES: u32 = 1 << 20;
 
 /// Comma-separated values, borrowed from the stored command line.
 #[derive(Clone, Copy)]
@@ -56,6 +58,15 @@ pub struct Args {
     /// (VERSION_1 is always accepted).
     pub virtio_features: u64,
     pub pci_window: (u64, u64),
+    /// Devices the echo test drives (None: every virtio device but fs).
+    pub echo_id: Option<u32>,
+    pub echo_rounds: u32,
+    pub echo_bytes: u32,
+    /// How often a failed device may be reset and set up again.
+    pub echo_recover: u32,
+    pub echo_timeout_ms: u64,
+    /// `OFFSET:HEX`: bytes the config test writes.
+    pub config_write: Option<&'static str>,
     unknown: List,
 }
 
@@ -87,6 +98,12 @@ impl Args {
             virtio_mode: Mode::Interrupt,
             virtio_features: 0,
             pci_window: (0xc000_0000, 0xe000_0000),
+            echo_id: None,
+            echo_rounds: 8,
+            echo_bytes: 256,
+            echo_recover: 0,
+            echo_timeout_ms: 2000,
+            config_write: None,
             unknown: List::new(),
         };
         for word in line.split_ascii_whitespace() {
@@ -137,6 +154,25 @@ impl Args {
                     }
                     _ => false,
                 },
+                "echo.id" => value.parse().map(|v| a.echo_id = Some(v)).is_ok(),
+                "echo.rounds" => value.parse().map(|v| a.echo_rounds = v).is_ok(),
+                "echo.bytes" => value
+                    .parse()
+                    .ok()
+                    .filter(|&v| (1..=MAX_ECHO_BYTES).contains(&v))
+                    .map(|v| a.echo_bytes = v)
+                    .is_some(),
+                "echo.recover" => value.parse().map(|v| a.echo_recover = v).is_ok(),
+                "echo.timeout_ms" => value
+                    .parse()
+                    .ok()
+                    .filter(|&v| v > 0)
+                    .map(|v| a.echo_timeout_ms = v)
+                    .is_some(),
+                "config.write" => {
+                    a.config_write = Some(value);
+                    value.contains(':')
+                }
                 "virtio.features" => parse_hex(value).map(|f| a.virtio_features = f).is_some(),
                 "pci.window" => value
                     .split_once('-')

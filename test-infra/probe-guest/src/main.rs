@@ -9,6 +9,7 @@ mod apic;
 mod boot;
 mod cmdline;
 mod fuse;
+mod generic;
 mod io;
 mod pci;
 mod platform;

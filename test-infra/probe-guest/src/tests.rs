@@ -15,6 +15,8 @@ pub fn run(name: &str, ctx: &mut Ctx) -> Result<(), Failure> {
         "irq" => irq_test(ctx),
         "virtio" => virtio_test(ctx),
         "fs" => fs_test(ctx),
+        "echo" => crate::generic::echo_test(ctx),
+        "config" => crate::generic::config_test(ctx),
         "fail" => bail!("requested"),
         "spin" => {
             record!("spin");
@@ -118,7 +120,7 @@ fn irq_test(ctx: &mut Ctx) -> Result<(), Failure> {
     Ok(())
 }
 
-fn virtio_devices(
+pub fn virtio_devices(
     ctx: &mut Ctx,
 ) -> Result<([Option<pci::Function>; pci::MAX_FUNCTIONS], usize), Failure> {
     let bus = ensure_pci(ctx)?;
@@ -132,7 +134,7 @@ fn virtio_devices(
 }
 
 /// Negotiates, sets up every queue at its maximum size, DRIVER_OK.
-fn bring_up(dev: &mut Device, ctx: &mut Ctx) -> Result<(), Failure> {
+pub fn bring_up(dev: &mut Device, ctx: &mut Ctx) -> Result<(), Failure> {
     dev.negotiate(ctx.args.virtio_features, &ctx.clock)?;
     let queues = usize::from(dev.num_queues).min(virtio::MAX_QUEUES) as u16;
     for q in 0..queues {

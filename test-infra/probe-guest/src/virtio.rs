@@ -284,6 +284,9 @@ impl Device {
     /// until the generation counter is stable. Aligned dwords where
     /// possible, as drivers do.
     pub fn read_config(&self, offset: u32, out: &mut [u8]) -> Result<(), Failure> {
+        if out.is_empty() {
+            return Ok(());
+        }
         if self.device_cfg_base == 0 {
             bail!("{} has no device config capability", self.f.bdf);
         }
@@ -305,6 +308,18 @@ impl Device {
             }
         }
         bail!("{} config generation never settled", self.f.bdf)
+    }
+
+    /// Writes device config bytes one by one (any width is valid; bytes
+    /// reach every offset).
+    pub fn write_config(&self, offset: u32, bytes: &[u8]) -> Result<(), Failure> {
+        if self.device_cfg_base == 0 {
+            bail!("{} has no device config capability", self.f.bdf);
+        }
+        for (i, &b) in bytes.iter().enumerate() {
+            mmio::write8(self.device_cfg_base + u64::from(offset) + i as u64, b);
+        }
+        Ok(())
     }
 
     /// Puts a descriptor chain on queue `index` and notifies the device.
@@ -366,6 +381,8 @@ impl Device {
             // SAFETY: the used ring is our DMA memory, written by the device.
             unsafe { core::ptr::read_volatile((q.used + 2) as *const u16) }
         };
+        let status_addr = self.common + DEVICE_STATUS;
+        let mut spins = 0u32;
         loop {
             if used_idx(q) != q.last_used {
                 break;
@@ -373,7 +390,7 @@ impl Device {
             if clock.expired(deadline) {
                 bail!(
                     "{bdf} queue {index}: no completion within {timeout_ms} ms (status 0x{:02x})",
-                    mmio::read8(self.common + DEVICE_STATUS)
+                    mmio::read8(status_addr)
                 );
             }
             match (mode, q.vector) {
@@ -386,8 +403,22 @@ impl Device {
                     } else {
                         io::sti();
                     }
+                    spins = u32::MAX;
                 }
-                _ => io::pause(),
+                _ => {
+                    io::pause();
+                    spins += 1;
+                }
+            }
+            // A device that asked for a reset will not complete anything:
+            // look after every wake-up (the config interrupt is one), and
+            // now and then when polling (each look is an exit).
+            if spins >= 4096 {
+                spins = 0;
+                let status = mmio::read8(status_addr);
+                if status & STATUS_NEEDS_RESET != 0 && used_idx(q) == q.last_used {
+                    bail!("{bdf} queue {index}: device needs reset (status 0x{status:02x})");
+                }
             }
         }
         fence(Ordering::SeqCst);

@@ -12,6 +12,9 @@ use vhost_user_backend::{VhostUserBackendMut, VringRwLock, VringT};
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
 
 use crate::fault::{Faults, What};
 use crate::relay::crash;
@@ -67,6 +70,9 @@ pub struct EchoDevice {
     /// Reversed bytes from queue 0 waiting for a buffer on queue 1.
     pending: Option<Vec<u8>>,
     echoed: u64,
+    /// A fault closed the connection: the rings are dead too, as they
+    /// are when a real backend goes away.
+    stopped: bool,
 }
 
 type Result<T> = std::io::Result<T>;
@@ -94,6 +100,7 @@ impl EchoDevice {
             memory: None,
             pending: None,
             echoed: 0,
+            stopped: false,
         }
     }
 
@@ -106,6 +113,7 @@ impl EchoDevice {
         log::debug!("echoed buffer {}", self.echoed);
         match self.faults.on_buffer().map(|f| f.what) {
             Some(What::Close | What::CloseAfter) => {
+                self.stopped = true;
                 let connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(c) = connection.as_ref() {
                     let _ = c.shutdown(std::net::Shutdown::Both);
@@ -118,6 +126,9 @@ impl EchoDevice {
     }
 
     fn process(&mut self, vrings: &[VringRwLock]) -> Result<()> {
+        if self.stopped {
+            return Ok(());
+        }
         let Some(memory) = self.memory.as_ref().map(GuestMemoryAtomic::memory) else {
             return Ok(());
         };
@@ -177,6 +188,9 @@ impl EchoDevice {
                 .map_err(queue_error)?;
             back.signal_used_queue()?;
             self.buffer_done();
+            if self.stopped {
+                break;
+            }
         }
         Ok(())
     }
@@ -225,6 +239,18 @@ impl VhostUserBackendMut for EchoDevice {
     fn update_memory(&mut self, memory: GuestMemoryAtomic<GuestMemoryMmap>) -> Result<()> {
         self.memory = Some(memory);
         Ok(())
+    }
+
+    /// Without one the crate cannot stop the ring thread, and the next
+    /// connection would wait for it for ever.
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        match new_event_consumer_and_notifier(EventFlag::NONBLOCK) {
+            Ok(pair) => Some(pair),
+            Err(e) => {
+                log::error!("cannot create the ring thread's exit event: {e}");
+                None
+            }
+        }
     }
 
     fn handle_event(

@@ -226,6 +226,7 @@ fn run(args: &Args) -> Result<(), MockError> {
     }
     let relay = Relay {
         faults: faults.clone(),
+        writable: args.writable.clone(),
         hidden_protocol: hidden.bits(),
     };
     for n in 1u64.. {

@@ -173,6 +173,10 @@ enum Next {
 
 pub struct Relay {
     pub faults: Arc<Faults>,
+    /// Config bytes SET_CONFIG may change. The relay refuses the others
+    /// itself: vhost-user-backend ends the connection when a device
+    /// refuses a request, and a refusal must leave the device usable.
+    pub writable: Vec<std::ops::Range<u32>>,
     /// Protocol feature bits the backend has but the command line withholds.
     pub hidden_protocol: u64,
 }
@@ -196,12 +200,41 @@ impl Relay {
                 request.payload.len(),
                 request.fds.len()
             );
-            let what = self.faults.on_request(code).map(|f| f.what);
+            let mut what = self.faults.on_request(code).map(|f| f.what);
+            if what.is_none() && code == fault::SET_CONFIG && !self.may_write(&request) {
+                what = Some(What::Error);
+            }
             if let Next::Close = self.handle(request, what, frontend, backend)? {
                 break;
             }
         }
         Ok(())
+    }
+
+    /// Whether a SET_CONFIG stays inside the writable ranges.
+    fn may_write(&self, request: &Message) -> bool {
+        let field = |i: usize| {
+            request
+                .payload
+                .get(4 * i..4 * i + 4)
+                .and_then(|b| b.try_into().ok())
+                .map(u32::from_le_bytes)
+        };
+        let (Some(offset), Some(size)) = (field(0), field(1)) else {
+            return false;
+        };
+        let end = u64::from(offset) + u64::from(size);
+        let allowed = self
+            .writable
+            .iter()
+            .any(|r| u64::from(r.start) <= u64::from(offset) && end <= u64::from(r.end));
+        if !allowed {
+            log::info!(
+                "SET_CONFIG of {size} bytes at {offset} refused: outside the writable ranges {:?}",
+                self.writable
+            );
+        }
+        allowed
     }
 
     fn handle(

@@ -75,6 +75,16 @@ pub fn probe_guest() -> Result<PathBuf, String> {
     )
 }
 
+/// The conformance runner (`VHOST_USER_CONFORMANCE` overrides).
+pub fn conformance_binary() -> Result<PathBuf, String> {
+    built_artifact(
+        "VHOST_USER_CONFORMANCE",
+        workspace_root().join("target/release/vhost-user-conformance"),
+        &["test-infra/src"],
+        "cargo build --release -p test-infra",
+    )
+}
+
 /// A program on PATH or in ~/.cargo/bin.
 pub fn find_program(name: &str) -> Option<PathBuf> {
     let cargo_bin = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin"));

@@ -1,0 +1,221 @@
+//! `vhost-user-conformance`: checks a vhost-user backend by booting the
+//! probe guest under `vmm` with a generic vhost-user device for it.
+//!
+//! ```text
+//! vhost-user-conformance --virtio-id fs --queue-sizes 512,512 -- \
+//!     virtiofsd --socket-path={socket} --shared-dir=/tmp/share --tag=myfs
+//! vhost-user-conformance --virtio-id 60 --socket /run/my-backend.sock
+//! ```
+//!
+//! With a command, `{socket}` in its arguments becomes the socket path the
+//! runner chose, and the backend is started afresh for every guest (many
+//! backends serve one connection and exit). With `--socket`, the backend
+//! must accept a new connection for every guest.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use clap::Parser;
+use test_infra::conformance::{self, Check, Expectation};
+use test_infra::guest::quote;
+use test_infra::process::Child;
+use test_infra::vmm::{GuestRun, VmmCommand};
+
+const SOCKET_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Checks a vhost-user backend: boots the probe guest under vmm with a
+/// generic vhost-user device for it and reports each check (generic tier:
+/// negotiation, PCI identity, features, queues, DRIVER_OK, config read,
+/// reset and re-initialisation; then the tier for the device type: fs, or
+/// echo with --echo). Exit status 0 only if no check failed.
+#[derive(Parser, Debug)]
+#[command(name = "vhost-user-conformance", version)]
+struct Args {
+    /// The VIRTIO device ID, by number (1..63) or name (fs, net, block,
+    /// console, rng, vsock, sound, scmi, i2c, gpio).
+    #[arg(long, value_parser = parse_virtio_id)]
+    virtio_id: u32,
+    /// Queue sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "256,256")]
+    queue_sizes: Vec<u32>,
+    /// Length of the device config window, for types the VIRTIO
+    /// specification gives no size.
+    #[arg(long)]
+    config_size: Option<u32>,
+    /// A backend already listening here (instead of a command).
+    #[arg(long, conflicts_with = "command")]
+    socket: Option<PathBuf>,
+    /// The backend is an echo device (queue 0 comes back reversed on
+    /// queue 1, as vhost-user-mock does): run the echo tier.
+    #[arg(long)]
+    echo: bool,
+    /// Print the checks as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Also write the checks as JUnit XML to this file.
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
+    /// How long one guest may run.
+    #[arg(long, default_value_t = 120)]
+    timeout_secs: u64,
+    /// The backend command; `{socket}` in its arguments is replaced by the
+    /// socket path.
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+fn parse_virtio_id(s: &str) -> Result<u32, String> {
+    const NAMES: &[(&str, u32)] = &[
+        ("net", 1),
+        ("block", 2),
+        ("console", 3),
+        ("rng", 4),
+        ("vsock", 19),
+        ("sound", 25),
+        ("fs", 26),
+        ("scmi", 32),
+        ("i2c", 34),
+        ("gpio", 41),
+    ];
+    if let Some((_, id)) = NAMES.iter().find(|(n, _)| *n == s) {
+        return Ok(*id);
+    }
+    match s.parse::<u32>() {
+        Ok(id @ 1..=63) => Ok(id),
+        _ => Err(format!(
+            "expected a device ID from 1 to 63 or one of {}",
+            NAMES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+        )),
+    }
+}
+
+struct Runner<'a> {
+    args: &'a Args,
+    dir: &'a Path,
+    boots: usize,
+}
+
+impl Runner<'_> {
+    /// The backend for one guest: started from the command, or the given
+    /// socket. The child (if any) is killed when dropped.
+    fn backend(&mut self) -> Result<(PathBuf, Option<Child>), String> {
+        if let Some(socket) = &self.args.socket {
+            return Ok((socket.clone(), None));
+        }
+        self.boots += 1;
+        let socket = self.dir.join(format!("backend-{}.sock", self.boots));
+        let socket_text = socket.to_string_lossy().to_string();
+        let argv: Vec<String> = self
+            .args
+            .command
+            .iter()
+            .map(|a| a.replace("{socket}", &socket_text))
+            .collect();
+        let (program, rest) = argv
+            .split_first()
+            .ok_or("give a backend command after --, or --socket PATH")?;
+        let mut command = Command::new(program);
+        command.args(rest);
+        let mut child = Child::spawn(&format!("backend-{}", self.boots), command, self.dir)
+            .map_err(|e| format!("starting {program}: {e}"))?;
+        if !child.wait_until(SOCKET_DEADLINE, |_| socket.exists()) {
+            return Err(format!(
+                "{program} did not create {} within {SOCKET_DEADLINE:?} (is {{socket}} in its arguments?)\n{}",
+                socket.display(),
+                child.stderr_so_far()
+            ));
+        }
+        Ok((socket, Some(child)))
+    }
+
+    fn boot(&mut self, cmdline: &str) -> Result<GuestRun, String> {
+        let (socket, _backend) = self.backend()?;
+        let sizes: Vec<String> = self.args.queue_sizes.iter().map(u32::to_string).collect();
+        let mut device = format!(
+            "socket={},virtio_id={},queue_sizes=[{}]",
+            quote(&socket.to_string_lossy()),
+            self.args.virtio_id,
+            sizes.join(",")
+        );
+        if let Some(size) = self.args.config_size {
+            device.push_str(&format!(",config_size={size}"));
+        }
+        let mut cmd = VmmCommand::probe(cmdline)?;
+        cmd.args(["--memory", "size=512M,shared=on", "--generic-vhost-user"])
+            .arg(device)
+            .timeout(Duration::from_secs(self.args.timeout_secs));
+        cmd.run(self.dir)
+    }
+}
+
+fn run(args: &Args) -> Result<Vec<Check>, String> {
+    let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
+    let mut runner = Runner {
+        args,
+        dir: dir.path(),
+        boots: 0,
+    };
+    let want = Expectation {
+        virtio_id: args.virtio_id,
+        queue_sizes: args.queue_sizes.clone(),
+    };
+    let generic = runner.boot("probe.run=pci,virtio,config")?;
+    let mut checks = conformance::generic_tier(&generic, &want);
+    let usable = conformance::all_passed(&checks);
+    if args.virtio_id == 26 {
+        if usable {
+            let run = runner.boot(
+                "probe.run=fs probe.fs.write=.vhost-user-conformance:65536 probe.fs.list=/ probe.fs.ops=on",
+            )?;
+            checks.extend(conformance::fs_tier(&run));
+        } else {
+            checks.push(conformance::skipped("fs", "all", "the generic tier failed"));
+        }
+    } else if args.echo {
+        if usable {
+            let run = runner.boot("probe.run=echo probe.echo.rounds=16 probe.echo.bytes=4096")?;
+            checks.extend(conformance::echo_tier(&run));
+        } else {
+            checks.push(conformance::skipped(
+                "echo",
+                "all",
+                "the generic tier failed",
+            ));
+        }
+    } else {
+        checks.push(conformance::skipped(
+            "type",
+            "all",
+            &format!("no type tier for device ID {} yet", args.virtio_id),
+        ));
+    }
+    Ok(checks)
+}
+
+fn main() {
+    let args = Args::parse();
+    let checks = match run(&args) {
+        Ok(checks) => checks,
+        Err(e) => {
+            eprintln!("vhost-user-conformance: {e}");
+            std::process::exit(2);
+        }
+    };
+    if args.json {
+        print!("{}", conformance::json(&checks));
+    } else {
+        print!("{}", conformance::table(&checks));
+    }
+    if let Some(path) = &args.junit {
+        if let Err(e) = std::fs::write(path, conformance::junit(&checks)) {
+            eprintln!("vhost-user-conformance: writing {}: {e}", path.display());
+            std::process::exit(2);
+        }
+    }
+    std::process::exit(if conformance::all_passed(&checks) {
+        0
+    } else {
+        1
+    });
+}

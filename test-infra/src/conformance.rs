@@ -1,0 +1,508 @@
+//! The conformance checks for a vhost-user backend: what the probe guest
+//! must have reported for the backend to pass, and the report formats
+//! (a table, JSON, JUnit XML). The runner (`vhost-user-conformance`) boots
+//! the guests; this module only judges what they said.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::probe::{ProbeReport, Record};
+use crate::vmm::GuestRun;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Pass,
+    Fail,
+    Skip,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pass => "pass",
+            Status::Fail => "fail",
+            Status::Skip => "skip",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub tier: &'static str,
+    pub name: &'static str,
+    pub status: Status,
+    /// Why it failed or was skipped; what was seen when it passed.
+    pub detail: String,
+    /// The boot that decided it.
+    pub elapsed: Duration,
+}
+
+/// What the backend should look like, from the runner's command line.
+#[derive(Debug, Clone)]
+pub struct Expectation {
+    pub virtio_id: u32,
+    pub queue_sizes: Vec<u32>,
+}
+
+struct Judge<'a> {
+    tier: &'static str,
+    run: &'a GuestRun,
+    checks: Vec<Check>,
+}
+
+impl Judge<'_> {
+    fn check(&mut self, name: &'static str, outcome: Result<String, String>) {
+        let (status, detail) = match outcome {
+            Ok(seen) => (Status::Pass, seen),
+            Err(why) => (Status::Fail, why),
+        };
+        self.checks.push(Check {
+            tier: self.tier,
+            name,
+            status,
+            detail,
+            elapsed: self.run.output.elapsed,
+        });
+    }
+
+    fn report(&self) -> &ProbeReport {
+        &self.run.report
+    }
+}
+
+/// The line `vmm` printed when it refused to start, if it did.
+fn start_up_error(run: &GuestRun) -> Option<String> {
+    run.output
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("vmm: error: "))
+        .map(str::to_string)
+}
+
+fn guest_failure(report: &ProbeReport) -> Option<String> {
+    match report.result() {
+        Some(Err(reason)) => Some(reason),
+        _ => None,
+    }
+}
+
+/// The record of `kind` whose first word is the device's PCI address.
+fn device_record<'a>(report: &'a ProbeReport, kind: &'a str, bdf: &str) -> Option<&'a Record> {
+    report
+        .all(kind)
+        .find(|r| r.positional.len() == 1 && r.positional[0] == bdf)
+}
+
+/// The generic tier, from a run of `probe.run=pci,virtio,config`.
+pub fn generic_tier(run: &GuestRun, want: &Expectation) -> Vec<Check> {
+    let mut j = Judge {
+        tier: "generic",
+        run,
+        checks: Vec::new(),
+    };
+    if let Some(error) = start_up_error(run) {
+        j.check("connect-and-negotiate", Err(error));
+        return j.checks;
+    }
+    j.check(
+        "connect-and-negotiate",
+        Ok("vmm connected and negotiated".into()),
+    );
+    let pci_id = format!("{:04x}", 0x1040 + want.virtio_id);
+    let function = j
+        .report()
+        .all("pci")
+        .find(|r| r.get("vendor") == Some("1af4") && r.get("device") == Some(pci_id.as_str()))
+        .and_then(|r| r.positional.first().cloned());
+    let Some(bdf) = function else {
+        j.check(
+            "pci-identity",
+            Err(format!(
+                "no PCI function 1af4:{pci_id}; guest said {:?}",
+                guest_failure(j.report())
+            )),
+        );
+        return j.checks;
+    };
+    j.check("pci-identity", Ok(format!("1af4:{pci_id} at {bdf}")));
+    let Some(virtio) = device_record(j.report(), "virtio", &bdf).cloned() else {
+        let why = guest_failure(j.report()).unwrap_or_else(|| "no virtio record".into());
+        j.check("driver-ok", Err(why));
+        return j.checks;
+    };
+    let features = virtio.number("features").unwrap_or(0);
+    j.check(
+        "features",
+        if features & (1 << 32) != 0 {
+            Ok(format!("{features:#x}"))
+        } else {
+            Err(format!("VIRTIO_F_VERSION_1 missing from {features:#x}"))
+        },
+    );
+    let sizes: Vec<String> = want.queue_sizes.iter().map(u32::to_string).collect();
+    let sizes = sizes.join(",");
+    j.check(
+        "queues",
+        if virtio.get("qsize") == Some(sizes.as_str()) {
+            Ok(format!("{} queues of {sizes}", want.queue_sizes.len()))
+        } else {
+            Err(format!(
+                "guest saw queue sizes {:?}, configured {sizes}",
+                virtio.get("qsize")
+            ))
+        },
+    );
+    let status = virtio.number("status").unwrap_or(0);
+    j.check(
+        "driver-ok",
+        if status == 0x0f {
+            Ok("status 0x0f after DRIVER_OK".into())
+        } else {
+            Err(format!(
+                "status {status:#04x} after DRIVER_OK (0x40: the device needs reset)"
+            ))
+        },
+    );
+    match device_record(j.report(), "config", &bdf).cloned() {
+        Some(config) => {
+            let bytes = config.get("bytes").unwrap_or("");
+            let all_ones = !bytes.is_empty() && bytes.chars().all(|c| c == 'f');
+            j.check(
+                "config-read",
+                if config.get("needs_reset") == Some("no") && !all_ones {
+                    Ok(format!(
+                        "{} bytes: {bytes}",
+                        config.get("len").unwrap_or("?")
+                    ))
+                } else {
+                    Err(format!(
+                        "read {bytes} with status {}: the access failed",
+                        config.get("status").unwrap_or("?")
+                    ))
+                },
+            );
+        }
+        None => j.check(
+            "config-read",
+            Err(guest_failure(j.report()).unwrap_or_else(|| "no config record".into())),
+        ),
+    }
+    j.check(
+        "reset-and-reinit",
+        if virtio.get("reinit") == Some("ok") {
+            Ok("reset, then the whole bring-up again".into())
+        } else {
+            Err("the second bring-up did not complete".into())
+        },
+    );
+    j.check(
+        "clean-exit",
+        match (j.report().passed(), run.output.code()) {
+            (true, Some(0)) => Ok("the guest powered off".into()),
+            _ => Err(format!(
+                "guest result {:?}, vmm exit status {:?}",
+                j.report().result(),
+                run.output.code()
+            )),
+        },
+    );
+    j.checks
+}
+
+/// The virtio-fs tier, from a run of `probe.run=fs` with a write, a list
+/// and the namespace operations.
+pub fn fs_tier(run: &GuestRun) -> Vec<Check> {
+    let mut j = Judge {
+        tier: "fs",
+        run,
+        checks: Vec::new(),
+    };
+    let report = j.report().clone();
+    let fs: Vec<&Record> = report.all("fs").collect();
+    let first = |word: &str| {
+        fs.iter()
+            .find(|r| r.positional.first().map(String::as_str) == Some(word))
+            .copied()
+    };
+    let failure = || guest_failure(&report).unwrap_or_else(|| "no record".into());
+    let session = fs.iter().find(|r| r.get("fuse").is_some());
+    j.check(
+        "fuse-init",
+        session
+            .map(|r| {
+                format!(
+                    "FUSE {} max_write {}",
+                    r.get("fuse").unwrap_or("?"),
+                    r.get("max_write").unwrap_or("?")
+                )
+            })
+            .ok_or_else(failure),
+    );
+    j.check(
+        "write-and-read-back",
+        match first("write") {
+            Some(r) if r.get("readback") == Some("ok") => {
+                Ok(format!("{} bytes", r.get("bytes").unwrap_or("?")))
+            }
+            Some(r) => Err(format!("read back {:?}", r.get("readback"))),
+            None => Err(failure()),
+        },
+    );
+    j.check(
+        "list",
+        first("list")
+            .map(|r| format!("{} entries", r.get("entries").unwrap_or("?")))
+            .ok_or_else(failure),
+    );
+    j.check(
+        "namespace-operations",
+        first("ops")
+            .map(|_| "mkdir create rename unlink rmdir".into())
+            .ok_or_else(failure),
+    );
+    j.check(
+        "destroy",
+        fs.iter()
+            .find(|r| r.positional.get(1).map(String::as_str) == Some("done"))
+            .map(|r| format!("{} requests", r.get("requests").unwrap_or("?")))
+            .ok_or_else(failure),
+    );
+    j.checks
+}
+
+/// The echo tier (for backends that echo, such as vhost-user-mock).
+pub fn echo_tier(run: &GuestRun) -> Vec<Check> {
+    let mut j = Judge {
+        tier: "echo",
+        run,
+        checks: Vec::new(),
+    };
+    let report = j.report().clone();
+    let summary = report.all("echo").find(|r| r.get("checked").is_some());
+    j.check(
+        "round-trips",
+        match summary {
+            Some(r) => Ok(format!(
+                "{} rounds, {} bytes checked, {} ns average",
+                r.get("rounds").unwrap_or("?"),
+                r.get("checked").unwrap_or("?"),
+                r.get("rtt_ns_avg").unwrap_or("?")
+            )),
+            None => Err(guest_failure(&report).unwrap_or_else(|| "no echo record".into())),
+        },
+    );
+    j.checks
+}
+
+pub fn skipped(tier: &'static str, name: &'static str, why: &str) -> Check {
+    Check {
+        tier,
+        name,
+        status: Status::Skip,
+        detail: why.to_string(),
+        elapsed: Duration::ZERO,
+    }
+}
+
+pub fn all_passed(checks: &[Check]) -> bool {
+    checks.iter().all(|c| c.status != Status::Fail)
+}
+
+pub fn table(checks: &[Check]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<8} {:<24} {:<5} {:>9}  detail",
+        "tier", "check", "", "ms"
+    );
+    for c in checks {
+        let _ = writeln!(
+            out,
+            "{:<8} {:<24} {:<5} {:>9.1}  {}",
+            c.tier,
+            c.name,
+            c.status.as_str(),
+            c.elapsed.as_secs_f64() * 1000.0,
+            c.detail
+        );
+    }
+    let failed = checks.iter().filter(|c| c.status == Status::Fail).count();
+    let skipped = checks.iter().filter(|c| c.status == Status::Skip).count();
+    let _ = writeln!(
+        out,
+        "{} checks: {} passed, {failed} failed, {skipped} skipped",
+        checks.len(),
+        checks.len() - failed - skipped
+    );
+    out
+}
+
+fn json_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+pub fn json(checks: &[Check]) -> String {
+    let items: Vec<String> = checks
+        .iter()
+        .map(|c| {
+            format!(
+                "{{\"tier\":{},\"check\":{},\"status\":{},\"ms\":{:.1},\"detail\":{}}}",
+                json_string(c.tier),
+                json_string(c.name),
+                json_string(c.status.as_str()),
+                c.elapsed.as_secs_f64() * 1000.0,
+                json_string(&c.detail)
+            )
+        })
+        .collect();
+    format!(
+        "{{\"passed\":{},\"checks\":[{}]}}\n",
+        all_passed(checks),
+        items.join(",")
+    )
+}
+
+fn xml(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '<' => "&lt;".to_string(),
+            '>' => "&gt;".to_string(),
+            '&' => "&amp;".to_string(),
+            '"' => "&quot;".to_string(),
+            '\'' => "&apos;".to_string(),
+            c if (c as u32) < 0x20 && c != '\n' && c != '\t' => " ".to_string(),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
+pub fn junit(checks: &[Check]) -> String {
+    let failures = checks.iter().filter(|c| c.status == Status::Fail).count();
+    let skipped = checks.iter().filter(|c| c.status == Status::Skip).count();
+    let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    let _ = writeln!(
+        out,
+        "<testsuite name=\"vhost-user-conformance\" tests=\"{}\" failures=\"{failures}\" skipped=\"{skipped}\">",
+        checks.len()
+    );
+    for c in checks {
+        let _ = write!(
+            out,
+            "  <testcase classname=\"{}\" name=\"{}\" time=\"{:.3}\"",
+            xml(c.tier),
+            xml(c.name),
+            c.elapsed.as_secs_f64()
+        );
+        match c.status {
+            Status::Pass => out.push_str("/>\n"),
+            Status::Fail => {
+                let _ = writeln!(out, "><failure message=\"{}\"/></testcase>", xml(&c.detail));
+            }
+            Status::Skip => {
+                let _ = writeln!(out, "><skipped message=\"{}\"/></testcase>", xml(&c.detail));
+            }
+        }
+    }
+    out.push_str("</testsuite>\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::Output;
+
+    fn run(stdout: &str, stderr: &str, code: i32) -> GuestRun {
+        use std::os::unix::process::ExitStatusExt;
+        GuestRun {
+            output: Output {
+                name: "vmm".into(),
+                status: Some(std::process::ExitStatus::from_raw(code << 8)),
+                stdout: stdout.into(),
+                stderr: stderr.into(),
+                elapsed: Duration::from_millis(42),
+            },
+            report: ProbeReport::parse(stdout),
+        }
+    }
+
+    const GOOD: &str = "\
+probe: pci 00:01.0 vendor=1af4 device=105a class=0x018000 msix=3 bars=0:mem64:0xc0000000/0x8000
+probe: virtio 00:01.0 id=26 features=0x100000000 queues=2 qsize=512,512 config_len=40 config=6d79 status=0x0f mode=irq isr=yes config_irqs=0 reinit=ok
+probe: config 00:01.0 id=26 len=40 bytes=6d796673 beyond=00000000 status=0x0f needs_reset=no config_irqs=0
+probe: result=pass
+";
+
+    fn fs() -> Expectation {
+        Expectation {
+            virtio_id: 26,
+            queue_sizes: vec![512, 512],
+        }
+    }
+
+    #[test]
+    fn a_good_report_passes_every_generic_check() {
+        let checks = generic_tier(&run(GOOD, "", 0), &fs());
+        assert_eq!(checks.len(), 8, "{checks:?}");
+        assert!(
+            checks.iter().all(|c| c.status == Status::Pass),
+            "{checks:?}"
+        );
+    }
+
+    #[test]
+    fn a_start_up_refusal_fails_with_vmm_s_reason() {
+        let checks = generic_tier(
+            &run(
+                "",
+                "vmm: error: device x: the backend lacks VHOST_USER_PROTOCOL_F_CONFIG\n",
+                1,
+            ),
+            &fs(),
+        );
+        assert_eq!(checks.len(), 1);
+        assert_eq!(checks[0].status, Status::Fail);
+        assert!(checks[0].detail.contains("PROTOCOL_F_CONFIG"));
+        assert!(!all_passed(&checks));
+    }
+
+    #[test]
+    fn a_failed_config_read_and_wrong_queues_fail_their_checks() {
+        let bad = GOOD
+            .replace("bytes=6d796673", "bytes=ffffffff")
+            .replace("needs_reset=no", "needs_reset=yes")
+            .replace("qsize=512,512", "qsize=256,256");
+        let checks = generic_tier(&run(&bad, "", 0), &fs());
+        let failed: Vec<&str> = checks
+            .iter()
+            .filter(|c| c.status == Status::Fail)
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(failed, vec!["queues", "config-read"]);
+    }
+
+    #[test]
+    fn reports_are_well_formed() {
+        let mut checks = generic_tier(&run(GOOD, "", 0), &fs());
+        checks.push(skipped("fs", "list", "a \"quoted\" <reason> & more"));
+        let j = json(&checks);
+        assert!(j.starts_with("{\"passed\":true,\"checks\":[{\"tier\":\"generic\""));
+        assert!(j.contains("a \\\"quoted\\\" <reason>"));
+        let x = junit(&checks);
+        assert!(x.contains("tests=\"9\" failures=\"0\" skipped=\"1\""));
+        assert!(x.contains("&quot;quoted&quot; &lt;reason&gt; &amp; more"));
+        assert!(table(&checks).contains("9 checks: 8 passed, 0 failed, 1 skipped"));
+    }
+}

@@ -1,0 +1,129 @@
+//! `vhost-user-conformance` against real virtiofsd (every check passes)
+//! and against vhost-user-mock in its failing modes (the run fails, naming
+//! the right check and the reason).
+
+use std::process::Command;
+
+use rstest::rstest;
+use test_infra::host::require_kvm;
+use test_infra::paths;
+use test_infra::virtiofsd::virtiofsd_binary;
+
+fn conformance(args: &[&str]) -> (Option<i32>, String, String) {
+    let output = Command::new(paths::conformance_binary().expect("runner built"))
+        .args(args)
+        .output()
+        .expect("runner starts");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn mock() -> String {
+    test_infra::mock::mock_binary()
+        .expect("mock built")
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn virtiofsd_passes_every_check() {
+    if !require_kvm("virtiofsd_passes_every_check") {
+        return;
+    }
+    let share = tempfile::tempdir().expect("share");
+    let junit = share.path().join("report.xml");
+    let virtiofsd = virtiofsd_binary().expect("virtiofsd");
+    let shared = format!("--shared-dir={}", share.path().display());
+    let (code, out, err) = conformance(&[
+        "--virtio-id",
+        "fs",
+        "--queue-sizes",
+        "512,512",
+        "--junit",
+        &junit.to_string_lossy(),
+        "--",
+        &virtiofsd.to_string_lossy(),
+        "--socket-path={socket}",
+        &shared,
+        "--tag=myfs",
+        "--sandbox=none",
+    ]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(
+        out.contains("13 checks: 13 passed, 0 failed, 0 skipped"),
+        "{out}"
+    );
+    let xml = std::fs::read_to_string(&junit).expect("junit written");
+    assert!(
+        xml.contains("tests=\"13\" failures=\"0\" skipped=\"0\""),
+        "{xml}"
+    );
+    // The fs tier wrote through the backend into the share.
+    let written = std::fs::read(share.path().join(".vhost-user-conformance")).expect("file");
+    assert_eq!(written.len(), 65536);
+    assert!(written
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| b == (i % 251) as u8));
+}
+
+#[test]
+fn an_echo_mock_passes_the_echo_tier() {
+    if !require_kvm("an_echo_mock_passes_the_echo_tier") {
+        return;
+    }
+    let (code, out, err) = conformance(&[
+        "--virtio-id",
+        "60",
+        "--config-size",
+        "4",
+        "--echo",
+        "--json",
+        "--",
+        &mock(),
+        "--socket",
+        "{socket}",
+        "--config",
+        "0a0b0c0d",
+    ]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(out.starts_with("{\"passed\":true"), "{out}");
+    assert!(
+        out.contains("\"check\":\"round-trips\",\"status\":\"pass\""),
+        "{out}"
+    );
+    assert!(out.contains("4 bytes: 0a0b0c0d"), "{out}");
+}
+
+/// Each failing mode fails the run, in the check it breaks, saying why.
+#[rstest]
+#[case::no_config_for_fs(&["--virtio-id", "fs"], &["--no-config"], "connect-and-negotiate", "VHOST_USER_PROTOCOL_F_CONFIG")]
+#[case::too_few_queues(&["--virtio-id", "60", "--queue-sizes", "256,256,256"], &["--queues", "2"], "connect-and-negotiate", "GET_QUEUE_NUM")]
+#[case::config_read_fails(&["--virtio-id", "60", "--config-size", "4"], &["--config", "01020304", "--fault", "GET_CONFIG#2:error", "--relisten"], "config-read", "ffffffff")]
+#[case::ring_refused_at_driver_ok(&["--virtio-id", "60"], &["--fault", "SET_VRING_KICK:close"], "driver-ok", "0x4f")]
+#[case::crash_in_the_data_path(&["--virtio-id", "60", "--echo"], &["--fault", "buffer#2:crash"], "round-trips", "needs reset")]
+fn failing_mocks_fail_the_right_check(
+    #[case] runner_args: &[&str],
+    #[case] mock_args: &[&str],
+    #[case] check: &str,
+    #[case] reason: &str,
+) {
+    if !require_kvm("failing_mocks_fail_the_right_check") {
+        return;
+    }
+    let mock = mock();
+    let mut args: Vec<&str> = runner_args.to_vec();
+    args.extend(["--json", "--", &mock, "--socket", "{socket}"]);
+    args.extend(mock_args);
+    let (code, out, err) = conformance(&args);
+    assert_eq!(code, Some(1), "{out}\n{err}");
+    let failed = out
+        .split("},{")
+        .find(|c| c.contains(&format!("\"check\":\"{check}\"")))
+        .unwrap_or_else(|| panic!("no {check} check in {out}"));
+    assert!(failed.contains("\"status\":\"fail\""), "{failed}");
+    assert!(failed.contains(reason), "{reason:?} not in {failed}");
+}

@@ -23,6 +23,9 @@ pub struct QemuCommand {
     memory_mib: u64,
     extra: Vec<OsString>,
     shared_memory: bool,
+    initramfs: Option<PathBuf>,
+    /// Software emulation instead of KVM.
+    tcg: bool,
     timeout: Duration,
 }
 
@@ -35,8 +38,33 @@ impl QemuCommand {
             memory_mib: 512,
             extra: Vec::new(),
             shared_memory: false,
+            initramfs: None,
+            tcg: false,
             timeout: DEFAULT_TIMEOUT,
         })
+    }
+
+    /// A Linux kernel with an initramfs, serial on stdout.
+    pub fn linux(kernel: &Path, initramfs: &Path, cmdline: &str) -> QemuCommand {
+        QemuCommand {
+            kernel: kernel.to_path_buf(),
+            cmdline: cmdline.to_string(),
+            cpus: 1,
+            memory_mib: 512,
+            extra: Vec::new(),
+            shared_memory: false,
+            initramfs: Some(initramfs.to_path_buf()),
+            tcg: false,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// QEMU's software emulation (TCG) instead of KVM: guest ring 0 runs
+    /// at full speed where KVM has no hardware virtualization (PVM hosts),
+    /// so Linux can boot there.
+    pub fn tcg(&mut self) -> &mut Self {
+        self.tcg = true;
+        self
     }
 
     pub fn cpus(&mut self, cpus: u8) -> &mut Self {
@@ -76,7 +104,8 @@ impl QemuCommand {
         } else {
             "microvm,pcie=on,acpi=on"
         };
-        cmd.args(["-M", machine, "-enable-kvm", "-m", &mem])
+        let accel = if self.tcg { "tcg" } else { "kvm" };
+        cmd.args(["-M", machine, "-accel", accel, "-m", &mem])
             .args(["-smp", &self.cpus.to_string()])
             .args([
                 "-nodefaults",
@@ -91,6 +120,12 @@ impl QemuCommand {
             .arg(&self.kernel)
             .args(["-append", &self.cmdline])
             .args(&self.extra);
+        if self.tcg {
+            cmd.args(["-cpu", "max"]);
+        }
+        if let Some(initramfs) = &self.initramfs {
+            cmd.arg("-initrd").arg(initramfs);
+        }
         Ok(cmd)
     }
 

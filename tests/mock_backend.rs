@@ -637,3 +637,41 @@ mod fault_schedules {
         }
     }
 }
+
+/// The data path never exits to `vmm`: kicks are ioeventfds, completions
+/// irqfds. 500 more round trips (1000 kicks, 1000 interrupts) must not add
+/// a comparable number of exits.
+#[test]
+fn kicks_and_completions_never_exit_to_vmm() {
+    if !require_kvm("kicks_and_completions_never_exit_to_vmm") {
+        return;
+    }
+    let exits = |rounds: u32| -> u64 {
+        let dir = tempdir();
+        let mock = MockOptions::new("echo").start(dir.path()).expect("mock");
+        let run = run_with(
+            dir.path(),
+            &format!("probe.run=echo probe.echo.rounds={rounds}"),
+            &[custom_device(&mock, &[256, 256])],
+        );
+        run.assert_passed();
+        let line = run
+            .output
+            .stderr
+            .lines()
+            .find(|l| l.contains("exits to vmm"))
+            .unwrap_or_else(|| panic!("no exit count:\n{}", run.output.stderr));
+        let count = line
+            .split(" after ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok());
+        count.unwrap_or_else(|| panic!("unreadable exit count: {line}"))
+    };
+    let few = exits(8);
+    let many = exits(508);
+    assert!(
+        many < few + 50,
+        "{few} exits for 8 round trips, {many} for 508: the data path exits to vmm"
+    );
+}

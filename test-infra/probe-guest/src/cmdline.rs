@@ -53,6 +53,8 @@ pub struct Args {
     pub fs_write: List,
     pub fs_list: List,
     pub fs_ops: bool,
+    /// Time FUSE operations (the `fs bench` record).
+    pub fs_bench: bool,
     pub virtio_mode: Mode,
     /// Feature bits the driver accepts when the device offers them
     /// (VERSION_1 is always accepted).
@@ -95,6 +97,7 @@ impl Args {
             fs_write: List::new(),
             fs_list: List::new(),
             fs_ops: true,
+            fs_bench: false,
             virtio_mode: Mode::Interrupt,
             virtio_features: 0,
             pci_window: (0xc000_0000, 0xe000_0000),
@@ -132,6 +135,17 @@ impl Args {
                     a.fs_list.extend_csv(value);
                     true
                 }
+                "fs.bench" => match value {
+                    "on" => {
+                        a.fs_bench = true;
+                        true
+                    }
+                    "off" => {
+                        a.fs_bench = false;
+                        true
+                    }
+                    _ => false,
+                },
                 "fs.ops" => match value {
                     "on" => {
                         a.fs_ops = true;

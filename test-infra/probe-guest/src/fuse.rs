@@ -39,6 +39,7 @@ const FUSE_MAX_PAGES: u32 = 1 << 22;
 
 pub const O_RDONLY: u32 = 0;
 pub const O_WRONLY: u32 = 1;
+pub const O_RDWR: u32 = 2;
 pub const O_CREAT: u32 = 0o100;
 pub const O_TRUNC: u32 = 0o1000;
 pub const ENOENT: i32 = 2;

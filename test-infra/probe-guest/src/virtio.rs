@@ -382,6 +382,9 @@ impl Device {
             unsafe { core::ptr::read_volatile((q.used + 2) as *const u16) }
         };
         let status_addr = self.common + DEVICE_STATUS;
+        let config_vector = self.config_vector;
+        let config_irqs = || config_vector.map_or(0, boot::irq_count);
+        let mut seen_config_irqs = config_irqs();
         let mut spins = 0u32;
         loop {
             if used_idx(q) != q.last_used {
@@ -393,32 +396,34 @@ impl Device {
                     mmio::read8(status_addr)
                 );
             }
+            // A device that asked for a reset will not complete anything.
+            // It says so with a config interrupt, so look at the status
+            // after one (each look is an exit); without a config vector,
+            // now and then.
+            let look = match config_vector {
+                Some(_) => config_irqs() != seen_config_irqs,
+                None => spins % 4096 == 4095,
+            };
+            if look {
+                seen_config_irqs = config_irqs();
+                let status = mmio::read8(status_addr);
+                if status & STATUS_NEEDS_RESET != 0 && used_idx(q) == q.last_used {
+                    bail!("{bdf} queue {index}: device needs reset (status 0x{status:02x})");
+                }
+            }
+            spins = spins.wrapping_add(1);
             match (mode, q.vector) {
                 (Mode::Interrupt, Some(_)) => {
                     // Check again with interrupts off, then sleep: the
                     // completion interrupt (or the watchdog tick) wakes us.
                     io::cli();
-                    if used_idx(q) == q.last_used {
+                    if used_idx(q) == q.last_used && config_irqs() == seen_config_irqs {
                         io::hlt();
                     } else {
                         io::sti();
                     }
-                    spins = u32::MAX;
                 }
-                _ => {
-                    io::pause();
-                    spins += 1;
-                }
-            }
-            // A device that asked for a reset will not complete anything:
-            // look after every wake-up (the config interrupt is one), and
-            // now and then when polling (each look is an exit).
-            if spins >= 4096 {
-                spins = 0;
-                let status = mmio::read8(status_addr);
-                if status & STATUS_NEEDS_RESET != 0 && used_idx(q) == q.last_used {
-                    bail!("{bdf} queue {index}: device needs reset (status 0x{status:02x})");
-                }
+                _ => io::pause(),
             }
         }
         fence(Ordering::SeqCst);

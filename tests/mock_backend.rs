@@ -500,15 +500,20 @@ fn a_backend_failing_at_start_up_is_a_clear_error(#[case] fault: &str, #[case] m
     );
 }
 
-#[test]
-fn a_ring_refused_at_driver_ok_asks_for_reset_and_recovers() {
-    if !require_kvm("a_ring_refused_at_driver_ok_asks_for_reset_and_recovers") {
+/// The connection ends while DRIVER_OK sets the rings up: the device asks
+/// for a reset at DRIVER_OK, and the guest's reset brings it back.
+#[rstest]
+// Kicks are first sent at DRIVER_OK.
+#[case::at_the_first_kick("SET_VRING_KICK#1:close")]
+// Start-up takes 8 requests; the 20th is in DRIVER_OK's ring set-up.
+#[case::after_twenty_requests("any#20:close")]
+fn a_backend_lost_at_driver_ok_asks_for_reset_and_recovers(#[case] fault: &str) {
+    if !require_kvm("a_backend_lost_at_driver_ok_asks_for_reset_and_recovers") {
         return;
     }
     let dir = tempdir();
-    // Kicks are first sent at DRIVER_OK.
     let mock = MockOptions::new("kick")
-        .fault("SET_VRING_KICK#1:close")
+        .fault(fault)
         .relisten()
         .start(dir.path())
         .expect("mock");

@@ -3,9 +3,16 @@
 //! spread of the time from process start to the guest's first serial byte
 //! and to `probe: result=pass`, and the VMM's peak RSS.
 //!
-//! Usage: bench [--runs N] [--cloud-hypervisor PATH]
-//! (or CLOUD_HYPERVISOR=PATH). Ratios within one run are what count: the
-//! machines are shared and absolute figures are noisy.
+//! Then, through real virtiofsd, the FUSE operations the probe guest times
+//! itself (`vmm`'s generic device against QEMU's vhost-user-fs-pci and
+//! Cloud Hypervisor's generic device, same virtiofsd, same guest), and the
+//! notification round trip through the echo mock by queue size and device
+//! count, with `vmm`'s exits per round trip.
+//!
+//! Usage: bench [--runs N] [--fs-runs N] [--only startup|fs|echo]
+//! [--cloud-hypervisor PATH] (or CLOUD_HYPERVISOR=PATH). Ratios within one
+//! run are what count: the machines are shared and absolute figures are
+//! noisy.
 
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
@@ -13,7 +20,10 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use test_infra::paths;
+use test_infra::guest::{Guest, Hypervisor};
+use test_infra::virtiofsd::Virtiofsd;
+use test_infra::vmm::{GuestRun, VmmCommand};
+use test_infra::{paths, MockOptions};
 
 struct Sample {
     first_byte: Duration,
@@ -72,31 +82,8 @@ fn median_spread(mut values: Vec<f64>) -> (f64, f64, f64) {
     (median, values[0], values[values.len() - 1])
 }
 
-fn main() {
-    let mut runs = 20usize;
-    let mut ch = std::env::var_os("CLOUD_HYPERVISOR").map(PathBuf::from);
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--runs" => runs = args.next().and_then(|v| v.parse().ok()).unwrap_or(runs),
-            "--cloud-hypervisor" => ch = args.next().map(PathBuf::from),
-            "-h" | "--help" => {
-                println!("bench [--runs N] [--cloud-hypervisor PATH]");
-                return;
-            }
-            other => {
-                eprintln!("bench: unknown argument {other}");
-                std::process::exit(2);
-            }
-        }
-    }
-    let (vmm, probe) = match (paths::vmm_binary(), paths::probe_guest()) {
-        (Ok(v), Ok(p)) => (v, p),
-        (Err(e), _) | (_, Err(e)) => {
-            eprintln!("bench: {e}");
-            std::process::exit(1);
-        }
-    };
+fn startup(runs: usize, ch: Option<&PathBuf>, vmm: &PathBuf, probe: &PathBuf) {
+    println!("## Start-up: process start to the probe's first serial byte and to result=pass\n");
     let qemu = paths::find_program("qemu-system-x86_64");
     let cmdline = "probe.run=boot";
 
@@ -114,7 +101,7 @@ fn main() {
             "off",
         ]);
         peers.push(("vmm", c));
-        if let Some(ch) = &ch {
+        if let Some(ch) = ch {
             let mut c = Command::new(ch);
             c.arg("--kernel").arg(&probe).args(["--cmdline", cmdline]);
             c.args([
@@ -210,5 +197,248 @@ fn main() {
     };
     if let (Some(small), Some(big)) = (get(512), get(16384)) {
         println!("vmm first byte, 16 GiB vs 512 MiB: {:.2}x", big / small);
+    }
+}
+
+/// Median of the values, or 0 for none.
+fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// `vmm`'s exits to user space, from its `-v` log.
+fn vmm_exits(run: &GuestRun) -> Option<u64> {
+    run.output
+        .stderr
+        .lines()
+        .filter(|l| l.contains("exits to vmm"))
+        .map(|l| {
+            l.split(" after ")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .reduce(|a, b| a + b)
+}
+
+const FS_METRICS: [(&str, &str); 6] = [
+    ("getattr_ns", "GETATTR ns"),
+    ("creates_per_s", "creates/s"),
+    ("write_4k_mbps", "WRITE 4K MB/s"),
+    ("write_large_mbps", "WRITE 1M MB/s"),
+    ("read_4k_mbps", "READ 4K MB/s"),
+    ("read_large_mbps", "READ 1M MB/s"),
+];
+
+fn fs_run(peer: &str, ch: Option<&PathBuf>, dir: &std::path::Path) -> Result<GuestRun, String> {
+    let fs = Virtiofsd::start(dir, "myfs")?;
+    let cmdline = "probe.run=fs probe.fs.ops=off probe.fs.bench=on";
+    let run = match peer {
+        "vmm" => {
+            let mut cmd = Guest::probe(Hypervisor::Vmm, cmdline).virtiofs(&fs).vmm_command()?;
+            cmd.arg("-v");
+            cmd.run(dir)?
+        }
+        "qemu" => Guest::probe(Hypervisor::Qemu, cmdline).virtiofs(&fs).run(dir)?,
+        _ => {
+            let ch = ch.ok_or("no cloud-hypervisor")?;
+            let mut cmd = Command::new(ch);
+            cmd.arg("--kernel")
+                .arg(paths::probe_guest()?)
+                .args(["--cmdline", cmdline])
+                .args(["--memory", "size=512M,shared=on", "--serial", "tty", "--console", "off"])
+                .arg("--generic-vhost-user")
+                .arg(format!(
+                    "socket={},virtio_id=26,queue_sizes=[512,512]",
+                    test_infra::guest::quote(&fs.socket().to_string_lossy())
+                ));
+            let output = test_infra::process::Child::spawn("cloud-hypervisor", cmd, dir)
+                .map_err(|e| e.to_string())?
+                .wait(Duration::from_secs(120))
+                .map_err(|e| e.to_string())?;
+            let report = test_infra::ProbeReport::parse(&output.stdout);
+            GuestRun { output, report }
+        }
+    };
+    if !run.report.passed() {
+        return Err(format!("{peer}: {}", run.output.describe()));
+    }
+    Ok(run)
+}
+
+fn fs_bench(runs: usize, ch: Option<&PathBuf>) {
+    println!("\n## virtio-fs through virtiofsd: FUSE operations timed by the guest (median of {runs} runs)\n");
+    let mut peers = vec!["vmm", "qemu"];
+    if ch.is_some() {
+        peers.push("cloud-hypervisor");
+    }
+    let mut rows: Vec<(&str, Vec<f64>, f64)> = Vec::new();
+    for peer in peers {
+        let mut values: Vec<Vec<f64>> = vec![Vec::new(); FS_METRICS.len()];
+        let mut exits = Vec::new();
+        for _ in 0..runs {
+            let dir = match tempfile::tempdir() {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("bench: {e}");
+                    return;
+                }
+            };
+            match fs_run(peer, ch, dir.path()) {
+                Ok(run) => {
+                    if let Some(record) = run
+                        .report
+                        .all("fs")
+                        .find(|r| r.positional.first().map(String::as_str) == Some("bench"))
+                    {
+                        for (i, (key, _)) in FS_METRICS.iter().enumerate() {
+                            values[i].push(record.number(key).unwrap_or(0) as f64);
+                        }
+                    }
+                    if let Some(n) = vmm_exits(&run) {
+                        exits.push(n as f64);
+                    }
+                }
+                Err(e) => {
+                    eprintln!("bench: {e}");
+                    break;
+                }
+            }
+        }
+        if values[0].is_empty() {
+            continue;
+        }
+        rows.push((peer, values.into_iter().map(median).collect(), median(exits)));
+    }
+    let header: Vec<&str> = FS_METRICS.iter().map(|(_, h)| *h).collect();
+    println!("| VMM | {} | exits to VMM |", header.join(" | "));
+    println!("|---|{}---|", "---|".repeat(FS_METRICS.len()));
+    for (peer, values, exits) in &rows {
+        let cells: Vec<String> = values.iter().map(|v| format!("{v:.0}")).collect();
+        let exits = if *exits > 0.0 { format!("{exits:.0}") } else { "-".into() };
+        println!("| {peer} | {} | {exits} |", cells.join(" | "));
+    }
+    if let Some((_, ours, _)) = rows.iter().find(|r| r.0 == "vmm") {
+        for (peer, theirs, _) in rows.iter().filter(|r| r.0 != "vmm") {
+            let ratios: Vec<String> = ours
+                .iter()
+                .zip(theirs)
+                .map(|(a, b)| if *b > 0.0 { format!("{:.2}", a / b) } else { "-".into() })
+                .collect();
+            println!("\nvmm/{peer} ({}): {}", header.join(", "), ratios.join(", "));
+        }
+    }
+}
+
+fn echo_run(devices: usize, qsize: u32, rounds: u32) -> Result<(f64, f64, u64), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mocks = (0..devices)
+        .map(|i| MockOptions::new(&format!("echo{i}")).queue_max(32768).start(dir.path()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut cmd = VmmCommand::probe(&format!(
+        "probe.run=echo probe.echo.rounds={rounds} probe.echo.bytes=256"
+    ))?;
+    cmd.args(["--memory", "size=512M,shared=on", "-v"]);
+    for m in &mocks {
+        cmd.arg("--generic-vhost-user")
+            .arg(format!("{},config_size=0", m.device("60", &[qsize, qsize])));
+    }
+    let run = cmd.run(dir.path())?;
+    if !run.report.passed() {
+        return Err(run.output.describe());
+    }
+    let summaries: Vec<_> = run
+        .report
+        .all("echo")
+        .filter(|r| r.get("checked").is_some())
+        .collect();
+    let avg = median(summaries.iter().map(|r| r.number("rtt_ns_avg").unwrap_or(0) as f64).collect());
+    let min = median(summaries.iter().map(|r| r.number("rtt_ns_min").unwrap_or(0) as f64).collect());
+    Ok((avg, min, vmm_exits(&run).unwrap_or(0)))
+}
+
+fn echo_bench(runs: usize) {
+    println!("\n## Notification round trip through vhost-user-mock (guest kick -> backend -> call -> guest interrupt), 256 bytes, median of {runs} runs\n");
+    println!("| devices | queue size | round trip us (avg) | round trip us (min) | exits to vmm per round trip |");
+    println!("|---|---|---|---|---|");
+    const ROUNDS: u32 = 256;
+    for (devices, qsize) in [(1, 64), (1, 256), (1, 1024), (4, 256), (16, 256)] {
+        let mut avgs = Vec::new();
+        let mut mins = Vec::new();
+        let mut per_round = Vec::new();
+        for _ in 0..runs {
+            // The same VM with 16 round trips: the difference is what the
+            // data path costs in exits.
+            let outcome = echo_run(devices, qsize, ROUNDS)
+                .and_then(|many| echo_run(devices, qsize, 16).map(|few| (many, few)));
+            match outcome {
+                Ok(((avg, min, exits), (_, _, base))) => {
+                    avgs.push(avg / 1000.0);
+                    mins.push(min / 1000.0);
+                    let extra = exits.saturating_sub(base) as f64;
+                    per_round.push(extra / f64::from((ROUNDS - 16) * devices as u32));
+                }
+                Err(e) => {
+                    eprintln!("bench: echo {devices}x{qsize}: {e}");
+                    break;
+                }
+            }
+        }
+        if avgs.is_empty() {
+            continue;
+        }
+        println!(
+            "| {devices} | {qsize} | {:.1} | {:.1} | {:.3} |",
+            median(avgs),
+            median(mins),
+            median(per_round)
+        );
+    }
+}
+
+fn main() {
+    let mut runs = 20usize;
+    let mut fs_runs = 5usize;
+    let mut only: Option<String> = None;
+    let mut ch = std::env::var_os("CLOUD_HYPERVISOR").map(PathBuf::from);
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--runs" => runs = args.next().and_then(|v| v.parse().ok()).unwrap_or(runs),
+            "--fs-runs" => fs_runs = args.next().and_then(|v| v.parse().ok()).unwrap_or(fs_runs),
+            "--only" => only = args.next(),
+            "--cloud-hypervisor" => ch = args.next().map(PathBuf::from),
+            "-h" | "--help" => {
+                println!(
+                    "bench [--runs N] [--fs-runs N] [--only startup|fs|echo] [--cloud-hypervisor PATH]"
+                );
+                return;
+            }
+            other => {
+                eprintln!("bench: unknown argument {other}");
+                std::process::exit(2);
+            }
+        }
+    }
+    let (vmm, probe) = match (paths::vmm_binary(), paths::probe_guest()) {
+        (Ok(v), Ok(p)) => (v, p),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("bench: {e}");
+            std::process::exit(1);
+        }
+    };
+    let wanted = |s: &str| only.as_deref().is_none_or(|o| o == s);
+    if wanted("startup") {
+        startup(runs, ch.as_ref(), &vmm, &probe);
+    }
+    if wanted("fs") {
+        fs_bench(fs_runs, ch.as_ref());
+    }
+    if wanted("echo") {
+        echo_bench(fs_runs);
     }
 }

@@ -239,18 +239,29 @@ fn fs_run(peer: &str, ch: Option<&PathBuf>, dir: &std::path::Path) -> Result<Gue
     let cmdline = "probe.run=fs probe.fs.ops=off probe.fs.bench=on";
     let run = match peer {
         "vmm" => {
-            let mut cmd = Guest::probe(Hypervisor::Vmm, cmdline).virtiofs(&fs).vmm_command()?;
+            let mut cmd = Guest::probe(Hypervisor::Vmm, cmdline)
+                .virtiofs(&fs)
+                .vmm_command()?;
             cmd.arg("-v");
             cmd.run(dir)?
         }
-        "qemu" => Guest::probe(Hypervisor::Qemu, cmdline).virtiofs(&fs).run(dir)?,
+        "qemu" => Guest::probe(Hypervisor::Qemu, cmdline)
+            .virtiofs(&fs)
+            .run(dir)?,
         _ => {
             let ch = ch.ok_or("no cloud-hypervisor")?;
             let mut cmd = Command::new(ch);
             cmd.arg("--kernel")
                 .arg(paths::probe_guest()?)
                 .args(["--cmdline", cmdline])
-                .args(["--memory", "size=512M,shared=on", "--serial", "tty", "--console", "off"])
+                .args([
+                    "--memory",
+                    "size=512M,shared=on",
+                    "--serial",
+                    "tty",
+                    "--console",
+                    "off",
+                ])
                 .arg("--generic-vhost-user")
                 .arg(format!(
                     "socket={},virtio_id=26,queue_sizes=[512,512]",
@@ -312,14 +323,22 @@ fn fs_bench(runs: usize, ch: Option<&PathBuf>) {
         if values[0].is_empty() {
             continue;
         }
-        rows.push((peer, values.into_iter().map(median).collect(), median(exits)));
+        rows.push((
+            peer,
+            values.into_iter().map(median).collect(),
+            median(exits),
+        ));
     }
     let header: Vec<&str> = FS_METRICS.iter().map(|(_, h)| *h).collect();
     println!("| VMM | {} | exits to VMM |", header.join(" | "));
     println!("|---|{}---|", "---|".repeat(FS_METRICS.len()));
     for (peer, values, exits) in &rows {
         let cells: Vec<String> = values.iter().map(|v| format!("{v:.0}")).collect();
-        let exits = if *exits > 0.0 { format!("{exits:.0}") } else { "-".into() };
+        let exits = if *exits > 0.0 {
+            format!("{exits:.0}")
+        } else {
+            "-".into()
+        };
         println!("| {peer} | {} | {exits} |", cells.join(" | "));
     }
     if let Some((_, ours, _)) = rows.iter().find(|r| r.0 == "vmm") {
@@ -327,9 +346,19 @@ fn fs_bench(runs: usize, ch: Option<&PathBuf>) {
             let ratios: Vec<String> = ours
                 .iter()
                 .zip(theirs)
-                .map(|(a, b)| if *b > 0.0 { format!("{:.2}", a / b) } else { "-".into() })
+                .map(|(a, b)| {
+                    if *b > 0.0 {
+                        format!("{:.2}", a / b)
+                    } else {
+                        "-".into()
+                    }
+                })
                 .collect();
-            println!("\nvmm/{peer} ({}): {}", header.join(", "), ratios.join(", "));
+            println!(
+                "\nvmm/{peer} ({}): {}",
+                header.join(", "),
+                ratios.join(", ")
+            );
         }
     }
 }
@@ -337,7 +366,11 @@ fn fs_bench(runs: usize, ch: Option<&PathBuf>) {
 fn echo_run(devices: usize, qsize: u32, rounds: u32) -> Result<(f64, f64, u64), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let mocks = (0..devices)
-        .map(|i| MockOptions::new(&format!("echo{i}")).queue_max(32768).start(dir.path()))
+        .map(|i| {
+            MockOptions::new(&format!("echo{i}"))
+                .queue_max(32768)
+                .start(dir.path())
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let mut cmd = VmmCommand::probe(&format!(
         "probe.run=echo probe.echo.rounds={rounds} probe.echo.bytes=256"
@@ -356,8 +389,18 @@ fn echo_run(devices: usize, qsize: u32, rounds: u32) -> Result<(f64, f64, u64), 
         .all("echo")
         .filter(|r| r.get("checked").is_some())
         .collect();
-    let avg = median(summaries.iter().map(|r| r.number("rtt_ns_avg").unwrap_or(0) as f64).collect());
-    let min = median(summaries.iter().map(|r| r.number("rtt_ns_min").unwrap_or(0) as f64).collect());
+    let avg = median(
+        summaries
+            .iter()
+            .map(|r| r.number("rtt_ns_avg").unwrap_or(0) as f64)
+            .collect(),
+    );
+    let min = median(
+        summaries
+            .iter()
+            .map(|r| r.number("rtt_ns_min").unwrap_or(0) as f64)
+            .collect(),
+    );
     Ok((avg, min, vmm_exits(&run).unwrap_or(0)))
 }
 

@@ -90,8 +90,8 @@ fn startup(runs: usize, ch: Option<&PathBuf>, vmm: &PathBuf, probe: &PathBuf) {
     let mut rows = Vec::new();
     for size_mib in [512u64, 16384] {
         let mut peers: Vec<(&str, Command)> = Vec::new();
-        let mut c = Command::new(&vmm);
-        c.arg("--kernel").arg(&probe).args(["--cmdline", cmdline]);
+        let mut c = Command::new(vmm);
+        c.arg("--kernel").arg(probe).args(["--cmdline", cmdline]);
         c.args([
             "--memory",
             &format!("size={size_mib}M"),
@@ -103,7 +103,7 @@ fn startup(runs: usize, ch: Option<&PathBuf>, vmm: &PathBuf, probe: &PathBuf) {
         peers.push(("vmm", c));
         if let Some(ch) = ch {
             let mut c = Command::new(ch);
-            c.arg("--kernel").arg(&probe).args(["--cmdline", cmdline]);
+            c.arg("--kernel").arg(probe).args(["--cmdline", cmdline]);
             c.args([
                 "--memory",
                 &format!("size={size_mib}M"),
@@ -132,7 +132,7 @@ fn startup(runs: usize, ch: Option<&PathBuf>, vmm: &PathBuf, probe: &PathBuf) {
                 "stdio",
             ]);
             c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-kernel"])
-                .arg(&probe);
+                .arg(probe);
             c.args(["-append", cmdline]);
             peers.push(("qemu", c));
         }

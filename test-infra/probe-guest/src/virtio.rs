@@ -80,6 +80,9 @@ pub struct Device {
     pub mode: Mode,
     pub config_vector: Option<u8>,
     vector_base: u8,
+    /// Config interrupts seen when the status was last looked at: one that
+    /// arrives between two waits must still be looked at.
+    config_irqs_looked: u32,
 }
 
 fn cap_addr(f: &Function, cap: Option<VirtioCap>) -> Option<u64> {
@@ -117,6 +120,7 @@ impl Device {
             mode,
             config_vector: None,
             vector_base,
+            config_irqs_looked: 0,
         })
     }
 
@@ -384,7 +388,7 @@ impl Device {
         let status_addr = self.common + DEVICE_STATUS;
         let config_vector = self.config_vector;
         let config_irqs = || config_vector.map_or(0, boot::irq_count);
-        let mut seen_config_irqs = config_irqs();
+        let mut seen_config_irqs = self.config_irqs_looked;
         let mut spins = 0u32;
         loop {
             if used_idx(q) != q.last_used {
@@ -406,6 +410,7 @@ impl Device {
             };
             if look {
                 seen_config_irqs = config_irqs();
+                self.config_irqs_looked = seen_config_irqs;
                 let status = mmio::read8(status_addr);
                 if status & STATUS_NEEDS_RESET != 0 && used_idx(q) == q.last_used {
                     bail!("{bdf} queue {index}: device needs reset (status 0x{status:02x})");

@@ -71,6 +71,33 @@ fn virtiofsd_passes_every_check() {
 }
 
 #[test]
+fn vhost_device_rng_passes_the_generic_and_rng_tiers() {
+    if !require_kvm("vhost_device_rng_passes_the_generic_and_rng_tiers") {
+        return;
+    }
+    let rng = paths::find_program("vhost-device-rng")
+        .expect("vhost-device-rng (ci/setup installs it with cargo install)");
+    let (code, out, err) = conformance(&[
+        "--virtio-id",
+        "rng",
+        "--queue-sizes",
+        "256",
+        "--socket-suffix",
+        "0",
+        "--",
+        &rng.to_string_lossy(),
+        "--socket-path",
+        "{socket}",
+    ]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(
+        out.contains("9 checks: 9 passed, 0 failed, 0 skipped"),
+        "{out}"
+    );
+    assert!(out.contains("rng      entropy"), "{out}");
+}
+
+#[test]
 fn an_echo_mock_passes_the_echo_tier() {
     if !require_kvm("an_echo_mock_passes_the_echo_tier") {
         return;

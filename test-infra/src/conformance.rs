@@ -294,6 +294,34 @@ pub fn echo_tier(run: &GuestRun) -> Vec<Check> {
     j.checks
 }
 
+/// The virtio-rng tier, from a run of `probe.run=rng`.
+pub fn rng_tier(run: &GuestRun) -> Vec<Check> {
+    let mut j = Judge {
+        tier: "rng",
+        run,
+        checks: Vec::new(),
+    };
+    let report = j.report().clone();
+    let outcome = match report.first("rng") {
+        // 1 KiB of random bytes holds nearly every value; a device that
+        // fills buffers with a constant or a short pattern does not.
+        Some(r) if r.number("distinct").unwrap_or(0) >= 128 => Ok(format!(
+            "{} bytes in {} requests, {} distinct values",
+            r.get("bytes").unwrap_or("?"),
+            r.get("requests").unwrap_or("?"),
+            r.get("distinct").unwrap_or("?")
+        )),
+        Some(r) => Err(format!(
+            "only {} distinct values in {} bytes",
+            r.get("distinct").unwrap_or("?"),
+            r.get("bytes").unwrap_or("?")
+        )),
+        None => Err(guest_failure(&report).unwrap_or_else(|| "no rng record".into())),
+    };
+    j.check("entropy", outcome);
+    j.checks
+}
+
 pub fn skipped(tier: &'static str, name: &'static str, why: &str) -> Check {
     Check {
         tier,

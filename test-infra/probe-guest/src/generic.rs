@@ -285,3 +285,57 @@ pub fn config_test(ctx: &mut Ctx) -> Result<(), Failure> {
     }
     Ok(())
 }
+
+const RNG_ID: u32 = 4;
+const RNG_ROUNDS: u32 = 16;
+const RNG_BYTES: u32 = 64;
+
+/// For every virtio-rng device: 16 device-writable buffers of 64 bytes;
+/// reports how many bytes came back and how many distinct byte values
+/// they held (random bytes use most of them; a stuck device few).
+pub fn rng_test(ctx: &mut Ctx) -> Result<(), Failure> {
+    let (functions, _) = virtio_devices(ctx)?;
+    let mut found = false;
+    for (slot, f) in functions.iter().flatten().enumerate() {
+        if f.virtio_id() != RNG_ID {
+            continue;
+        }
+        found = true;
+        let mut dev = Device::new(*f, slot, ctx.args.virtio_mode)?;
+        bring_up(&mut dev, ctx)?;
+        let buf = ctx.dma.alloc(u64::from(RNG_BYTES), 64)?;
+        let mut seen = [false; 256];
+        let mut total = 0u64;
+        for _ in 0..RNG_ROUNDS {
+            // SAFETY: `buf` is RNG_BYTES bytes of our DMA memory.
+            unsafe { core::ptr::write_bytes(buf as *mut u8, 0, RNG_BYTES as usize) };
+            dev.submit(0, &[(buf, RNG_BYTES, true)])?;
+            let n = dev.wait_used(0, &ctx.clock, ctx.args.echo_timeout_ms)?;
+            if n > RNG_BYTES {
+                bail!("{} wrote {n} bytes into a {RNG_BYTES}-byte buffer", f.bdf);
+            }
+            // SAFETY: as above; the device has finished with the buffer.
+            let bytes = unsafe { core::slice::from_raw_parts(buf as *const u8, n as usize) };
+            for &b in bytes {
+                seen[usize::from(b)] = true;
+            }
+            total += u64::from(n);
+        }
+        let distinct = seen.iter().filter(|&&s| s).count();
+        record!(
+            "rng {} requests={} bytes={} distinct={}",
+            f.bdf,
+            RNG_ROUNDS,
+            total,
+            distinct
+        );
+        dev.reset(&ctx.clock)?;
+        if total == 0 {
+            bail!("{} returned no random bytes", f.bdf);
+        }
+    }
+    if !found {
+        bail!("no virtio-rng device");
+    }
+    Ok(())
+}

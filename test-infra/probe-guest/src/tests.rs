@@ -17,6 +17,7 @@ pub fn run(name: &str, ctx: &mut Ctx) -> Result<(), Failure> {
         "fs" => fs_test(ctx),
         "echo" => crate::generic::echo_test(ctx),
         "config" => crate::generic::config_test(ctx),
+        "rng" => crate::generic::rng_test(ctx),
         "fail" => bail!("requested"),
         "spin" => {
             record!("spin");

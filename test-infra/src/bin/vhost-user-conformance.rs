@@ -10,7 +10,9 @@
 //! With a command, `{socket}` in its arguments becomes the socket path the
 //! runner chose, and the backend is started afresh for every guest (many
 //! backends serve one connection and exit). With `--socket`, the backend
-//! must accept a new connection for every guest.
+//! must accept a new connection for every guest. Backends that add to the
+//! path they are given (vhost-device-rng listens on `PATH0`) take
+//! `--socket-suffix 0`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,8 +29,8 @@ const SOCKET_DEADLINE: Duration = Duration::from_secs(10);
 /// Checks a vhost-user backend: boots the probe guest under vmm with a
 /// generic vhost-user device for it and reports each check (generic tier:
 /// negotiation, PCI identity, features, queues, DRIVER_OK, config read,
-/// reset and re-initialisation; then the tier for the device type: fs, or
-/// echo with --echo). Exit status 0 only if no check failed.
+/// reset and re-initialisation; then the tier for the device type: fs,
+/// rng, or echo with --echo). Exit status 0 only if no check failed.
 #[derive(Parser, Debug)]
 #[command(name = "vhost-user-conformance", version)]
 struct Args {
@@ -50,6 +52,10 @@ struct Args {
     /// queue 1, as vhost-user-mock does): run the echo tier.
     #[arg(long)]
     echo: bool,
+    /// The backend listens on the path it is given plus this suffix (the
+    /// rust-vmm vhost-device backends append their socket index: `0`).
+    #[arg(long, default_value = "", value_name = "SUFFIX")]
+    socket_suffix: String,
     /// Print the checks as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -104,8 +110,9 @@ impl Runner<'_> {
             return Ok((socket.clone(), None));
         }
         self.boots += 1;
-        let socket = self.dir.join(format!("backend-{}.sock", self.boots));
-        let socket_text = socket.to_string_lossy().to_string();
+        let given = self.dir.join(format!("backend-{}.sock", self.boots));
+        let socket_text = given.to_string_lossy().to_string();
+        let socket = PathBuf::from(format!("{socket_text}{}", self.args.socket_suffix));
         let argv: Vec<String> = self
             .args
             .command
@@ -171,6 +178,17 @@ fn run(args: &Args) -> Result<Vec<Check>, String> {
             checks.extend(conformance::fs_tier(&run));
         } else {
             checks.push(conformance::skipped("fs", "all", "the generic tier failed"));
+        }
+    } else if args.virtio_id == 4 {
+        if usable {
+            let run = runner.boot("probe.run=rng")?;
+            checks.extend(conformance::rng_tier(&run));
+        } else {
+            checks.push(conformance::skipped(
+                "rng",
+                "all",
+                "the generic tier failed",
+            ));
         }
     } else if args.echo {
         if usable {

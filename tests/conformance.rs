@@ -131,6 +131,9 @@ fn an_echo_mock_passes_the_echo_tier() {
 #[case::too_few_queues(&["--virtio-id", "60", "--queue-sizes", "256,256,256"], &["--queues", "2"], "connect-and-negotiate", "GET_QUEUE_NUM")]
 #[case::config_read_fails(&["--virtio-id", "60", "--config-size", "4"], &["--config", "01020304", "--fault", "GET_CONFIG#2:error", "--relisten"], "config-read", "ffffffff")]
 #[case::ring_refused_at_driver_ok(&["--virtio-id", "60"], &["--fault", "SET_VRING_KICK:close"], "driver-ok", "0x4f")]
+#[case::garbage_for_features(&["--virtio-id", "60"], &["--fault", "GET_FEATURES:garbage"], "connect-and-negotiate", "GET_FEATURES")]
+#[case::refused_ring_without_mq(&["--virtio-id", "60"], &["--queues", "1", "--no-mq"], "connect-and-negotiate", "SET_VRING_NUM")]
+#[case::short_config_reply(&["--virtio-id", "60", "--config-size", "4"], &["--config", "01020304", "--fault", "GET_CONFIG#2:short", "--relisten"], "config-read", "ffffffff")]
 #[case::crash_in_the_data_path(&["--virtio-id", "60", "--echo"], &["--fault", "buffer#2:crash"], "round-trips", "needs reset")]
 fn failing_mocks_fail_the_right_check(
     #[case] runner_args: &[&str],

@@ -407,6 +407,19 @@ impl GenericVhostUser {
             }
             self.started.push(q.index);
         }
+        if !self
+            .negotiated
+            .protocol
+            .contains(VhostUserProtocolFeatures::REPLY_ACK)
+        {
+            // Unacked, the requests may still be on their way when the
+            // guest, let go after DRIVER_OK, kicks a ring; a backend that
+            // sees the kick before SET_VRING_ENABLE drops it (the
+            // vhost-user-backend 0.10 under vhost-device-rng 0.1 does) and the ring
+            // stalls. Backends handle requests in order, so the reply to
+            // a request that always has one says every ring is enabled.
+            self.request("GET_FEATURES", |f| f.get_features())?;
+        }
         Ok(())
     }
 

@@ -47,6 +47,13 @@ const CFG_COMMON: u8 = 1;
 const CFG_NOTIFY: u8 = 2;
 const CFG_ISR: u8 = 3;
 const CFG_DEVICE: u8 = 4;
+const CFG_PCI: u8 = 5;
+/// Where the fields of the VIRTIO_PCI_CAP_PCI_CFG capability are, from
+/// its start: the BAR, offset and length the driver picks, and the data.
+const PCI_CFG_BAR: usize = 4;
+const PCI_CFG_OFFSET: usize = 8;
+const PCI_CFG_LENGTH: usize = 12;
+const PCI_CFG_DATA: usize = 16;
 
 /// ISR bit 1: configuration change (bit 0, queue interrupt, is INTx only).
 const ISR_CONFIG: u8 = 2;
@@ -91,14 +98,21 @@ fn class_of(virtio_id: u32) -> PciClass {
 }
 
 /// A virtio_pci_cap body (after ID and next): cap_len, cfg_type, bar, id,
-/// padding, offset, length, and for notify the offset multiplier.
+/// padding, offset, length, and then the notify offset multiplier or the
+/// PCI_CFG data window.
 fn virtio_cap(cfg_type: u8, offset: u64, len: u64) -> Vec<u8> {
-    let cap_len: u8 = if cfg_type == CFG_NOTIFY { 20 } else { 16 };
+    let cap_len: u8 = if matches!(cfg_type, CFG_NOTIFY | CFG_PCI) {
+        20
+    } else {
+        16
+    };
     let mut body = vec![cap_len, cfg_type, BAR, 0, 0, 0];
     body.extend_from_slice(&(offset as u32).to_le_bytes());
     body.extend_from_slice(&(len as u32).to_le_bytes());
-    if cfg_type == CFG_NOTIFY {
-        body.extend_from_slice(&NOTIFY_MULTIPLIER.to_le_bytes());
+    match cfg_type {
+        CFG_NOTIFY => body.extend_from_slice(&NOTIFY_MULTIPLIER.to_le_bytes()),
+        CFG_PCI => body.extend_from_slice(&[0; 4]),
+        _ => {}
     }
     body
 }
@@ -118,6 +132,8 @@ pub struct VirtioPciDevice<D: VirtioDevice> {
     config: ConfigSpace,
     msix: Msix,
     msix_cap: usize,
+    /// Where the VIRTIO_PCI_CAP_PCI_CFG capability starts.
+    pci_cfg_cap: usize,
     ioevents: Box<dyn IoEventRegistry>,
     kicks: Vec<EventFd>,
     /// Calls of queues without an MSI-X vector: nobody listens (INTx is
@@ -176,6 +192,15 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
                 .add_capability(CAP_VENDOR, &cap)
                 .map_err(TransportError::ConfigSpace)?;
         }
+        // VIRTIO 1.3, 4.1.4.9: every device has one, for drivers (firmware,
+        // mostly) that reach the BAR through configuration space.
+        let pci_cfg_cap = config
+            .add_capability(CAP_VENDOR, &virtio_cap(CFG_PCI, 0, 0))
+            .map_err(TransportError::ConfigSpace)?;
+        config.set_write_mask_u16(pci_cfg_cap + PCI_CFG_BAR, 0x00ff);
+        for field in [PCI_CFG_OFFSET, PCI_CFG_LENGTH, PCI_CFG_DATA] {
+            config.set_write_mask_u32(pci_cfg_cap + field, u32::MAX);
+        }
         let msix_cap = config
             .add_capability(
                 msix::CAPABILITY_ID,
@@ -197,6 +222,7 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
             config,
             msix,
             msix_cap,
+            pci_cfg_cap,
             ioevents,
             notify_base: None,
             isr: 0,
@@ -414,6 +440,26 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
         }
     }
 
+    /// Whether an access to configuration space touches pci_cfg_data.
+    fn touches_pci_cfg_data(&self, offset: u16, len: usize) -> bool {
+        let data_at = self.pci_cfg_cap + PCI_CFG_DATA;
+        usize::from(offset) < data_at + 4 && data_at < usize::from(offset) + len
+    }
+
+    /// The BAR access the PCI_CFG capability selects, if it is one the
+    /// spec allows: our BAR, 1, 2 or 4 bytes, aligned to its length.
+    fn pci_cfg_access(&self) -> Option<(u8, u64, usize)> {
+        let at = self.pci_cfg_cap;
+        let bar = (self.config.u16_at(at + PCI_CFG_BAR) & 0xff) as u8;
+        let offset = u64::from(self.config.u32_at(at + PCI_CFG_OFFSET));
+        let len = self.config.u32_at(at + PCI_CFG_LENGTH);
+        let valid = bar == BAR
+            && matches!(len, 1 | 2 | 4)
+            && offset % u64::from(len) == 0
+            && offset + u64::from(len) <= BAR_SIZE;
+        valid.then_some((bar, offset, len as usize))
+    }
+
     fn reset(&mut self) {
         let was_running = self.common.driver_ok();
         if let Err(e) = self.device.reset() {
@@ -432,6 +478,20 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
 
 impl<D: VirtioDevice> PciDevice for VirtioPciDevice<D> {
     fn config_read(&mut self, offset: u16, data: &mut [u8]) {
+        if self.touches_pci_cfg_data(offset, data.len()) {
+            // The BAR is read into pci_cfg_data, which is then read.
+            let mut value = [0u8; 4];
+            if let Some((bar, at, len)) = self.pci_cfg_access() {
+                self.bar_read(bar, at, &mut value[..len]);
+            } else {
+                log::debug!(
+                    "{}: PCI_CFG read with a bad BAR, offset or length",
+                    self.id()
+                );
+            }
+            let data_at = self.pci_cfg_cap + PCI_CFG_DATA;
+            self.config.set_u32(data_at, u32::from_le_bytes(value));
+        }
         self.config.read(offset, data);
         // The MSI-X control word lives in `Msix`.
         self.msix.config_read(self.msix_cap, offset, data);
@@ -442,6 +502,19 @@ impl<D: VirtioDevice> PciDevice for VirtioPciDevice<D> {
         let changes = self.config.write(offset, data);
         if let Some(change) = changes.iter().find(|c| c.bar == BAR) {
             self.move_notify(change.new);
+        }
+        if self.touches_pci_cfg_data(offset, data.len()) {
+            let value = self
+                .config
+                .u32_at(self.pci_cfg_cap + PCI_CFG_DATA)
+                .to_le_bytes();
+            match self.pci_cfg_access() {
+                Some((bar, at, len)) => self.bar_write(bar, at, &value[..len]),
+                None => log::debug!(
+                    "{}: PCI_CFG write with a bad BAR, offset or length dropped",
+                    self.id()
+                ),
+            }
         }
         changes
     }

@@ -250,15 +250,19 @@ fn identity_and_capabilities_look_like_qemus_vhost_user_fs_pci() {
     assert_ne!(r.cfg32(4) >> 16 & (1 << 4), 0, "capability list");
     let caps = r.caps();
     let ids: Vec<u8> = caps.iter().map(|c| c.0).collect();
-    assert_eq!(ids, vec![9, 9, 9, 9, 0x11]);
+    assert_eq!(ids, vec![9, 9, 9, 9, 9, 0x11]);
     // (cfg_type, bar, offset, length) of each virtio capability.
     let mut virtio = Vec::new();
-    for &(_, at) in &caps[..4] {
+    for &(_, at) in &caps[..5] {
         let cfg_type = r.cfg8(at + 3);
         virtio.push((cfg_type, r.cfg8(at + 4), r.cfg32(at + 8), r.cfg32(at + 12)));
-        if cfg_type == 2 {
-            assert_eq!(r.cfg8(at + 2), 20);
-            assert_eq!(r.cfg32(at + 16), 4, "notify_off_multiplier");
+        match cfg_type {
+            2 => {
+                assert_eq!(r.cfg8(at + 2), 20);
+                assert_eq!(r.cfg32(at + 16), 4, "notify_off_multiplier");
+            }
+            5 => assert_eq!(r.cfg8(at + 2), 20, "virtio_pci_cfg_cap"),
+            _ => assert_eq!(r.cfg8(at + 2), 16),
         }
     }
     assert_eq!(
@@ -267,10 +271,11 @@ fn identity_and_capabilities_look_like_qemus_vhost_user_fs_pci() {
             (1, 0, 0, 0x38),
             (2, 0, 0x3000, 8),
             (3, 0, 0x1000, 4),
-            (4, 0, 0x2000, 40)
+            (4, 0, 0x2000, 40),
+            (5, 0, 0, 0)
         ]
     );
-    let msix_at = caps[4].1;
+    let msix_at = caps[5].1;
     assert_eq!(r.cfg32(msix_at) >> 16, 2, "3 vectors, disabled");
     assert_eq!(r.cfg32(msix_at + 4), 0x4000, "table in BAR 0");
     assert_eq!(r.cfg32(msix_at + 8), 0x6000, "PBA in BAR 0");
@@ -282,7 +287,7 @@ fn no_device_cap_without_a_window_and_bad_ids_refused() {
     let ids: Vec<u8> = r.caps().iter().map(|c| r.cfg8(c.1 + 3)).collect();
     assert_eq!(
         ids,
-        vec![1, 2, 3, 0],
+        vec![1, 2, 3, 5, 0],
         "no device cfg (the 0 is MSI-X's byte)"
     );
 
@@ -413,6 +418,50 @@ fn config_window_forwards_inside_and_reads_zero_beyond() {
     let calls = r.calls.lock().unwrap();
     assert_eq!(calls.config_reads, vec![(0, 4), (38, 2)]);
     assert_eq!(calls.config_writes, vec![(36, 7u32.to_le_bytes().to_vec())]);
+}
+
+/// VIRTIO_PCI_CAP_PCI_CFG: pick BAR, offset and length in the capability,
+/// then pci_cfg_data is that access to the BAR, reads and writes alike.
+#[test]
+fn the_pci_cfg_capability_reaches_the_bar() {
+    let mut r = rig(&[64, 256], 40);
+    let at = r
+        .caps()
+        .iter()
+        .map(|&(_, at)| at)
+        .find(|&at| r.cfg8(at) == 9 && r.cfg8(at + 3) == 5)
+        .expect("a PCI_CFG capability");
+    let select = |r: &mut Rig, offset: u32, len: u32| {
+        r.dev.config_write(at as u16 + 4, &[0]);
+        r.set_cfg32(at + 8, offset);
+        r.set_cfg32(at + 12, len);
+    };
+    // num_queues (common config 0x12, 2 bytes).
+    select(&mut r, 0x12, 2);
+    assert_eq!(r.cfg32(at + 16) & 0xffff, 2);
+    // queue_select = 1 by a write, then queue_size reads queue 1's.
+    select(&mut r, 0x16, 2);
+    r.set_cfg32(at + 16, 1);
+    select(&mut r, 0x18, 2);
+    assert_eq!(r.cfg32(at + 16) & 0xffff, 256);
+    assert_eq!(r.bar32(0x16) & 0xffff, 1, "the same register as by MMIO");
+    // The device config window, 4 bytes; a byte read of pci_cfg_data
+    // makes the same access and returns its first byte.
+    select(&mut r, DEVICE_CFG_OFFSET as u32, 4);
+    assert_eq!(r.cfg32(at + 16), u32::from_le_bytes(*b"myfs"));
+    assert_eq!(r.cfg8(at + 16), b'm');
+    // Accesses the spec rules out read zero and reach nothing.
+    for (offset, len) in [(0x13, 2), (0x12, 3), (0, 0), (BAR_SIZE as u32, 4)] {
+        select(&mut r, offset, len);
+        assert_eq!(r.cfg32(at + 16), 0, "offset {offset:#x} length {len}");
+    }
+    select(&mut r, DEVICE_CFG_OFFSET as u32, 4);
+    r.dev.config_write(at as u16 + 4, &[3]);
+    assert_eq!(r.cfg32(at + 16), 0, "a BAR the device does not have");
+    r.set_cfg32(at + 16, 7);
+    let calls = r.calls.lock().unwrap();
+    assert_eq!(calls.config_reads, vec![(0, 4), (0, 4)]);
+    assert!(calls.config_writes.is_empty(), "{:?}", calls.config_writes);
 }
 
 #[test]

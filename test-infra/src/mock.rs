@@ -19,6 +19,7 @@ pub fn mock_binary() -> Result<PathBuf, String> {
         "VHOST_USER_MOCK",
         paths::workspace_root().join("target/release/vhost-user-mock"),
         &["test-backends/src", "test-backends/Cargo.toml"],
+        &[],
         "cargo build --release -p test-backends",
     )
 }

@@ -11,12 +11,15 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
+/// The newest modification time of the files under `dir`, but `ignored`.
+fn newest_mtime(dir: &Path, ignored: &[PathBuf]) -> Option<std::time::SystemTime> {
     let mut newest = None;
     for entry in std::fs::read_dir(dir).ok()?.flatten() {
         let path = entry.path();
-        let mtime = if path.is_dir() {
-            newest_mtime(&path)
+        let mtime = if ignored.contains(&path) {
+            None
+        } else if path.is_dir() {
+            newest_mtime(&path, ignored)
         } else {
             entry.metadata().ok()?.modified().ok()
         };
@@ -25,11 +28,13 @@ fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
     newest
 }
 
-/// An artifact built from `sources`, or an explanation of why it cannot be used.
+/// An artifact built from `sources` (less `ignored`: files under them that
+/// it is not built from), or an explanation of why it cannot be used.
 pub(crate) fn built_artifact(
     env_var: &str,
     default: PathBuf,
     sources: &[&str],
+    ignored: &[&str],
     build: &str,
 ) -> Result<PathBuf, String> {
     if let Some(path) = std::env::var_os(env_var) {
@@ -44,8 +49,9 @@ pub(crate) fn built_artifact(
             )
         })?;
     let root = workspace_root();
+    let ignored: Vec<PathBuf> = ignored.iter().map(|i| root.join(i)).collect();
     for source in sources {
-        if newest_mtime(&root.join(source)).is_some_and(|m| m > built) {
+        if newest_mtime(&root.join(source), &ignored).is_some_and(|m| m > built) {
             return Err(format!(
                 "{} is older than {source}: run `{build}` (or set {env_var})",
                 default.display()
@@ -61,6 +67,7 @@ pub fn vmm_binary() -> Result<PathBuf, String> {
         "VMM_BIN",
         workspace_root().join("target/release/vmm"),
         &["vmm/src", "vmm/Cargo.toml"],
+        &[],
         "cargo build --release -p vmm",
     )
 }
@@ -71,6 +78,7 @@ pub fn probe_guest() -> Result<PathBuf, String> {
         "PROBE_GUEST",
         workspace_root().join("target/probe-guest.elf"),
         &["test-infra/probe-guest/src"],
+        &[],
         "ci/build-probe-guest",
     )
 }
@@ -81,6 +89,8 @@ pub fn conformance_binary() -> Result<PathBuf, String> {
         "VHOST_USER_CONFORMANCE",
         workspace_root().join("target/release/vhost-user-conformance"),
         &["test-infra/src"],
+        // cargo does not relink the runner when only the bench changed.
+        &["test-infra/src/bin/bench.rs"],
         "cargo build --release -p test-infra",
     )
 }

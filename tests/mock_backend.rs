@@ -161,6 +161,45 @@ fn echo_round_trips_check_every_byte(#[case] mode: &str, #[case] bytes: u32, #[c
     }
 }
 
+/// A guest may move the BARs (the probe's default, into its own window
+/// here) or keep them where `vmm` put them, as a guest that trusts its
+/// firmware does; either way the device works at the address it reports.
+#[rstest]
+#[case::moved_by_the_guest("assign", 0xd000_0000)]
+#[case::kept_where_vmm_put_them("keep", 0xc000_0000)]
+fn the_device_works_where_its_bars_are(#[case] bars: &str, #[case] window: u64) {
+    if !require_kvm("the_device_works_where_its_bars_are") {
+        return;
+    }
+    let dir = tempdir();
+    let mock = MockOptions::new("echo").start(dir.path()).expect("mock");
+    let run = run_with(
+        dir.path(),
+        &format!("probe.run=pci,echo probe.pci.window=0xd0000000-0xe0000000 probe.pci.bars={bars}"),
+        &[custom_device(&mock, &[256, 256])],
+    );
+    run.assert_passed();
+    let pci = run
+        .report
+        .all("pci")
+        .find(|r| r.positional.first().map(String::as_str) == Some("00:01.0"))
+        .unwrap_or_else(|| panic!("no pci 00:01.0 record:\n{}", run.output.describe()));
+    let layout = pci.get("bars").expect("bars");
+    let addresses: Vec<u64> = layout
+        .split(',')
+        .filter_map(|bar| bar.split(':').nth(2)?.split('/').next())
+        .filter_map(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok())
+        .collect();
+    assert!(!addresses.is_empty(), "{pci:?}");
+    assert!(
+        addresses
+            .iter()
+            .all(|a| (window..window + 0x1000_0000).contains(a)),
+        "BARs {layout} not in the window at {window:#x}"
+    );
+    assert_eq!(record(&run, "echo", None).number("recoveries"), Some(0));
+}
+
 #[test]
 fn four_echo_devices_in_one_vm() {
     if !require_kvm("four_echo_devices_in_one_vm") {

@@ -360,6 +360,7 @@ tss:
 
     .section .data.pagetables, "aw"
     .balign 4096
+    .global pml4
 pml4:
     .quad pdpt + 7
     .fill 511, 8, 0
@@ -397,6 +398,58 @@ user_stack:
 user_stack_top:
 "#
 );
+
+const TABLE_FLAGS: u64 = 0x7; // present, writable, user
+const HUGE_UNCACHED: u64 = 0x9f; // present, writable, user, PWT, PCD, 2 MiB
+const HUGE: u64 = 0x80;
+const ENTRY_ADDR: u64 = 0x000f_ffff_ffff_f000;
+const TWO_MIB: u64 = 2 << 20;
+/// What the boot tables map: the first 4 GiB.
+pub const MAPPED_END: u64 = 4 << 30;
+
+/// The table an entry points to, made (zeroed, from `dma`) if absent.
+fn next_table(entry: *mut u64, dma: &mut crate::Dma) -> Result<*mut u64, crate::rt::Failure> {
+    // SAFETY: `entry` is an entry of one of our page tables, all of which
+    // are identity-mapped RAM that ring 3 may write.
+    let value = unsafe { core::ptr::read_volatile(entry) };
+    if value & 1 != 0 {
+        if value & HUGE != 0 {
+            crate::bail!("a large page is already mapped where a table is needed");
+        }
+        return Ok((value & ENTRY_ADDR) as *mut u64);
+    }
+    let table = dma.alloc(4096, 4096)?;
+    // SAFETY: as above; a new entry in a non-present slot needs no TLB
+    // flush, since non-present entries are never cached.
+    unsafe { core::ptr::write_volatile(entry, table | TABLE_FLAGS) };
+    Ok(table as *mut u64)
+}
+
+/// Identity-maps `[addr, addr + size)` uncached for ring 3 in 2 MiB pages,
+/// for BARs a VMM placed above the 4 GiB the boot tables cover. The new
+/// page tables come from `dma` (identity-mapped RAM below 4 GiB).
+pub fn map_mmio(addr: u64, size: u64, dma: &mut crate::Dma) -> Result<(), crate::rt::Failure> {
+    extern "C" {
+        static mut pml4: [u64; 512];
+    }
+    if addr.checked_add(size).is_none_or(|end| end > 1 << 47) {
+        crate::bail!("MMIO at 0x{addr:x}+0x{size:x} is beyond 47-bit addresses");
+    }
+    let mut page = addr & !(TWO_MIB - 1);
+    while page < addr + size {
+        let index = |shift: u32| ((page >> shift) & 511) as usize;
+        // SAFETY: the PML4 is a static; every table reached from it is one
+        // of ours (see next_table).
+        unsafe {
+            let root = core::ptr::addr_of_mut!(pml4) as *mut u64;
+            let pdpt = next_table(root.add(index(39)), dma)?;
+            let pd = next_table(pdpt.add(index(30)), dma)?;
+            core::ptr::write_volatile(pd.add(index(21)), page | HUGE_UNCACHED);
+        }
+        page += TWO_MIB;
+    }
+    Ok(())
+}
 
 /// The physical address of `hvm_start_info`, as PVH handed it over.
 pub fn start_info_paddr() -> u64 {

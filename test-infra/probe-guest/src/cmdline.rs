@@ -60,6 +60,9 @@ pub struct Args {
     /// (VERSION_1 is always accepted).
     pub virtio_features: u64,
     pub pci_window: (u64, u64),
+    /// Keep the BAR addresses the VMM chose instead of assigning them
+    /// from `pci_window` (`probe.pci.bars=keep`).
+    pub pci_keep_bars: bool,
     /// Devices the echo test drives (None: every virtio device but fs).
     pub echo_id: Option<u32>,
     pub echo_rounds: u32,
@@ -83,6 +86,14 @@ fn store(s: &str) -> &'static str {
     unsafe { (*core::ptr::addr_of!(STORED)).as_str() }
 }
 
+/// The value of the choice `word` names.
+fn choose<T: Copy>(word: &str, choices: &[(&str, T)]) -> Option<T> {
+    choices
+        .iter()
+        .find(|(name, _)| *name == word)
+        .map(|&(_, v)| v)
+}
+
 fn parse_hex(s: &str) -> Option<u64> {
     u64::from_str_radix(s.trim_start_matches("0x"), 16).ok()
 }
@@ -101,6 +112,7 @@ impl Args {
             virtio_mode: Mode::Interrupt,
             virtio_features: 0,
             pci_window: (0xc000_0000, 0xe000_0000),
+            pci_keep_bars: false,
             echo_id: None,
             echo_rounds: 8,
             echo_bytes: 256,
@@ -135,39 +147,15 @@ impl Args {
                     a.fs_list.extend_csv(value);
                     true
                 }
-                "fs.bench" => match value {
-                    "on" => {
-                        a.fs_bench = true;
-                        true
-                    }
-                    "off" => {
-                        a.fs_bench = false;
-                        true
-                    }
-                    _ => false,
-                },
-                "fs.ops" => match value {
-                    "on" => {
-                        a.fs_ops = true;
-                        true
-                    }
-                    "off" => {
-                        a.fs_ops = false;
-                        true
-                    }
-                    _ => false,
-                },
-                "virtio.mode" => match value {
-                    "irq" => {
-                        a.virtio_mode = Mode::Interrupt;
-                        true
-                    }
-                    "poll" => {
-                        a.virtio_mode = Mode::Poll;
-                        true
-                    }
-                    _ => false,
-                },
+                "fs.bench" => choose(value, &[("on", true), ("off", false)])
+                    .map(|v| a.fs_bench = v)
+                    .is_some(),
+                "fs.ops" => choose(value, &[("on", true), ("off", false)])
+                    .map(|v| a.fs_ops = v)
+                    .is_some(),
+                "virtio.mode" => choose(value, &[("irq", Mode::Interrupt), ("poll", Mode::Poll)])
+                    .map(|v| a.virtio_mode = v)
+                    .is_some(),
                 "echo.id" => value.parse().map(|v| a.echo_id = Some(v)).is_ok(),
                 "echo.rounds" => value.parse().map(|v| a.echo_rounds = v).is_ok(),
                 "echo.bytes" => value
@@ -193,6 +181,9 @@ impl Args {
                     .and_then(|(b, e)| Some((parse_hex(b)?, parse_hex(e)?)))
                     .filter(|(b, e)| b < e)
                     .map(|w| a.pci_window = w)
+                    .is_some(),
+                "pci.bars" => choose(value, &[("assign", false), ("keep", true)])
+                    .map(|v| a.pci_keep_bars = v)
                     .is_some(),
                 _ => false,
             };

@@ -3,7 +3,8 @@
 //!
 //! The probe assigns every BAR itself from one window, so that the same
 //! guest sees the same layout under any VMM and exercises the VMM's BAR
-//! relocation.
+//! relocation; or, asked to, keeps the addresses the VMM chose (Cloud
+//! Hypervisor cannot move a 64-bit BAR into the 32-bit window).
 
 use core::fmt;
 
@@ -115,6 +116,8 @@ pub struct MsixCap {
 /// A virtio vendor capability (cfg_type 1..5).
 #[derive(Clone, Copy, Default)]
 pub struct VirtioCap {
+    /// Where the capability is in configuration space.
+    pub at: u16,
     pub bar: u8,
     pub offset: u32,
     pub length: u32,
@@ -154,8 +157,13 @@ pub struct Bus {
     pub count: usize,
 }
 
-/// Scans bus 0 and assigns memory BARs from `window`.
-pub fn enumerate(access: ConfigAccess, window: (u64, u64)) -> Result<Bus, crate::rt::Failure> {
+/// Scans bus 0 and assigns memory BARs from `window`, or keeps those the
+/// VMM assigned if `keep` (BARs it left at 0 still come from `window`).
+pub fn enumerate(
+    access: ConfigAccess,
+    window: (u64, u64),
+    keep: bool,
+) -> Result<Bus, crate::rt::Failure> {
     let mut bus = Bus {
         access,
         functions: [None; MAX_FUNCTIONS],
@@ -183,7 +191,7 @@ pub fn enumerate(access: ConfigAccess, window: (u64, u64)) -> Result<Bus, crate:
                 virtio: [None; 6],
             };
             if header & 0x7f == 0 && f.class >> 16 != 0x06 {
-                assign_bars(access, &mut f, &mut cursor, window.1)?;
+                assign_bars(access, &mut f, &mut cursor, window.1, keep)?;
             }
             read_capabilities(access, &mut f);
             if bus.count == MAX_FUNCTIONS {
@@ -204,6 +212,7 @@ fn assign_bars(
     f: &mut Function,
     cursor: &mut u64,
     window_end: u64,
+    keep: bool,
 ) -> Result<(), crate::rt::Failure> {
     let bdf = f.bdf;
     let command = access.read16(bdf, COMMAND);
@@ -228,7 +237,9 @@ fn assign_bars(
         }
         let is64 = (orig >> 1) & 3 == 2;
         let mut hi = u32::MAX;
+        let mut orig_hi = 0;
         if is64 && i < 5 {
+            orig_hi = access.read32(bdf, offset + 4);
             access.write32(bdf, offset + 4, u32::MAX);
             hi = access.read32(bdf, offset + 4);
         }
@@ -239,11 +250,17 @@ fn assign_bars(
             continue;
         }
         let size = (!mask).wrapping_add(1);
-        let addr = cursor.div_ceil(size) * size;
-        if addr + size > window_end {
-            crate::bail!("BAR {i} of {bdf} (0x{size:x} bytes) does not fit the PCI window");
-        }
-        *cursor = addr + size;
+        let assigned = (u64::from(orig_hi) << 32) | u64::from(orig & !0xf);
+        let addr = if keep && assigned != 0 {
+            assigned
+        } else {
+            let addr = cursor.div_ceil(size) * size;
+            if addr + size > window_end {
+                crate::bail!("BAR {i} of {bdf} (0x{size:x} bytes) does not fit the PCI window");
+            }
+            *cursor = addr + size;
+            addr
+        };
         access.write32(bdf, offset, addr as u32 | (orig & 0xf));
         if is64 {
             access.write32(bdf, offset + 4, (addr >> 32) as u32);
@@ -293,6 +310,7 @@ fn read_capabilities(access: ConfigAccess, f: &mut Function) {
                         0
                     };
                     f.virtio[usize::from(cfg_type)] = Some(VirtioCap {
+                        at: offset,
                         bar: access.read8(bdf, offset + 4),
                         offset: access.read32(bdf, offset + 8),
                         length: access.read32(bdf, offset + 12),
@@ -304,6 +322,29 @@ fn read_capabilities(access: ConfigAccess, f: &mut Function) {
         }
         ptr = ((header >> 8) as u8) & !3;
         hops += 1;
+    }
+}
+
+/// Reads `len` (1, 2 or 4) bytes at `offset` in BAR `bar` through the
+/// VIRTIO_PCI_CAP_PCI_CFG capability at `cap` (VIRTIO 1.3, 4.1.4.9):
+/// configuration space only, no BAR mapping.
+pub fn pci_cfg_read(
+    access: ConfigAccess,
+    bdf: Bdf,
+    cap: u16,
+    bar: u8,
+    offset: u32,
+    len: u32,
+) -> u32 {
+    let id = access.read8(bdf, cap + 5);
+    access.write16(bdf, cap + 4, u16::from(bar) | u16::from(id) << 8);
+    access.write32(bdf, cap + 8, offset);
+    access.write32(bdf, cap + 12, len);
+    let value = access.read32(bdf, cap + 16);
+    if len >= 4 {
+        value
+    } else {
+        value & ((1 << (8 * len)) - 1)
     }
 }
 

@@ -64,7 +64,15 @@ fn ensure_pci(ctx: &mut Ctx) -> Result<&pci::Bus, Failure> {
             .platform
             .ecam
             .map_or(ConfigAccess::Legacy, ConfigAccess::Ecam);
-        ctx.pci = Some(pci::enumerate(access, ctx.args.pci_window)?);
+        let bus = pci::enumerate(access, ctx.args.pci_window, ctx.args.pci_keep_bars)?;
+        for f in bus.functions.iter().flatten() {
+            for bar in f.bars.iter().filter(|b| !b.io && b.size > 0) {
+                if bar.addr.saturating_add(bar.size) > boot::MAPPED_END {
+                    boot::map_mmio(bar.addr, bar.size, &mut ctx.dma)?;
+                }
+            }
+        }
+        ctx.pci = Some(bus);
     }
     match ctx.pci.as_ref() {
         Some(bus) => Ok(bus),
@@ -162,11 +170,12 @@ fn virtio_test(ctx: &mut Ctx) -> Result<(), Failure> {
         dev.read_config(0, &mut config[..len])?;
         let status = dev.status();
         let features = dev.device_features;
+        let pci_cfg = pci_cfg_check(ctx, f, dev.num_queues, &config[..len])?;
         dev.reset(&ctx.clock)?;
         bring_up(&mut dev, ctx)?;
         dev.reset(&ctx.clock)?;
         record!(
-            "virtio {} id={} features=0x{:x} queues={} qsize={} config_len={} config={} status=0x{:02x} mode={} isr={} config_irqs={} reinit=ok",
+            "virtio {} id={} features=0x{:x} queues={} qsize={} config_len={} config={} status=0x{:02x} mode={} isr={} config_irqs={} pci_cfg={} reinit=ok",
             f.bdf,
             f.virtio_id(),
             features,
@@ -177,13 +186,49 @@ fn virtio_test(ctx: &mut Ctx) -> Result<(), Failure> {
             status,
             if dev.mode == virtio::Mode::Interrupt { "irq" } else { "poll" },
             if dev.isr != 0 { "yes" } else { "no" },
-            dev.config_irqs()
+            dev.config_irqs(),
+            if pci_cfg { "yes" } else { "no" }
         );
         if status & virtio::STATUS_NEEDS_RESET != 0 {
             bail!("{} needs reset after DRIVER_OK", f.bdf);
         }
     }
     Ok(())
+}
+
+/// Reads num_queues and the first config bytes again through the
+/// VIRTIO_PCI_CAP_PCI_CFG window, which every device must have; they must
+/// match what the BAR said. Returns whether the device has the window.
+fn pci_cfg_check(
+    ctx: &Ctx,
+    f: &pci::Function,
+    num_queues: u16,
+    config: &[u8],
+) -> Result<bool, Failure> {
+    let (Some(window), Some(common), Some(bus)) = (f.virtio[5], f.virtio[1], ctx.pci.as_ref())
+    else {
+        return Ok(false);
+    };
+    let read = |bar, offset, len| pci::pci_cfg_read(bus.access, f.bdf, window.at, bar, offset, len);
+    let queues = read(common.bar, common.offset + 0x12, 2);
+    if queues != u32::from(num_queues) {
+        bail!(
+            "{}: num_queues is {num_queues} in the BAR but {queues} through PCI_CFG",
+            f.bdf
+        );
+    }
+    if let (Some(device), Some(first)) = (f.virtio[4], config.get(..4)) {
+        let word = read(device.bar, device.offset, 4);
+        if word.to_le_bytes() != first {
+            bail!(
+                "{}: config bytes {} in the BAR but {:08x} through PCI_CFG",
+                f.bdf,
+                Hex(first),
+                word.swap_bytes()
+            );
+        }
+    }
+    Ok(true)
 }
 
 const FS_ID: u32 = 26;

@@ -170,7 +170,7 @@ fn virtio_test(ctx: &mut Ctx) -> Result<(), Failure> {
         dev.read_config(0, &mut config[..len])?;
         let status = dev.status();
         let features = dev.device_features;
-        let pci_cfg = pci_cfg_check(ctx, f, dev.num_queues, &config[..len])?;
+        let pci_cfg = pci_cfg_check(ctx, f, dev.num_queues)?;
         dev.reset(&ctx.clock)?;
         bring_up(&mut dev, ctx)?;
         dev.reset(&ctx.clock)?;
@@ -196,37 +196,29 @@ fn virtio_test(ctx: &mut Ctx) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Reads num_queues and the first config bytes again through the
-/// VIRTIO_PCI_CAP_PCI_CFG window, which every device must have; they must
-/// match what the BAR said. Returns whether the device has the window.
-fn pci_cfg_check(
-    ctx: &Ctx,
-    f: &pci::Function,
-    num_queues: u16,
-    config: &[u8],
-) -> Result<bool, Failure> {
+/// Reads num_queues again through the VIRTIO_PCI_CAP_PCI_CFG window,
+/// which every device must have; it must match what the BAR said. (Only
+/// the common config: a config read here would be one more GET_CONFIG for
+/// the backend, and fault schedules count those.) Returns whether the
+/// device has the window.
+fn pci_cfg_check(ctx: &Ctx, f: &pci::Function, num_queues: u16) -> Result<bool, Failure> {
     let (Some(window), Some(common), Some(bus)) = (f.virtio[5], f.virtio[1], ctx.pci.as_ref())
     else {
         return Ok(false);
     };
-    let read = |bar, offset, len| pci::pci_cfg_read(bus.access, f.bdf, window.at, bar, offset, len);
-    let queues = read(common.bar, common.offset + 0x12, 2);
+    let queues = pci::pci_cfg_read(
+        bus.access,
+        f.bdf,
+        window.at,
+        common.bar,
+        common.offset + 0x12,
+        2,
+    );
     if queues != u32::from(num_queues) {
         bail!(
             "{}: num_queues is {num_queues} in the BAR but {queues} through PCI_CFG",
             f.bdf
         );
-    }
-    if let (Some(device), Some(first)) = (f.virtio[4], config.get(..4)) {
-        let word = read(device.bar, device.offset, 4);
-        if word.to_le_bytes() != first {
-            bail!(
-                "{}: config bytes {} in the BAR but {:08x} through PCI_CFG",
-                f.bdf,
-                Hex(first),
-                word.swap_bytes()
-            );
-        }
     }
     Ok(true)
 }

@@ -290,11 +290,26 @@ fn fs_bench(runs: usize, ch: Option<&PathBuf>) {
     if ch.is_some() {
         peers.push("cloud-hypervisor");
     }
-    let mut rows: Vec<(&str, Vec<f64>, f64)> = Vec::new();
-    for peer in peers {
-        let mut values: Vec<Vec<f64>> = vec![Vec::new(); FS_METRICS.len()];
-        let mut exits = Vec::new();
-        for _ in 0..runs {
+    // Runs take turns between the VMMs, so that a machine that slows down
+    // or speeds up during the bench weighs on every VMM alike.
+    struct Samples {
+        values: Vec<Vec<f64>>,
+        exits: Vec<f64>,
+        failed: bool,
+    }
+    let mut samples: Vec<Samples> = peers
+        .iter()
+        .map(|_| Samples {
+            values: vec![Vec::new(); FS_METRICS.len()],
+            exits: Vec::new(),
+            failed: false,
+        })
+        .collect();
+    for _ in 0..runs {
+        for (peer, s) in peers.iter().zip(samples.iter_mut()) {
+            if s.failed {
+                continue;
+            }
             let dir = match tempfile::tempdir() {
                 Ok(d) => d,
                 Err(e) => {
@@ -310,28 +325,32 @@ fn fs_bench(runs: usize, ch: Option<&PathBuf>) {
                         .find(|r| r.positional.first().map(String::as_str) == Some("bench"))
                     {
                         for (i, (key, _)) in FS_METRICS.iter().enumerate() {
-                            values[i].push(record.number(key).unwrap_or(0) as f64);
+                            s.values[i].push(record.number(key).unwrap_or(0) as f64);
                         }
                     }
                     if let Some(n) = vmm_exits(&run) {
-                        exits.push(n as f64);
+                        s.exits.push(n as f64);
                     }
                 }
                 Err(e) => {
                     eprintln!("bench: {e}");
-                    break;
+                    s.failed = true;
                 }
             }
         }
-        if values[0].is_empty() {
-            continue;
-        }
-        rows.push((
-            peer,
-            values.into_iter().map(median).collect(),
-            median(exits),
-        ));
     }
+    let rows: Vec<(&str, Vec<f64>, f64)> = peers
+        .iter()
+        .zip(samples)
+        .filter(|(_, s)| !s.values[0].is_empty())
+        .map(|(peer, s)| {
+            (
+                *peer,
+                s.values.into_iter().map(median).collect(),
+                median(s.exits),
+            )
+        })
+        .collect();
     let header: Vec<&str> = FS_METRICS.iter().map(|(_, h)| *h).collect();
     println!("| VMM | {} | exits to VMM |", header.join(" | "));
     println!("|---|{}---|", "---|".repeat(FS_METRICS.len()));
@@ -527,5 +546,15 @@ fn suite_time() -> Result<(), String> {
     println!("|---|---|---|");
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!("| {:.1} | {cores} | {summary} |", wall.as_secs_f64());
+    let mut failed: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("FAIL ["))
+        .collect();
+    failed.sort_unstable();
+    failed.dedup();
+    for line in failed {
+        println!("\n{line}");
+    }
     Ok(())
 }

@@ -204,6 +204,8 @@ impl<'a> Fuse<'a> {
         })
     }
 
+    // The request's parts as `call` takes them, plus what to call it.
+    #[allow(clippy::too_many_arguments)]
     fn ok(
         &mut self,
         what: &str,

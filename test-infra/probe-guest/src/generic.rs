@@ -27,19 +27,19 @@ struct Buffers {
 }
 
 impl Buffers {
-    fn out(&self) -> &mut [u8] {
+    fn out(&mut self) -> &mut [u8] {
         // SAFETY: `out` is `len` bytes of our DMA memory, identity-mapped;
         // nothing else borrows it while a round runs.
         unsafe { core::slice::from_raw_parts_mut(self.out as *mut u8, self.len as usize) }
     }
-    fn back(&self) -> &mut [u8] {
+    fn back(&mut self) -> &mut [u8] {
         // SAFETY: as above, for `back`.
         unsafe { core::slice::from_raw_parts_mut(self.back as *mut u8, self.len as usize) }
     }
 }
 
 /// One round trip; returns its time in TSC cycles.
-fn round(dev: &mut Device, bufs: &Buffers, round: u32, ctx: &Ctx) -> Result<u64, Failure> {
+fn round(dev: &mut Device, bufs: &mut Buffers, round: u32, ctx: &Ctx) -> Result<u64, Failure> {
     for (i, b) in bufs.out().iter_mut().enumerate() {
         *b = pattern(round, i);
     }
@@ -139,7 +139,7 @@ fn echo_device(f: crate::pci::Function, slot: usize, ctx: &mut Ctx) -> Result<()
         bail!("{} has {} queues; echo needs 2", f.bdf, dev.num_queues);
     }
     let len = ctx.args.echo_bytes;
-    let bufs = Buffers {
+    let mut bufs = Buffers {
         out: ctx.dma.alloc(u64::from(len), 64)?,
         back: ctx.dma.alloc(u64::from(len), 64)?,
         len,
@@ -148,7 +148,7 @@ fn echo_device(f: crate::pci::Function, slot: usize, ctx: &mut Ctx) -> Result<()
     let (mut min, mut max, mut total) = (u64::MAX, 0u64, 0u64);
     let mut r = 0;
     while r < rounds {
-        match round(&mut dev, &bufs, r, ctx) {
+        match round(&mut dev, &mut bufs, r, ctx) {
             Ok(cycles) => {
                 min = min.min(cycles);
                 max = max.max(cycles);

@@ -127,10 +127,8 @@ fn parse_acpi(p: &mut Platform) {
         offset += entry_size;
         match &signature(table) {
             b"APIC" => p.cpus = count_cpus(table),
-            b"MCFG" => {
-                if mmio::read32(table + 4) >= 44 + 16 {
-                    p.ecam = Some(read_u64(table + 44));
-                }
+            b"MCFG" if mmio::read32(table + 4) >= 44 + 16 => {
+                p.ecam = Some(read_u64(table + 44));
             }
             b"FACP" => {
                 dsdt = fadt_dsdt(table);

@@ -319,7 +319,6 @@ fn fs_session(dev: &mut Device, tag: &[u8], ctx: &mut Ctx) -> Result<(), Failure
     }
     fs.destroy()?;
     let requests = fs.requests;
-    drop(fs);
     record!(
         "fs {} done requests={} completions={} irqs={}",
         bdf,

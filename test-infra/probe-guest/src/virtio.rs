@@ -299,7 +299,7 @@ impl Device {
             let mut i = 0usize;
             while i < out.len() {
                 let addr = self.device_cfg_base + u64::from(offset) + i as u64;
-                if addr % 4 == 0 && out.len() - i >= 4 {
+                if addr.is_multiple_of(4) && out.len() - i >= 4 {
                     out[i..i + 4].copy_from_slice(&mmio::read32(addr).to_le_bytes());
                     i += 4;
                 } else {

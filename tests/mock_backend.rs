@@ -161,13 +161,19 @@ fn echo_round_trips_check_every_byte(#[case] mode: &str, #[case] bytes: u32, #[c
     }
 }
 
-/// A guest may move the BARs (the probe's default, into its own window
-/// here) or keep them where `vmm` put them, as a guest that trusts its
-/// firmware does; either way the device works at the address it reports.
+/// A guest may move the BARs (the probe's default, into the window it is
+/// given, here one above 4 GiB too) or keep them where `vmm` put them, as
+/// a guest that trusts its firmware does; either way the device, its
+/// kicks (ioeventfds) and its MSI-X table work at the address it reports.
 #[rstest]
-#[case::moved_by_the_guest("assign", 0xd000_0000)]
-#[case::kept_where_vmm_put_them("keep", 0xc000_0000)]
-fn the_device_works_where_its_bars_are(#[case] bars: &str, #[case] window: u64) {
+#[case::moved_by_the_guest("assign", 0xd000_0000, 0xd000_0000)]
+#[case::moved_above_4_gib("assign", 0x1_0000_0000, 0x1_0000_0000)]
+#[case::kept_where_vmm_put_them("keep", 0xd000_0000, 0xc000_0000)]
+fn the_device_works_where_its_bars_are(
+    #[case] bars: &str,
+    #[case] window: u64,
+    #[case] expected: u64,
+) {
     if !require_kvm("the_device_works_where_its_bars_are") {
         return;
     }
@@ -175,7 +181,10 @@ fn the_device_works_where_its_bars_are(#[case] bars: &str, #[case] window: u64) 
     let mock = MockOptions::new("echo").start(dir.path()).expect("mock");
     let run = run_with(
         dir.path(),
-        &format!("probe.run=pci,echo probe.pci.window=0xd0000000-0xe0000000 probe.pci.bars={bars}"),
+        &format!(
+            "probe.run=pci,echo probe.pci.window={window:#x}-{:#x} probe.pci.bars={bars}",
+            window + 0x1000_0000
+        ),
         &[custom_device(&mock, &[256, 256])],
     );
     run.assert_passed();
@@ -194,8 +203,8 @@ fn the_device_works_where_its_bars_are(#[case] bars: &str, #[case] window: u64) 
     assert!(
         addresses
             .iter()
-            .all(|a| (window..window + 0x1000_0000).contains(a)),
-        "BARs {layout} not in the window at {window:#x}"
+            .all(|a| (expected..expected + 0x1000_0000).contains(a)),
+        "BARs {layout} not at {expected:#x}"
     );
     assert_eq!(record(&run, "echo", None).number("recoveries"), Some(0));
 }

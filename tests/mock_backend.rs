@@ -333,6 +333,16 @@ fn a_failed_config_read_reads_ones_and_asks_for_reset(#[case] what: &str) {
         .find(|r| r.get("id") == Some("61"))
         .expect("the other device echoed");
     assert_eq!(echo.number("recoveries"), Some(0), "{echo:?}");
+    // A refusal or a reply of the wrong size is read whole and leaves the
+    // connection in step; anything else costs it, and the reset that the
+    // guest does reconnects.
+    let in_step = matches!(what, "error" | "short" | "long");
+    assert_eq!(
+        run.output.stderr.contains("lost; reconnecting"),
+        !in_step,
+        "{}",
+        run.output.stderr
+    );
 }
 
 #[test]

@@ -8,6 +8,7 @@
 //! once, and the next device reset reconnects (a restarted backend then
 //! serves the re-initialised device).
 
+mod get_config;
 mod watchdog;
 
 use std::os::unix::net::UnixStream;
@@ -80,6 +81,8 @@ pub enum Error {
         #[source]
         source: vhost::Error,
     },
+    #[error("vhost-user GET_CONFIG failed")]
+    GetConfig(#[source] get_config::Error),
     #[error("vhost-user {what}: no reply within {after:?}; connection closed")]
     NoReply { what: &'static str, after: Duration },
     #[error("vhost-user connection to {path} is down until the device is reset")]
@@ -122,27 +125,58 @@ pub enum Error {
     BadRingAddress { queue: usize, addr: u64, len: u64 },
 }
 
-/// Errors after which the byte stream cannot be trusted (lost, cut, or out
-/// of step with our requests); a refusal from a live backend is not one.
-fn breaks_connection(e: &vhost::Error) -> bool {
-    use vhost::vhost_user::Error as E;
-    match e {
-        vhost::Error::VhostUserProtocol(inner) => !matches!(
-            inner,
-            E::InvalidParam
-                | E::InvalidOperation(_)
-                | E::InactiveFeature(_)
-                | E::InactiveOperation(_)
-                | E::BackendInternalError
-                | E::FeatureMismatch
-        ),
-        _ => false,
+/// How a request can fail: the vhost crate's frontend, or our own
+/// GET_CONFIG.
+trait RequestError: std::error::Error {
+    /// Whether the byte stream cannot be trusted any more (lost, cut, or
+    /// out of step with our requests); a refusal from a live backend is
+    /// not such a failure.
+    fn breaks_connection(&self) -> bool;
+    fn into_error(self, what: &'static str) -> Error;
+}
+
+impl RequestError for vhost::Error {
+    fn breaks_connection(&self) -> bool {
+        use vhost::vhost_user::Error as E;
+        match self {
+            vhost::Error::VhostUserProtocol(inner) => !matches!(
+                inner,
+                E::InvalidParam
+                    | E::InvalidOperation(_)
+                    | E::InactiveFeature(_)
+                    | E::InactiveOperation(_)
+                    | E::BackendInternalError
+                    | E::FeatureMismatch
+            ),
+            _ => false,
+        }
     }
+
+    fn into_error(self, what: &'static str) -> Error {
+        Error::Backend { what, source: self }
+    }
+}
+
+impl RequestError for get_config::Error {
+    fn breaks_connection(&self) -> bool {
+        get_config::Error::breaks_connection(self)
+    }
+
+    fn into_error(self, _: &'static str) -> Error {
+        Error::GetConfig(self)
+    }
+}
+
+/// What requests go through: the vhost crate's frontend, and its socket
+/// for the requests we send ourselves.
+struct Link {
+    frontend: Frontend,
+    socket: UnixStream,
 }
 
 /// One connection to the backend and the watchdog on its socket.
 struct Connection {
-    frontend: Frontend,
+    link: Link,
     watchdog: Watchdog,
 }
 
@@ -217,17 +251,22 @@ impl GenericVhostUser {
         self.started.clear();
         self.vring_enable = false;
         let (frontend, socket) = connect(&self.config, self.timeouts.connect)?;
+        let watchdog_error = |source| Error::Watchdog {
+            path: self.config.socket.clone(),
+            source,
+        };
+        let watched = socket.try_clone().map_err(watchdog_error)?;
         // Thread names cannot hold NUL; ids from the command line cannot
         // either, but the config type does not promise it.
         let name = format!("vu-watch-{}", self.config.id).replace('\0', "");
-        let watchdog = Watchdog::new(&name, socket).map_err(|source| Error::Watchdog {
-            path: self.config.socket.clone(),
-            source,
-        })?;
+        let watchdog = Watchdog::new(&name, watched).map_err(watchdog_error)?;
         if let Some(signal) = &self.failure_signal {
             watchdog.set_signal(signal.clone());
         }
-        self.connection = Some(Connection { frontend, watchdog });
+        self.connection = Some(Connection {
+            link: Link { frontend, socket },
+            watchdog,
+        });
         self.broken = false;
         let set_up = self.negotiate().and_then(|negotiated| {
             self.negotiated = negotiated;
@@ -248,12 +287,21 @@ impl GenericVhostUser {
         Ok(())
     }
 
-    /// Sends one request under the watchdog. Connection-level failures mark
-    /// the connection broken so that nothing waits on it again.
+    /// Sends one request through the vhost crate's frontend.
     fn request<T>(
         &mut self,
         what: &'static str,
         op: impl FnOnce(&mut Frontend) -> vhost::Result<T>,
+    ) -> Result<T, Error> {
+        self.request_on(what, |link| op(&mut link.frontend))
+    }
+
+    /// Sends one request under the watchdog. Connection-level failures mark
+    /// the connection broken so that nothing waits on it again.
+    fn request_on<T, E: RequestError>(
+        &mut self,
+        what: &'static str,
+        op: impl FnOnce(&mut Link) -> Result<T, E>,
     ) -> Result<T, Error> {
         let path = &self.config.socket;
         let connection = match &mut self.connection {
@@ -263,8 +311,8 @@ impl GenericVhostUser {
                 return Err(Error::Disconnected { path: path.clone() });
             }
         };
-        let Connection { frontend, watchdog } = connection;
-        let (result, cut_off) = watchdog.run(self.timeouts.reply, || op(frontend));
+        let Connection { link, watchdog } = connection;
+        let (result, cut_off) = watchdog.run(self.timeouts.reply, || op(link));
         result.map_err(|source| {
             if cut_off {
                 self.broken = true;
@@ -273,11 +321,11 @@ impl GenericVhostUser {
                     after: self.timeouts.reply,
                 };
             }
-            if breaks_connection(&source) {
+            if source.breaks_connection() {
                 self.broken = true;
             }
             log::debug!("{}: {what}: {source}", self.config.id);
-            Error::Backend { what, source }
+            source.into_error(what)
         })
     }
 
@@ -297,7 +345,9 @@ impl GenericVhostUser {
                 // Every request without a reply of its own is acked, so a
                 // backend's refusal (of SET_MEM_TABLE, say) is not missed.
                 if let Some(c) = &self.connection {
-                    c.frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+                    c.link
+                        .frontend
+                        .set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
                 }
             }
         }
@@ -483,12 +533,12 @@ impl VirtioDevice for GenericVhostUser {
             return Ok(());
         }
         let len = data.len() as u32;
-        let zeros = vec![0; data.len()];
-        let (_, payload) = self.request("GET_CONFIG", |f| {
-            f.get_config(offset, len, VhostUserConfigFlags::empty(), &zeros)
+        let payload = self.request_on("GET_CONFIG", |link| {
+            get_config::get_config(&link.socket, offset, len)
         })?;
-        // The vhost crate has checked that the reply has the asked size.
-        data.copy_from_slice(&payload[..data.len()]);
+        // get_config has checked that the reply has the asked size.
+        let n = payload.len().min(data.len());
+        data[..n].copy_from_slice(&payload[..n]);
         Ok(())
     }
 

@@ -189,6 +189,25 @@ fn config_window_goes_to_get_and_set_config() {
     assert!(log.contains(&"SET_CONFIG 8 [1, 2]".to_string()));
 }
 
+/// The protocol's refusal (a reply of size 0) fails the read at once and
+/// leaves the connection usable: the next read is answered on it (the
+/// server takes no second connection).
+#[test]
+fn a_refused_config_read_fails_at_once_and_keeps_the_connection() {
+    let server = Server::start(Mock::fs(), 1);
+    let mut dev = device(&server);
+    let mut past_the_end = [0u8; 4];
+    let e = dev.read_config(40, &mut past_the_end).unwrap_err();
+    assert!(
+        matches!(e, Error::GetConfig(get_config::Error::Refused)),
+        "{e:?}"
+    );
+    assert!(!dev.broken);
+    let mut tag = [0u8; 4];
+    dev.read_config(0, &mut tag).unwrap();
+    assert_eq!(&tag, b"myfs");
+}
+
 #[test]
 fn activation_and_reset_follow_the_protocol() {
     let server = Server::start(Mock::fs(), 1);

@@ -1,14 +1,17 @@
-//! The validated VM configuration, built from `cli::Args`. This module owns
-//! option value syntax (Cloud Hypervisor's `key=value,...`) and the rules
-//! across options; it opens no files.
+//! The validated VM configuration, built from `cli::Args`: what each
+//! option's keys mean and the rules across options (the `key=value,...`
+//! syntax itself is `options`). It opens no files.
 
 use std::collections::HashSet;
 use std::num::{IntErrorKind, ParseIntError};
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
+use self::options::{OptionForm, Options};
 use crate::cli::Args;
 use crate::virtio::device_type::{DeviceTypeError, VirtioDeviceType};
+
+mod options;
 
 /// Guest RAM bounds and granularity.
 pub const MIN_MEMORY_SIZE: u64 = 2 << 20;
@@ -175,13 +178,6 @@ pub enum ConfigError {
     NeedsSharedMemory,
     #[error("{option}: empty path: expected a file name")]
     EmptyPath { option: &'static str },
-}
-
-/// What `split_options` and the error messages need to know of an option.
-struct OptionForm {
-    name: &'static str,
-    keys: &'static [&'static str],
-    form: &'static str,
 }
 
 const CPUS: OptionForm = OptionForm {
@@ -544,196 +540,6 @@ fn parse_number(
         Err(e) if *e.kind() == IntErrorKind::PosOverflow => Err(invalid(None)),
         Err(e) => Err(invalid(Some(e))),
     }
-}
-
-/// One option's pairs, each key known and given once.
-struct Options<'a> {
-    form: &'a OptionForm,
-    pairs: Vec<(String, String)>,
-}
-
-impl<'a> Options<'a> {
-    fn parse(form: &'a OptionForm, value: &str) -> Result<Self, ConfigError> {
-        let pairs = split_options(form, value)?;
-        for (i, (key, _)) in pairs.iter().enumerate() {
-            if !form.keys.contains(&key.as_str()) {
-                return Err(ConfigError::UnknownKey {
-                    option: form.name,
-                    key: key.clone(),
-                    form: form.form,
-                });
-            }
-            if pairs.iter().take(i).any(|(earlier, _)| earlier == key) {
-                return Err(ConfigError::DuplicateKey {
-                    option: form.name,
-                    key: key.clone(),
-                    form: form.form,
-                });
-            }
-        }
-        Ok(Self { form, pairs })
-    }
-
-    fn get(&self, key: &str) -> Option<&str> {
-        self.pairs
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn require(&self, key: &'static str) -> Result<&str, ConfigError> {
-        self.get(key).ok_or_else(|| self.missing(key))
-    }
-
-    fn missing(&self, key: &'static str) -> ConfigError {
-        ConfigError::MissingKey {
-            option: self.form.name,
-            key,
-            form: self.form.form,
-        }
-    }
-
-    /// `on` or `off`.
-    fn toggle(&self, key: &'static str) -> Result<Option<bool>, ConfigError> {
-        match self.get(key) {
-            None => Ok(None),
-            Some("on") => Ok(Some(true)),
-            Some("off") => Ok(Some(false)),
-            Some(other) => Err(ConfigError::InvalidValue {
-                option: self.form.name,
-                what: key,
-                value: other.to_owned(),
-                expected: "on or off",
-                source: None,
-            }),
-        }
-    }
-}
-
-/// Splits Cloud Hypervisor option syntax into `(key, value)` pairs, in order.
-///
-/// Pairs are separated by commas. A value may be double-quoted, wholly or
-/// in part, to hold commas, `=` or spaces; inside quotes `""` is one literal
-/// quote. Brackets group a list whose commas stay in the value
-/// (`queue_sizes=[1,2]` gives the value `[1,2]`). Keys are ASCII letters,
-/// digits, `_` and `-`. Empty values, empty items and unbalanced quotes or
-/// brackets are errors; which keys are allowed is the caller's business.
-fn split_options(form: &OptionForm, value: &str) -> Result<Vec<(String, String)>, ConfigError> {
-    if value.is_empty() {
-        return Err(ConfigError::Empty {
-            option: form.name,
-            form: form.form,
-        });
-    }
-    let mut pairs = Vec::new();
-    let mut item_start = 0;
-    let mut key = String::new();
-    // `None` until the item's first `=`.
-    let mut val: Option<String> = None;
-    let mut quoted = false;
-    let mut depth = 0usize;
-    let mut chars = value.char_indices().peekable();
-    loop {
-        let next = chars.next();
-        let (end, c) = match next {
-            Some((_, c)) if c != ',' || quoted || depth > 0 => (None, c),
-            Some((i, _)) => (Some(i), ','),
-            None if quoted => {
-                return Err(ConfigError::UnbalancedQuote {
-                    option: form.name,
-                    value: value.to_owned(),
-                })
-            }
-            None if depth > 0 => {
-                return Err(ConfigError::UnbalancedBracket {
-                    option: form.name,
-                    value: value.to_owned(),
-                })
-            }
-            None => (Some(value.len()), ','),
-        };
-        if let Some(end) = end {
-            // A top-level comma or the end of the value ends an item.
-            let item = value.get(item_start..end).unwrap_or_default();
-            pairs.push(finish_item(form, value, item, &mut key, val.take())?);
-            if next.is_none() {
-                return Ok(pairs);
-            }
-            item_start = end + 1;
-            continue;
-        }
-        let Some(val) = val.as_mut() else {
-            if c == '=' {
-                val = Some(String::new());
-            } else {
-                key.push(c);
-            }
-            continue;
-        };
-        if quoted {
-            if c != '"' {
-                val.push(c);
-            } else if chars.next_if(|&(_, c)| c == '"').is_some() {
-                val.push('"');
-            } else {
-                quoted = false;
-            }
-            continue;
-        }
-        match c {
-            '"' => quoted = true,
-            '[' => {
-                depth += 1;
-                val.push(c);
-            }
-            ']' => {
-                depth = depth
-                    .checked_sub(1)
-                    .ok_or_else(|| ConfigError::UnbalancedBracket {
-                        option: form.name,
-                        value: value.to_owned(),
-                    })?;
-                val.push(c);
-            }
-            _ => val.push(c),
-        }
-    }
-}
-
-fn finish_item(
-    form: &OptionForm,
-    value: &str,
-    item: &str,
-    key: &mut String,
-    val: Option<String>,
-) -> Result<(String, String), ConfigError> {
-    let key = std::mem::take(key);
-    if item.is_empty() {
-        return Err(ConfigError::EmptyItem {
-            option: form.name,
-            value: value.to_owned(),
-            form: form.form,
-        });
-    }
-    let valid_key = !key.is_empty()
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    let Some(val) = val.filter(|_| valid_key) else {
-        return Err(ConfigError::NotKeyValue {
-            option: form.name,
-            item: item.to_owned(),
-            form: form.form,
-        });
-    };
-    if val.is_empty() {
-        return Err(ConfigError::EmptyValue {
-            option: form.name,
-            key,
-            form: form.form,
-        });
-    }
-    Ok((key, val))
 }
 
 #[cfg(test)]
@@ -1269,50 +1075,6 @@ mod tests {
         assert!(err.to_string().contains(message), "{err}");
     }
 
-    fn split(value: &str) -> Result<Vec<(String, String)>, ConfigError> {
-        split_options(&GENERIC_VHOST_USER, value)
-    }
-
-    #[rstest]
-    #[case("a=1", &[("a", "1")])]
-    #[case("a=1,b_c=2,d-e=3", &[("a", "1"), ("b_c", "2"), ("d-e", "3")])]
-    #[case("a=\"x,y\",b=[1,2]", &[("a", "x,y"), ("b", "[1,2]")])]
-    #[case("a=[1,[2,3]],b=4", &[("a", "[1,[2,3]]"), ("b", "4")])]
-    #[case("a=\"[\",b=\"]\"", &[("a", "["), ("b", "]")])]
-    #[case("a=b=c", &[("a", "b=c")])]
-    #[case("a=\"\"\"\"", &[("a", "\"")])]
-    #[case("a=x\"\"y", &[("a", "xy")])]
-    #[case("a=\" \"", &[("a", " ")])]
-    #[case("a=1,a=2", &[("a", "1"), ("a", "2")])]
-    fn splits(#[case] value: &str, #[case] pairs: &[(&str, &str)]) {
-        let expected: Vec<(String, String)> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        assert_eq!(split(value).expect("splits"), expected);
-    }
-
-    #[rstest]
-    #[case("", "empty value")]
-    #[case(",a=1", "empty item")]
-    #[case("a=1,,b=2", "empty item")]
-    #[case("a=1,", "empty item")]
-    #[case("a", "\"a\" is not key=value")]
-    #[case("=1", "\"=1\" is not key=value")]
-    #[case("a b=1", "\"a b=1\" is not key=value")]
-    #[case("\"a\"=1", "is not key=value")]
-    #[case("a=", "a= has an empty value")]
-    #[case("a=\"\"", "a= has an empty value")]
-    #[case("a=]", "unbalanced bracket")]
-    #[case("a=[", "unbalanced bracket")]
-    #[case("a=[1,b=2", "unbalanced bracket")]
-    #[case("a=\"", "unbalanced quote")]
-    #[case("a=\"x\"\"", "unbalanced quote")]
-    fn split_refuses(#[case] value: &str, #[case] message: &str) {
-        let err = split(value).expect_err("refused");
-        assert!(err.to_string().contains(message), "{err}");
-    }
-
     /// Every message is one line naming the option and the expected form.
     #[rstest]
     #[case(&["--cpus", "boot=0"])]
@@ -1369,7 +1131,7 @@ mod tests {
     }
 
     fn every_parser(value: &str) {
-        let _ = split(value);
+        let _ = options::split_options(&GENERIC_VHOST_USER, value);
         let _ = parse_cpus(value);
         let _ = parse_memory(value);
         let _ = parse_console_output(&SERIAL, value);

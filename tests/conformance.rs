@@ -73,8 +73,8 @@ fn virtiofsd_passes_every_check() {
 /// The runner on vhost-device-rng, started through `wrapper` (a command
 /// that runs the rest of the line, or nothing); asserts every check passed.
 fn assert_vhost_device_rng_passes(wrapper: &[&str]) {
-    let rng = paths::find_program("vhost-device-rng")
-        .expect("vhost-device-rng (ci/setup installs it with cargo install)");
+    let rng = paths::find_or_install("VHOST_DEVICE_RNG", "vhost-device-rng", "vhost-device-rng")
+        .expect("vhost-device-rng");
     let rng = rng.to_string_lossy();
     let mut args = vec![
         "--virtio-id",

@@ -95,6 +95,68 @@ pub fn conformance_binary() -> Result<PathBuf, String> {
     )
 }
 
+/// Where `find_or_install` installs what it cannot find.
+pub fn tools_root() -> PathBuf {
+    workspace_root().join("target/tools")
+}
+
+/// A backend from crates.io: `env_var` if set, else `program` on PATH or
+/// in ~/.cargo/bin, else installed once with `cargo install CRATE --locked`
+/// into target/tools (tests running at the same time wait for the one
+/// that installs). ci/setup installs them up front; this serves a suite
+/// run without it.
+pub fn find_or_install(env_var: &str, program: &str, krate: &str) -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os(env_var) {
+        return Ok(PathBuf::from(path));
+    }
+    if let Some(path) = find_program(program) {
+        return Ok(path);
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    install(Path::new(&cargo), &tools_root(), program, krate)
+}
+
+/// `cargo install KRATE --locked --root ROOT` under a lock, unless
+/// ROOT/bin/PROGRAM is there already.
+fn install(cargo: &Path, root: &Path, program: &str, krate: &str) -> Result<PathBuf, String> {
+    use std::os::fd::AsRawFd;
+
+    let bin = root.join("bin").join(program);
+    std::fs::create_dir_all(root).map_err(|e| format!("creating {}: {e}", root.display()))?;
+    let lock_path = root.join(format!(".{krate}.lock"));
+    let lock = std::fs::File::create(&lock_path)
+        .map_err(|e| format!("creating {}: {e}", lock_path.display()))?;
+    // SAFETY: flock on a descriptor we own; it is released when `lock` is
+    // dropped at the end of this function.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(format!(
+            "locking {}: {}",
+            lock_path.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    if bin.is_file() {
+        return Ok(bin);
+    }
+    eprintln!(
+        "test-infra: {program} not found; installing it: cargo install {krate} --locked --root {}",
+        root.display()
+    );
+    let output = std::process::Command::new(cargo)
+        .args(["install", krate, "--locked", "--quiet", "--root"])
+        .arg(root)
+        .output()
+        .map_err(|e| format!("running {}: {e}", cargo.display()))?;
+    if !output.status.success() || !bin.is_file() {
+        return Err(format!(
+            "cargo install {krate} failed ({}); ci/setup installs it with the packages it needs:\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    Ok(bin)
+}
+
 /// A program on PATH or in ~/.cargo/bin.
 pub fn find_program(name: &str) -> Option<PathBuf> {
     let cargo_bin = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin"));
@@ -105,4 +167,51 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
         .chain(cargo_bin)
         .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A stand-in for cargo that "installs" by writing the program, and
+    /// counts how often it ran.
+    fn fake_cargo(dir: &Path) -> PathBuf {
+        let cargo = dir.join("cargo");
+        std::fs::write(
+            &cargo,
+            "#!/bin/sh\n\
+             # cargo install KRATE --locked --quiet --root ROOT\n\
+             echo run >> \"$6/runs\"\n\
+             mkdir -p \"$6/bin\" && printf '#!/bin/sh\\n' > \"$6/bin/$2-bin\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&cargo, std::fs::Permissions::from_mode(0o755)).unwrap();
+        cargo
+    }
+
+    #[test]
+    fn installs_once_even_when_asked_at_the_same_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let cargo = fake_cargo(dir.path());
+        let root = dir.path().join("tools");
+        let results: Vec<Result<PathBuf, String>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| install(&cargo, &root, "thing-bin", "thing")))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for r in &results {
+            assert_eq!(r.as_deref(), Ok(root.join("bin/thing-bin").as_path()));
+        }
+        let runs = std::fs::read_to_string(root.join("runs")).unwrap();
+        assert_eq!(runs.lines().count(), 1, "cargo install ran {runs:?}");
+    }
+
+    #[test]
+    fn a_failed_install_says_how_to_get_the_program() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = install(Path::new("/bin/false"), dir.path(), "nothing", "nothing").unwrap_err();
+        assert!(e.contains("ci/setup"), "{e}");
+    }
 }

@@ -12,12 +12,11 @@ use crate::process::{Child, Output};
 /// How long virtiofsd may take to create its socket.
 const SOCKET_DEADLINE: Duration = Duration::from_secs(10);
 
+/// `VIRTIOFSD`, else virtiofsd on PATH or in ~/.cargo/bin, else installed
+/// from crates.io into target/tools (it pins an older vm-memory than ours:
+/// a separate binary, never a dependency).
 pub fn virtiofsd_binary() -> Result<PathBuf, String> {
-    if let Some(path) = std::env::var_os("VIRTIOFSD") {
-        return Ok(PathBuf::from(path));
-    }
-    paths::find_program("virtiofsd")
-        .ok_or_else(|| "virtiofsd not found (run ci/setup, or set VIRTIOFSD=PATH)".to_string())
+    paths::find_or_install("VIRTIOFSD", "virtiofsd", "virtiofsd")
 }
 
 pub struct Virtiofsd {

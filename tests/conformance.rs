@@ -53,12 +53,12 @@ fn virtiofsd_passes_every_check() {
     ]);
     assert_eq!(code, Some(0), "{out}\n{err}");
     assert!(
-        out.contains("13 checks: 13 passed, 0 failed, 0 skipped"),
+        out.contains("14 checks: 14 passed, 0 failed, 0 skipped"),
         "{out}"
     );
     let xml = std::fs::read_to_string(&junit).expect("junit written");
     assert!(
-        xml.contains("tests=\"13\" failures=\"0\" skipped=\"0\""),
+        xml.contains("tests=\"14\" failures=\"0\" skipped=\"0\""),
         "{xml}"
     );
     // The fs tier wrote through the backend into the share.
@@ -90,7 +90,7 @@ fn assert_vhost_device_rng_passes(wrapper: &[&str]) {
     let (code, out, err) = conformance(&args);
     assert_eq!(code, Some(0), "{out}\n{err}");
     assert!(
-        out.contains("9 checks: 9 passed, 0 failed, 0 skipped"),
+        out.contains("10 checks: 10 passed, 0 failed, 0 skipped"),
         "{out}"
     );
     assert!(
@@ -189,4 +189,32 @@ fn failing_mocks_fail_the_right_check(
         .unwrap_or_else(|| panic!("no {check} check in {out}"));
     assert!(failed.contains("\"status\":\"fail\""), "{failed}");
     assert!(failed.contains(reason), "{reason:?} not in {failed}");
+}
+
+/// A backend that does not start a second time fails the generic tier's
+/// reconnect, and only that check: the guest never gets its device back.
+#[test]
+fn a_backend_that_does_not_come_back_fails_the_reconnect_check() {
+    if !require_kvm("a_backend_that_does_not_come_back_fails_the_reconnect_check") {
+        return;
+    }
+    let once =
+        "test -e \"$1.started\" && exit 1; touch \"$1.started\"; exec \"$0\" --socket \"$1\"";
+    let (code, out, err) = conformance(&[
+        "--virtio-id",
+        "60",
+        "--",
+        "sh",
+        "-c",
+        once,
+        &mock(),
+        "{socket}",
+    ]);
+    assert_eq!(code, Some(1), "{out}\n{err}");
+    let failed: Vec<&str> = out.lines().filter(|l| l.contains(" fail ")).collect();
+    assert_eq!(failed.len(), 1, "{out}");
+    assert!(
+        failed[0].starts_with("generic  reconnect") && failed[0].contains("did not start again"),
+        "{out}"
+    );
 }

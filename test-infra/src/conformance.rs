@@ -322,6 +322,44 @@ pub fn rng_tier(run: &GuestRun) -> Vec<Check> {
     j.checks
 }
 
+/// The generic tier's reconnect, from a run of `probe.run=pci,reconnect`
+/// whose backend was killed and started again: the guest saw the device
+/// ask for a reset and brought it up again through the new backend.
+pub fn reconnect_check(run: &GuestRun) -> Check {
+    let report = &run.report;
+    let outcome = match report
+        .all("reconnect")
+        .find(|r| r.get("needs_reset").is_some())
+    {
+        Some(r) if r.get("status") == Some("0x0f") && report.passed() => Ok(format!(
+            "backend restarted: DEVICE_NEEDS_RESET after {} ms, up again after {} bring-up(s)",
+            r.get("waited_ms").unwrap_or("?"),
+            r.get("attempts").unwrap_or("?")
+        )),
+        Some(r) => Err(format!(
+            "status {} after the backend restarted",
+            r.get("status").unwrap_or("?")
+        )),
+        None => Err(guest_failure(report).unwrap_or_else(|| {
+            format!(
+                "no reconnect record (vmm exit status {:?})",
+                run.output.code()
+            )
+        })),
+    };
+    let (status, detail) = match outcome {
+        Ok(seen) => (Status::Pass, seen),
+        Err(why) => (Status::Fail, why),
+    };
+    Check {
+        tier: "generic",
+        name: "reconnect",
+        status,
+        detail,
+        elapsed: run.output.elapsed,
+    }
+}
+
 pub fn skipped(tier: &'static str, name: &'static str, why: &str) -> Check {
     Check {
         tier,
@@ -329,6 +367,14 @@ pub fn skipped(tier: &'static str, name: &'static str, why: &str) -> Check {
         status: Status::Skip,
         detail: why.to_string(),
         elapsed: Duration::ZERO,
+    }
+}
+
+/// A check the runner could not even run to the end.
+pub fn failed(tier: &'static str, name: &'static str, why: &str) -> Check {
+    Check {
+        status: Status::Fail,
+        ..skipped(tier, name, why)
     }
 }
 
@@ -519,6 +565,37 @@ probe: result=pass
             .map(|c| c.name)
             .collect();
         assert_eq!(failed, vec!["queues", "config-read"]);
+    }
+
+    #[test]
+    fn a_reconnect_passes_only_when_the_device_came_back() {
+        let back = "\
+probe: reconnect 00:01.0 ready
+probe: reconnect 00:01.0 needs_reset=yes waited_ms=3 attempts=1 status=0x0f
+probe: result=pass
+";
+        let check = reconnect_check(&run(back, "", 0));
+        assert_eq!(check.status, Status::Pass, "{check:?}");
+        assert!(check.detail.contains("after 3 ms"), "{check:?}");
+
+        let never = "\
+probe: reconnect 00:01.0 ready
+probe: result=fail reason=\"00:01.0: no DEVICE_NEEDS_RESET within 30000 ms\"
+";
+        let check = reconnect_check(&run(never, "", 3));
+        assert_eq!(check.status, Status::Fail);
+        assert!(check.detail.contains("no DEVICE_NEEDS_RESET"), "{check:?}");
+
+        let broken = back.replace("status=0x0f", "status=0x4f");
+        let check = reconnect_check(&run(&broken, "", 0));
+        assert_eq!(check.status, Status::Fail);
+        assert!(check.detail.contains("0x4f"), "{check:?}");
+
+        // Killed at the runner's deadline: no record at all.
+        let check = reconnect_check(&run("probe: reconnect 00:01.0 ready\n", "", 137));
+        assert_eq!(check.status, Status::Fail);
+        assert!(check.detail.contains("no reconnect record"), "{check:?}");
+        assert_eq!(failed("generic", "reconnect", "gone").status, Status::Fail);
     }
 
     #[test]

@@ -70,6 +70,8 @@ pub struct Args {
     /// How often a failed device may be reset and set up again.
     pub echo_recover: u32,
     pub echo_timeout_ms: u64,
+    /// How long `reconnect` waits for DEVICE_NEEDS_RESET after `ready`.
+    pub reconnect_timeout_ms: u64,
     /// `OFFSET:HEX`: bytes the config test writes.
     pub config_write: Option<&'static str>,
     unknown: List,
@@ -118,6 +120,7 @@ impl Args {
             echo_bytes: 256,
             echo_recover: 0,
             echo_timeout_ms: 2000,
+            reconnect_timeout_ms: 30_000,
             config_write: None,
             unknown: List::new(),
         };
@@ -170,6 +173,12 @@ impl Args {
                     .ok()
                     .filter(|&v| v > 0)
                     .map(|v| a.echo_timeout_ms = v)
+                    .is_some(),
+                "reconnect.timeout_ms" => value
+                    .parse()
+                    .ok()
+                    .filter(|&v| v > 0)
+                    .map(|v| a.reconnect_timeout_ms = v)
                     .is_some(),
                 "config.write" => {
                     a.config_write = Some(value);

@@ -339,3 +339,43 @@ pub fn rng_test(ctx: &mut Ctx) -> Result<(), Failure> {
     }
     Ok(())
 }
+
+/// For every virtio device: bring-up, `probe: reconnect BDF ready`, then
+/// wait for the device to ask for a reset, as it must when the host stops
+/// its backend; then reset it and bring it up again, as a driver does,
+/// until the VMM has reconnected to the backend started in its place.
+const RECONNECT_ATTEMPTS: u32 = 10;
+
+pub fn reconnect_test(ctx: &mut Ctx) -> Result<(), Failure> {
+    let (functions, n) = virtio_devices(ctx)?;
+    if n == 0 {
+        bail!("no virtio device");
+    }
+    for (slot, f) in functions.iter().flatten().enumerate() {
+        let mut dev = Device::new(*f, slot, ctx.args.virtio_mode)?;
+        bring_up(&mut dev, ctx)?;
+        record!("reconnect {} ready", f.bdf);
+        let start = ctx.clock.now_us();
+        let timeout = ctx.args.reconnect_timeout_ms;
+        let deadline = ctx.clock.deadline_ms(timeout);
+        // One status read per watchdog tick (10 ms) or interrupt.
+        while dev.status() & virtio::STATUS_NEEDS_RESET == 0 {
+            if ctx.clock.expired(deadline) {
+                bail!("{}: no DEVICE_NEEDS_RESET within {timeout} ms", f.bdf);
+            }
+            io::hlt();
+        }
+        let waited_ms = (ctx.clock.now_us() - start) / 1000;
+        // Each try can cost the VMM's wait for the socket (5 s for vmm).
+        let attempts = recover(&mut dev, ctx, RECONNECT_ATTEMPTS)?;
+        record!(
+            "reconnect {} needs_reset=yes waited_ms={} attempts={} status=0x{:02x}",
+            f.bdf,
+            waited_ms,
+            attempts,
+            dev.status()
+        );
+        dev.reset(&ctx.clock)?;
+    }
+    Ok(())
+}

@@ -18,6 +18,7 @@ pub fn run(name: &str, ctx: &mut Ctx) -> Result<(), Failure> {
         "echo" => crate::generic::echo_test(ctx),
         "config" => crate::generic::config_test(ctx),
         "rng" => crate::generic::rng_test(ctx),
+        "reconnect" => crate::generic::reconnect_test(ctx),
         "fail" => bail!("requested"),
         "spin" => {
             record!("spin");

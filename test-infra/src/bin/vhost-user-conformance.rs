@@ -13,6 +13,11 @@
 //! must accept a new connection for every guest. Backends that add to the
 //! path they are given (vhost-device-rng listens on `PATH0`) take
 //! `--socket-suffix 0`.
+//!
+//! With a command, the generic tier ends with a reconnect: the runner
+//! kills the backend while the guest has the device running, starts it
+//! again on the same socket, and the guest must see DEVICE_NEEDS_RESET,
+//! reset the device and bring it up again through the new backend.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,14 +28,16 @@ use test_infra::conformance::{self, Check, Expectation};
 use test_infra::guest::quote;
 use test_infra::process::Child;
 use test_infra::vmm::{GuestRun, VmmCommand};
+use test_infra::ProbeReport;
 
 const SOCKET_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Checks a vhost-user backend: boots the probe guest under vmm with a
 /// generic vhost-user device for it and reports each check (generic tier:
 /// negotiation, PCI identity, features, queues, DRIVER_OK, config read,
-/// reset and re-initialisation; then the tier for the device type: fs,
-/// rng, or echo with --echo). Exit status 0 only if no check failed.
+/// reset and re-initialisation, and with a command a reconnect to the
+/// backend restarted; then the tier for the device type: fs, rng, or echo
+/// with --echo). Exit status 0 only if no check failed.
 #[derive(Parser, Debug)]
 #[command(name = "vhost-user-conformance", version)]
 struct Args {
@@ -111,8 +118,21 @@ impl Runner<'_> {
         }
         self.boots += 1;
         let given = self.dir.join(format!("backend-{}.sock", self.boots));
+        let child = self.start_backend(&given, &format!("backend-{}", self.boots))?;
+        Ok((self.listening_at(&given), Some(child)))
+    }
+
+    /// Where a backend given `given` listens.
+    fn listening_at(&self, given: &Path) -> PathBuf {
+        PathBuf::from(format!("{}{}", given.display(), self.args.socket_suffix))
+    }
+
+    /// Starts the command on `given` and waits for its socket; a stale
+    /// socket left by an earlier backend is removed first.
+    fn start_backend(&self, given: &Path, name: &str) -> Result<Child, String> {
+        let socket = self.listening_at(given);
+        let _ = std::fs::remove_file(&socket);
         let socket_text = given.to_string_lossy().to_string();
-        let socket = PathBuf::from(format!("{socket_text}{}", self.args.socket_suffix));
         let argv: Vec<String> = self
             .args
             .command
@@ -124,7 +144,7 @@ impl Runner<'_> {
             .ok_or("give a backend command after --, or --socket PATH")?;
         let mut command = Command::new(program);
         command.args(rest);
-        let mut child = Child::spawn(&format!("backend-{}", self.boots), command, self.dir)
+        let mut child = Child::spawn(name, command, self.dir)
             .map_err(|e| format!("starting {program}: {e}"))?;
         if !child.wait_until(SOCKET_DEADLINE, |_| socket.exists()) {
             return Err(format!(
@@ -133,11 +153,47 @@ impl Runner<'_> {
                 child.stderr_so_far()
             ));
         }
-        Ok((socket, Some(child)))
+        Ok(child)
     }
 
     fn boot(&mut self, cmdline: &str) -> Result<GuestRun, String> {
         let (socket, _backend) = self.backend()?;
+        self.vmm(cmdline, &socket)?.run(self.dir)
+    }
+
+    /// A guest running `probe.run=pci,reconnect`: once it says the device
+    /// is `ready`, the backend is killed and started again on the same
+    /// socket. Only for a backend the runner starts.
+    fn boot_and_restart_backend(&mut self) -> Result<GuestRun, String> {
+        self.boots += 1;
+        let given = self.dir.join(format!("backend-{}.sock", self.boots));
+        let first = self.start_backend(&given, &format!("backend-{}", self.boots))?;
+        let mut vmm = self
+            .vmm("probe.run=pci,reconnect", &self.listening_at(&given))?
+            .spawn(self.dir)?;
+        let ready = vmm.wait_until(Duration::from_secs(self.args.timeout_secs), |c| {
+            c.stdout_so_far()
+                .lines()
+                .any(|l| l.starts_with("probe: reconnect ") && l.ends_with(" ready"))
+        });
+        // Killed, as a crash would end it; then a new one in its place.
+        first.signal(libc::SIGKILL);
+        drop(first);
+        let _second = if ready {
+            let name = format!("backend-{}-restarted", self.boots);
+            let restarted = self.start_backend(&given, &name);
+            Some(restarted.map_err(|e| format!("the backend did not start again: {e}"))?)
+        } else {
+            None
+        };
+        let output = vmm
+            .wait(Duration::from_secs(self.args.timeout_secs))
+            .map_err(|e| e.to_string())?;
+        let report = ProbeReport::parse(&output.stdout);
+        Ok(GuestRun { output, report })
+    }
+
+    fn vmm(&self, cmdline: &str, socket: &Path) -> Result<VmmCommand, String> {
         let sizes: Vec<String> = self.args.queue_sizes.iter().map(u32::to_string).collect();
         let mut device = format!(
             "socket={},virtio_id={},queue_sizes=[{}]",
@@ -152,7 +208,7 @@ impl Runner<'_> {
         cmd.args(["--memory", "size=512M,shared=on", "--generic-vhost-user"])
             .arg(device)
             .timeout(Duration::from_secs(self.args.timeout_secs));
-        cmd.run(self.dir)
+        Ok(cmd)
     }
 }
 
@@ -170,6 +226,24 @@ fn run(args: &Args) -> Result<Vec<Check>, String> {
     let generic = runner.boot("probe.run=pci,virtio,config")?;
     let mut checks = conformance::generic_tier(&generic, &want);
     let usable = conformance::all_passed(&checks);
+    if args.socket.is_some() {
+        checks.push(conformance::skipped(
+            "generic",
+            "reconnect",
+            "the runner did not start the backend (--socket), so it cannot restart it",
+        ));
+    } else if usable {
+        checks.push(match runner.boot_and_restart_backend() {
+            Ok(run) => conformance::reconnect_check(&run),
+            Err(why) => conformance::failed("generic", "reconnect", &why),
+        });
+    } else {
+        checks.push(conformance::skipped(
+            "generic",
+            "reconnect",
+            "the generic tier failed",
+        ));
+    }
     if args.virtio_id == 26 {
         if usable {
             let run = runner.boot(

@@ -116,10 +116,15 @@ impl Runner<'_> {
         if let Some(socket) = &self.args.socket {
             return Ok((socket.clone(), None));
         }
-        self.boots += 1;
-        let given = self.dir.join(format!("backend-{}.sock", self.boots));
+        let given = self.next_socket();
         let child = self.start_backend(&given, &format!("backend-{}", self.boots))?;
         Ok((self.listening_at(&given), Some(child)))
+    }
+
+    /// A fresh socket path to give the next backend.
+    fn next_socket(&mut self) -> PathBuf {
+        self.boots += 1;
+        self.dir.join(format!("backend-{}.sock", self.boots))
     }
 
     /// Where a backend given `given` listens.
@@ -165,8 +170,7 @@ impl Runner<'_> {
     /// is `ready`, the backend is killed and started again on the same
     /// socket. Only for a backend the runner starts.
     fn boot_and_restart_backend(&mut self) -> Result<GuestRun, String> {
-        self.boots += 1;
-        let given = self.dir.join(format!("backend-{}.sock", self.boots));
+        let given = self.next_socket();
         let first = self.start_backend(&given, &format!("backend-{}", self.boots))?;
         let mut vmm = self
             .vmm("probe.run=pci,reconnect", &self.listening_at(&given))?

@@ -137,19 +137,26 @@ fn startup(runs: usize, ch: Option<&PathBuf>, vmm: &PathBuf, probe: &PathBuf) {
             c.args(["-append", cmdline]);
             peers.push(("qemu", c));
         }
-        for (name, command) in peers {
-            let mut samples = Vec::new();
-            for _ in 0..runs {
+        // Runs take turns between the VMMs, as in the virtio-fs bench.
+        let mut samples: Vec<Vec<Sample>> = peers.iter().map(|_| Vec::new()).collect();
+        let mut failed = vec![false; peers.len()];
+        for _ in 0..runs {
+            for (i, (name, command)) in peers.iter().enumerate() {
+                if failed[i] {
+                    continue;
+                }
                 let mut cmd = Command::new(command.get_program());
                 cmd.args(command.get_args());
                 match run_once(cmd) {
-                    Ok(s) => samples.push(s),
+                    Ok(s) => samples[i].push(s),
                     Err(e) => {
                         eprintln!("bench: {name} {size_mib} MiB: {e}");
-                        break;
+                        failed[i] = true;
                     }
                 }
             }
+        }
+        for ((name, _), samples) in peers.into_iter().zip(samples) {
             if samples.is_empty() {
                 continue;
             }

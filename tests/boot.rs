@@ -72,8 +72,7 @@ fn pci_host_bridge_is_at_00_00_0_through_ecam() {
     let boot = report.first("boot").expect("boot record");
     assert_eq!(boot.get("ecam"), Some("0xe0000000"), "{boot:?}");
     let bridge = report
-        .all("pci")
-        .find(|r| r.positional.first().map(String::as_str) == Some("00:00.0"))
+        .first_at("pci", "00:00.0")
         .expect("a function at 00:00.0");
     assert_eq!(bridge.get("class"), Some("0x060000"), "{bridge:?}");
 }
@@ -185,8 +184,7 @@ fn same_facts_as_qemu(#[case] cpus: u8, #[case] mib: u64) {
         );
     }
     let bridge_class = |r: &test_infra::ProbeReport| {
-        r.all("pci")
-            .find(|p| p.positional.first().map(String::as_str) == Some("00:00.0"))
+        r.first_at("pci", "00:00.0")
             .and_then(|p| p.get("class").map(str::to_string))
     };
     assert_eq!(bridge_class(ours), bridge_class(theirs));

@@ -233,10 +233,7 @@ fn two_virtio_fs_devices_in_one_vm() {
         .assert_passed()
         .clone();
     assert_eq!(report.all("virtio").count(), 2, "{report:?}");
-    let read = report
-        .all("fs")
-        .find(|r| r.positional.first().map(String::as_str) == Some("read"))
-        .expect("read record");
+    let read = report.first_at("fs", "read").expect("read record");
     assert_eq!(
         read.get("size"),
         Some("4"),

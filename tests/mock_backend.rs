@@ -31,6 +31,16 @@ fn run_with(dir: &std::path::Path, cmdline: &str, devices: &[String]) -> GuestRu
     cmd.run(dir).expect("vmm runs")
 }
 
+/// Boots the probe with `cmdline` and one echo mock behind a custom ID,
+/// two queues of 256, and checks it passed.
+fn run_with_one_echo_device(cmdline: &str) -> GuestRun {
+    let dir = tempdir();
+    let mock = MockOptions::new("echo").start(dir.path()).expect("mock");
+    let run = run_with(dir.path(), cmdline, &[custom_device(&mock, &[256, 256])]);
+    run.assert_passed();
+    run
+}
+
 fn custom_device(mock: &MockBackend, queues: &[u32]) -> String {
     format!(
         "{},config_size={}",
@@ -133,16 +143,9 @@ fn echo_round_trips_check_every_byte(#[case] mode: &str, #[case] bytes: u32, #[c
     if !require_kvm("echo_round_trips_check_every_byte") {
         return;
     }
-    let dir = tempdir();
-    let mock = MockOptions::new("echo").start(dir.path()).expect("mock");
-    let run = run_with(
-        dir.path(),
-        &format!(
-            "probe.run=echo probe.virtio.mode={mode} probe.echo.bytes={bytes} probe.echo.rounds={rounds}"
-        ),
-        &[custom_device(&mock, &[256, 256])],
-    );
-    run.assert_passed();
+    let run = run_with_one_echo_device(&format!(
+        "probe.run=echo probe.virtio.mode={mode} probe.echo.bytes={bytes} probe.echo.rounds={rounds}"
+    ));
     let echo = record(&run, "echo", None);
     assert_eq!(echo.number("rounds"), Some(u64::from(rounds)), "{echo:?}");
     assert_eq!(
@@ -177,21 +180,13 @@ fn the_device_works_where_its_bars_are(
     if !require_kvm("the_device_works_where_its_bars_are") {
         return;
     }
-    let dir = tempdir();
-    let mock = MockOptions::new("echo").start(dir.path()).expect("mock");
-    let run = run_with(
-        dir.path(),
-        &format!(
-            "probe.run=pci,echo probe.pci.window={window:#x}-{:#x} probe.pci.bars={bars}",
-            window + 0x1000_0000
-        ),
-        &[custom_device(&mock, &[256, 256])],
-    );
-    run.assert_passed();
+    let run = run_with_one_echo_device(&format!(
+        "probe.run=pci,echo probe.pci.window={window:#x}-{:#x} probe.pci.bars={bars}",
+        window + 0x1000_0000
+    ));
     let pci = run
         .report
-        .all("pci")
-        .find(|r| r.positional.first().map(String::as_str) == Some("00:01.0"))
+        .first_at("pci", "00:01.0")
         .unwrap_or_else(|| panic!("no pci 00:01.0 record:\n{}", run.output.describe()));
     let layout = pci.get("bars").expect("bars");
     let addresses: Vec<u64> = layout
@@ -712,14 +707,7 @@ fn kicks_and_completions_never_exit_to_vmm() {
         return;
     }
     let exits = |rounds: u32| -> u64 {
-        let dir = tempdir();
-        let mock = MockOptions::new("echo").start(dir.path()).expect("mock");
-        let run = run_with(
-            dir.path(),
-            &format!("probe.run=echo probe.echo.rounds={rounds}"),
-            &[custom_device(&mock, &[256, 256])],
-        );
-        run.assert_passed();
+        let run = run_with_one_echo_device(&format!("probe.run=echo probe.echo.rounds={rounds}"));
         let line = run
             .output
             .stderr

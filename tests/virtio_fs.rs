@@ -182,10 +182,7 @@ fn namespace_operations_leave_the_share_as_it_was(
         dir.path(),
         &[&fs],
     );
-    let ops = report
-        .all("fs")
-        .find(|r| r.positional.first().map(String::as_str) == Some("ops"))
-        .expect("fs ops record");
+    let ops = report.first_at("fs", "ops").expect("fs ops record");
     for op in ["mkdir", "create", "write", "rename", "unlink", "rmdir"] {
         assert_eq!(ops.get(op), Some("ok"), "{op}: {ops:?}");
     }

@@ -219,11 +219,7 @@ pub fn fs_tier(run: &GuestRun) -> Vec<Check> {
     };
     let report = j.report().clone();
     let fs: Vec<&Record> = report.all("fs").collect();
-    let first = |word: &str| {
-        fs.iter()
-            .find(|r| r.positional.first().map(String::as_str) == Some(word))
-            .copied()
-    };
+    let first = |word: &str| report.first_at("fs", word);
     let failure = || guest_failure(&report).unwrap_or_else(|| "no record".into());
     let session = fs.iter().find(|r| r.get("fuse").is_some());
     j.check(

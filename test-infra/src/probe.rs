@@ -108,6 +108,14 @@ impl ProbeReport {
         self.records.iter().find(|r| r.kind == kind)
     }
 
+    /// The first record of `kind` whose first positional word is `word`:
+    /// a device's (`pci 00:01.0 ...`) or a sub-record (`fs read ...`).
+    pub fn first_at(&self, kind: &str, word: &str) -> Option<&Record> {
+        self.records
+            .iter()
+            .find(|r| r.kind == kind && r.positional.first().map(String::as_str) == Some(word))
+    }
+
     /// `Some(Ok(()))` for `result=pass`, `Some(Err(reason))` for a failure,
     /// None if the guest never reported a result.
     pub fn result(&self) -> Option<Result<(), String>> {

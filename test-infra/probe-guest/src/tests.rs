@@ -212,7 +212,7 @@ fn pci_cfg_check(ctx: &Ctx, f: &pci::Function, num_queues: u16) -> Result<bool, 
         f.bdf,
         window.at,
         common.bar,
-        common.offset + 0x12,
+        common.offset + virtio::NUM_QUEUES as u32,
         2,
     );
     if queues != u32::from(num_queues) {

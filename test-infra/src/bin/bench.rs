@@ -326,11 +326,7 @@ fn fs_bench(runs: usize, ch: Option<&PathBuf>) {
             };
             match fs_run(peer, ch, dir.path()) {
                 Ok(run) => {
-                    if let Some(record) = run
-                        .report
-                        .all("fs")
-                        .find(|r| r.positional.first().map(String::as_str) == Some("bench"))
-                    {
+                    if let Some(record) = run.report.first_at("fs", "bench") {
                         for (i, (key, _)) in FS_METRICS.iter().enumerate() {
                             s.values[i].push(record.number(key).unwrap_or(0) as f64);
                         }

@@ -80,22 +80,18 @@ pub fn get_config(socket: &UnixStream, offset: u32, size: u32) -> Result<Vec<u8>
     request.resize(HEADER_LEN + body_len as usize, 0);
     (&*socket).write_all(&request).map_err(Error::Send)?;
 
+    // File descriptors come with the first byte, so only the first read
+    // needs to look for them.
     let mut header = [0u8; HEADER_LEN];
-    let (mut got, fd) = socket
+    let (got, fd) = socket
         .recv_with_fd(&mut header)
         .map_err(|e| Error::Receive(std::io::Error::from_raw_os_error(e.errno())))?;
     if got == 0 {
         return Err(Error::Receive(std::io::ErrorKind::UnexpectedEof.into()));
     }
-    while got < HEADER_LEN {
-        let n = (&*socket)
-            .read(&mut header[got..])
-            .map_err(Error::Receive)?;
-        if n == 0 {
-            return Err(Error::Receive(std::io::ErrorKind::UnexpectedEof.into()));
-        }
-        got += n;
-    }
+    (&*socket)
+        .read_exact(&mut header[got..])
+        .map_err(Error::Receive)?;
     let (code, flags, len) = (u32_at(&header, 0), u32_at(&header, 4), u32_at(&header, 8));
     // A reply longer than asked for is read whole too, up to the largest
     // the protocol allows, so that it leaves the connection in step.

@@ -6,10 +6,12 @@ pub mod guest;
 pub mod host;
 pub mod linux;
 pub mod mock;
+pub mod nested;
 pub mod paths;
 pub mod probe;
 pub mod process;
 pub mod qemu;
+pub mod scenario;
 pub mod virtiofsd;
 pub mod vmm;
 
@@ -18,3 +20,4 @@ pub use host::{HostKind, KvmHost};
 pub use mock::{MockBackend, MockOptions};
 pub use probe::{ProbeReport, Record};
 pub use process::{Output, RunError};
+pub use scenario::{LinuxTier, Scenario, ScenarioRun};

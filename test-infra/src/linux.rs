@@ -29,6 +29,7 @@ pub fn debian_kernel() -> Result<PathBuf, String> {
 pub struct Cpio {
     data: Vec<u8>,
     ino: u32,
+    dirs: Vec<String>,
 }
 
 impl Default for Cpio {
@@ -42,6 +43,7 @@ impl Cpio {
         Cpio {
             data: Vec::new(),
             ino: 1,
+            dirs: Vec::new(),
         }
     }
 
@@ -68,7 +70,19 @@ impl Cpio {
     }
 
     pub fn dir(&mut self, name: &str) -> &mut Self {
-        self.entry(name, 0o040755, &[]);
+        if !self.dirs.iter().any(|d| d == name) {
+            self.dirs.push(name.to_string());
+            self.entry(name, 0o040755, &[]);
+        }
+        self
+    }
+
+    /// Every directory above `path`: the kernel's unpacker creates none.
+    pub fn parents(&mut self, path: &str) -> &mut Self {
+        let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+        for end in 1..parts.len() {
+            self.dir(&parts[..end].join("/"));
+        }
         self
     }
 
@@ -91,30 +105,189 @@ impl Cpio {
 /// An initramfs with static busybox whose `/init` runs `script` (sh) and
 /// powers off.
 pub fn busybox_initramfs(dir: &Path, script: &str) -> Result<PathBuf, String> {
-    initramfs(dir, &[], script)
+    GuestInit::new(script).write(&dir.join("initramfs.cpio"))
 }
 
 /// An initramfs that loads virtio-pci and virtio-fs (with what they need)
 /// from the Debian kernel's modules, mounts the virtio-fs device `tag` on
 /// `/mnt`, prints `vmm-virtiofs-mounted`, runs `script` and powers off.
 pub fn virtiofs_initramfs(dir: &Path, tag: &str, script: &str) -> Result<PathBuf, String> {
-    let modules = module_closure(&["virtio_pci", "virtiofs"])?;
-    let mut prelude = String::new();
-    for (name, _) in &modules {
-        prelude.push_str(&format!("insmod /lib/modules/{name}.ko\n"));
-    }
-    prelude.push_str(&format!(
+    GuestInit::new(&format!(
         "mount -t virtiofs {tag} /mnt && echo vmm-virtiofs-mounted\n{script}"
-    ));
-    let files: Vec<(String, Vec<u8>)> = modules
-        .into_iter()
-        .map(|(name, path)| {
-            std::fs::read(&path)
-                .map(|bytes| (format!("lib/modules/{name}.ko"), bytes))
-                .map_err(|e| format!("{}: {e}", path.display()))
-        })
-        .collect::<Result<_, _>>()?;
-    initramfs(dir, &files, &prelude)
+    ))
+    .modules(&["virtio_pci", "virtiofs"])
+    .write(&dir.join("initramfs.cpio"))
+}
+
+/// The prefix of the records a Linux guest's `/init` prints with `report`.
+pub const GUEST_PREFIX: &str = "linux: ";
+
+/// A Linux guest's initramfs: static busybox, modules of the Debian kernel
+/// loaded dependencies first, and an `/init` that runs a shell script and
+/// powers off. The script reports facts with `report KIND key=value ...`,
+/// which prints a `linux: ` record on the console.
+#[derive(Debug, Clone)]
+pub struct GuestInit {
+    script: String,
+    modules: Vec<String>,
+    files: Vec<(String, Vec<u8>)>,
+}
+
+impl GuestInit {
+    pub fn new(script: &str) -> GuestInit {
+        GuestInit {
+            script: script.to_string(),
+            modules: Vec::new(),
+            files: Vec::new(),
+        }
+    }
+
+    /// Modules to load before the script, by name; their dependencies come
+    /// along and load first.
+    pub fn modules(mut self, names: &[&str]) -> Self {
+        self.modules.extend(names.iter().map(|n| n.to_string()));
+        self
+    }
+
+    /// A file at `path` (relative, e.g. `bin/tool`), mode 0755.
+    pub fn file(mut self, path: &str, body: Vec<u8>) -> Self {
+        self.files.push((path.to_string(), body));
+        self
+    }
+
+    /// The archive's bytes.
+    pub fn build(&self) -> Result<Vec<u8>, String> {
+        let names: Vec<&str> = self.modules.iter().map(String::as_str).collect();
+        let modules = if names.is_empty() {
+            Vec::new()
+        } else {
+            module_closure(&names)?
+        };
+        let mut load = String::new();
+        for (name, _) in &modules {
+            load.push_str(&format!(
+                "insmod /lib/modules/{name}.ko || report error what=\"insmod {name} failed\"\n"
+            ));
+        }
+        let init = format!(
+            "#!/bin/busybox sh\n\
+             /bin/busybox --install -s /bin\n\
+             export PATH=/bin\n\
+             mount -t proc proc /proc\n\
+             mount -t sysfs sys /sys\n\
+             mount -t devtmpfs dev /dev\n\
+             report() {{ echo \"{GUEST_PREFIX}$*\"; }}\n\
+             {load}{script}\n\
+             poweroff -f\n",
+            script = self.script
+        );
+        let mut cpio = Cpio::new();
+        for d in [
+            "bin",
+            "dev",
+            "proc",
+            "sys",
+            "mnt",
+            "tmp",
+            "lib",
+            "lib/modules",
+        ] {
+            cpio.dir(d);
+        }
+        cpio.file("bin/busybox", 0o755, &read(&busybox()?)?)
+            .symlink("bin/sh", "busybox")
+            .file("init", 0o755, init.as_bytes());
+        for (name, path) in &modules {
+            cpio.file(&format!("lib/modules/{name}.ko"), 0o644, &read(path)?);
+        }
+        for (path, body) in &self.files {
+            cpio.parents(path).file(path, 0o755, body);
+        }
+        Ok(cpio.finish())
+    }
+
+    /// Writes the archive to `path` and returns it.
+    pub fn write(&self, path: &Path) -> Result<PathBuf, String> {
+        let bytes = self.build()?;
+        std::fs::File::create(path)
+            .and_then(|mut f| f.write_all(&bytes))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(path.to_path_buf())
+    }
+}
+
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The static busybox that `ci/setup` installs.
+pub(crate) fn busybox() -> Result<PathBuf, String> {
+    ["/bin/busybox", "/usr/bin/busybox"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .ok_or_else(|| "busybox not found (ci/setup installs busybox-static)".to_string())
+}
+
+/// The Debian kernel's `vmlinux`: the ELF inside the bzImage, with the PVH
+/// entry note, as Cloud Hypervisor's users pass it to `--kernel`. Unpacked
+/// once (`lz4`, which ci/setup installs) into `target/linux/vmlinux`.
+pub fn debian_vmlinux() -> Result<PathBuf, String> {
+    let bzimage = debian_kernel()?;
+    let out = paths::workspace_root().join("target/linux/vmlinux");
+    let fresh = |p: &Path| {
+        let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        modified(p).is_some_and(|m| Some(m) >= modified(&bzimage))
+    };
+    if fresh(&out) {
+        return Ok(out);
+    }
+    let image = read(&bzimage)?;
+    let elf = extract_vmlinux(&image)
+        .map_err(|e| format!("unpacking vmlinux from {}: {e}", bzimage.display()))?;
+    // Another test may be unpacking it at the same time: write aside, then
+    // rename, so nobody reads half a file.
+    let partial = out.with_extension(format!("partial-{}", std::process::id()));
+    std::fs::write(&partial, &elf)
+        .and_then(|()| std::fs::rename(&partial, &out))
+        .map_err(|e| format!("{}: {e}", out.display()))?;
+    Ok(out)
+}
+
+/// The ELF in an LZ4-compressed bzImage (Debian's): the payload starts at
+/// the LZ4 legacy frame magic; `lz4` reads past its end with a complaint
+/// about the trailing bytes, which is why only the output is checked.
+pub fn extract_vmlinux(bzimage: &[u8]) -> Result<Vec<u8>, String> {
+    use std::process::{Command, Stdio};
+    const LZ4_LEGACY: [u8; 4] = [0x02, 0x21, 0x4c, 0x18];
+    let at = bzimage
+        .windows(4)
+        .position(|w| w == LZ4_LEGACY)
+        .ok_or("no LZ4 payload in the bzImage")?;
+    let mut child = Command::new("lz4")
+        .arg("-dc")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("running lz4 (ci/setup installs it): {e}"))?;
+    let mut stdin = child.stdin.take().ok_or("lz4 has no stdin")?;
+    let payload = bzimage[at..].to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&payload));
+    let output = child
+        .wait_with_output()
+        .map_err(|e| format!("waiting for lz4: {e}"))?;
+    // lz4 may stop reading before the trailing bytes: a broken pipe then
+    // is expected.
+    let _ = writer.join();
+    if output.stdout.starts_with(b"\x7fELF") {
+        Ok(output.stdout)
+    } else {
+        Err(format!(
+            "lz4 gave {} bytes that are not an ELF",
+            output.stdout.len()
+        ))
+    }
 }
 
 /// The kernel modules directory of the unpacked Debian kernel.
@@ -195,40 +368,4 @@ pub fn module_closure(names: &[&str]) -> Result<Vec<(String, PathBuf)>, String> 
         visit(name, &all, &mut order, 0)?;
     }
     Ok(order)
-}
-
-fn initramfs(dir: &Path, files: &[(String, Vec<u8>)], script: &str) -> Result<PathBuf, String> {
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-        .ok_or("busybox not found (ci/setup installs busybox-static)")?;
-    let binary = std::fs::read(&busybox).map_err(|e| format!("{}: {e}", busybox.display()))?;
-    let init = format!(
-        "#!/bin/busybox sh\n/bin/busybox --install -s /bin\nmount -t proc proc /proc\nmount -t sysfs sys /sys\nmount -t devtmpfs dev /dev\n{script}\npoweroff -f\n"
-    );
-    let mut cpio = Cpio::new();
-    for d in [
-        "bin",
-        "dev",
-        "proc",
-        "sys",
-        "mnt",
-        "tmp",
-        "lib",
-        "lib/modules",
-    ] {
-        cpio.dir(d);
-    }
-    cpio.file("bin/busybox", 0o755, &binary)
-        .symlink("bin/sh", "busybox")
-        .file("init", 0o755, init.as_bytes());
-    for (name, body) in files {
-        cpio.file(name, 0o644, body);
-    }
-    let path = dir.join("initramfs.cpio");
-    std::fs::File::create(&path)
-        .and_then(|mut f| f.write_all(&cpio.finish()))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(path)
 }

@@ -17,7 +17,13 @@ pub struct Record {
 impl Record {
     /// Parses one serial line; None if it is not a probe record.
     pub fn parse(line: &str) -> Option<Record> {
-        let rest = line.trim_end_matches(['\r', '\n']).strip_prefix(PREFIX)?;
+        Record::parse_prefixed(PREFIX, line)
+    }
+
+    /// Parses a line in the probe's record syntax behind another prefix
+    /// (`linux: `, `scenario: `): the Linux tier reports the same way.
+    pub fn parse_prefixed(prefix: &str, line: &str) -> Option<Record> {
+        let rest = line.trim_end_matches(['\r', '\n']).strip_prefix(prefix)?;
         let mut words = split_words(rest).into_iter();
         let first = words.next()?;
         // `result=pass` is a record whose kind carries a value.
@@ -95,8 +101,16 @@ pub struct ProbeReport {
 
 impl ProbeReport {
     pub fn parse(serial: &str) -> ProbeReport {
+        ProbeReport::parse_prefixed(PREFIX, serial)
+    }
+
+    /// The records behind `prefix` (see [`Record::parse_prefixed`]).
+    pub fn parse_prefixed(prefix: &str, serial: &str) -> ProbeReport {
         ProbeReport {
-            records: serial.lines().filter_map(Record::parse).collect(),
+            records: serial
+                .lines()
+                .filter_map(|line| Record::parse_prefixed(prefix, line))
+                .collect(),
         }
     }
 

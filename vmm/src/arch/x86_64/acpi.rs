@@ -185,12 +185,52 @@ pub fn create_acpi_tables(mem: &GuestMemory, cpus: u8) -> Result<u64, AcpiError>
         mem.write_slice(&bytes, GuestAddress(addr))
             .map_err(AcpiError::Write)?;
     }
+    mem.write_slice(&reset_vector_code(), GuestAddress(RESET_VECTOR))
+        .map_err(AcpiError::Write)?;
     Ok(RSDP_START)
+}
+
+/// Real-mode code for the reset vector: the FADT's reset register write,
+/// then `hlt` forever. There is no firmware to jump to, yet Linux on a
+/// hardware-reduced ACPI platform reboots through the EFI and then the
+/// BIOS path (`reboot_type` becomes BOOT_EFI when the FADT says
+/// HW_REDUCED_ACPI), which ends in a real-mode jump to F000:FFF0. Without
+/// this, `reboot` and a panic with `panic=-1` left the guest spinning in
+/// zeroed memory.
+fn reset_vector_code() -> Vec<u8> {
+    let port = PORT_ACPI_POWER + RESET_OFFSET as u16;
+    let mut code = vec![0xb0, RESET_VALUE]; // mov al, RESET_VALUE
+    code.push(0xba); // mov dx, port
+    code.extend_from_slice(&port.to_le_bytes());
+    code.extend_from_slice(&[
+        0xee, // out dx, al
+        0xf4, // hlt
+        0xeb, 0xfd, // jmp back to hlt
+    ]);
+    code
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reset_vector_writes_the_fadt_reset_register() {
+        let code = reset_vector_code();
+        assert!(code.len() <= 16, "past 1 MiB: {code:x?}");
+        // mov al, imm8; mov dx, imm16; out dx, al
+        assert_eq!(code[..2], [0xb0, RESET_VALUE]);
+        assert_eq!(code[2], 0xba);
+        assert_eq!(u16::from_le_bytes([code[3], code[4]]), 0x602);
+        assert_eq!(code[5], 0xee);
+        let fadt = fadt(0x1000);
+        // The FADT's RESET_REG is a GAS at offset 116: address at +4.
+        assert_eq!(
+            u64::from_le_bytes(fadt[120..128].try_into().unwrap()),
+            0x602
+        );
+        assert_eq!(fadt[128], RESET_VALUE);
+    }
 
     fn checksum_ok(table: &[u8]) -> bool {
         table.iter().fold(0u8, |a, b| a.wrapping_add(*b)) == 0

@@ -29,7 +29,10 @@ pub const EBDA_START: u64 = 0x9fc00;
 /// ACPI tables live in the legacy BIOS area, where a guest that scans for
 /// the RSDP (bzImage boots without `acpi_rsdp_addr`) also finds it.
 pub const RSDP_START: u64 = 0xe0000;
-pub const ACPI_TABLES_END: u64 = 0x100000;
+pub const ACPI_TABLES_END: u64 = RESET_VECTOR;
+/// Where a CPU starts after reset (F000:FFF0), the last 16 bytes of the
+/// BIOS area: Linux jumps here to reboot when ACPI is hardware-reduced.
+pub const RESET_VECTOR: u64 = 0xffff0;
 /// Kernels and the probe guest are loaded at 1 MiB.
 pub const HIGH_RAM_START: u64 = 0x100000;
 

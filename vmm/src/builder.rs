@@ -20,7 +20,7 @@ use crate::virtio::pci::{self as virtio_pci, VirtioPciDevice};
 use crate::virtio::vhost_user::GenericVhostUser;
 use crate::vm_exit::VmExit;
 use crate::vmm::Vmm;
-use crate::vstate::interrupts::{InterruptError, IoEvents, KvmMsiVectors, MsiRouter};
+use crate::vstate::interrupts::{KvmInterruptError, KvmIoEvents, KvmMsiGroup, MsiRouter};
 use crate::vstate::memory::{create_guest_memory, GuestMemory, MemoryError};
 use crate::vstate::vcpu::{Buses, Vcpu, VcpuError};
 use crate::vstate::vm::{Vm, VmError};
@@ -63,7 +63,7 @@ pub enum BuildError {
     Msix {
         id: String,
         #[source]
-        source: InterruptError,
+        source: KvmInterruptError,
     },
     #[error("No room for device {id}'s BAR in the PCI window")]
     PciWindowFull { id: String },
@@ -186,7 +186,7 @@ fn attach_devices(
                 source,
             }
         })?;
-        let vectors = KvmMsiVectors::new(
+        let vectors = KvmMsiGroup::new(
             &router,
             virtio_pci::msix_vectors(device_config.queue_sizes.len()),
         )
@@ -196,8 +196,8 @@ fn attach_devices(
         })?;
         let mut device = VirtioPciDevice::new(
             device,
-            Box::new(vectors),
-            Box::new(IoEvents::new(vm.shared_fd())),
+            Arc::new(vectors),
+            Box::new(KvmIoEvents::new(vm.shared_fd())),
         )
         .map_err(|source| BuildError::Transport {
             id: id.clone(),

@@ -11,8 +11,8 @@ use std::time::Duration;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
-use crate::bus::lock;
 use crate::devices::serial::Serial;
+use crate::util::lock;
 use crate::vm_exit::{ExitReason, VmExit};
 use crate::vstate::memory::GuestMemory;
 use crate::vstate::vcpu::{Buses, Vcpu};

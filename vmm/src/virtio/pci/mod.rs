@@ -14,12 +14,14 @@ use vmm_sys_util::eventfd::EventFd;
 
 use self::common::{Action, CommonConfig, NO_VECTOR};
 use super::{FailureSignal, QueueSetup, VirtioDevice};
+use crate::interrupt::{IoEventRegistry, MsiInterruptGroup};
 use crate::pci::config::{
     ConfigSpace, ConfigSpaceError, PciClass, COMMAND, COMMAND_MEMORY, SUBSYSTEM_ID,
     SUBSYSTEM_VENDOR_ID,
 };
-use crate::pci::msix::{self, MsiVectors, Msix};
+use crate::pci::msix::{self, Msix};
 use crate::pci::{BarMapping, BarReprogram, PciDevice};
+use crate::util::{error_chain, lock};
 
 const VIRTIO_VENDOR: u16 = 0x1af4;
 /// Modern (non-transitional) device IDs are 0x1040 + the VIRTIO device ID.
@@ -70,13 +72,6 @@ pub enum TransportError {
     ConfigSpace(#[source] ConfigSpaceError),
     #[error("Failed to create a queue eventfd")]
     EventFd(#[source] std::io::Error),
-}
-
-/// KVM's ioeventfds, as the transport needs them: an eventfd signalled by
-/// guest writes to an MMIO address, without an exit to the VMM.
-pub trait IoEventRegistry: Send {
-    fn register(&self, event: &EventFd, addr: u64) -> std::io::Result<()>;
-    fn unregister(&self, event: &EventFd, addr: u64) -> std::io::Result<()>;
 }
 
 /// QEMU's class codes for the types it has, so guests see the same device;
@@ -150,7 +145,7 @@ pub struct VirtioPciDevice<D: VirtioDevice> {
 impl<D: VirtioDevice> VirtioPciDevice<D> {
     pub fn new(
         device: D,
-        vectors: Box<dyn MsiVectors>,
+        vectors: Arc<dyn MsiInterruptGroup>,
         ioevents: Box<dyn IoEventRegistry>,
     ) -> Result<Self, TransportError> {
         let queue_count = device.queue_sizes().len();
@@ -255,7 +250,7 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
             transport.device_failed();
             true
         });
-        crate::bus::lock(this).device.set_failure_signal(signal);
+        lock(this).device.set_failure_signal(signal);
     }
 
     fn device_failed(&mut self) {
@@ -284,7 +279,7 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
             for (i, kick) in self.kicks.iter().enumerate() {
                 let addr = notify_addr(old, i);
                 if let Err(e) = self.ioevents.unregister(kick, addr) {
-                    log::error!("{}: unregistering ioeventfd at {addr:#x}: {e}", self.id());
+                    log::error!("{}: {}", self.id(), error_chain(&e));
                 }
             }
         }
@@ -293,7 +288,7 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
                 let addr = notify_addr(base, i);
                 if let Err(e) = self.ioevents.register(kick, addr) {
                     // Kicks of this queue then exit to `bar_write`.
-                    log::error!("{}: registering ioeventfd at {addr:#x}: {e}", self.id());
+                    log::error!("{}: {}", self.id(), error_chain(&e));
                 }
             }
             log::debug!("{}: notify at {:#x}", self.id(), notify_addr(base, 0));
@@ -394,7 +389,7 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
             log::error!(
                 "{}: config {what} at offset {offset:#x} failed; device needs reset: {}",
                 self.id(),
-                crate::error_chain(e)
+                error_chain(e)
             );
             self.config_failing = true;
         }
@@ -434,7 +429,7 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
             log::error!(
                 "{}: activation failed; device needs reset: {}",
                 self.device.id(),
-                crate::error_chain(&e)
+                error_chain(&e)
             );
             self.needs_reset();
         }
@@ -463,7 +458,7 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
     fn reset(&mut self) {
         let was_running = self.common.driver_ok();
         if let Err(e) = self.device.reset() {
-            log::error!("{}: reset: {}", self.id(), crate::error_chain(&e));
+            log::error!("{}: reset: {}", self.id(), error_chain(&e));
         }
         self.common.reset(self.device.features());
         self.isr = 0;

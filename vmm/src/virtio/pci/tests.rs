@@ -9,8 +9,9 @@ use super::common::{
     STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK, STATUS_NEEDS_RESET,
 };
 use super::*;
+use crate::interrupt::fake::FakeMsiGroup;
+use crate::interrupt::IoEventError;
 use crate::pci::config::BAR0;
-use crate::pci::msix::tests::{FakeIrq, FakeVectors};
 
 #[derive(Debug, thiserror::Error)]
 #[error("backend gone")]
@@ -107,11 +108,11 @@ impl VirtioDevice for FakeDevice {
 struct FakeIoEvents(Arc<Mutex<BTreeSet<(u64, i32)>>>);
 
 impl IoEventRegistry for FakeIoEvents {
-    fn register(&self, event: &EventFd, addr: u64) -> std::io::Result<()> {
+    fn register(&self, event: &EventFd, addr: u64) -> Result<(), IoEventError> {
         assert!(self.0.lock().unwrap().insert((addr, event.as_raw_fd())));
         Ok(())
     }
-    fn unregister(&self, event: &EventFd, addr: u64) -> std::io::Result<()> {
+    fn unregister(&self, event: &EventFd, addr: u64) -> Result<(), IoEventError> {
         assert!(self.0.lock().unwrap().remove(&(addr, event.as_raw_fd())));
         Ok(())
     }
@@ -126,13 +127,14 @@ impl FakeIoEvents {
 struct Rig {
     dev: VirtioPciDevice<FakeDevice>,
     calls: Arc<Mutex<Calls>>,
-    irq: FakeIrq,
+    irq: FakeMsiGroup,
     ioevents: FakeIoEvents,
 }
 
 fn rig(queues: &[u16], config_len: u32) -> Rig {
     let calls = Arc::new(Mutex::new(Calls::default()));
-    let (vectors, irq) = FakeVectors::new(queues.len() + 1);
+    let irq = FakeMsiGroup::new(queues.len() + 1);
+    let vectors = Arc::new(irq.clone());
     let ioevents = FakeIoEvents::default();
     let dev = VirtioPciDevice::new(
         FakeDevice {
@@ -291,7 +293,7 @@ fn no_device_cap_without_a_window_and_bad_ids_refused() {
         "no device cfg (the 0 is MSI-X's byte)"
     );
 
-    let (vectors, _) = FakeVectors::new(2);
+    let vectors = Arc::new(FakeMsiGroup::new(2));
     let huge = FakeDevice {
         queues: vec![64],
         config_len: 0,

@@ -23,6 +23,7 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use self::watchdog::Watchdog;
 use super::{FailureSignal, QueueSetup, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::config::GenericVhostUserConfig;
+use crate::util::error_chain;
 use crate::vstate::memory::GuestMemory;
 
 /// VHOST_USER_F_PROTOCOL_FEATURES: a vhost-user bit, never the guest's.
@@ -478,12 +479,12 @@ impl GenericVhostUser {
         for q in std::mem::take(&mut self.started) {
             if self.vring_enable {
                 if let Err(e) = self.request("SET_VRING_ENABLE", |f| f.set_vring_enable(q, false)) {
-                    log::warn!("{}: queue {q}: {}", self.config.id, crate::error_chain(&e));
+                    log::warn!("{}: queue {q}: {}", self.config.id, error_chain(&e));
                 }
             }
             // GET_VRING_BASE is what stops a ring.
             if let Err(e) = self.request("GET_VRING_BASE", |f| f.get_vring_base(q)) {
-                log::warn!("{}: queue {q}: {}", self.config.id, crate::error_chain(&e));
+                log::warn!("{}: queue {q}: {}", self.config.id, error_chain(&e));
             }
         }
     }

@@ -120,7 +120,7 @@ fn without_mq_a_refused_ring_is_found_at_start_up() {
         ),
         "{err:?}"
     );
-    let text = crate::error_chain(&err);
+    let text = crate::util::error_chain(&err);
     for part in ["fs0", "queue 1", "SET_VRING_NUM"] {
         assert!(text.contains(part), "{part:?} not in {text:?}");
     }
@@ -139,7 +139,7 @@ fn more_queues_than_the_backend_has_is_refused_by_name() {
         GenericVhostUser::with_timeouts(&fs_config(&server.path, &[64, 64]), &memory(), quick())
             .err()
             .unwrap();
-    let text = crate::error_chain(&err);
+    let text = crate::util::error_chain(&err);
     for part in ["fs0", "2 queues", "offers 1", "GET_QUEUE_NUM"] {
         assert!(text.contains(part), "{part:?} not in {text:?}");
     }

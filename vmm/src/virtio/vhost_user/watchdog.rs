@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::bus::lock;
+use crate::util::lock;
 use crate::virtio::FailureSignal;
 
 /// How often a failure signal that found the transport busy is retried.

@@ -41,7 +41,7 @@ fn main() -> ExitCode {
     let vmm = match builder::build_vm(&config) {
         Ok(vmm) => vmm,
         Err(e) => {
-            log::error!("{}", error_chain(&e));
+            // Once, on stderr: the logger writes there too by default.
             eprintln!("vmm: error: {}", error_chain(&e));
             return ExitCode::from(EXIT_START_FAILED);
         }

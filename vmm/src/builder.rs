@@ -17,7 +17,7 @@ use crate::devices::{acpi_power::AcpiPower, debug_exit::DebugExit, i8042::I8042,
 use crate::pci::host_bridge::HostBridge;
 use crate::pci::{PciConfigIo, PciEcam, PciSegment};
 use crate::virtio::pci::{self as virtio_pci, VirtioPciDevice};
-use crate::virtio::vhost_user::GenericVhostUser;
+use crate::virtio::vhost_user::{GenericVhostUser, VhostUserParams};
 use crate::vm_exit::VmExit;
 use crate::vmm::Vmm;
 use crate::vstate::interrupts::{KvmInterruptError, KvmIoEvents, KvmMsiGroup, MsiRouter};
@@ -180,12 +180,19 @@ fn attach_devices(
     let router = MsiRouter::new(vm.shared_fd());
     for (index, device_config) in config.generic_vhost_user.iter().enumerate() {
         let id = &device_config.id;
-        let device = GenericVhostUser::new(device_config, memory).map_err(|source| {
-            BuildError::VhostUser {
+        let params = VhostUserParams {
+            id: id.clone(),
+            socket: device_config.socket.clone(),
+            device_type: device_config.device_type,
+            queue_sizes: device_config.queue_sizes.clone(),
+            config_len: device_config.config_window_len(),
+            config: device_config.config.clone(),
+        };
+        let device =
+            GenericVhostUser::new(params, memory).map_err(|source| BuildError::VhostUser {
                 id: id.clone(),
                 source,
-            }
-        })?;
+            })?;
         let vectors = KvmMsiGroup::new(
             &router,
             virtio_pci::msix_vectors(device_config.queue_sizes.len()),

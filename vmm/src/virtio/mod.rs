@@ -1,7 +1,6 @@
 //! VIRTIO devices: the device type table, the virtio-pci transport and the
 //! generic vhost-user device behind it.
 
-pub mod device_type;
 pub mod pci;
 pub mod vhost_user;
 

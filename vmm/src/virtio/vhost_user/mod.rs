@@ -18,13 +18,12 @@ use std::time::{Duration, Instant};
 use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag};
 use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use virtio_types::VirtioDeviceType;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use self::watchdog::Watchdog;
 use super::{FailureSignal, QueueSetup, VirtioDevice, VIRTIO_F_VERSION_1};
-use crate::config::GenericVhostUserConfig;
 use crate::util::error_chain;
-use crate::vstate::memory::GuestMemory;
 
 /// VHOST_USER_F_PROTOCOL_FEATURES: a vhost-user bit, never the guest's.
 const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
@@ -41,7 +40,22 @@ const WANTED_PROTOCOL: VhostUserProtocolFeatures = VhostUserProtocolFeatures::MQ
     .union(VhostUserProtocolFeatures::REPLY_ACK)
     .union(VhostUserProtocolFeatures::CONFIG)
     .union(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS);
-pub const MAX_QUEUE_SIZE: u16 = 32768;
+
+/// What the device is, as plain values; the configuration step has checked
+/// them (queue sizes and count, the window and the bytes in it).
+#[derive(Debug, Clone)]
+pub struct VhostUserParams {
+    /// For log lines and errors: the user's device id.
+    pub id: String,
+    pub socket: PathBuf,
+    pub device_type: VirtioDeviceType,
+    pub queue_sizes: Vec<u16>,
+    /// Length of the device config window the guest sees.
+    pub config_len: u32,
+    /// Config bytes served instead of GET_CONFIG (backends without the
+    /// CONFIG protocol feature).
+    pub config: Option<Vec<u8>>,
+}
 
 /// How long we wait for a backend.
 #[derive(Debug, Clone, Copy)]
@@ -96,14 +110,6 @@ pub enum Error {
         asked: usize,
         offered: u64,
     },
-    #[error("device {id}: {ty} needs at least {min} queues ({why}); queue_sizes gives {asked}")]
-    TooFewQueues {
-        id: String,
-        ty: String,
-        min: usize,
-        why: &'static str,
-        asked: usize,
-    },
     #[error(
         "device {id}: the backend refuses queue {index} with {size} entries (SET_VRING_NUM): it has fewer queues or a smaller maximum queue size"
     )]
@@ -114,8 +120,6 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
-    #[error("device {id}: queue size {size} is not a power of two between 1 and {MAX_QUEUE_SIZE}")]
-    QueueSize { id: String, size: u16 },
     #[error(
         "device {id}: {ty} has a config space but the backend lacks VHOST_USER_PROTOCOL_F_CONFIG; give its bytes with config=HEX"
     )]
@@ -189,8 +193,8 @@ struct Negotiated {
 }
 
 pub struct GenericVhostUser {
-    config: GenericVhostUserConfig,
-    memory: GuestMemory,
+    params: VhostUserParams,
+    memory: GuestMemoryMmap,
     timeouts: Timeouts,
     /// None after a reconnect failed.
     connection: Option<Connection>,
@@ -211,23 +215,24 @@ pub struct GenericVhostUser {
 impl GenericVhostUser {
     /// Connects and negotiates; every check that can fail does so here,
     /// before the guest runs.
-    pub fn new(config: &GenericVhostUserConfig, memory: &GuestMemory) -> Result<Self, Error> {
-        Self::with_timeouts(config, memory, Timeouts::default())
+    pub fn new(params: VhostUserParams, memory: &GuestMemoryMmap) -> Result<Self, Error> {
+        Self::with_timeouts(params, memory, Timeouts::default())
     }
 
     pub fn with_timeouts(
-        config: &GenericVhostUserConfig,
-        memory: &GuestMemory,
+        params: VhostUserParams,
+        memory: &GuestMemoryMmap,
         timeouts: Timeouts,
     ) -> Result<Self, Error> {
-        validate_queues(config)?;
         if let Some(region) = memory.iter().find(|r| r.file_offset().is_none()) {
             return Err(Error::NotShared {
                 addr: region.start_addr().0,
             });
         }
+        let mut params = params;
+        let config_bytes = params.config.take();
         let mut device = GenericVhostUser {
-            config: config.clone(),
+            params,
             memory: memory.clone(),
             timeouts,
             connection: None,
@@ -236,7 +241,7 @@ impl GenericVhostUser {
                 backend_features: 0,
                 protocol: VhostUserProtocolFeatures::empty(),
             },
-            config_bytes: config.config.clone(),
+            config_bytes,
             started: Vec::new(),
             vring_enable: false,
             failure_signal: None,
@@ -251,15 +256,15 @@ impl GenericVhostUser {
         self.broken = true;
         self.started.clear();
         self.vring_enable = false;
-        let (frontend, socket) = connect(&self.config, self.timeouts.connect)?;
+        let (frontend, socket) = connect(&self.params, self.timeouts.connect)?;
         let watchdog_error = |source| Error::Watchdog {
-            path: self.config.socket.clone(),
+            path: self.params.socket.clone(),
             source,
         };
         let watched = socket.try_clone().map_err(watchdog_error)?;
         // Thread names cannot hold NUL; ids from the command line cannot
-        // either, but the config type does not promise it.
-        let name = format!("vu-watch-{}", self.config.id).replace('\0', "");
+        // either, but the parameters do not promise it.
+        let name = format!("vu-watch-{}", self.params.id).replace('\0', "");
         let watchdog = Watchdog::new(&name, watched).map_err(watchdog_error)?;
         if let Some(signal) = &self.failure_signal {
             watchdog.set_signal(signal.clone());
@@ -280,8 +285,8 @@ impl GenericVhostUser {
         }
         log::info!(
             "{}: connected to {}: features {:#x}, protocol features {:?}",
-            self.config.id,
-            self.config.socket.display(),
+            self.params.id,
+            self.params.socket.display(),
             self.negotiated.backend_features,
             self.negotiated.protocol
         );
@@ -304,7 +309,7 @@ impl GenericVhostUser {
         what: &'static str,
         op: impl FnOnce(&mut Link) -> Result<T, E>,
     ) -> Result<T, Error> {
-        let path = &self.config.socket;
+        let path = &self.params.socket;
         let connection = match &mut self.connection {
             Some(c) if !self.broken && !c.watchdog.lost() => c,
             _ => {
@@ -325,13 +330,13 @@ impl GenericVhostUser {
             if source.breaks_connection() {
                 self.broken = true;
             }
-            log::debug!("{}: {what}: {source}", self.config.id);
+            log::debug!("{}: {what}: {source}", self.params.id);
             source.into_error(what)
         })
     }
 
     fn negotiate(&mut self) -> Result<Negotiated, Error> {
-        let id = self.config.id.clone();
+        let id = self.params.id.clone();
         self.request("SET_OWNER", |f| f.set_owner())?;
         let backend_features = self.request("GET_FEATURES", |f| f.get_features())?;
         let mut protocol = VhostUserProtocolFeatures::empty();
@@ -357,7 +362,7 @@ impl GenericVhostUser {
                 "{id}: backend does not offer VIRTIO_F_VERSION_1 (features {backend_features:#x}); offering it to the guest anyway"
             );
         }
-        let asked = self.config.queue_sizes.len();
+        let asked = self.params.queue_sizes.len();
         if protocol.contains(VhostUserProtocolFeatures::MQ) {
             let offered = self.request("GET_QUEUE_NUM", |f| f.get_queue_num())?;
             log::debug!("{id}: backend has {offered} queues, {asked} asked for");
@@ -371,7 +376,7 @@ impl GenericVhostUser {
             // learn its largest queue size: ask for every ring as
             // configured and see what is refused. Nothing runs until a
             // ring is kicked, and DRIVER_OK sets the sizes again.
-            for (index, size) in self.config.queue_sizes.clone().into_iter().enumerate() {
+            for (index, size) in self.params.queue_sizes.clone().into_iter().enumerate() {
                 self.request("SET_VRING_NUM", |f| f.set_vring_num(index, size))
                     .map_err(|e| Error::QueueRefused {
                         id: id.clone(),
@@ -381,14 +386,14 @@ impl GenericVhostUser {
                     })?;
             }
         }
-        let spec_config = self.config.device_type.spec_config_size().unwrap_or(0) > 0;
+        let spec_config = self.params.device_type.spec_config_size().unwrap_or(0) > 0;
         if spec_config
             && self.config_bytes.is_none()
             && !protocol.contains(VhostUserProtocolFeatures::CONFIG)
         {
             return Err(Error::NoConfigFeature {
                 id,
-                ty: self.config.device_type.to_string(),
+                ty: self.params.device_type.to_string(),
             });
         }
         Ok(Negotiated {
@@ -479,12 +484,12 @@ impl GenericVhostUser {
         for q in std::mem::take(&mut self.started) {
             if self.vring_enable {
                 if let Err(e) = self.request("SET_VRING_ENABLE", |f| f.set_vring_enable(q, false)) {
-                    log::warn!("{}: queue {q}: {}", self.config.id, error_chain(&e));
+                    log::warn!("{}: queue {q}: {}", self.params.id, error_chain(&e));
                 }
             }
             // GET_VRING_BASE is what stops a ring.
             if let Err(e) = self.request("GET_VRING_BASE", |f| f.get_vring_base(q)) {
-                log::warn!("{}: queue {q}: {}", self.config.id, error_chain(&e));
+                log::warn!("{}: queue {q}: {}", self.params.id, error_chain(&e));
             }
         }
     }
@@ -494,15 +499,15 @@ impl VirtioDevice for GenericVhostUser {
     type Error = Error;
 
     fn id(&self) -> &str {
-        &self.config.id
+        &self.params.id
     }
 
     fn device_type(&self) -> u32 {
-        self.config.device_type.id()
+        self.params.device_type.id()
     }
 
     fn queue_sizes(&self) -> &[u16] {
-        &self.config.queue_sizes
+        &self.params.queue_sizes
     }
 
     /// The backend's device and ring features plus VERSION_1; never
@@ -512,7 +517,7 @@ impl VirtioDevice for GenericVhostUser {
     }
 
     fn config_len(&self) -> u32 {
-        self.config.config_window_len()
+        self.params.config_len
     }
 
     fn read_config(&mut self, offset: u32, data: &mut [u8]) -> Result<(), Error> {
@@ -578,7 +583,7 @@ impl VirtioDevice for GenericVhostUser {
         self.start_queues(queues)?;
         log::info!(
             "{}: started queues {:?} with features {acked:#x}",
-            self.config.id,
+            self.params.id,
             self.started
         );
         Ok(())
@@ -603,8 +608,8 @@ impl VirtioDevice for GenericVhostUser {
         }
         log::warn!(
             "{}: vhost-user connection to {} lost; reconnecting",
-            self.config.id,
-            self.config.socket.display()
+            self.params.id,
+            self.params.socket.display()
         );
         self.connect()
     }
@@ -617,37 +622,11 @@ impl VirtioDevice for GenericVhostUser {
     }
 }
 
-fn validate_queues(config: &GenericVhostUserConfig) -> Result<(), Error> {
-    let id = &config.id;
-    for &size in &config.queue_sizes {
-        if !size.is_power_of_two() || size > MAX_QUEUE_SIZE {
-            return Err(Error::QueueSize {
-                id: id.clone(),
-                size,
-            });
-        }
-    }
-    let min = config.device_type.min_queues();
-    if config.queue_sizes.len() < min {
-        return Err(Error::TooFewQueues {
-            id: id.clone(),
-            ty: config.device_type.to_string(),
-            min,
-            why: config.device_type.required_queues(),
-            asked: config.queue_sizes.len(),
-        });
-    }
-    Ok(())
-}
-
 /// Connects, retrying while the socket does not exist or nobody accepts
 /// yet (a backend starting next to us), until `deadline` has passed.
 /// Returns the frontend and a second handle on its socket for the watchdog.
-fn connect(
-    config: &GenericVhostUserConfig,
-    deadline: Duration,
-) -> Result<(Frontend, UnixStream), Error> {
-    let path = &config.socket;
+fn connect(params: &VhostUserParams, deadline: Duration) -> Result<(Frontend, UnixStream), Error> {
+    let path = &params.socket;
     let start = Instant::now();
     let failed = |source| Error::Connect {
         path: path.clone(),
@@ -671,12 +650,12 @@ fn connect(
     let watched = stream.try_clone().map_err(failed)?;
     log::debug!(
         "{}: connected to {} after {:?}",
-        config.id,
+        params.id,
         path.display(),
         start.elapsed()
     );
     Ok((
-        Frontend::from_stream(stream, config.queue_sizes.len() as u64),
+        Frontend::from_stream(stream, params.queue_sizes.len() as u64),
         watched,
     ))
 }

@@ -8,9 +8,8 @@ use std::process::{Child, Command, Stdio};
 
 use vmm_sys_util::eventfd::EventFd;
 
+use super::tests::guest_memory;
 use super::*;
-use crate::config::MemoryConfig;
-use crate::vstate::memory::create_guest_memory;
 
 fn find_virtiofsd() -> Option<PathBuf> {
     let mut candidates: Vec<PathBuf> = std::env::var_os("VIRTIOFSD")
@@ -80,21 +79,16 @@ fn real_virtiofsd_negotiates_serves_its_tag_and_survives_a_restart() {
     let socket = dir.path().join("fs.sock");
     let mut backend = Virtiofsd::start(&binary, dir.path(), &socket, 0);
 
-    let memory = create_guest_memory(&MemoryConfig {
-        size: 64 << 20,
-        shared: true,
-        hugepages: false,
-    })
-    .unwrap();
-    let config = GenericVhostUserConfig {
+    let memory = guest_memory(64 << 20, true);
+    let params = VhostUserParams {
         id: "fs0".into(),
         socket: socket.clone(),
         device_type: "fs".parse().unwrap(),
         queue_sizes: vec![256, 256],
-        config_size: None,
+        config_len: 40,
         config: None,
     };
-    let mut dev = GenericVhostUser::new(&config, &memory).unwrap();
+    let mut dev = GenericVhostUser::new(params, &memory).unwrap();
     assert!(
         dev.negotiated
             .protocol

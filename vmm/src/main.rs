@@ -5,6 +5,7 @@ mod builder;
 mod bus;
 mod cli;
 mod config;
+mod device_manager;
 mod devices;
 mod interrupt;
 mod logger;

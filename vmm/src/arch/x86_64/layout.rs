@@ -46,6 +46,10 @@ pub const IOAPIC_START: u64 = 0xfec0_0000;
 pub const APIC_START: u64 = 0xfee0_0000;
 /// RAM that does not fit below the gap continues at 4 GiB.
 pub const RAM_64BIT_START: u64 = 0x1_0000_0000;
+/// 64-bit PCI memory window, above the most RAM we give a guest (1 TiB
+/// from 4 GiB): where 64-bit BARs go once the 32-bit window is full.
+pub const PCI_MMIO64_START: u64 = 0x200_0000_0000;
+pub const PCI_MMIO64_SIZE: u64 = 0x100_0000_0000;
 
 /// I/O ports.
 pub const PORT_I8042_DATA: u16 = 0x60;

@@ -60,7 +60,7 @@ pub fn build_vm(config: &VmConfig) -> Result<Vmm, BuildError> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(BuildError::Vcpu)?;
 
-    let mut devices = DeviceManager::new(&vm)?;
+    let mut devices = DeviceManager::new(&vm, &memory)?;
     let serial = devices.add_legacy_devices(&vm, &exit, serial_output(&config.serial)?)?;
     for device in &config.generic_vhost_user {
         let vhost_user =

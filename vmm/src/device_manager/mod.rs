@@ -8,6 +8,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::VmFd;
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use self::allocator::BarAllocator;
@@ -55,6 +56,8 @@ pub type SharedSerial = Arc<Mutex<Serial>>;
 
 pub struct DeviceManager {
     vm_fd: Arc<VmFd>,
+    /// What devices get at activation.
+    memory: GuestMemoryMmap,
     io: Bus,
     mmio: Bus,
     segment: PciSegment,
@@ -64,7 +67,7 @@ pub struct DeviceManager {
 
 impl DeviceManager {
     /// Empty buses and a segment holding the host bridge.
-    pub fn new(vm: &Vm) -> Result<Self, DeviceManagerError> {
+    pub fn new(vm: &Vm, memory: &GuestMemoryMmap) -> Result<Self, DeviceManagerError> {
         let mmio = Bus::new();
         let mut segment = PciSegment::new(mmio.clone());
         segment
@@ -72,6 +75,7 @@ impl DeviceManager {
             .map_err(DeviceManagerError::Pci)?;
         Ok(Self {
             vm_fd: vm.shared_fd(),
+            memory: memory.clone(),
             io: Bus::new(),
             mmio,
             segment,
@@ -150,6 +154,7 @@ impl DeviceManager {
         })?;
         let mut transport = VirtioPciDevice::new(
             device,
+            self.memory.clone(),
             Arc::new(vectors),
             Box::new(KvmIoEvents::new(self.vm_fd.clone())),
         )
@@ -162,11 +167,9 @@ impl DeviceManager {
             .allocate_bar64(virtio_pci::BAR_SIZE)
             .ok_or_else(|| DeviceManagerError::PciWindowFull { id: id.clone() })?;
         transport.place_bar(bar);
-        let transport = Arc::new(Mutex::new(transport));
-        VirtioPciDevice::watch_device(&transport);
         let bdf = self
             .segment
-            .add(transport)
+            .add(Arc::new(Mutex::new(transport)))
             .map_err(DeviceManagerError::Pci)?;
         log::info!("{id}: virtio-pci at {bdf}, BAR 0 at {bar:#x}");
         Ok(bdf)

@@ -233,6 +233,7 @@ impl Msix {
 
     /// Raises `vector` from the VMM itself (config change interrupts); if
     /// the vector is masked it stays pending.
+    #[cfg(test)]
     pub fn trigger(&self, vector: u16) {
         if let Err(e) = self.vectors.trigger(usize::from(vector)) {
             log::error!("MSI-X: {}", error_chain(&e));

@@ -22,7 +22,9 @@ use virtio_types::VirtioDeviceType;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use self::watchdog::Watchdog;
-use super::{FailureSignal, QueueSetup, VirtioDevice, VIRTIO_F_VERSION_1};
+use virtio_queue::QueueT;
+
+use super::{ActivateContext, ActiveQueue, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
 use crate::util::error_chain;
 
 /// VHOST_USER_F_PROTOCOL_FEATURES: a vhost-user bit, never the guest's.
@@ -208,8 +210,9 @@ pub struct GenericVhostUser {
     /// Whether the acked features carried VHOST_USER_F_PROTOCOL_FEATURES,
     /// which makes SET_VRING_ENABLE available.
     vring_enable: bool,
-    /// Where the watchdog reports a backend that hung up.
-    failure_signal: Option<FailureSignal>,
+    /// Where the watchdog reports a backend that hung up: the interrupt
+    /// handle of the last activation, kept across reconnects.
+    interrupt: Option<VirtioInterrupt>,
 }
 
 impl GenericVhostUser {
@@ -244,7 +247,7 @@ impl GenericVhostUser {
             config_bytes,
             started: Vec::new(),
             vring_enable: false,
-            failure_signal: None,
+            interrupt: None,
         };
         device.connect()?;
         Ok(device)
@@ -262,12 +265,9 @@ impl GenericVhostUser {
             source,
         };
         let watched = socket.try_clone().map_err(watchdog_error)?;
-        // Thread names cannot hold NUL; ids from the command line cannot
-        // either, but the parameters do not promise it.
-        let name = format!("vu-watch-{}", self.params.id).replace('\0', "");
-        let watchdog = Watchdog::new(&name, watched).map_err(watchdog_error)?;
-        if let Some(signal) = &self.failure_signal {
-            watchdog.set_signal(signal.clone());
+        let watchdog = Watchdog::new(&self.params.id, watched).map_err(watchdog_error)?;
+        if let Some(interrupt) = &self.interrupt {
+            watchdog.set_interrupt(interrupt.clone());
         }
         self.connection = Some(Connection {
             link: Link { frontend, socket },
@@ -436,28 +436,30 @@ impl GenericVhostUser {
             .map_err(|_| bad)
     }
 
-    fn start_queues(&mut self, queues: &[QueueSetup<'_>]) -> Result<(), Error> {
+    fn start_queues(&mut self, queues: &[ActiveQueue]) -> Result<(), Error> {
         // Firecracker's order: every ring size first, then per queue
         // address, base, call, kick and enable (the kick starts the ring,
         // so the call fd is in place before it).
         for q in queues {
-            self.request("SET_VRING_NUM", |f| f.set_vring_num(q.index, q.size))?;
+            let size = q.queue.size();
+            self.request("SET_VRING_NUM", |f| f.set_vring_num(q.index, size))?;
         }
         for q in queues {
-            let size = u64::from(q.size);
+            let size = q.queue.size();
+            let len = u64::from(size);
             let ring = VringConfigData {
-                queue_max_size: q.size,
-                queue_size: q.size,
+                queue_max_size: size,
+                queue_size: size,
                 flags: 0,
-                desc_table_addr: self.host_address(q.index, q.desc, 16 * size)?,
-                avail_ring_addr: self.host_address(q.index, q.avail, 6 + 2 * size)?,
-                used_ring_addr: self.host_address(q.index, q.used, 6 + 8 * size)?,
+                desc_table_addr: self.host_address(q.index, q.queue.desc_table(), 16 * len)?,
+                avail_ring_addr: self.host_address(q.index, q.queue.avail_ring(), 6 + 2 * len)?,
+                used_ring_addr: self.host_address(q.index, q.queue.used_ring(), 6 + 8 * len)?,
                 log_addr: None,
             };
             self.request("SET_VRING_ADDR", |f| f.set_vring_addr(q.index, &ring))?;
             self.request("SET_VRING_BASE", |f| f.set_vring_base(q.index, 0))?;
-            self.request("SET_VRING_CALL", |f| f.set_vring_call(q.index, q.call))?;
-            self.request("SET_VRING_KICK", |f| f.set_vring_kick(q.index, q.kick))?;
+            self.request("SET_VRING_CALL", |f| f.set_vring_call(q.index, &q.call))?;
+            self.request("SET_VRING_KICK", |f| f.set_vring_kick(q.index, &q.kick))?;
             if self.vring_enable {
                 self.request("SET_VRING_ENABLE", |f| f.set_vring_enable(q.index, true))?;
             }
@@ -570,7 +572,21 @@ impl VirtioDevice for GenericVhostUser {
     }
 
     /// DRIVER_OK: features, memory, then every queue the guest enabled.
-    fn activate(&mut self, features: u64, queues: &[QueueSetup<'_>]) -> Result<(), Error> {
+    /// From now on the watchdog reports a hang-up through the interrupt.
+    fn activate(&mut self, context: ActivateContext) -> Result<(), Error> {
+        let ActivateContext {
+            mem,
+            features,
+            queues,
+            interrupt,
+        } = context;
+        // The rings are where the activation's memory says (the same
+        // memory the backend has mapped since connecting).
+        self.memory = mem;
+        if let Some(connection) = &self.connection {
+            connection.watchdog.set_interrupt(interrupt.clone());
+        }
+        self.interrupt = Some(interrupt);
         let backend_features = self.negotiated.backend_features;
         // VERSION_1 is ours to offer; the backend gets only bits it has.
         let mut acked = features & self.features() & backend_features;
@@ -580,7 +596,7 @@ impl VirtioDevice for GenericVhostUser {
         self.request("SET_FEATURES", |f| f.set_features(acked))?;
         self.vring_enable = acked & VHOST_USER_F_PROTOCOL_FEATURES != 0;
         self.set_mem_table()?;
-        self.start_queues(queues)?;
+        self.start_queues(&queues)?;
         log::info!(
             "{}: started queues {:?} with features {acked:#x}",
             self.params.id,
@@ -612,13 +628,6 @@ impl VirtioDevice for GenericVhostUser {
             self.params.socket.display()
         );
         self.connect()
-    }
-
-    fn set_failure_signal(&mut self, signal: FailureSignal) {
-        if let Some(connection) = &self.connection {
-            connection.watchdog.set_signal(signal.clone());
-        }
-        self.failure_signal = Some(signal);
     }
 }
 

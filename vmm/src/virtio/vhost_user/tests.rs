@@ -11,6 +11,8 @@ use super::mock::{Mock, Server, PROTOCOL, VERSION_1};
 use super::*;
 use vm_memory::FileOffset;
 
+use crate::interrupt::fake::FakeMsiGroup;
+
 /// Guest RAM at 0, backed by a file that a backend can map when `shared`.
 pub(super) fn guest_memory(size: usize, shared: bool) -> GuestMemoryMmap {
     let backing = shared.then(|| {
@@ -47,33 +49,69 @@ fn device(server: &Server) -> GenericVhostUser {
     GenericVhostUser::with_timeouts(fs_config(&server.path, &[64, 64]), &memory(), quick()).unwrap()
 }
 
-/// Rings in guest memory and the fds a transport would pass.
-struct Rings {
+/// A ring laid out as a driver would.
+pub(super) fn ring(size: u16, desc: u64, avail: u64, used: u64) -> virtio_queue::Queue {
+    let mut queue = virtio_queue::Queue::new(size).unwrap();
+    queue
+        .try_set_desc_table_address(GuestAddress(desc))
+        .unwrap();
+    queue
+        .try_set_avail_ring_address(GuestAddress(avail))
+        .unwrap();
+    queue.try_set_used_ring_address(GuestAddress(used)).unwrap();
+    queue.set_ready(true);
+    queue
+}
+
+/// Rings in guest memory, the fds a transport would pass, and the
+/// interrupt handle it would hand over.
+pub(super) struct Rings {
+    size: u16,
     kicks: Vec<EventFd>,
     calls: Vec<EventFd>,
+    pub interrupt: VirtioInterrupt,
 }
 
 impl Rings {
-    fn new(n: usize) -> Rings {
+    pub(super) fn new(n: usize) -> Rings {
+        Rings::with_size(n, 64)
+    }
+
+    pub(super) fn with_size(n: usize, size: u16) -> Rings {
         let fds = || (0..n).map(|_| EventFd::new(0).unwrap()).collect();
         Rings {
+            size,
             kicks: fds(),
             calls: fds(),
+            interrupt: VirtioInterrupt::new(Arc::new(FakeMsiGroup::new(n + 1))),
         }
     }
 
-    fn setups(&self) -> Vec<QueueSetup<'_>> {
-        (0..self.kicks.len())
-            .map(|i| QueueSetup {
-                index: i,
-                size: 64,
-                desc: 0x10_0000 * (i as u64 + 1),
-                avail: 0x10_0000 * (i as u64 + 1) + 0x1000,
-                used: 0x10_0000 * (i as u64 + 1) + 0x2000,
-                kick: &self.kicks[i],
-                call: &self.calls[i],
+    /// DRIVER_OK with `features` and the first `count` rings, in `dev`'s
+    /// memory.
+    pub(super) fn context(
+        &self,
+        dev: &GenericVhostUser,
+        features: u64,
+        count: usize,
+    ) -> ActivateContext {
+        let queues = (0..count)
+            .map(|i| {
+                let base = 0x10_0000 * (i as u64 + 1);
+                ActiveQueue {
+                    index: i,
+                    queue: ring(self.size, base, base + 0x1000, base + 0x2000),
+                    kick: self.kicks[i].try_clone().unwrap(),
+                    call: self.calls[i].try_clone().unwrap(),
+                }
             })
-            .collect()
+            .collect();
+        ActivateContext {
+            mem: dev.memory.clone(),
+            features,
+            queues,
+            interrupt: self.interrupt.clone(),
+        }
     }
 }
 
@@ -218,8 +256,8 @@ fn activation_and_reset_follow_the_protocol() {
     server.take_log();
     let rings = Rings::new(2);
     // The guest acks VERSION_1, EVENT_IDX and a bit nobody offered.
-    dev.activate(VERSION_1 | (1 << 29) | (1 << 40), &rings.setups())
-        .unwrap();
+    let features = VERSION_1 | (1 << 29) | (1 << 40);
+    dev.activate(rings.context(&dev, features, 2)).unwrap();
     let acked = VERSION_1 | (1 << 29) | PROTOCOL;
     let mut expected = vec![
         format!("SET_FEATURES {acked:#x}"),
@@ -249,7 +287,7 @@ fn activation_and_reset_follow_the_protocol() {
         ]
     );
     // And again from the top, on the same connection.
-    dev.activate(VERSION_1, &rings.setups()[..1]).unwrap();
+    dev.activate(rings.context(&dev, VERSION_1, 1)).unwrap();
     assert_eq!(
         server.log()[0],
         format!("SET_FEATURES {:#x}", VERSION_1 | PROTOCOL)
@@ -281,7 +319,7 @@ fn without_protocol_features_no_vring_enable_and_no_version_1_to_the_backend() {
         "VERSION_1 is ours"
     );
     let rings = Rings::new(2);
-    dev.activate(VERSION_1 | 1, &rings.setups()).unwrap();
+    dev.activate(rings.context(&dev, VERSION_1 | 1, 2)).unwrap();
     // Without REPLY_ACK nothing is answered, so activation ends with a
     // request that is: the log is complete as soon as it returns, before
     // a guest could kick a ring the backend has not set up.
@@ -302,17 +340,11 @@ fn without_protocol_features_no_vring_enable_and_no_version_1_to_the_backend() {
 fn rings_outside_guest_memory_are_refused() {
     let server = Server::start(Mock::fs(), 1);
     let mut dev = device(&server);
-    let kick = EventFd::new(0).unwrap();
-    let setup = QueueSetup {
-        index: 0,
-        size: 64,
-        desc: (16 << 20) - 0x100, // 64 descriptors need 0x400 bytes
-        avail: 0,
-        used: 0x1000,
-        kick: &kick,
-        call: &kick,
-    };
-    let err = dev.activate(VERSION_1, &[setup]).err().unwrap();
+    let rings = Rings::new(1);
+    let mut context = rings.context(&dev, VERSION_1, 1);
+    // 64 descriptors need 0x400 bytes.
+    context.queues[0].queue = ring(64, (16 << 20) - 0x100, 0, 0x1000);
+    let err = dev.activate(context).err().unwrap();
     assert!(matches!(err, Error::BadRingAddress { queue: 0, .. }));
 }
 
@@ -359,7 +391,7 @@ fn a_backend_that_went_away_is_reconnected_at_reset() {
     let mut server = Server::start(Mock::fs(), 3);
     let mut dev = device(&server);
     let rings = Rings::new(2);
-    dev.activate(VERSION_1, &rings.setups()).unwrap();
+    dev.activate(rings.context(&dev, VERSION_1, 2)).unwrap();
 
     // Dies while running: stopping the rings finds out, reset reconnects.
     server.kill_connection();
@@ -368,7 +400,7 @@ fn a_backend_that_went_away_is_reconnected_at_reset() {
     let log = server.take_log();
     assert_eq!(log[0], "SET_OWNER", "{log:?}");
     assert!(log.contains(&"SET_MEM_TABLE 1".to_string()));
-    dev.activate(VERSION_1, &rings.setups()).unwrap();
+    dev.activate(rings.context(&dev, VERSION_1, 2)).unwrap();
     dev.reset().unwrap();
 
     // Dies while idle: a config access fails (all ones for the guest),
@@ -387,21 +419,13 @@ fn a_backend_that_went_away_is_reconnected_at_reset() {
 fn a_backend_hanging_up_while_the_guest_is_away_is_signalled_at_once() {
     let mut server = Server::start(Mock::fs(), 2);
     let mut dev = device(&server);
-    let signals = Arc::new(std::sync::atomic::AtomicU32::new(0));
-    dev.set_failure_signal(Arc::new({
-        let signals = signals.clone();
-        move || {
-            signals.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            true
-        }
-    }));
     let rings = Rings::new(2);
-    dev.activate(VERSION_1, &rings.setups()).unwrap();
-    assert_eq!(signals.load(std::sync::atomic::Ordering::SeqCst), 0);
+    dev.activate(rings.context(&dev, VERSION_1, 2)).unwrap();
+    assert!(!rings.interrupt.needs_reset());
 
     server.kill_connection();
     let start = Instant::now();
-    while signals.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+    while !rings.interrupt.needs_reset() {
         assert!(start.elapsed() < Duration::from_secs(5), "no signal");
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -409,12 +433,14 @@ fn a_backend_hanging_up_while_the_guest_is_away_is_signalled_at_once() {
     server.take_log();
     let err = dev.read_config(0, &mut [0u8; 4]).err().unwrap();
     assert!(matches!(err, Error::Disconnected { .. }), "{err:?}");
-    // Reset reconnects; the new connection keeps the signal.
+    // Reset reconnects (the transport clears the flag); the new connection
+    // keeps the interrupt handle.
     dev.reset().unwrap();
+    rings.interrupt.reset();
     assert_eq!(server.take_log()[0], "SET_OWNER");
     server.kill_connection();
     let start = Instant::now();
-    while signals.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+    while !rings.interrupt.needs_reset() {
         assert!(start.elapsed() < Duration::from_secs(5), "no second signal");
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -435,7 +461,7 @@ fn a_failed_reconnect_leaves_the_device_disconnected_until_the_next_reset() {
         Err(Error::Disconnected { .. })
     ));
     let rings = Rings::new(2);
-    assert!(dev.activate(VERSION_1, &rings.setups()).is_err());
+    assert!(dev.activate(rings.context(&dev, VERSION_1, 2)).is_err());
     drop(dev);
     // Let the backend thread finish: one more connection to its listener
     // is impossible now that the path is gone, so just detach it.

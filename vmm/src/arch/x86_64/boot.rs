@@ -15,11 +15,10 @@ use linux_loader::loader::elf::start_info::{
 };
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::{load_cmdline, BzImage, Cmdline, KernelLoader};
-use vm_memory::{Address, Bytes, GuestAddress};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap as GuestMemory};
 
 use super::layout::*;
 use super::regs::BootEntry;
-use crate::vstate::memory::{ram_ranges, GuestMemory};
 
 const E820_RAM: u32 = 1;
 const E820_RESERVED: u32 = 2;

@@ -8,29 +8,34 @@
 //! once, and the next device reset reconnects (a restarted backend then
 //! serves the re-initialised device).
 
+mod connection;
+mod error;
 mod get_config;
 mod watchdog;
 
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
 use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag};
 use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use virtio_queue::QueueT;
 use virtio_types::VirtioDeviceType;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
+pub use self::connection::Timeouts;
+use self::connection::{connect, Connection, Link};
+pub use self::error::Error;
+use self::error::RequestError;
 use self::watchdog::Watchdog;
-use virtio_queue::QueueT;
-
-use super::{ActivateContext, ActiveQueue, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
+use super::{
+    ActivateContext, ActiveQueue, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX,
+};
 use crate::util::error_chain;
 
 /// VHOST_USER_F_PROTOCOL_FEATURES: a vhost-user bit, never the guest's.
 const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
 const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
-const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 /// Device-type feature bits (VIRTIO 1.3, 6): 0-23 and 50-63.
 const DEVICE_FEATURES: u64 = 0x00ff_ffff | (0x3fff << 50);
 /// Ring features that need nothing from the transport. The other transport
@@ -57,134 +62,6 @@ pub struct VhostUserParams {
     /// Config bytes served instead of GET_CONFIG (backends without the
     /// CONFIG protocol feature).
     pub config: Option<Vec<u8>>,
-}
-
-/// How long we wait for a backend.
-#[derive(Debug, Clone, Copy)]
-pub struct Timeouts {
-    /// For the socket to accept a connection (start-up and reconnects).
-    pub connect: Duration,
-    /// For each reply; a vCPU waits this long at most, once.
-    pub reply: Duration,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Timeouts {
-            connect: Duration::from_secs(5),
-            reply: Duration::from_secs(3),
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("Nothing listens on vhost-user socket {path} (waited {waited:?})")]
-    Connect {
-        path: PathBuf,
-        waited: Duration,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("Failed to watch vhost-user socket {path}")]
-    Watchdog {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("vhost-user {what} failed")]
-    Backend {
-        what: &'static str,
-        #[source]
-        source: vhost::Error,
-    },
-    #[error("vhost-user GET_CONFIG failed")]
-    GetConfig(#[source] get_config::Error),
-    #[error("vhost-user {what}: no reply within {after:?}; connection closed")]
-    NoReply { what: &'static str, after: Duration },
-    #[error("vhost-user connection to {path} is down until the device is reset")]
-    Disconnected { path: PathBuf },
-    #[error(
-        "device {id}: {asked} queues were asked for (queue_sizes) but the backend offers {offered} (VHOST_USER_GET_QUEUE_NUM)"
-    )]
-    TooManyQueues {
-        id: String,
-        asked: usize,
-        offered: u64,
-    },
-    #[error(
-        "device {id}: the backend refuses queue {index} with {size} entries (SET_VRING_NUM): it has fewer queues or a smaller maximum queue size"
-    )]
-    QueueRefused {
-        id: String,
-        index: usize,
-        size: u16,
-        #[source]
-        source: Box<Error>,
-    },
-    #[error(
-        "device {id}: {ty} has a config space but the backend lacks VHOST_USER_PROTOCOL_F_CONFIG; give its bytes with config=HEX"
-    )]
-    NoConfigFeature { id: String, ty: String },
-    #[error("guest memory region at {addr:#x} is not shared (use --memory shared=on)")]
-    NotShared { addr: u64 },
-    #[error("queue {queue}: ring at {addr:#x}+{len:#x} is not in guest memory")]
-    BadRingAddress { queue: usize, addr: u64, len: u64 },
-}
-
-/// How a request can fail: the vhost crate's frontend, or our own
-/// GET_CONFIG.
-trait RequestError: std::error::Error {
-    /// Whether the byte stream cannot be trusted any more (lost, cut, or
-    /// out of step with our requests); a refusal from a live backend is
-    /// not such a failure.
-    fn breaks_connection(&self) -> bool;
-    fn into_error(self, what: &'static str) -> Error;
-}
-
-impl RequestError for vhost::Error {
-    fn breaks_connection(&self) -> bool {
-        use vhost::vhost_user::Error as E;
-        match self {
-            vhost::Error::VhostUserProtocol(inner) => !matches!(
-                inner,
-                E::InvalidParam
-                    | E::InvalidOperation(_)
-                    | E::InactiveFeature(_)
-                    | E::InactiveOperation(_)
-                    | E::BackendInternalError
-                    | E::FeatureMismatch
-            ),
-            _ => false,
-        }
-    }
-
-    fn into_error(self, what: &'static str) -> Error {
-        Error::Backend { what, source: self }
-    }
-}
-
-impl RequestError for get_config::Error {
-    fn breaks_connection(&self) -> bool {
-        get_config::Error::breaks_connection(self)
-    }
-
-    fn into_error(self, _: &'static str) -> Error {
-        Error::GetConfig(self)
-    }
-}
-
-/// What requests go through: the vhost crate's frontend, and its socket
-/// for the requests we send ourselves.
-struct Link {
-    frontend: Frontend,
-    socket: UnixStream,
-}
-
-/// One connection to the backend and the watchdog on its socket.
-struct Connection {
-    link: Link,
-    watchdog: Watchdog,
 }
 
 /// What negotiation settled.
@@ -629,44 +506,6 @@ impl VirtioDevice for GenericVhostUser {
         );
         self.connect()
     }
-}
-
-/// Connects, retrying while the socket does not exist or nobody accepts
-/// yet (a backend starting next to us), until `deadline` has passed.
-/// Returns the frontend and a second handle on its socket for the watchdog.
-fn connect(params: &VhostUserParams, deadline: Duration) -> Result<(Frontend, UnixStream), Error> {
-    let path = &params.socket;
-    let start = Instant::now();
-    let failed = |source| Error::Connect {
-        path: path.clone(),
-        waited: start.elapsed(),
-        source,
-    };
-    let stream = loop {
-        match UnixStream::connect(path) {
-            Ok(stream) => break stream,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-                ) && start.elapsed() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(e) => return Err(failed(e)),
-        }
-    };
-    let watched = stream.try_clone().map_err(failed)?;
-    log::debug!(
-        "{}: connected to {} after {:?}",
-        params.id,
-        path.display(),
-        start.elapsed()
-    );
-    Ok((
-        Frontend::from_stream(stream, params.queue_sizes.len() as u64),
-        watched,
-    ))
 }
 
 #[cfg(test)]

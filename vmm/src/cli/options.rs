@@ -2,6 +2,8 @@
 //! and bracketed lists, split into pairs and checked against the keys an
 //! option has. What the keys mean is the caller's business.
 
+use std::num::ParseIntError;
+
 use super::parse::OptionError;
 
 /// What `split_options` and the error messages need to know of an option.
@@ -18,6 +20,25 @@ impl OptionForm {
             option: self.name,
             problem: problem.into(),
             form: self.form,
+        }
+    }
+}
+
+impl OptionForm {
+    /// Key `what`'s `value` is not what it should be: `expected`.
+    pub fn invalid(
+        &self,
+        what: &'static str,
+        value: &str,
+        expected: &'static str,
+        source: Option<ParseIntError>,
+    ) -> OptionError {
+        OptionError::InvalidValue {
+            option: self.name,
+            what,
+            value: value.to_owned(),
+            expected,
+            source,
         }
     }
 }
@@ -79,13 +100,7 @@ impl<'a> Options<'a> {
             None => Ok(None),
             Some("on") => Ok(Some(true)),
             Some("off") => Ok(Some(false)),
-            Some(other) => Err(OptionError::InvalidValue {
-                option: self.form.name,
-                what: key,
-                value: other.to_owned(),
-                expected: "on or off",
-                source: None,
-            }),
+            Some(other) => Err(self.form.invalid(key, other, "on or off", None)),
         }
     }
 }

@@ -151,13 +151,7 @@ fn parse_memory(value: &str) -> Result<MemoryConfig, OptionError> {
 }
 
 fn parse_memory_size(value: &str, hugepages: bool) -> Result<u64, OptionError> {
-    let invalid = |expected, source| OptionError::InvalidValue {
-        option: MEMORY.name,
-        what: "size",
-        value: value.to_owned(),
-        expected,
-        source,
-    };
+    let invalid = |expected, source| MEMORY.invalid("size", value, expected, source);
     const OUT_OF_RANGE: &str = "2M to 1T, e.g. size=512M";
     let (digits, shift) = match value.as_bytes().last() {
         Some(b'K' | b'k') => (value.get(..value.len() - 1), 10),
@@ -265,13 +259,9 @@ fn parse_device_type(key: &'static str, value: &str) -> Result<VirtioDeviceType,
 fn parse_queue_sizes(value: &str) -> Result<Vec<u16>, OptionError> {
     const EXPECTED: &str = "a power of two from 1 to 32768 per queue, e.g. queue_sizes=[256,256]";
     let list = match value.strip_prefix('[') {
-        Some(rest) => rest.strip_suffix(']').ok_or(OptionError::InvalidValue {
-            option: GENERIC_VHOST_USER.name,
-            what: "queue_sizes",
-            value: value.to_owned(),
-            expected: EXPECTED,
-            source: None,
-        })?,
+        Some(rest) => rest
+            .strip_suffix(']')
+            .ok_or_else(|| GENERIC_VHOST_USER.invalid("queue_sizes", value, EXPECTED, None))?,
         None => value,
     };
     if list.is_empty() {
@@ -279,13 +269,7 @@ fn parse_queue_sizes(value: &str) -> Result<Vec<u16>, OptionError> {
     }
     list.split(',')
         .map(|size| {
-            let invalid = |source| OptionError::InvalidValue {
-                option: GENERIC_VHOST_USER.name,
-                what: "queue size",
-                value: size.to_owned(),
-                expected: EXPECTED,
-                source,
-            };
+            let invalid = |source| GENERIC_VHOST_USER.invalid("queue size", size, EXPECTED, source);
             match size.parse::<u16>() {
                 Ok(n) if n.is_power_of_two() && n <= MAX_QUEUE_SIZE => Ok(n),
                 Ok(_) => Err(invalid(None)),
@@ -313,13 +297,8 @@ fn parse_hex(value: &str) -> Result<Vec<u8>, OptionError> {
     } else {
         None
     };
-    parsed.ok_or_else(|| OptionError::InvalidValue {
-        option: GENERIC_VHOST_USER.name,
-        what: "config",
-        value: value.to_owned(),
-        expected: "an even number of hex digits, e.g. config=0a0b0c0d",
-        source: None,
-    })
+    let expected = "an even number of hex digits, e.g. config=0a0b0c0d";
+    parsed.ok_or_else(|| GENERIC_VHOST_USER.invalid("config", value, expected, None))
 }
 
 fn parse_disk(value: &str) -> Result<DiskConfig, OptionError> {
@@ -338,13 +317,7 @@ fn parse_number(
     range: RangeInclusive<u64>,
     expected: &'static str,
 ) -> Result<u64, OptionError> {
-    let invalid = |source| OptionError::InvalidValue {
-        option: form.name,
-        what,
-        value: value.to_owned(),
-        expected,
-        source,
-    };
+    let invalid = |source| form.invalid(what, value, expected, source);
     match value.parse::<u64>() {
         Ok(n) if range.contains(&n) => Ok(n),
         Ok(_) => Err(invalid(None)),

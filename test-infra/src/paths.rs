@@ -66,7 +66,7 @@ pub fn vmm_binary() -> Result<PathBuf, String> {
     built_artifact(
         "VMM_BIN",
         workspace_root().join("target/release/vmm"),
-        &["vmm/src", "vmm/Cargo.toml"],
+        &["vmm/src", "vmm/Cargo.toml", "virtio-types/src"],
         &[],
         "cargo build --release -p vmm",
     )
@@ -88,7 +88,7 @@ pub fn conformance_binary() -> Result<PathBuf, String> {
     built_artifact(
         "VHOST_USER_CONFORMANCE",
         workspace_root().join("target/release/vhost-user-conformance"),
-        &["test-infra/src"],
+        &["test-infra/src", "virtio-types/src"],
         // cargo does not relink the runner when only the bench changed.
         &["test-infra/src/bin/bench.rs"],
         "cargo build --release -p test-infra",

@@ -9,6 +9,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 
+use crate::util::lock;
+
 /// A device on a bus: it sees offsets into its own range and bytes, nothing else.
 pub trait BusDevice: Send {
     /// Fill `data` with what the guest reads at `offset`.
@@ -109,12 +111,6 @@ impl Bus {
             None => false,
         }
     }
-}
-
-/// A device whose lock was poisoned by a panicking thread is still the best
-/// state we have; the VM keeps running rather than panicking every vCPU.
-pub fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

@@ -5,18 +5,22 @@ mod builder;
 mod bus;
 mod cli;
 mod config;
+mod device_manager;
 mod devices;
+mod interrupt;
 mod logger;
 mod pci;
+mod util;
 mod virtio;
 mod vm_exit;
 mod vmm;
 mod vstate;
 
-use std::error::Error;
 use std::process::ExitCode;
 
 use clap::Parser;
+
+use crate::util::error_chain;
 
 /// Exit status for start-up failures (bad configuration is 2, from the CLI).
 const EXIT_START_FAILED: u8 = 1;
@@ -38,7 +42,7 @@ fn main() -> ExitCode {
     let vmm = match builder::build_vm(&config) {
         Ok(vmm) => vmm,
         Err(e) => {
-            log::error!("{}", error_chain(&e));
+            // Once, on stderr: the logger writes there too by default.
             eprintln!("vmm: error: {}", error_chain(&e));
             return ExitCode::from(EXIT_START_FAILED);
         }
@@ -56,16 +60,4 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_START_FAILED)
         }
     }
-}
-
-/// "outer: cause: root cause", the way the error's sources nest.
-pub(crate) fn error_chain(error: &dyn Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

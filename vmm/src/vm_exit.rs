@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::bus::lock;
+use crate::util::lock;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExitReason {

@@ -6,23 +6,20 @@ use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
-use crate::bus::lock;
 use crate::devices::serial::Serial;
+use crate::util::lock;
 use crate::vm_exit::{ExitReason, VmExit};
 use crate::vstate::memory::GuestMemory;
-use crate::vstate::vcpu::{Buses, Vcpu};
+use crate::vstate::vcpu::{kick_handler, Buses, Vcpu};
 use crate::vstate::vm::Vm;
 
 const EVENT_EXIT: u64 = 0;
 const EVENT_SIGNAL: u64 = 1;
 const EVENT_STDIN: u64 = 2;
-/// How often a vCPU thread is kicked while we wait for it to leave KVM_RUN.
-const KICK_INTERVAL: Duration = Duration::from_millis(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -167,20 +164,20 @@ impl Vmm {
     }
 }
 
-extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
-
-/// Kicks every vCPU thread out of KVM_RUN until it has seen the stop and
-/// returned, then joins it. Kicks repeat because one may land just before
-/// a thread enters KVM_RUN.
+/// Kicks every vCPU thread out of KVM_RUN, then joins it. One kick is
+/// enough: the stop is requested before it, and the kick sets the vCPU's
+/// `immediate_exit`, so a thread it reaches just before KVM_RUN returns
+/// from it at once and sees the stop.
 fn stop_vcpus(threads: Vec<JoinHandle<Vcpu>>) -> Vec<Vcpu> {
-    let mut vcpus = Vec::with_capacity(threads.len());
-    for thread in threads {
-        while !thread.is_finished() {
+    for thread in &threads {
+        if !thread.is_finished() {
             if let Err(e) = thread.kill(SIGRTMIN()) {
                 log::debug!("Kick failed: {e}");
             }
-            std::thread::sleep(KICK_INTERVAL);
         }
+    }
+    let mut vcpus = Vec::with_capacity(threads.len());
+    for thread in threads {
         match thread.join() {
             Ok(vcpu) => vcpus.push(vcpu),
             Err(_) => log::error!("A vCPU thread panicked"),

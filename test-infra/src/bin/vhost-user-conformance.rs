@@ -78,27 +78,19 @@ struct Args {
     command: Vec<String>,
 }
 
+/// A VIRTIO device ID or name from the table `vmm` uses, within the IDs
+/// virtio-pci carries.
 fn parse_virtio_id(s: &str) -> Result<u32, String> {
-    const NAMES: &[(&str, u32)] = &[
-        ("net", 1),
-        ("block", 2),
-        ("console", 3),
-        ("rng", 4),
-        ("vsock", 19),
-        ("sound", 25),
-        ("fs", 26),
-        ("scmi", 32),
-        ("i2c", 34),
-        ("gpio", 41),
-    ];
-    if let Some((_, id)) = NAMES.iter().find(|(n, _)| *n == s) {
-        return Ok(*id);
-    }
-    match s.parse::<u32>() {
-        Ok(id @ 1..=63) => Ok(id),
+    const PCI_IDS: std::ops::RangeInclusive<u32> = 1..=63;
+    match s.parse::<virtio_types::VirtioDeviceType>() {
+        Ok(t) if PCI_IDS.contains(&t.id()) => Ok(t.id()),
         _ => Err(format!(
             "expected a device ID from 1 to 63 or one of {}",
-            NAMES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+            virtio_types::names()
+                .filter(|(id, _)| PCI_IDS.contains(id))
+                .map(|(_, name)| name)
+                .collect::<Vec<_>>()
+                .join(", ")
         )),
     }
 }

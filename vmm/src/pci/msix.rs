@@ -1,11 +1,14 @@
 //! MSI-X: the capability's control word, the vector table and the pending
 //! bit array, with per-vector and function masking. Delivery is behind
-//! `MsiVectors` (KVM routes and irqfds in `vstate::interrupts`), so this is a
+//! `interrupt::MsiInterruptGroup` (KVM routes and irqfds), so this is a
 //! plain state machine: offsets and bytes in, vector updates out.
+
+use std::sync::Arc;
 
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::vstate::interrupts::InterruptError;
+use crate::interrupt::{MsiInterruptGroup, MsiMessage};
+use crate::util::error_chain;
 
 pub const CAPABILITY_ID: u8 = 0x11;
 pub const ENTRY_SIZE: u64 = 16;
@@ -14,26 +17,6 @@ const CONTROL_FUNCTION_MASK: u16 = 1 << 14;
 const VECTOR_MASKED: u32 = 1;
 /// The control word's offset inside the capability.
 const CONTROL_OFFSET: usize = 2;
-
-/// Where interrupts go: one eventfd per vector that raises it when routed
-/// and unmasked. A signal that arrives while a vector is masked must be
-/// kept and delivered when it is unmasked (MSI-X's pending bit).
-pub trait MsiVectors: Send {
-    /// Routes `vector` to the message `address`/`data`, then arms it
-    /// (`masked == false`) or disarms it.
-    fn update(
-        &mut self,
-        vector: usize,
-        address: u64,
-        data: u32,
-        masked: bool,
-    ) -> Result<(), InterruptError>;
-    /// Whether a signal is waiting on a masked vector.
-    fn pending(&self, vector: usize) -> bool;
-    /// The eventfd that raises `vector`: what a vhost-user backend gets as
-    /// its call fd.
-    fn irqfd(&self, vector: usize) -> Option<&EventFd>;
-}
 
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 struct Entry {
@@ -76,14 +59,14 @@ impl Entry {
 
 pub struct Msix {
     entries: Vec<Entry>,
-    vectors: Box<dyn MsiVectors>,
+    vectors: Arc<dyn MsiInterruptGroup>,
     enabled: bool,
     function_masked: bool,
 }
 
 impl Msix {
     /// `count` vectors, all masked, MSI-X disabled: the reset state.
-    pub fn new(vectors: Box<dyn MsiVectors>, count: u16) -> Msix {
+    pub fn new(vectors: Arc<dyn MsiInterruptGroup>, count: u16) -> Msix {
         Msix {
             entries: vec![
                 Entry {
@@ -190,11 +173,12 @@ impl Msix {
         let masked = self.masked(i);
         let e = self.entries[i];
         let address = (u64::from(e.addr_hi) << 32) | u64::from(e.addr_lo);
-        if let Err(err) = self.vectors.update(i, address, e.data, masked) {
-            log::error!(
-                "MSI-X vector {i}: {}",
-                crate::error_chain(&err as &dyn std::error::Error)
-            );
+        let message = MsiMessage {
+            address,
+            data: e.data,
+        };
+        if let Err(err) = self.vectors.update(i, message, masked) {
+            log::error!("MSI-X: {}", error_chain(&err));
         }
     }
 
@@ -244,123 +228,27 @@ impl Msix {
 
     /// The eventfd a backend signals for `vector` (None: no such vector).
     pub fn irqfd(&self, vector: u16) -> Option<&EventFd> {
-        self.vectors.irqfd(usize::from(vector))
+        self.vectors.notifier(usize::from(vector))
     }
 
     /// Raises `vector` from the VMM itself (config change interrupts); if
     /// the vector is masked it stays pending.
+    #[cfg(test)]
     pub fn trigger(&self, vector: u16) {
-        if let Some(fd) = self.irqfd(vector) {
-            if let Err(e) = fd.write(1) {
-                log::error!("MSI-X vector {vector}: failed to signal: {e}");
-            }
+        if let Err(e) = self.vectors.trigger(usize::from(vector)) {
+            log::error!("MSI-X: {}", error_chain(&e));
         }
     }
 }
 
 #[cfg(test)]
-pub mod tests {
+mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
+    use crate::interrupt::fake::FakeMsiGroup;
 
-    /// What KVM would do, observable: routes, arming, and deliveries (a
-    /// signal on an armed vector, or one kept while masked and delivered
-    /// when armed).
-    #[derive(Default)]
-    pub struct Log {
-        pub routes: Vec<Option<(u64, u32)>>,
-        pub armed: Vec<bool>,
-        pub delivered: Vec<(usize, u64, u32)>,
-    }
-
-    pub struct FakeVectors {
-        irq: FakeIrq,
-    }
-
-    /// The test's handle: what was routed, armed and delivered.
-    #[derive(Clone)]
-    pub struct FakeIrq {
-        fds: Arc<Vec<EventFd>>,
-        pub log: Arc<Mutex<Log>>,
-    }
-
-    impl FakeVectors {
-        pub fn new(count: usize) -> (Box<FakeVectors>, FakeIrq) {
-            let log = Arc::new(Mutex::new(Log {
-                routes: vec![None; count],
-                armed: vec![false; count],
-                delivered: Vec::new(),
-            }));
-            let fds = (0..count)
-                .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
-                .collect();
-            let irq = FakeIrq {
-                fds: Arc::new(fds),
-                log,
-            };
-            (Box::new(FakeVectors { irq: irq.clone() }), irq)
-        }
-    }
-
-    impl FakeIrq {
-        /// Delivers what is waiting on armed vectors, as KVM's irqfd would.
-        pub fn poll(&self) {
-            let mut log = self.log.lock().unwrap();
-            for (i, fd) in self.fds.iter().enumerate() {
-                if log.armed[i] && fd.read().is_ok() {
-                    let (addr, data) = log.routes[i].unwrap();
-                    log.delivered.push((i, addr, data));
-                }
-            }
-        }
-
-        pub fn delivered(&self) -> Vec<(usize, u64, u32)> {
-            self.poll();
-            self.log.lock().unwrap().delivered.clone()
-        }
-
-        pub fn armed(&self, vector: usize) -> bool {
-            self.log.lock().unwrap().armed[vector]
-        }
-
-        pub fn route(&self, vector: usize) -> Option<(u64, u32)> {
-            self.log.lock().unwrap().routes[vector]
-        }
-    }
-
-    impl MsiVectors for FakeVectors {
-        fn update(
-            &mut self,
-            vector: usize,
-            address: u64,
-            data: u32,
-            masked: bool,
-        ) -> Result<(), InterruptError> {
-            {
-                let mut log = self.irq.log.lock().unwrap();
-                if !masked {
-                    log.routes[vector] = Some((address, data));
-                }
-                log.armed[vector] = !masked;
-            }
-            self.irq.poll();
-            Ok(())
-        }
-
-        fn pending(&self, vector: usize) -> bool {
-            let fd = &self.irq.fds[vector];
-            match fd.read() {
-                Ok(n) => {
-                    fd.write(n).unwrap();
-                    true
-                }
-                Err(_) => false,
-            }
-        }
-
-        fn irqfd(&self, vector: usize) -> Option<&EventFd> {
-            self.irq.fds.get(vector)
-        }
+    fn fake(count: usize) -> (Arc<FakeMsiGroup>, FakeMsiGroup) {
+        let group = FakeMsiGroup::new(count);
+        (Arc::new(group.clone()), group)
     }
 
     fn program(msix: &mut Msix, vector: u64, addr: u64, data: u32) {
@@ -382,7 +270,7 @@ pub mod tests {
 
     #[test]
     fn reset_state_and_capability_layout() {
-        let (vectors, _) = FakeVectors::new(3);
+        let (vectors, _) = fake(3);
         let msix = Msix::new(vectors, 3);
         assert_eq!(msix.control(), 2, "table size N-1, disabled, unmasked");
         assert_eq!(msix.table_len(), 48);
@@ -399,7 +287,7 @@ pub mod tests {
 
     #[test]
     fn control_word_through_configuration_space() {
-        let (vectors, irq) = FakeVectors::new(2);
+        let (vectors, irq) = fake(2);
         let mut msix = Msix::new(vectors, 2);
         program(&mut msix, 1, 0xfee0_0000, 0x41);
         unmask(&mut msix, 1);
@@ -425,7 +313,7 @@ pub mod tests {
 
     #[test]
     fn masked_vectors_keep_signals_pending_until_unmasked() {
-        let (vectors, irq) = FakeVectors::new(2);
+        let (vectors, irq) = fake(2);
         let mut msix = Msix::new(vectors, 2);
         msix.set_control(CONTROL_ENABLE);
         program(&mut msix, 0, 0xfee0_0000, 0x30);
@@ -442,7 +330,7 @@ pub mod tests {
 
     #[test]
     fn entries_accept_any_access_width_and_route_on_change() {
-        let (vectors, irq) = FakeVectors::new(1);
+        let (vectors, irq) = fake(1);
         let mut msix = Msix::new(vectors, 1);
         msix.set_control(CONTROL_ENABLE);
         let mut entry = Entry {

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use super::{BarMapping, BarReprogram, PciDevice};
-use crate::bus::{lock, Bus, BusDevice, BusError};
+use crate::bus::{Bus, BusDevice, BusError};
+use crate::util::lock;
 
 pub const DEVICES_PER_BUS: usize = 32;
 

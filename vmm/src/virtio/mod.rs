@@ -1,39 +1,47 @@
-//! VIRTIO devices: the device type table, the virtio-pci transport and the
-//! generic vhost-user device behind it.
+//! VIRTIO devices: the interface every device offers its transport, what
+//! a device is handed when the driver sets DRIVER_OK, the virtio-pci
+//! transport, the worker thread devices serve their events on, and the
+//! generic vhost-user device.
 
-pub mod device_type;
+pub mod interrupt;
 pub mod pci;
 pub mod vhost_user;
+pub mod worker;
 
-use std::sync::Arc;
-
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
+
+pub use self::interrupt::VirtioInterrupt;
 
 /// VIRTIO_F_VERSION_1: the modern interface, which our transport is.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// VIRTIO_F_RING_EVENT_IDX: used_event and avail_event in the rings.
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 
-/// How a device tells its transport, from a thread of its own, that it
-/// failed while the guest was not touching it (its backend hung up). The
-/// call returns false while the transport is busy; the caller retries.
-pub type FailureSignal = Arc<dyn Fn() -> bool + Send + Sync>;
-
-/// A queue the guest enabled, as the transport hands it to the device at
-/// DRIVER_OK: guest-physical ring addresses and the eventfds that carry
-/// kicks (KVM ioeventfd) and calls (KVM irqfd of the queue's MSI-X vector).
-pub struct QueueSetup<'a> {
+/// A queue the driver enabled: the ring as the driver laid it out, and the
+/// eventfds that carry its kicks (a KVM ioeventfd on the notify address)
+/// and its calls (the irqfd of the queue's MSI-X vector).
+pub struct ActiveQueue {
     pub index: usize,
-    pub size: u16,
-    pub desc: u64,
-    pub avail: u64,
-    pub used: u64,
-    pub kick: &'a EventFd,
-    pub call: &'a EventFd,
+    pub queue: virtio_queue::Queue,
+    pub kick: EventFd,
+    pub call: EventFd,
+}
+
+/// Everything a device needs once the driver is ready, in one value.
+pub struct ActivateContext {
+    pub mem: GuestMemoryMmap,
+    /// The features the driver acked.
+    pub features: u64,
+    /// The enabled queues, by index.
+    pub queues: Vec<ActiveQueue>,
+    pub interrupt: VirtioInterrupt,
 }
 
 /// What a transport needs from a device: its identity, features and queue
 /// layout, its config window, and the three moments of its life (config
-/// access, DRIVER_OK, reset). The generic vhost-user device is one; tests
-/// use others.
+/// access, DRIVER_OK, reset). In-VMM devices and the generic vhost-user
+/// device alike; tests use others.
 pub trait VirtioDevice: Send {
     type Error: std::error::Error + 'static;
 
@@ -51,12 +59,10 @@ pub trait VirtioDevice: Send {
     /// `offset` and `data` are inside the window.
     fn read_config(&mut self, offset: u32, data: &mut [u8]) -> Result<(), Self::Error>;
     fn write_config(&mut self, offset: u32, data: &[u8]) -> Result<(), Self::Error>;
-    /// DRIVER_OK: `features` are the driver's, `queues` the enabled ones.
-    fn activate(&mut self, features: u64, queues: &[QueueSetup<'_>]) -> Result<(), Self::Error>;
+    /// DRIVER_OK. A device that fails later, on a thread of its own, says so
+    /// through `context.interrupt.set_needs_reset()`.
+    fn activate(&mut self, context: ActivateContext) -> Result<(), Self::Error>;
     /// The driver wrote 0 to device_status: stop and be ready to negotiate
     /// again.
     fn reset(&mut self) -> Result<(), Self::Error>;
-    /// Where to signal failures found between guest accesses; devices that
-    /// only fail when asked something ignore it.
-    fn set_failure_signal(&mut self, _signal: FailureSignal) {}
 }

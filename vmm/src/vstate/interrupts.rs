@@ -2,7 +2,8 @@
 //! `KVM_SET_GSI_ROUTING`. Masking detaches the irqfd; KVM delivers a signal
 //! that arrived while masked when it is attached again (the eventfd keeps
 //! its count), which is exactly the pending-bit semantics MSI-X asks for.
-//! Also the MMIO ioeventfds that carry virtqueue kicks.
+//! Also the MMIO ioeventfds that carry virtqueue kicks. These implement the
+//! traits of `crate::interrupt`, through which devices see them.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -14,16 +15,17 @@ use kvm_bindings::{
 use kvm_ioctls::VmFd;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::bus::lock;
-use crate::pci::msix::MsiVectors;
-use crate::virtio::pci::IoEventRegistry;
+use crate::interrupt::{
+    InterruptError, IoEventError, IoEventRegistry, MsiInterruptGroup, MsiMessage,
+};
+use crate::util::lock;
 
 /// GSIs 0-23 belong to the IOAPIC (and 0-15 to the PICs).
 const FIRST_MSI_GSI: u32 = 24;
 const MAX_GSI: u32 = 1023;
 
 #[derive(Debug, thiserror::Error)]
-pub enum InterruptError {
+pub enum KvmInterruptError {
     #[error("No free GSI for another MSI vector")]
     OutOfGsis,
     #[error("Failed to create an eventfd")]
@@ -117,11 +119,11 @@ impl MsiRouter {
     }
 
     /// A new vector, masked (no route, irqfd detached).
-    pub fn allocate(self: &Arc<Self>) -> Result<MsiVector, InterruptError> {
+    pub fn allocate(self: &Arc<Self>) -> Result<MsiVector, KvmInterruptError> {
         let gsi = {
             let mut next = lock(&self.next_gsi);
             if *next > MAX_GSI {
-                return Err(InterruptError::OutOfGsis);
+                return Err(KvmInterruptError::OutOfGsis);
             }
             *next += 1;
             *next - 1
@@ -129,7 +131,7 @@ impl MsiRouter {
         Ok(MsiVector {
             router: self.clone(),
             gsi,
-            irqfd: EventFd::new(libc::EFD_NONBLOCK).map_err(InterruptError::EventFd)?,
+            irqfd: EventFd::new(libc::EFD_NONBLOCK).map_err(KvmInterruptError::EventFd)?,
             attached: false,
         })
     }
@@ -137,15 +139,15 @@ impl MsiRouter {
     fn commit(
         &self,
         routes: &BTreeMap<(u32, u32, u32), kvm_irq_routing_entry>,
-    ) -> Result<(), InterruptError> {
+    ) -> Result<(), KvmInterruptError> {
         let entries: Vec<kvm_irq_routing_entry> = routes.values().copied().collect();
-        let table = KvmIrqRouting::from_entries(&entries).map_err(InterruptError::Routing)?;
+        let table = KvmIrqRouting::from_entries(&entries).map_err(KvmInterruptError::Routing)?;
         self.fd
             .set_gsi_routing(&table)
-            .map_err(InterruptError::SetRouting)
+            .map_err(KvmInterruptError::SetRouting)
     }
 
-    fn set_msi(&self, gsi: u32, address: u64, data: u32) -> Result<(), InterruptError> {
+    fn set_msi(&self, gsi: u32, address: u64, data: u32) -> Result<(), KvmInterruptError> {
         let mut routes = lock(&self.routes);
         let route = msi_route(gsi, address, data);
         let key = (gsi, KIND_MSI, 0);
@@ -167,7 +169,12 @@ fn same_msi(a: &kvm_irq_routing_entry, b: &kvm_irq_routing_entry) -> bool {
 impl MsiVector {
     /// Routes the vector to `address`/`data` and attaches or detaches the
     /// irqfd according to `masked`.
-    pub fn update(&mut self, address: u64, data: u32, masked: bool) -> Result<(), InterruptError> {
+    pub fn update(
+        &mut self,
+        address: u64,
+        data: u32,
+        masked: bool,
+    ) -> Result<(), KvmInterruptError> {
         if !masked {
             self.router.set_msi(self.gsi, address, data)?;
         }
@@ -178,7 +185,7 @@ impl MsiVector {
             } else {
                 self.router.fd.register_irqfd(&self.irqfd, gsi)
             };
-            result.map_err(|source| InterruptError::Irqfd { gsi, source })?;
+            result.map_err(|source| KvmInterruptError::Irqfd { gsi, source })?;
             self.attached = !masked;
         }
         Ok(())
@@ -201,40 +208,56 @@ impl MsiVector {
     }
 }
 
-/// A device's MSI-X vectors as KVM GSIs with irqfds.
-pub struct KvmMsiVectors {
-    vectors: Vec<MsiVector>,
+/// A device's MSI-X vectors as KVM GSIs with irqfds. The irqfds stay put
+/// (backends hold them); only the routes and attachment change, under a lock
+/// of their own so that triggering never waits for it.
+pub struct KvmMsiGroup {
+    irqfds: Vec<EventFd>,
+    vectors: Vec<Mutex<MsiVector>>,
 }
 
-impl KvmMsiVectors {
-    pub fn new(router: &Arc<MsiRouter>, count: u16) -> Result<Self, InterruptError> {
+impl KvmMsiGroup {
+    pub fn new(router: &Arc<MsiRouter>, count: u16) -> Result<Self, KvmInterruptError> {
         let vectors = (0..count)
             .map(|_| router.allocate())
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(KvmMsiVectors { vectors })
+        let irqfds = vectors
+            .iter()
+            .map(|v| v.irqfd.try_clone())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(KvmInterruptError::EventFd)?;
+        Ok(KvmMsiGroup {
+            irqfds,
+            vectors: vectors.into_iter().map(Mutex::new).collect(),
+        })
     }
 }
 
-impl MsiVectors for KvmMsiVectors {
+impl MsiInterruptGroup for KvmMsiGroup {
     fn update(
-        &mut self,
+        &self,
         vector: usize,
-        address: u64,
-        data: u32,
+        message: MsiMessage,
         masked: bool,
     ) -> Result<(), InterruptError> {
-        match self.vectors.get_mut(vector) {
-            Some(v) => v.update(address, data, masked),
-            None => Ok(()),
-        }
+        let v = self
+            .vectors
+            .get(vector)
+            .ok_or(InterruptError::NoVector(vector))?;
+        lock(v)
+            .update(message.address, message.data, masked)
+            .map_err(|e| InterruptError::Update {
+                vector,
+                source: Box::new(e),
+            })
     }
 
     fn pending(&self, vector: usize) -> bool {
-        self.vectors.get(vector).is_some_and(MsiVector::pending)
+        self.vectors.get(vector).is_some_and(|v| lock(v).pending())
     }
 
-    fn irqfd(&self, vector: usize) -> Option<&EventFd> {
-        self.vectors.get(vector).map(|v| &v.irqfd)
+    fn notifier(&self, vector: usize) -> Option<&EventFd> {
+        self.irqfds.get(vector)
     }
 }
 
@@ -248,36 +271,42 @@ impl Drop for MsiVector {
 
 /// MMIO ioeventfds: a guest write to the address signals the eventfd inside
 /// KVM, with no exit to the VMM.
-pub struct IoEvents {
+pub struct KvmIoEvents {
     fd: Arc<VmFd>,
 }
 
-impl IoEvents {
+impl KvmIoEvents {
     pub fn new(fd: Arc<VmFd>) -> Self {
-        IoEvents { fd }
+        KvmIoEvents { fd }
     }
 }
 
-impl IoEventRegistry for IoEvents {
+impl IoEventRegistry for KvmIoEvents {
     /// Any write width matches (no datamatch, length 0).
-    fn register(&self, event: &EventFd, addr: u64) -> std::io::Result<()> {
+    fn register(&self, event: &EventFd, addr: u64) -> Result<(), IoEventError> {
         self.fd
             .register_ioevent(
                 event,
                 &kvm_ioctls::IoEventAddress::Mmio(addr),
                 kvm_ioctls::NoDatamatch,
             )
-            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+            .map_err(|e| IoEventError::Register {
+                addr,
+                source: Box::new(e),
+            })
     }
 
-    fn unregister(&self, event: &EventFd, addr: u64) -> std::io::Result<()> {
+    fn unregister(&self, event: &EventFd, addr: u64) -> Result<(), IoEventError> {
         self.fd
             .unregister_ioevent(
                 event,
                 &kvm_ioctls::IoEventAddress::Mmio(addr),
                 kvm_ioctls::NoDatamatch,
             )
-            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+            .map_err(|e| IoEventError::Unregister {
+                addr,
+                source: Box::new(e),
+            })
     }
 }
 
@@ -401,21 +430,25 @@ mod tests {
         vcpu.set_lapic(&lapic).unwrap();
 
         let router = MsiRouter::new(vm.shared_fd());
-        let mut vectors = KvmMsiVectors::new(&router, 2).unwrap();
-        vectors.update(0, 0xfee0_0000, 0x45, false).unwrap();
-        vectors.irqfd(0).unwrap().write(1).unwrap();
+        let vectors = KvmMsiGroup::new(&router, 2).unwrap();
+        let msg = |data| MsiMessage {
+            address: 0xfee0_0000,
+            data,
+        };
+        vectors.update(0, msg(0x45), false).unwrap();
+        vectors.notifier(0).unwrap().write(1).unwrap();
         assert!(
             wait_for(|| lapic_irr(&vcpu, 0x45)),
             "unmasked vector delivered"
         );
 
-        vectors.update(1, 0xfee0_0000, 0x46, true).unwrap();
-        vectors.irqfd(1).unwrap().write(1).unwrap();
+        vectors.update(1, msg(0x46), true).unwrap();
+        vectors.notifier(1).unwrap().write(1).unwrap();
         std::thread::sleep(Duration::from_millis(50));
         assert!(!lapic_irr(&vcpu, 0x46), "masked vector not delivered");
         assert!(vectors.pending(1), "masked vector pending");
         assert!(vectors.pending(1), "reading the pending bit keeps it");
-        vectors.update(1, 0xfee0_0000, 0x46, false).unwrap();
+        vectors.update(1, msg(0x46), false).unwrap();
         assert!(wait_for(|| lapic_irr(&vcpu, 0x46)), "delivered on unmask");
         assert!(!vectors.pending(1));
     }
@@ -427,7 +460,7 @@ mod tests {
         let Some(vm) = vm_or_skip("ioeventfds_register_move_and_unregister") else {
             return;
         };
-        let io = IoEvents::new(vm.shared_fd());
+        let io = KvmIoEvents::new(vm.shared_fd());
         let kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         io.register(&kick, 0xc000_3000).unwrap();
         assert!(io.register(&kick, 0xc000_3000).is_err(), "twice is refused");

@@ -6,9 +6,9 @@ use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::FromRawFd;
 
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
+use vm_memory::{FileOffset, GuestMemoryMmap};
 
-use crate::arch::x86_64::layout::{MEM_32BIT_GAP_START, RAM_64BIT_START};
+use crate::arch::x86_64::layout::ram_ranges;
 use crate::config::MemoryConfig;
 
 pub type GuestMemory = GuestMemoryMmap;
@@ -27,19 +27,6 @@ pub enum MemoryError {
     Map(#[source] vm_memory::mmap::FromRangesError),
     #[error("Guest memory size {0:#x} does not fit this host's address space")]
     TooLarge(u64),
-}
-
-/// The guest-physical RAM ranges for `size` bytes: up to the 32-bit gap,
-/// then the rest from 4 GiB.
-pub fn ram_ranges(size: u64) -> Vec<(GuestAddress, u64)> {
-    if size <= MEM_32BIT_GAP_START {
-        vec![(GuestAddress(0), size)]
-    } else {
-        vec![
-            (GuestAddress(0), MEM_32BIT_GAP_START),
-            (GuestAddress(RAM_64BIT_START), size - MEM_32BIT_GAP_START),
-        ]
-    }
 }
 
 pub fn create_guest_memory(config: &MemoryConfig) -> Result<GuestMemory, MemoryError> {
@@ -86,20 +73,7 @@ fn create_memfd(size: u64, hugepages: bool) -> Result<std::sync::Arc<File>, Memo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion};
-
-    #[test]
-    fn ranges_split_at_the_32bit_gap() {
-        assert_eq!(ram_ranges(512 << 20), vec![(GuestAddress(0), 512 << 20)]);
-        assert_eq!(
-            ram_ranges(16 << 30),
-            vec![
-                (GuestAddress(0), 3 << 30),
-                (GuestAddress(4 << 30), 13 << 30)
-            ]
-        );
-        assert_eq!(ram_ranges(3 << 30).len(), 1);
-    }
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
     #[test]
     fn shared_memory_is_one_memfd_at_increasing_offsets() {

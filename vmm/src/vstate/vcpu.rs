@@ -2,9 +2,10 @@
 //! into bus accesses or a reason to stop. `handle_exit` is a plain function
 //! so that it can be tested with synthetic exits, without KVM.
 
+use std::cell::Cell;
 use std::sync::Arc;
 
-use kvm_bindings::{CpuId, Msrs};
+use kvm_bindings::{kvm_run, CpuId, Msrs};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use super::vm::Vm;
@@ -33,6 +34,25 @@ pub enum VcpuError {
     },
     #[error("Failed to build the MSR list")]
     Msrs(#[source] vmm_sys_util::fam::Error),
+}
+
+thread_local! {
+    /// The `kvm_run` area of the vCPU this thread runs, for `kick_handler`.
+    static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// The handler of the signal that kicks a vCPU thread (SIGRTMIN): it makes
+/// the thread's current KVM_RUN return, and also the next one, if the
+/// signal lands just before the thread enters it.
+pub extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let run = KVM_RUN.with(Cell::get);
+    if !run.is_null() {
+        // SAFETY: `run` is this thread's vCPU `kvm_run` mapping, set by
+        // `Vcpu::run` and cleared before the vCPU (and the mapping) can go
+        // away; the kernel reads `immediate_exit` at KVM_RUN entry, so a
+        // volatile byte write is all it takes.
+        unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
+    }
 }
 
 /// The buses a vCPU exit can reach.
@@ -169,6 +189,8 @@ impl Vcpu {
         // Exits that reached us, by kind: the data path should add none
         // (kicks are ioeventfds, completions irqfds); benchmarks read this.
         let (mut io, mut mmio, mut other) = (0u64, 0u64, 0u64);
+        let run: *mut kvm_run = self.fd.get_kvm_run();
+        KVM_RUN.with(|cell| cell.set(run));
         while !exit.is_requested() {
             let action = match self.fd.run() {
                 Ok(vcpu_exit) => {
@@ -179,7 +201,12 @@ impl Vcpu {
                     }
                     handle_exit(vcpu_exit, buses, id)
                 }
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Action::Continue,
+                Err(e) if e.errno() == libc::EINTR => {
+                    // A kick: the loop's check sees whether it was a stop.
+                    self.fd.set_kvm_immediate_exit(0);
+                    Action::Continue
+                }
+                Err(e) if e.errno() == libc::EAGAIN => Action::Continue,
                 Err(e) => Action::Stop(ExitReason::VcpuError {
                     vcpu: id,
                     message: format!("KVM_RUN failed: {e}"),
@@ -195,6 +222,7 @@ impl Vcpu {
                 exit.request(reason);
             }
         }
+        KVM_RUN.with(|cell| cell.set(std::ptr::null_mut()));
         log::info!(
             "vCPU {id} stopped after {} exits to vmm ({io} port I/O, {mmio} MMIO, {other} other)",
             io + mmio + other

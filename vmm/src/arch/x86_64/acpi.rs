@@ -16,13 +16,12 @@ use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
 use acpi_tables::Aml;
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap as GuestMemory};
 
 use super::layout::*;
 use crate::devices::acpi_power::{
     RESET_OFFSET, RESET_VALUE, SLEEP_CONTROL_OFFSET, SLEEP_STATUS_OFFSET, SLP_TYP_S5,
 };
-use crate::vstate::memory::GuestMemory;
 
 const OEM_ID: [u8; 6] = *b"VMMGVU";
 const OEM_TABLE_ID: [u8; 8] = *b"VMMGVU  ";

@@ -15,11 +15,10 @@ use linux_loader::loader::elf::start_info::{
 };
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::{load_cmdline, BzImage, Cmdline, KernelLoader};
-use vm_memory::{Address, Bytes, GuestAddress};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap as GuestMemory};
 
 use super::layout::*;
 use super::regs::BootEntry;
-use crate::vstate::memory::{ram_ranges, GuestMemory};
 
 const E820_RAM: u32 = 1;
 const E820_RESERVED: u32 = 2;
@@ -50,7 +49,7 @@ pub enum BootError {
     LoadElf {
         path: PathBuf,
         #[source]
-        source: linux_loader::loader::Error,
+        source: LoaderCause,
     },
     #[error("ELF kernel {0} has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY)")]
     NoPvhEntry(PathBuf),
@@ -58,7 +57,7 @@ pub enum BootError {
     LoadBzImage {
         path: PathBuf,
         #[source]
-        source: linux_loader::loader::Error,
+        source: LoaderCause,
     },
     #[error("Invalid kernel command line")]
     Cmdline(#[source] linux_loader::cmdline::Error),
@@ -80,6 +79,25 @@ pub enum BootError {
     WriteBootParams(#[source] linux_loader::configurator::Error),
     #[error("Failed to write boot structures to guest memory")]
     WriteMemory(#[source] vm_memory::GuestMemoryError),
+}
+
+/// What linux-loader says went wrong. Its errors nest the same text two or
+/// three times, each prefixed "Kernel Loader: " ("failed to load bzImage
+/// kernel image: Kernel Loader: Invalid bzImage: Kernel Loader: Invalid
+/// bzImage"); only the innermost message says something new.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LoaderCause(String);
+
+impl LoaderCause {
+    fn of(error: &linux_loader::loader::Error) -> LoaderCause {
+        let mut innermost: &dyn std::error::Error = error;
+        while let Some(source) = innermost.source() {
+            innermost = source;
+        }
+        let text = innermost.to_string();
+        LoaderCause(text.trim_start_matches("Kernel Loader: ").to_owned())
+    }
 }
 
 /// The guest memory map given to the kernel (PVH memmap or e820).
@@ -138,9 +156,9 @@ pub fn load_payload(
 
     if magic == ELF_MAGIC {
         let loaded = Elf::load(mem, None, &mut kernel, Some(GuestAddress(HIGH_RAM_START)))
-            .map_err(|source| BootError::LoadElf {
+            .map_err(|e| BootError::LoadElf {
                 path: payload.kernel.to_owned(),
-                source,
+                source: LoaderCause::of(&e),
             })?;
         let PvhBootCapability::PvhEntryPresent(entry) = loaded.pvh_boot_cap else {
             return Err(BootError::NoPvhEntry(payload.kernel.to_owned()));
@@ -154,9 +172,9 @@ pub fn load_payload(
         })
     } else {
         let loaded = BzImage::load(mem, None, &mut kernel, Some(GuestAddress(HIGH_RAM_START)))
-            .map_err(|source| BootError::LoadBzImage {
+            .map_err(|e| BootError::LoadBzImage {
                 path: payload.kernel.to_owned(),
-                source,
+                source: LoaderCause::of(&e),
             })?;
         let mut params = boot_params::default();
         if let Some(hdr) = loaded.setup_header {

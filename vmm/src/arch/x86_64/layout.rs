@@ -4,6 +4,8 @@
 //! nothing (32-bit PCI window at 3 GiB, ECAM at 0xe000_0000), so that one
 //! probe guest sees the same platform under both VMMs.
 
+use vm_memory::GuestAddress;
+
 /// The GDT used for the PVH entry (flat 32-bit segments).
 pub const BOOT_GDT_START: u64 = 0x500;
 /// `hvm_start_info` for PVH boots.
@@ -49,6 +51,10 @@ pub const IOAPIC_START: u64 = 0xfec0_0000;
 pub const APIC_START: u64 = 0xfee0_0000;
 /// RAM that does not fit below the gap continues at 4 GiB.
 pub const RAM_64BIT_START: u64 = 0x1_0000_0000;
+/// 64-bit PCI memory window, above the most RAM we give a guest (1 TiB
+/// from 4 GiB): where 64-bit BARs go once the 32-bit window is full.
+pub const PCI_MMIO64_START: u64 = 0x200_0000_0000;
+pub const PCI_MMIO64_SIZE: u64 = 0x100_0000_0000;
 
 /// I/O ports.
 pub const PORT_I8042_DATA: u16 = 0x60;
@@ -67,3 +73,34 @@ pub const PORT_PCI_CONFIG_LEN: u16 = 8;
 
 /// Legacy IRQ of COM1 (IOAPIC pin 4).
 pub const COM1_IRQ: u32 = 4;
+
+/// The guest-physical RAM ranges for `size` bytes: up to the 32-bit gap,
+/// then the rest from 4 GiB.
+pub fn ram_ranges(size: u64) -> Vec<(GuestAddress, u64)> {
+    if size <= MEM_32BIT_GAP_START {
+        vec![(GuestAddress(0), size)]
+    } else {
+        vec![
+            (GuestAddress(0), MEM_32BIT_GAP_START),
+            (GuestAddress(RAM_64BIT_START), size - MEM_32BIT_GAP_START),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_split_at_the_32bit_gap() {
+        assert_eq!(ram_ranges(512 << 20), vec![(GuestAddress(0), 512 << 20)]);
+        assert_eq!(
+            ram_ranges(16 << 30),
+            vec![
+                (GuestAddress(0), 3 << 30),
+                (GuestAddress(4 << 30), 13 << 30)
+            ]
+        );
+        assert_eq!(ram_ranges(3 << 30).len(), 1);
+    }
+}

@@ -6,7 +6,7 @@
 /// Bytes up to and including queue_device; the 1.2 fields after it
 /// (queue_notify_data, queue_reset) are not offered and read as zero.
 pub const COMMON_LEN: usize = 0x38;
-pub const NO_VECTOR: u16 = 0xffff;
+pub use crate::virtio::interrupt::NO_VECTOR;
 
 #[cfg(test)]
 pub const STATUS_ACKNOWLEDGE: u8 = 1;

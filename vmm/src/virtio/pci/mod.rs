@@ -8,18 +8,22 @@
 
 pub mod common;
 
-use std::sync::{Arc, Mutex, TryLockError};
+use std::sync::Arc;
 
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-use self::common::{Action, CommonConfig, NO_VECTOR};
-use super::{FailureSignal, QueueSetup, VirtioDevice};
+use self::common::{Action, CommonConfig, QueueState};
+use super::{ActivateContext, ActiveQueue, VirtioDevice, VirtioInterrupt, VIRTIO_RING_F_EVENT_IDX};
+use crate::interrupt::{IoEventRegistry, MsiInterruptGroup};
 use crate::pci::config::{
     ConfigSpace, ConfigSpaceError, PciClass, COMMAND, COMMAND_MEMORY, SUBSYSTEM_ID,
     SUBSYSTEM_VENDOR_ID,
 };
-use crate::pci::msix::{self, MsiVectors, Msix};
+use crate::pci::msix::{self, Msix};
 use crate::pci::{BarMapping, BarReprogram, PciDevice};
+use crate::util::error_chain;
 
 const VIRTIO_VENDOR: u16 = 0x1af4;
 /// Modern (non-transitional) device IDs are 0x1040 + the VIRTIO device ID.
@@ -55,9 +59,6 @@ const PCI_CFG_OFFSET: usize = 8;
 const PCI_CFG_LENGTH: usize = 12;
 const PCI_CFG_DATA: usize = 16;
 
-/// ISR bit 1: configuration change (bit 0, queue interrupt, is INTx only).
-const ISR_CONFIG: u8 = 2;
-
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     #[error(
@@ -72,11 +73,21 @@ pub enum TransportError {
     EventFd(#[source] std::io::Error),
 }
 
-/// KVM's ioeventfds, as the transport needs them: an eventfd signalled by
-/// guest writes to an MMIO address, without an exit to the VMM.
-pub trait IoEventRegistry: Send {
-    fn register(&self, event: &EventFd, addr: u64) -> std::io::Result<()>;
-    fn unregister(&self, event: &EventFd, addr: u64) -> std::io::Result<()>;
+/// Why the transport could not hand the driver's queues to the device.
+#[derive(Debug, thiserror::Error)]
+enum ActivateError {
+    #[error("queue {index} as the driver set it up is not a valid ring")]
+    Queue {
+        index: usize,
+        #[source]
+        source: virtio_queue::Error,
+    },
+    #[error("Failed to share the eventfds of queue {index}")]
+    EventFd {
+        index: usize,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// QEMU's class codes for the types it has, so guests see the same device;
@@ -142,7 +153,9 @@ pub struct VirtioPciDevice<D: VirtioDevice> {
     /// The BAR address the kick ioeventfds are registered at, if any.
     notify_base: Option<u64>,
     common: CommonConfig,
-    isr: u8,
+    /// ISR, config vector and DEVICE_NEEDS_RESET, shared with the device.
+    interrupt: VirtioInterrupt,
+    memory: GuestMemoryMmap,
     /// One error line per burst of failed config accesses.
     config_failing: bool,
 }
@@ -150,11 +163,13 @@ pub struct VirtioPciDevice<D: VirtioDevice> {
 impl<D: VirtioDevice> VirtioPciDevice<D> {
     pub fn new(
         device: D,
-        vectors: Box<dyn MsiVectors>,
+        memory: GuestMemoryMmap,
+        vectors: Arc<dyn MsiInterruptGroup>,
         ioevents: Box<dyn IoEventRegistry>,
     ) -> Result<Self, TransportError> {
         let queue_count = device.queue_sizes().len();
         let vector_count = msix_vectors(queue_count);
+        let interrupt = VirtioInterrupt::new(vectors.clone());
         let msix = Msix::new(vectors, vector_count);
         if MSIX_TABLE_OFFSET + msix.table_len() > MSIX_PBA_OFFSET
             || MSIX_PBA_OFFSET + msix.pba_len() > BAR_SIZE
@@ -225,44 +240,14 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
             pci_cfg_cap,
             ioevents,
             notify_base: None,
-            isr: 0,
+            interrupt,
+            memory,
             config_failing: false,
         })
     }
 
     pub fn id(&self) -> &str {
         self.device.id()
-    }
-
-    /// Lets the device report failures it finds on its own thread (a
-    /// backend that hung up while the guest only used the rings): the
-    /// device is then marked DEVICE_NEEDS_RESET and the guest told by a
-    /// config interrupt, as for a failed access.
-    pub fn watch_device(this: &Arc<Mutex<Self>>)
-    where
-        D: 'static,
-    {
-        let transport = Arc::downgrade(this);
-        let signal: FailureSignal = Arc::new(move || {
-            let Some(transport) = transport.upgrade() else {
-                return true; // The VM is going away.
-            };
-            let mut transport = match transport.try_lock() {
-                Ok(t) => t,
-                Err(TryLockError::WouldBlock) => return false,
-                Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            };
-            transport.device_failed();
-            true
-        });
-        crate::bus::lock(this).device.set_failure_signal(signal);
-    }
-
-    fn device_failed(&mut self) {
-        if self.common.status & common::STATUS_NEEDS_RESET == 0 {
-            log::error!("{}: the backend went away; device needs reset", self.id());
-        }
-        self.needs_reset();
     }
 
     /// Places the BAR and turns memory decoding on, as firmware would
@@ -284,7 +269,7 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
             for (i, kick) in self.kicks.iter().enumerate() {
                 let addr = notify_addr(old, i);
                 if let Err(e) = self.ioevents.unregister(kick, addr) {
-                    log::error!("{}: unregistering ioeventfd at {addr:#x}: {e}", self.id());
+                    log::error!("{}: {}", self.id(), error_chain(&e));
                 }
             }
         }
@@ -293,7 +278,7 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
                 let addr = notify_addr(base, i);
                 if let Err(e) = self.ioevents.register(kick, addr) {
                     // Kicks of this queue then exit to `bar_write`.
-                    log::error!("{}: registering ioeventfd at {addr:#x}: {e}", self.id());
+                    log::error!("{}: {}", self.id(), error_chain(&e));
                 }
             }
             log::debug!("{}: notify at {:#x}", self.id(), notify_addr(base, 0));
@@ -303,12 +288,15 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
 
     fn region_read(&mut self, offset: u64, data: &mut [u8]) {
         match offset {
-            o if o < ISR_OFFSET => self.common.read(o - COMMON_OFFSET, data),
+            o if o < ISR_OFFSET => {
+                self.sync_needs_reset();
+                self.common.read(o - COMMON_OFFSET, data)
+            }
             o if o < ISR_OFFSET + ISR_LEN => {
                 data.fill(0);
                 // Reading the ISR acknowledges it.
                 if o == ISR_OFFSET {
-                    data[0] = std::mem::take(&mut self.isr);
+                    data[0] = self.interrupt.take_isr();
                 }
             }
             o if (DEVICE_CFG_OFFSET..DEVICE_CFG_OFFSET + DEVICE_CFG_MAX).contains(&o) => {
@@ -326,11 +314,16 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
 
     fn region_write(&mut self, offset: u64, data: &[u8]) {
         match offset {
-            o if o < ISR_OFFSET => match self.common.write(o - COMMON_OFFSET, data) {
-                Action::None => {}
-                Action::Reset => self.reset(),
-                Action::Activate => self.activate(),
-            },
+            o if o < ISR_OFFSET => {
+                self.sync_needs_reset();
+                let action = self.common.write(o - COMMON_OFFSET, data);
+                self.interrupt.set_config_vector(self.common.msix_config);
+                match action {
+                    Action::None => {}
+                    Action::Reset => self.reset(),
+                    Action::Activate => self.activate(),
+                }
+            }
             o if (DEVICE_CFG_OFFSET..DEVICE_CFG_OFFSET + DEVICE_CFG_MAX).contains(&o) => {
                 self.device_config_write(o - DEVICE_CFG_OFFSET, data)
             }
@@ -394,7 +387,7 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
             log::error!(
                 "{}: config {what} at offset {offset:#x} failed; device needs reset: {}",
                 self.id(),
-                crate::error_chain(e)
+                error_chain(e)
             );
             self.config_failing = true;
         }
@@ -402,42 +395,78 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
     }
 
     fn needs_reset(&mut self) {
-        if self.common.set_needs_reset() {
-            self.isr |= ISR_CONFIG;
-            if self.common.msix_config != NO_VECTOR {
-                self.msix.trigger(self.common.msix_config);
-            }
+        self.interrupt.set_needs_reset();
+        self.sync_needs_reset();
+    }
+
+    /// The device may have asked for a reset from a thread of its own:
+    /// the driver sees it in device_status.
+    fn sync_needs_reset(&mut self) {
+        if self.interrupt.needs_reset() {
+            self.common.set_needs_reset();
         }
     }
 
     fn activate(&mut self) {
-        let setups: Vec<QueueSetup<'_>> = self
+        let queues = self
             .common
             .queues
             .iter()
             .enumerate()
             .filter(|(_, q)| q.enabled)
-            .map(|(index, q)| QueueSetup {
-                index,
-                size: q.size,
-                desc: q.desc,
-                avail: q.avail,
-                used: q.used,
-                kick: &self.kicks[index],
-                call: self
-                    .msix
-                    .irqfd(q.vector)
-                    .unwrap_or(&self.unrouted_calls[index]),
-            })
-            .collect();
-        if let Err(e) = self.device.activate(self.common.driver_features, &setups) {
+            .map(|(index, q)| self.active_queue(index, q))
+            .collect::<Result<Vec<_>, _>>();
+        let result = match queues {
+            Ok(queues) => self
+                .device
+                .activate(ActivateContext {
+                    mem: self.memory.clone(),
+                    features: self.common.driver_features,
+                    queues,
+                    interrupt: self.interrupt.clone(),
+                })
+                .map_err(|e| error_chain(&e)),
+            Err(e) => Err(error_chain(&e)),
+        };
+        if let Err(e) = result {
             log::error!(
-                "{}: activation failed; device needs reset: {}",
-                self.device.id(),
-                crate::error_chain(&e)
+                "{}: activation failed; device needs reset: {e}",
+                self.device.id()
             );
             self.needs_reset();
         }
+    }
+
+    /// Queue `index` as the driver set it up, with its kick and call.
+    fn active_queue(&self, index: usize, q: &QueueState) -> Result<ActiveQueue, ActivateError> {
+        let invalid = |source| ActivateError::Queue { index, source };
+        let mut queue = Queue::new(q.max).map_err(invalid)?;
+        queue.try_set_size(q.size).map_err(invalid)?;
+        queue
+            .try_set_desc_table_address(GuestAddress(q.desc))
+            .map_err(invalid)?;
+        queue
+            .try_set_avail_ring_address(GuestAddress(q.avail))
+            .map_err(invalid)?;
+        queue
+            .try_set_used_ring_address(GuestAddress(q.used))
+            .map_err(invalid)?;
+        queue.set_event_idx(self.common.driver_features & VIRTIO_RING_F_EVENT_IDX != 0);
+        queue.set_ready(true);
+        let call = self
+            .msix
+            .irqfd(q.vector)
+            .unwrap_or(&self.unrouted_calls[index]);
+        let share = |fd: &EventFd| {
+            fd.try_clone()
+                .map_err(|source| ActivateError::EventFd { index, source })
+        };
+        Ok(ActiveQueue {
+            index,
+            queue,
+            kick: share(&self.kicks[index])?,
+            call: share(call)?,
+        })
     }
 
     /// Whether an access to configuration space touches pci_cfg_data.
@@ -463,10 +492,12 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
     fn reset(&mut self) {
         let was_running = self.common.driver_ok();
         if let Err(e) = self.device.reset() {
-            log::error!("{}: reset: {}", self.id(), crate::error_chain(&e));
+            log::error!("{}: reset: {}", self.id(), error_chain(&e));
         }
         self.common.reset(self.device.features());
-        self.isr = 0;
+        // After the device's reset: a failure its old connection reported
+        // while it was stopping is stale.
+        self.interrupt.reset();
         self.config_failing = false;
         // Stale kicks would reach the backend at the next activation.
         for fd in self.kicks.iter().chain(&self.unrouted_calls) {

@@ -9,15 +9,17 @@ use super::common::{
     STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK, STATUS_NEEDS_RESET,
 };
 use super::*;
+use crate::interrupt::fake::FakeMsiGroup;
+use crate::interrupt::IoEventError;
 use crate::pci::config::BAR0;
-use crate::pci::msix::tests::{FakeIrq, FakeVectors};
+use crate::virtio::interrupt::ISR_CONFIG;
 
 #[derive(Debug, thiserror::Error)]
 #[error("backend gone")]
 struct Gone;
 
-/// (index, size, desc, avail, used, kick fd, call fd) of a started queue.
-type StartedQueue = (usize, u16, u64, u64, u64, i32, i32);
+/// (index, size, desc, avail, used) of a started queue.
+type StartedQueue = (usize, u16, u64, u64, u64);
 
 #[derive(Default)]
 struct Calls {
@@ -26,7 +28,10 @@ struct Calls {
     activations: Vec<(u64, Vec<StartedQueue>)>,
     resets: usize,
     fail_config: bool,
-    signal: Option<FailureSignal>,
+    /// The last activation's kicks, calls and interrupt handle.
+    kicks: Vec<EventFd>,
+    calls: Vec<EventFd>,
+    interrupt: Option<VirtioInterrupt>,
 }
 
 struct FakeDevice {
@@ -71,34 +76,31 @@ impl VirtioDevice for FakeDevice {
         }
         Ok(())
     }
-    fn activate(&mut self, features: u64, queues: &[QueueSetup<'_>]) -> Result<(), Gone> {
-        let queues = queues
+    fn activate(&mut self, context: ActivateContext) -> Result<(), Gone> {
+        let started = context
+            .queues
             .iter()
             .map(|q| {
                 (
                     q.index,
-                    q.size,
-                    q.desc,
-                    q.avail,
-                    q.used,
-                    q.kick.as_raw_fd(),
-                    q.call.as_raw_fd(),
+                    q.queue.size(),
+                    q.queue.desc_table(),
+                    q.queue.avail_ring(),
+                    q.queue.used_ring(),
                 )
             })
             .collect();
-        self.calls
-            .lock()
-            .unwrap()
-            .activations
-            .push((features, queues));
+        let mut calls = self.calls.lock().unwrap();
+        calls.activations.push((context.features, started));
+        let (kicks, irqfds) = context.queues.into_iter().map(|q| (q.kick, q.call)).unzip();
+        calls.kicks = kicks;
+        calls.calls = irqfds;
+        calls.interrupt = Some(context.interrupt);
         Ok(())
     }
     fn reset(&mut self) -> Result<(), Gone> {
         self.calls.lock().unwrap().resets += 1;
         Ok(())
-    }
-    fn set_failure_signal(&mut self, signal: FailureSignal) {
-        self.calls.lock().unwrap().signal = Some(signal);
     }
 }
 
@@ -107,11 +109,11 @@ impl VirtioDevice for FakeDevice {
 struct FakeIoEvents(Arc<Mutex<BTreeSet<(u64, i32)>>>);
 
 impl IoEventRegistry for FakeIoEvents {
-    fn register(&self, event: &EventFd, addr: u64) -> std::io::Result<()> {
+    fn register(&self, event: &EventFd, addr: u64) -> Result<(), IoEventError> {
         assert!(self.0.lock().unwrap().insert((addr, event.as_raw_fd())));
         Ok(())
     }
-    fn unregister(&self, event: &EventFd, addr: u64) -> std::io::Result<()> {
+    fn unregister(&self, event: &EventFd, addr: u64) -> Result<(), IoEventError> {
         assert!(self.0.lock().unwrap().remove(&(addr, event.as_raw_fd())));
         Ok(())
     }
@@ -123,16 +125,21 @@ impl FakeIoEvents {
     }
 }
 
+fn memory() -> GuestMemoryMmap {
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap()
+}
+
 struct Rig {
     dev: VirtioPciDevice<FakeDevice>,
     calls: Arc<Mutex<Calls>>,
-    irq: FakeIrq,
+    irq: FakeMsiGroup,
     ioevents: FakeIoEvents,
 }
 
 fn rig(queues: &[u16], config_len: u32) -> Rig {
     let calls = Arc::new(Mutex::new(Calls::default()));
-    let (vectors, irq) = FakeVectors::new(queues.len() + 1);
+    let irq = FakeMsiGroup::new(queues.len() + 1);
+    let vectors = Arc::new(irq.clone());
     let ioevents = FakeIoEvents::default();
     let dev = VirtioPciDevice::new(
         FakeDevice {
@@ -140,6 +147,7 @@ fn rig(queues: &[u16], config_len: u32) -> Rig {
             config_len,
             calls: calls.clone(),
         },
+        memory(),
         vectors,
         Box::new(ioevents.clone()),
     )
@@ -291,7 +299,7 @@ fn no_device_cap_without_a_window_and_bad_ids_refused() {
         "no device cfg (the 0 is MSI-X's byte)"
     );
 
-    let (vectors, _) = FakeVectors::new(2);
+    let vectors = Arc::new(FakeMsiGroup::new(2));
     let huge = FakeDevice {
         queues: vec![64],
         config_len: 0,
@@ -322,14 +330,19 @@ fn no_device_cap_without_a_window_and_bad_ids_refused() {
         fn write_config(&mut self, _: u32, _: &[u8]) -> Result<(), Gone> {
             Ok(())
         }
-        fn activate(&mut self, _: u64, _: &[QueueSetup<'_>]) -> Result<(), Gone> {
+        fn activate(&mut self, _: ActivateContext) -> Result<(), Gone> {
             Ok(())
         }
         fn reset(&mut self) -> Result<(), Gone> {
             Ok(())
         }
     }
-    let err = VirtioPciDevice::new(Id(huge), vectors, Box::new(FakeIoEvents::default()));
+    let err = VirtioPciDevice::new(
+        Id(huge),
+        memory(),
+        vectors,
+        Box::new(FakeIoEvents::default()),
+    );
     assert!(matches!(err, Err(TransportError::DeviceId { id: 0xefc0 })));
 }
 
@@ -381,16 +394,28 @@ fn driver_ok_hands_the_rings_kicks_and_msix_irqfds_to_the_device() {
     let (acked, queues) = &calls.activations[0];
     assert_eq!(*acked, features);
     assert_eq!(queues.len(), 2);
-    let registered: Vec<(u64, i32)> = r.ioevents.0.lock().unwrap().iter().copied().collect();
-    for (q, &(index, size, desc, avail, used, kick, call)) in queues.iter().enumerate() {
+    assert_eq!(
+        r.ioevents.addrs(),
+        vec![0xc000_3000, 0xc000_3004],
+        "kicks at the notify addresses"
+    );
+    for (q, &(index, size, desc, avail, used)) in queues.iter().enumerate() {
         let base = 0x10_0000 * (q as u64 + 1);
         assert_eq!(
             (index, size, desc, avail, used),
             (q, 128, base, base + 0x1000, base + 0x2000)
         );
-        assert_eq!(registered[q], (0xc000_3000 + 4 * q as u64, kick));
-        let vector_fd = r.dev.msix.irqfd(q as u16 + 1).unwrap().as_raw_fd();
-        assert_eq!(call, vector_fd, "call is the queue's MSI-X irqfd");
+        // The device's kick is the registered ioeventfd: a guest write
+        // there reaches it.
+        r.dev.kicks[q].write(1).unwrap();
+        assert_eq!(calls.kicks[q].read().unwrap(), 1, "kick of queue {q}");
+        calls.calls[q].write(1).unwrap();
+        let vector_fd = r.dev.msix.irqfd(q as u16 + 1).unwrap();
+        assert_eq!(
+            vector_fd.read().unwrap(),
+            1,
+            "call is the queue's MSI-X irqfd"
+        );
     }
     drop(calls);
     // The queue on vector 2 interrupts when the backend signals its call fd.
@@ -537,14 +562,14 @@ fn a_device_failing_on_its_own_asks_for_reset_once() {
         dev, calls, irq, ..
     } = r;
     let shared = Arc::new(Mutex::new(dev));
-    VirtioPciDevice::watch_device(&shared);
-    let signal = calls.lock().unwrap().signal.clone().unwrap();
+    let interrupt = calls.lock().unwrap().interrupt.clone().unwrap();
     {
+        // A device thread never waits for the transport: a vCPU may hold
+        // it, waiting for that thread to stop.
         let _busy = shared.lock().unwrap();
-        assert!(!signal(), "a busy transport makes the caller retry");
+        assert!(interrupt.set_needs_reset());
     }
-    assert!(signal());
-    assert!(signal(), "a second failure is harmless");
+    assert!(!interrupt.set_needs_reset(), "a second failure is harmless");
     let mut dev = shared.lock().unwrap();
     let mut status = [0u8];
     dev.bar_read(0, 20, &mut status);
@@ -558,5 +583,7 @@ fn a_device_failing_on_its_own_asks_for_reset_once() {
     );
     drop(dev);
     drop(shared);
-    assert!(signal(), "after the VM is gone the signal is a no-op");
+    interrupt.set_needs_reset();
+    interrupt.trigger_config();
+    // After the VM is gone the handle is harmless.
 }

@@ -8,27 +8,34 @@
 //! once, and the next device reset reconnects (a restarted backend then
 //! serves the re-initialised device).
 
+mod connection;
+mod error;
 mod get_config;
 mod watchdog;
 
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
 use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag};
 use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use virtio_queue::QueueT;
+use virtio_types::VirtioDeviceType;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
+pub use self::connection::Timeouts;
+use self::connection::{connect, Connection, Link};
+pub use self::error::Error;
+use self::error::RequestError;
 use self::watchdog::Watchdog;
-use super::{FailureSignal, QueueSetup, VirtioDevice, VIRTIO_F_VERSION_1};
-use crate::config::GenericVhostUserConfig;
-use crate::vstate::memory::GuestMemory;
+use super::{
+    ActivateContext, ActiveQueue, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX,
+};
+use crate::util::error_chain;
 
 /// VHOST_USER_F_PROTOCOL_FEATURES: a vhost-user bit, never the guest's.
 const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
 const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
-const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 /// Device-type feature bits (VIRTIO 1.3, 6): 0-23 and 50-63.
 const DEVICE_FEATURES: u64 = 0x00ff_ffff | (0x3fff << 50);
 /// Ring features that need nothing from the transport. The other transport
@@ -40,144 +47,21 @@ const WANTED_PROTOCOL: VhostUserProtocolFeatures = VhostUserProtocolFeatures::MQ
     .union(VhostUserProtocolFeatures::REPLY_ACK)
     .union(VhostUserProtocolFeatures::CONFIG)
     .union(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS);
-pub const MAX_QUEUE_SIZE: u16 = 32768;
 
-/// How long we wait for a backend.
-#[derive(Debug, Clone, Copy)]
-pub struct Timeouts {
-    /// For the socket to accept a connection (start-up and reconnects).
-    pub connect: Duration,
-    /// For each reply; a vCPU waits this long at most, once.
-    pub reply: Duration,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Timeouts {
-            connect: Duration::from_secs(5),
-            reply: Duration::from_secs(3),
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("Nothing listens on vhost-user socket {path} (waited {waited:?})")]
-    Connect {
-        path: PathBuf,
-        waited: Duration,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("Failed to watch vhost-user socket {path}")]
-    Watchdog {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("vhost-user {what} failed")]
-    Backend {
-        what: &'static str,
-        #[source]
-        source: vhost::Error,
-    },
-    #[error("vhost-user GET_CONFIG failed")]
-    GetConfig(#[source] get_config::Error),
-    #[error("vhost-user {what}: no reply within {after:?}; connection closed")]
-    NoReply { what: &'static str, after: Duration },
-    #[error("vhost-user connection to {path} is down until the device is reset")]
-    Disconnected { path: PathBuf },
-    #[error(
-        "device {id}: {asked} queues were asked for (queue_sizes) but the backend offers {offered} (VHOST_USER_GET_QUEUE_NUM)"
-    )]
-    TooManyQueues {
-        id: String,
-        asked: usize,
-        offered: u64,
-    },
-    #[error("device {id}: {ty} needs at least {min} queues ({why}); queue_sizes gives {asked}")]
-    TooFewQueues {
-        id: String,
-        ty: String,
-        min: usize,
-        why: &'static str,
-        asked: usize,
-    },
-    #[error(
-        "device {id}: the backend refuses queue {index} with {size} entries (SET_VRING_NUM): it has fewer queues or a smaller maximum queue size"
-    )]
-    QueueRefused {
-        id: String,
-        index: usize,
-        size: u16,
-        #[source]
-        source: Box<Error>,
-    },
-    #[error("device {id}: queue size {size} is not a power of two between 1 and {MAX_QUEUE_SIZE}")]
-    QueueSize { id: String, size: u16 },
-    #[error(
-        "device {id}: {ty} has a config space but the backend lacks VHOST_USER_PROTOCOL_F_CONFIG; give its bytes with config=HEX"
-    )]
-    NoConfigFeature { id: String, ty: String },
-    #[error("guest memory region at {addr:#x} is not shared (use --memory shared=on)")]
-    NotShared { addr: u64 },
-    #[error("queue {queue}: ring at {addr:#x}+{len:#x} is not in guest memory")]
-    BadRingAddress { queue: usize, addr: u64, len: u64 },
-}
-
-/// How a request can fail: the vhost crate's frontend, or our own
-/// GET_CONFIG.
-trait RequestError: std::error::Error {
-    /// Whether the byte stream cannot be trusted any more (lost, cut, or
-    /// out of step with our requests); a refusal from a live backend is
-    /// not such a failure.
-    fn breaks_connection(&self) -> bool;
-    fn into_error(self, what: &'static str) -> Error;
-}
-
-impl RequestError for vhost::Error {
-    fn breaks_connection(&self) -> bool {
-        use vhost::vhost_user::Error as E;
-        match self {
-            vhost::Error::VhostUserProtocol(inner) => !matches!(
-                inner,
-                E::InvalidParam
-                    | E::InvalidOperation(_)
-                    | E::InactiveFeature(_)
-                    | E::InactiveOperation(_)
-                    | E::BackendInternalError
-                    | E::FeatureMismatch
-            ),
-            _ => false,
-        }
-    }
-
-    fn into_error(self, what: &'static str) -> Error {
-        Error::Backend { what, source: self }
-    }
-}
-
-impl RequestError for get_config::Error {
-    fn breaks_connection(&self) -> bool {
-        get_config::Error::breaks_connection(self)
-    }
-
-    fn into_error(self, _: &'static str) -> Error {
-        Error::GetConfig(self)
-    }
-}
-
-/// What requests go through: the vhost crate's frontend, and its socket
-/// for the requests we send ourselves.
-struct Link {
-    frontend: Frontend,
-    socket: UnixStream,
-}
-
-/// One connection to the backend and the watchdog on its socket.
-struct Connection {
-    link: Link,
-    watchdog: Watchdog,
+/// What the device is, as plain values; the configuration step has checked
+/// them (queue sizes and count, the window and the bytes in it).
+#[derive(Debug, Clone)]
+pub struct VhostUserParams {
+    /// For log lines and errors: the user's device id.
+    pub id: String,
+    pub socket: PathBuf,
+    pub device_type: VirtioDeviceType,
+    pub queue_sizes: Vec<u16>,
+    /// Length of the device config window the guest sees.
+    pub config_len: u32,
+    /// Config bytes served instead of GET_CONFIG (backends without the
+    /// CONFIG protocol feature).
+    pub config: Option<Vec<u8>>,
 }
 
 /// What negotiation settled.
@@ -188,8 +72,8 @@ struct Negotiated {
 }
 
 pub struct GenericVhostUser {
-    config: GenericVhostUserConfig,
-    memory: GuestMemory,
+    params: VhostUserParams,
+    memory: GuestMemoryMmap,
     timeouts: Timeouts,
     /// None after a reconnect failed.
     connection: Option<Connection>,
@@ -203,30 +87,32 @@ pub struct GenericVhostUser {
     /// Whether the acked features carried VHOST_USER_F_PROTOCOL_FEATURES,
     /// which makes SET_VRING_ENABLE available.
     vring_enable: bool,
-    /// Where the watchdog reports a backend that hung up.
-    failure_signal: Option<FailureSignal>,
+    /// Where the watchdog reports a backend that hung up: the interrupt
+    /// handle of the last activation, kept across reconnects.
+    interrupt: Option<VirtioInterrupt>,
 }
 
 impl GenericVhostUser {
     /// Connects and negotiates; every check that can fail does so here,
     /// before the guest runs.
-    pub fn new(config: &GenericVhostUserConfig, memory: &GuestMemory) -> Result<Self, Error> {
-        Self::with_timeouts(config, memory, Timeouts::default())
+    pub fn new(params: VhostUserParams, memory: &GuestMemoryMmap) -> Result<Self, Error> {
+        Self::with_timeouts(params, memory, Timeouts::default())
     }
 
     pub fn with_timeouts(
-        config: &GenericVhostUserConfig,
-        memory: &GuestMemory,
+        params: VhostUserParams,
+        memory: &GuestMemoryMmap,
         timeouts: Timeouts,
     ) -> Result<Self, Error> {
-        validate_queues(config)?;
         if let Some(region) = memory.iter().find(|r| r.file_offset().is_none()) {
             return Err(Error::NotShared {
                 addr: region.start_addr().0,
             });
         }
+        let mut params = params;
+        let config_bytes = params.config.take();
         let mut device = GenericVhostUser {
-            config: config.clone(),
+            params,
             memory: memory.clone(),
             timeouts,
             connection: None,
@@ -235,10 +121,10 @@ impl GenericVhostUser {
                 backend_features: 0,
                 protocol: VhostUserProtocolFeatures::empty(),
             },
-            config_bytes: config.config.clone(),
+            config_bytes,
             started: Vec::new(),
             vring_enable: false,
-            failure_signal: None,
+            interrupt: None,
         };
         device.connect()?;
         Ok(device)
@@ -250,18 +136,15 @@ impl GenericVhostUser {
         self.broken = true;
         self.started.clear();
         self.vring_enable = false;
-        let (frontend, socket) = connect(&self.config, self.timeouts.connect)?;
+        let (frontend, socket) = connect(&self.params, self.timeouts.connect)?;
         let watchdog_error = |source| Error::Watchdog {
-            path: self.config.socket.clone(),
+            path: self.params.socket.clone(),
             source,
         };
         let watched = socket.try_clone().map_err(watchdog_error)?;
-        // Thread names cannot hold NUL; ids from the command line cannot
-        // either, but the config type does not promise it.
-        let name = format!("vu-watch-{}", self.config.id).replace('\0', "");
-        let watchdog = Watchdog::new(&name, watched).map_err(watchdog_error)?;
-        if let Some(signal) = &self.failure_signal {
-            watchdog.set_signal(signal.clone());
+        let watchdog = Watchdog::new(&self.params.id, watched).map_err(watchdog_error)?;
+        if let Some(interrupt) = &self.interrupt {
+            watchdog.set_interrupt(interrupt.clone());
         }
         self.connection = Some(Connection {
             link: Link { frontend, socket },
@@ -279,8 +162,8 @@ impl GenericVhostUser {
         }
         log::info!(
             "{}: connected to {}: features {:#x}, protocol features {:?}",
-            self.config.id,
-            self.config.socket.display(),
+            self.params.id,
+            self.params.socket.display(),
             self.negotiated.backend_features,
             self.negotiated.protocol
         );
@@ -303,7 +186,7 @@ impl GenericVhostUser {
         what: &'static str,
         op: impl FnOnce(&mut Link) -> Result<T, E>,
     ) -> Result<T, Error> {
-        let path = &self.config.socket;
+        let path = &self.params.socket;
         let connection = match &mut self.connection {
             Some(c) if !self.broken && !c.watchdog.lost() => c,
             _ => {
@@ -324,13 +207,13 @@ impl GenericVhostUser {
             if source.breaks_connection() {
                 self.broken = true;
             }
-            log::debug!("{}: {what}: {source}", self.config.id);
+            log::debug!("{}: {what}: {source}", self.params.id);
             source.into_error(what)
         })
     }
 
     fn negotiate(&mut self) -> Result<Negotiated, Error> {
-        let id = self.config.id.clone();
+        let id = self.params.id.clone();
         self.request("SET_OWNER", |f| f.set_owner())?;
         let backend_features = self.request("GET_FEATURES", |f| f.get_features())?;
         let mut protocol = VhostUserProtocolFeatures::empty();
@@ -356,7 +239,7 @@ impl GenericVhostUser {
                 "{id}: backend does not offer VIRTIO_F_VERSION_1 (features {backend_features:#x}); offering it to the guest anyway"
             );
         }
-        let asked = self.config.queue_sizes.len();
+        let asked = self.params.queue_sizes.len();
         if protocol.contains(VhostUserProtocolFeatures::MQ) {
             let offered = self.request("GET_QUEUE_NUM", |f| f.get_queue_num())?;
             log::debug!("{id}: backend has {offered} queues, {asked} asked for");
@@ -370,7 +253,7 @@ impl GenericVhostUser {
             // learn its largest queue size: ask for every ring as
             // configured and see what is refused. Nothing runs until a
             // ring is kicked, and DRIVER_OK sets the sizes again.
-            for (index, size) in self.config.queue_sizes.clone().into_iter().enumerate() {
+            for (index, size) in self.params.queue_sizes.clone().into_iter().enumerate() {
                 self.request("SET_VRING_NUM", |f| f.set_vring_num(index, size))
                     .map_err(|e| Error::QueueRefused {
                         id: id.clone(),
@@ -380,14 +263,14 @@ impl GenericVhostUser {
                     })?;
             }
         }
-        let spec_config = self.config.device_type.spec_config_size().unwrap_or(0) > 0;
+        let spec_config = self.params.device_type.spec_config_size().unwrap_or(0) > 0;
         if spec_config
             && self.config_bytes.is_none()
             && !protocol.contains(VhostUserProtocolFeatures::CONFIG)
         {
             return Err(Error::NoConfigFeature {
                 id,
-                ty: self.config.device_type.to_string(),
+                ty: self.params.device_type.to_string(),
             });
         }
         Ok(Negotiated {
@@ -430,28 +313,30 @@ impl GenericVhostUser {
             .map_err(|_| bad)
     }
 
-    fn start_queues(&mut self, queues: &[QueueSetup<'_>]) -> Result<(), Error> {
+    fn start_queues(&mut self, queues: &[ActiveQueue]) -> Result<(), Error> {
         // Firecracker's order: every ring size first, then per queue
         // address, base, call, kick and enable (the kick starts the ring,
         // so the call fd is in place before it).
         for q in queues {
-            self.request("SET_VRING_NUM", |f| f.set_vring_num(q.index, q.size))?;
+            let size = q.queue.size();
+            self.request("SET_VRING_NUM", |f| f.set_vring_num(q.index, size))?;
         }
         for q in queues {
-            let size = u64::from(q.size);
+            let size = q.queue.size();
+            let len = u64::from(size);
             let ring = VringConfigData {
-                queue_max_size: q.size,
-                queue_size: q.size,
+                queue_max_size: size,
+                queue_size: size,
                 flags: 0,
-                desc_table_addr: self.host_address(q.index, q.desc, 16 * size)?,
-                avail_ring_addr: self.host_address(q.index, q.avail, 6 + 2 * size)?,
-                used_ring_addr: self.host_address(q.index, q.used, 6 + 8 * size)?,
+                desc_table_addr: self.host_address(q.index, q.queue.desc_table(), 16 * len)?,
+                avail_ring_addr: self.host_address(q.index, q.queue.avail_ring(), 6 + 2 * len)?,
+                used_ring_addr: self.host_address(q.index, q.queue.used_ring(), 6 + 8 * len)?,
                 log_addr: None,
             };
             self.request("SET_VRING_ADDR", |f| f.set_vring_addr(q.index, &ring))?;
             self.request("SET_VRING_BASE", |f| f.set_vring_base(q.index, 0))?;
-            self.request("SET_VRING_CALL", |f| f.set_vring_call(q.index, q.call))?;
-            self.request("SET_VRING_KICK", |f| f.set_vring_kick(q.index, q.kick))?;
+            self.request("SET_VRING_CALL", |f| f.set_vring_call(q.index, &q.call))?;
+            self.request("SET_VRING_KICK", |f| f.set_vring_kick(q.index, &q.kick))?;
             if self.vring_enable {
                 self.request("SET_VRING_ENABLE", |f| f.set_vring_enable(q.index, true))?;
             }
@@ -478,12 +363,12 @@ impl GenericVhostUser {
         for q in std::mem::take(&mut self.started) {
             if self.vring_enable {
                 if let Err(e) = self.request("SET_VRING_ENABLE", |f| f.set_vring_enable(q, false)) {
-                    log::warn!("{}: queue {q}: {}", self.config.id, crate::error_chain(&e));
+                    log::warn!("{}: queue {q}: {}", self.params.id, error_chain(&e));
                 }
             }
             // GET_VRING_BASE is what stops a ring.
             if let Err(e) = self.request("GET_VRING_BASE", |f| f.get_vring_base(q)) {
-                log::warn!("{}: queue {q}: {}", self.config.id, crate::error_chain(&e));
+                log::warn!("{}: queue {q}: {}", self.params.id, error_chain(&e));
             }
         }
     }
@@ -493,15 +378,15 @@ impl VirtioDevice for GenericVhostUser {
     type Error = Error;
 
     fn id(&self) -> &str {
-        &self.config.id
+        &self.params.id
     }
 
     fn device_type(&self) -> u32 {
-        self.config.device_type.id()
+        self.params.device_type.id()
     }
 
     fn queue_sizes(&self) -> &[u16] {
-        &self.config.queue_sizes
+        &self.params.queue_sizes
     }
 
     /// The backend's device and ring features plus VERSION_1; never
@@ -511,7 +396,7 @@ impl VirtioDevice for GenericVhostUser {
     }
 
     fn config_len(&self) -> u32 {
-        self.config.config_window_len()
+        self.params.config_len
     }
 
     fn read_config(&mut self, offset: u32, data: &mut [u8]) -> Result<(), Error> {
@@ -564,7 +449,21 @@ impl VirtioDevice for GenericVhostUser {
     }
 
     /// DRIVER_OK: features, memory, then every queue the guest enabled.
-    fn activate(&mut self, features: u64, queues: &[QueueSetup<'_>]) -> Result<(), Error> {
+    /// From now on the watchdog reports a hang-up through the interrupt.
+    fn activate(&mut self, context: ActivateContext) -> Result<(), Error> {
+        let ActivateContext {
+            mem,
+            features,
+            queues,
+            interrupt,
+        } = context;
+        // The rings are where the activation's memory says (the same
+        // memory the backend has mapped since connecting).
+        self.memory = mem;
+        if let Some(connection) = &self.connection {
+            connection.watchdog.set_interrupt(interrupt.clone());
+        }
+        self.interrupt = Some(interrupt);
         let backend_features = self.negotiated.backend_features;
         // VERSION_1 is ours to offer; the backend gets only bits it has.
         let mut acked = features & self.features() & backend_features;
@@ -574,10 +473,10 @@ impl VirtioDevice for GenericVhostUser {
         self.request("SET_FEATURES", |f| f.set_features(acked))?;
         self.vring_enable = acked & VHOST_USER_F_PROTOCOL_FEATURES != 0;
         self.set_mem_table()?;
-        self.start_queues(queues)?;
+        self.start_queues(&queues)?;
         log::info!(
             "{}: started queues {:?} with features {acked:#x}",
-            self.config.id,
+            self.params.id,
             self.started
         );
         Ok(())
@@ -602,82 +501,11 @@ impl VirtioDevice for GenericVhostUser {
         }
         log::warn!(
             "{}: vhost-user connection to {} lost; reconnecting",
-            self.config.id,
-            self.config.socket.display()
+            self.params.id,
+            self.params.socket.display()
         );
         self.connect()
     }
-
-    fn set_failure_signal(&mut self, signal: FailureSignal) {
-        if let Some(connection) = &self.connection {
-            connection.watchdog.set_signal(signal.clone());
-        }
-        self.failure_signal = Some(signal);
-    }
-}
-
-fn validate_queues(config: &GenericVhostUserConfig) -> Result<(), Error> {
-    let id = &config.id;
-    for &size in &config.queue_sizes {
-        if !size.is_power_of_two() || size > MAX_QUEUE_SIZE {
-            return Err(Error::QueueSize {
-                id: id.clone(),
-                size,
-            });
-        }
-    }
-    let min = config.device_type.min_queues();
-    if config.queue_sizes.len() < min {
-        return Err(Error::TooFewQueues {
-            id: id.clone(),
-            ty: config.device_type.to_string(),
-            min,
-            why: config.device_type.required_queues(),
-            asked: config.queue_sizes.len(),
-        });
-    }
-    Ok(())
-}
-
-/// Connects, retrying while the socket does not exist or nobody accepts
-/// yet (a backend starting next to us), until `deadline` has passed.
-/// Returns the frontend and a second handle on its socket for the watchdog.
-fn connect(
-    config: &GenericVhostUserConfig,
-    deadline: Duration,
-) -> Result<(Frontend, UnixStream), Error> {
-    let path = &config.socket;
-    let start = Instant::now();
-    let failed = |source| Error::Connect {
-        path: path.clone(),
-        waited: start.elapsed(),
-        source,
-    };
-    let stream = loop {
-        match UnixStream::connect(path) {
-            Ok(stream) => break stream,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-                ) && start.elapsed() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(e) => return Err(failed(e)),
-        }
-    };
-    let watched = stream.try_clone().map_err(failed)?;
-    log::debug!(
-        "{}: connected to {} after {:?}",
-        config.id,
-        path.display(),
-        start.elapsed()
-    );
-    Ok((
-        Frontend::from_stream(stream, config.queue_sizes.len() as u64),
-        watched,
-    ))
 }
 
 #[cfg(test)]

@@ -9,25 +9,31 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::mock::{Mock, Server, PROTOCOL, VERSION_1};
 use super::*;
-use crate::config::MemoryConfig;
-use crate::vstate::memory::create_guest_memory;
+use vm_memory::FileOffset;
 
-fn memory() -> GuestMemory {
-    create_guest_memory(&MemoryConfig {
-        size: 16 << 20,
-        shared: true,
-        hugepages: false,
-    })
-    .unwrap()
+use crate::interrupt::fake::FakeMsiGroup;
+
+/// Guest RAM at 0, backed by a file that a backend can map when `shared`.
+pub(super) fn guest_memory(size: usize, shared: bool) -> GuestMemoryMmap {
+    let backing = shared.then(|| {
+        let file = tempfile::tempfile().unwrap();
+        file.set_len(size as u64).unwrap();
+        FileOffset::new(file, 0)
+    });
+    GuestMemoryMmap::from_ranges_with_files([(GuestAddress(0), size, backing)]).unwrap()
 }
 
-fn fs_config(path: &Path, queues: &[u16]) -> GenericVhostUserConfig {
-    GenericVhostUserConfig {
+fn memory() -> GuestMemoryMmap {
+    guest_memory(16 << 20, true)
+}
+
+fn fs_config(path: &Path, queues: &[u16]) -> VhostUserParams {
+    VhostUserParams {
         id: "fs0".into(),
         socket: path.to_owned(),
         device_type: "fs".parse().unwrap(),
         queue_sizes: queues.to_vec(),
-        config_size: None,
+        config_len: 40,
         config: None,
     }
 }
@@ -40,37 +46,72 @@ fn quick() -> Timeouts {
 }
 
 fn device(server: &Server) -> GenericVhostUser {
-    GenericVhostUser::with_timeouts(&fs_config(&server.path, &[64, 64]), &memory(), quick())
-        .unwrap()
+    GenericVhostUser::with_timeouts(fs_config(&server.path, &[64, 64]), &memory(), quick()).unwrap()
 }
 
-/// Rings in guest memory and the fds a transport would pass.
-struct Rings {
+/// A ring laid out as a driver would.
+pub(super) fn ring(size: u16, desc: u64, avail: u64, used: u64) -> virtio_queue::Queue {
+    let mut queue = virtio_queue::Queue::new(size).unwrap();
+    queue
+        .try_set_desc_table_address(GuestAddress(desc))
+        .unwrap();
+    queue
+        .try_set_avail_ring_address(GuestAddress(avail))
+        .unwrap();
+    queue.try_set_used_ring_address(GuestAddress(used)).unwrap();
+    queue.set_ready(true);
+    queue
+}
+
+/// Rings in guest memory, the fds a transport would pass, and the
+/// interrupt handle it would hand over.
+pub(super) struct Rings {
+    size: u16,
     kicks: Vec<EventFd>,
     calls: Vec<EventFd>,
+    pub interrupt: VirtioInterrupt,
 }
 
 impl Rings {
-    fn new(n: usize) -> Rings {
+    pub(super) fn new(n: usize) -> Rings {
+        Rings::with_size(n, 64)
+    }
+
+    pub(super) fn with_size(n: usize, size: u16) -> Rings {
         let fds = || (0..n).map(|_| EventFd::new(0).unwrap()).collect();
         Rings {
+            size,
             kicks: fds(),
             calls: fds(),
+            interrupt: VirtioInterrupt::new(Arc::new(FakeMsiGroup::new(n + 1))),
         }
     }
 
-    fn setups(&self) -> Vec<QueueSetup<'_>> {
-        (0..self.kicks.len())
-            .map(|i| QueueSetup {
-                index: i,
-                size: 64,
-                desc: 0x10_0000 * (i as u64 + 1),
-                avail: 0x10_0000 * (i as u64 + 1) + 0x1000,
-                used: 0x10_0000 * (i as u64 + 1) + 0x2000,
-                kick: &self.kicks[i],
-                call: &self.calls[i],
+    /// DRIVER_OK with `features` and the first `count` rings, in `dev`'s
+    /// memory.
+    pub(super) fn context(
+        &self,
+        dev: &GenericVhostUser,
+        features: u64,
+        count: usize,
+    ) -> ActivateContext {
+        let queues = (0..count)
+            .map(|i| {
+                let base = 0x10_0000 * (i as u64 + 1);
+                ActiveQueue {
+                    index: i,
+                    queue: ring(self.size, base, base + 0x1000, base + 0x2000),
+                    kick: self.kicks[i].try_clone().unwrap(),
+                    call: self.calls[i].try_clone().unwrap(),
+                }
             })
-            .collect()
+            .collect();
+        ActivateContext {
+            mem: dev.memory.clone(),
+            features,
+            queues,
+            interrupt: self.interrupt.clone(),
+        }
     }
 }
 
@@ -106,7 +147,7 @@ fn without_mq_a_refused_ring_is_found_at_start_up() {
         1,
     );
     let err =
-        GenericVhostUser::with_timeouts(&fs_config(&server.path, &[64, 64]), &memory(), quick())
+        GenericVhostUser::with_timeouts(fs_config(&server.path, &[64, 64]), &memory(), quick())
             .err()
             .unwrap();
     assert!(
@@ -120,7 +161,7 @@ fn without_mq_a_refused_ring_is_found_at_start_up() {
         ),
         "{err:?}"
     );
-    let text = crate::error_chain(&err);
+    let text = crate::util::error_chain(&err);
     for part in ["fs0", "queue 1", "SET_VRING_NUM"] {
         assert!(text.contains(part), "{part:?} not in {text:?}");
     }
@@ -136,10 +177,10 @@ fn more_queues_than_the_backend_has_is_refused_by_name() {
         1,
     );
     let err =
-        GenericVhostUser::with_timeouts(&fs_config(&server.path, &[64, 64]), &memory(), quick())
+        GenericVhostUser::with_timeouts(fs_config(&server.path, &[64, 64]), &memory(), quick())
             .err()
             .unwrap();
-    let text = crate::error_chain(&err);
+    let text = crate::util::error_chain(&err);
     for part in ["fs0", "2 queues", "offers 1", "GET_QUEUE_NUM"] {
         assert!(text.contains(part), "{part:?} not in {text:?}");
     }
@@ -153,7 +194,7 @@ fn a_spec_config_needs_the_config_feature_or_config_bytes() {
     };
     let server = Server::start(no_config(), 1);
     let err =
-        GenericVhostUser::with_timeouts(&fs_config(&server.path, &[64, 64]), &memory(), quick())
+        GenericVhostUser::with_timeouts(fs_config(&server.path, &[64, 64]), &memory(), quick())
             .err()
             .unwrap();
     assert!(matches!(err, Error::NoConfigFeature { .. }));
@@ -162,7 +203,7 @@ fn a_spec_config_needs_the_config_feature_or_config_bytes() {
     let server = Server::start(no_config(), 1);
     let mut config = fs_config(&server.path, &[64, 64]);
     config.config = Some(b"given".to_vec());
-    let mut dev = GenericVhostUser::with_timeouts(&config, &memory(), quick()).unwrap();
+    let mut dev = GenericVhostUser::with_timeouts(config, &memory(), quick()).unwrap();
     let mut data = [0xaa; 8];
     dev.read_config(0, &mut data).unwrap();
     assert_eq!(&data, b"given\0\0\0");
@@ -215,8 +256,8 @@ fn activation_and_reset_follow_the_protocol() {
     server.take_log();
     let rings = Rings::new(2);
     // The guest acks VERSION_1, EVENT_IDX and a bit nobody offered.
-    dev.activate(VERSION_1 | (1 << 29) | (1 << 40), &rings.setups())
-        .unwrap();
+    let features = VERSION_1 | (1 << 29) | (1 << 40);
+    dev.activate(rings.context(&dev, features, 2)).unwrap();
     let acked = VERSION_1 | (1 << 29) | PROTOCOL;
     let mut expected = vec![
         format!("SET_FEATURES {acked:#x}"),
@@ -246,7 +287,7 @@ fn activation_and_reset_follow_the_protocol() {
         ]
     );
     // And again from the top, on the same connection.
-    dev.activate(VERSION_1, &rings.setups()[..1]).unwrap();
+    dev.activate(rings.context(&dev, VERSION_1, 1)).unwrap();
     assert_eq!(
         server.log()[0],
         format!("SET_FEATURES {:#x}", VERSION_1 | PROTOCOL)
@@ -271,14 +312,14 @@ fn without_protocol_features_no_vring_enable_and_no_version_1_to_the_backend() {
     );
     let mut config = fs_config(&server.path, &[64, 64]);
     config.config = Some(b"myfs".to_vec());
-    let mut dev = GenericVhostUser::with_timeouts(&config, &memory(), quick()).unwrap();
+    let mut dev = GenericVhostUser::with_timeouts(config, &memory(), quick()).unwrap();
     assert_eq!(
         dev.features(),
         VERSION_1 | (1 << 29) | 1,
         "VERSION_1 is ours"
     );
     let rings = Rings::new(2);
-    dev.activate(VERSION_1 | 1, &rings.setups()).unwrap();
+    dev.activate(rings.context(&dev, VERSION_1 | 1, 2)).unwrap();
     // Without REPLY_ACK nothing is answered, so activation ends with a
     // request that is: the log is complete as soon as it returns, before
     // a guest could kick a ring the backend has not set up.
@@ -299,17 +340,11 @@ fn without_protocol_features_no_vring_enable_and_no_version_1_to_the_backend() {
 fn rings_outside_guest_memory_are_refused() {
     let server = Server::start(Mock::fs(), 1);
     let mut dev = device(&server);
-    let kick = EventFd::new(0).unwrap();
-    let setup = QueueSetup {
-        index: 0,
-        size: 64,
-        desc: (16 << 20) - 0x100, // 64 descriptors need 0x400 bytes
-        avail: 0,
-        used: 0x1000,
-        kick: &kick,
-        call: &kick,
-    };
-    let err = dev.activate(VERSION_1, &[setup]).err().unwrap();
+    let rings = Rings::new(1);
+    let mut context = rings.context(&dev, VERSION_1, 1);
+    // 64 descriptors need 0x400 bytes.
+    context.queues[0].queue = ring(64, (16 << 20) - 0x100, 0, 0x1000);
+    let err = dev.activate(context).err().unwrap();
     assert!(matches!(err, Error::BadRingAddress { queue: 0, .. }));
 }
 
@@ -356,7 +391,7 @@ fn a_backend_that_went_away_is_reconnected_at_reset() {
     let mut server = Server::start(Mock::fs(), 3);
     let mut dev = device(&server);
     let rings = Rings::new(2);
-    dev.activate(VERSION_1, &rings.setups()).unwrap();
+    dev.activate(rings.context(&dev, VERSION_1, 2)).unwrap();
 
     // Dies while running: stopping the rings finds out, reset reconnects.
     server.kill_connection();
@@ -365,7 +400,7 @@ fn a_backend_that_went_away_is_reconnected_at_reset() {
     let log = server.take_log();
     assert_eq!(log[0], "SET_OWNER", "{log:?}");
     assert!(log.contains(&"SET_MEM_TABLE 1".to_string()));
-    dev.activate(VERSION_1, &rings.setups()).unwrap();
+    dev.activate(rings.context(&dev, VERSION_1, 2)).unwrap();
     dev.reset().unwrap();
 
     // Dies while idle: a config access fails (all ones for the guest),
@@ -384,21 +419,13 @@ fn a_backend_that_went_away_is_reconnected_at_reset() {
 fn a_backend_hanging_up_while_the_guest_is_away_is_signalled_at_once() {
     let mut server = Server::start(Mock::fs(), 2);
     let mut dev = device(&server);
-    let signals = Arc::new(std::sync::atomic::AtomicU32::new(0));
-    dev.set_failure_signal(Arc::new({
-        let signals = signals.clone();
-        move || {
-            signals.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            true
-        }
-    }));
     let rings = Rings::new(2);
-    dev.activate(VERSION_1, &rings.setups()).unwrap();
-    assert_eq!(signals.load(std::sync::atomic::Ordering::SeqCst), 0);
+    dev.activate(rings.context(&dev, VERSION_1, 2)).unwrap();
+    assert!(!rings.interrupt.needs_reset());
 
     server.kill_connection();
     let start = Instant::now();
-    while signals.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+    while !rings.interrupt.needs_reset() {
         assert!(start.elapsed() < Duration::from_secs(5), "no signal");
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -406,12 +433,14 @@ fn a_backend_hanging_up_while_the_guest_is_away_is_signalled_at_once() {
     server.take_log();
     let err = dev.read_config(0, &mut [0u8; 4]).err().unwrap();
     assert!(matches!(err, Error::Disconnected { .. }), "{err:?}");
-    // Reset reconnects; the new connection keeps the signal.
+    // Reset reconnects (the transport clears the flag); the new connection
+    // keeps the interrupt handle.
     dev.reset().unwrap();
+    rings.interrupt.reset();
     assert_eq!(server.take_log()[0], "SET_OWNER");
     server.kill_connection();
     let start = Instant::now();
-    while signals.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+    while !rings.interrupt.needs_reset() {
         assert!(start.elapsed() < Duration::from_secs(5), "no second signal");
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -432,7 +461,7 @@ fn a_failed_reconnect_leaves_the_device_disconnected_until_the_next_reset() {
         Err(Error::Disconnected { .. })
     ));
     let rings = Rings::new(2);
-    assert!(dev.activate(VERSION_1, &rings.setups()).is_err());
+    assert!(dev.activate(rings.context(&dev, VERSION_1, 2)).is_err());
     drop(dev);
     // Let the backend thread finish: one more connection to its listener
     // is impossible now that the path is gone, so just detach it.
@@ -444,7 +473,7 @@ fn nobody_listening_is_an_error_naming_the_socket() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("nobody.sock");
     let start = Instant::now();
-    let err = GenericVhostUser::with_timeouts(&fs_config(&path, &[64, 64]), &memory(), quick())
+    let err = GenericVhostUser::with_timeouts(fs_config(&path, &[64, 64]), &memory(), quick())
         .err()
         .unwrap();
     assert!(start.elapsed() >= Duration::from_millis(300), "retried");
@@ -456,31 +485,12 @@ fn nobody_listening_is_an_error_naming_the_socket() {
 }
 
 #[test]
-fn start_up_checks_that_need_no_backend() {
+fn guest_memory_must_be_shared() {
     let path = Path::new("/nonexistent/never-connected.sock");
-    let check = |queues: &[u16], shared: bool| {
-        let memory = create_guest_memory(&MemoryConfig {
-            size: 16 << 20,
-            shared,
-            hugepages: false,
-        })
+    let memory = guest_memory(16 << 20, false);
+    let err = GenericVhostUser::with_timeouts(fs_config(path, &[64, 64]), &memory, quick())
+        .err()
         .unwrap();
-        GenericVhostUser::with_timeouts(&fs_config(path, queues), &memory, quick())
-            .err()
-            .unwrap()
-    };
-    assert!(matches!(
-        check(&[64], true),
-        Error::TooFewQueues { min: 2, .. }
-    ));
-    assert!(matches!(
-        check(&[64, 48], true),
-        Error::QueueSize { size: 48, .. }
-    ));
-    assert!(matches!(check(&[64, 65535], true), Error::QueueSize { .. }));
-    assert!(matches!(
-        check(&[64, 64], false),
-        Error::NotShared { addr: 0 }
-    ));
-    assert!(check(&[64, 64], false).to_string().contains("shared=on"));
+    assert!(matches!(err, Error::NotShared { addr: 0 }));
+    assert!(err.to_string().contains("shared=on"));
 }

@@ -6,11 +6,8 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use vmm_sys_util::eventfd::EventFd;
-
+use super::tests::{guest_memory, Rings};
 use super::*;
-use crate::config::MemoryConfig;
-use crate::vstate::memory::create_guest_memory;
 
 fn find_virtiofsd() -> Option<PathBuf> {
     let mut candidates: Vec<PathBuf> = std::env::var_os("VIRTIOFSD")
@@ -80,21 +77,16 @@ fn real_virtiofsd_negotiates_serves_its_tag_and_survives_a_restart() {
     let socket = dir.path().join("fs.sock");
     let mut backend = Virtiofsd::start(&binary, dir.path(), &socket, 0);
 
-    let memory = create_guest_memory(&MemoryConfig {
-        size: 64 << 20,
-        shared: true,
-        hugepages: false,
-    })
-    .unwrap();
-    let config = GenericVhostUserConfig {
+    let memory = guest_memory(64 << 20, true);
+    let params = VhostUserParams {
         id: "fs0".into(),
         socket: socket.clone(),
         device_type: "fs".parse().unwrap(),
         queue_sizes: vec![256, 256],
-        config_size: None,
+        config_len: 40,
         config: None,
     };
-    let mut dev = GenericVhostUser::new(&config, &memory).unwrap();
+    let mut dev = GenericVhostUser::new(params, &memory).unwrap();
     assert!(
         dev.negotiated
             .protocol
@@ -118,23 +110,10 @@ fn real_virtiofsd_negotiates_serves_its_tag_and_survives_a_restart() {
     assert!(window.starts_with(b"myfs\0"), "{window:?}");
     assert_eq!(&window[36..40], &1u32.to_le_bytes(), "one request queue");
 
-    let fds: Vec<EventFd> = (0..4).map(|_| EventFd::new(0).unwrap()).collect();
-    let setups = |n: usize| -> Vec<QueueSetup<'_>> {
-        (0..n)
-            .map(|i| QueueSetup {
-                index: i,
-                size: 256,
-                desc: 0x10_0000 * (i as u64 + 1),
-                avail: 0x10_0000 * (i as u64 + 1) + 0x1000,
-                used: 0x10_0000 * (i as u64 + 1) + 0x2000,
-                kick: &fds[2 * i],
-                call: &fds[2 * i + 1],
-            })
-            .collect()
-    };
-    dev.activate(features, &setups(2)).unwrap();
+    let rings = Rings::with_size(2, 256);
+    dev.activate(rings.context(&dev, features, 2)).unwrap();
     dev.reset().unwrap();
-    dev.activate(features, &setups(2)).unwrap();
+    dev.activate(rings.context(&dev, features, 2)).unwrap();
     dev.reset().unwrap();
 
     // virtiofsd restarted behind our back: reset reconnects to the new one.
@@ -142,7 +121,7 @@ fn real_virtiofsd_negotiates_serves_its_tag_and_survives_a_restart() {
     backend = Virtiofsd::start(&binary, dir.path(), &socket, 1);
     dev.reset().unwrap();
     assert!(read_window(&mut dev).starts_with(b"myfs\0"));
-    dev.activate(features, &setups(2)).unwrap();
+    dev.activate(rings.context(&dev, features, 2)).unwrap();
     drop(dev);
     drop(backend);
 }

@@ -1,30 +1,32 @@
-//! The thread that guards one connection to a backend. It does two jobs
+//! The worker that guards one connection to a backend. It does two jobs
 //! that both come down to watching the socket:
 //!
 //! - A deadline on every request. The vhost crate retries a socket read
 //!   that timed out (EAGAIN is its `SocketRetry`), so SO_RCVTIMEO cannot
 //!   stop a hung backend from blocking a vCPU forever. When a request
-//!   outlives its deadline this thread shuts the socket down; the blocked
+//!   outlives its deadline the worker shuts the socket down; the blocked
 //!   read then sees end-of-file and the request fails.
 //! - Noticing the backend hang up between requests (it crashed or closed
 //!   the connection while the guest was only using the rings). Nothing in
 //!   the VMM would read the socket until the guest next touches the device,
-//!   so this thread tells the transport at once through a `FailureSignal`.
+//!   so the worker sets DEVICE_NEEDS_RESET through the device's interrupt
+//!   handle at once.
 
 use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::bus::lock;
-use crate::virtio::FailureSignal;
+use crate::util::lock;
+use crate::virtio::worker::{EventHandler, Source, Worker};
+use crate::virtio::VirtioInterrupt;
 
-/// How often a failure signal that found the transport busy is retried.
-const SIGNAL_RETRY: Duration = Duration::from_millis(1);
+const WAKE: u64 = 0;
+const SOCKET: u64 = 1;
 
 struct State {
     deadline: Option<Instant>,
@@ -33,46 +35,59 @@ struct State {
     /// The socket hung up or failed; it will not carry a request again.
     lost: bool,
     /// Where to report `lost`, and whether that was done.
-    signal: Option<FailureSignal>,
+    interrupt: Option<VirtioInterrupt>,
     signalled: bool,
-    stop: bool,
 }
 
 struct Shared {
+    /// The device's id, for the log.
+    id: String,
     state: Mutex<State>,
-    /// Wakes the thread when a deadline is armed or it must stop.
+    /// Wakes the worker when a deadline is armed or an interrupt handle set.
     wake: EventFd,
     socket: UnixStream,
 }
 
-/// Owns its thread: dropping the watchdog stops and joins it.
+/// Dropping the watchdog stops and joins its worker.
 pub struct Watchdog {
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
+    _worker: Worker,
 }
 
 impl Watchdog {
-    /// Watches `socket` (a clone of the connection's socket).
-    pub fn new(name: &str, socket: UnixStream) -> std::io::Result<Watchdog> {
+    /// Watches `socket` (a clone of the connection's socket) on a worker
+    /// named after device `id`.
+    pub fn new(id: &str, socket: UnixStream) -> std::io::Result<Watchdog> {
         let shared = Arc::new(Shared {
+            id: id.to_owned(),
             state: Mutex::new(State {
                 deadline: None,
                 fired: false,
                 lost: false,
-                signal: None,
+                interrupt: None,
                 signalled: false,
-                stop: false,
             }),
             wake: EventFd::new(libc::EFD_NONBLOCK)?,
             socket,
         });
-        let thread = std::thread::Builder::new().name(name.to_owned()).spawn({
-            let shared = shared.clone();
-            move || watch(&shared)
-        })?;
+        let sources = [
+            Source {
+                fd: shared.wake.as_raw_fd(),
+                token: WAKE,
+                events: EventSet::IN,
+            },
+            // Only the hang-up, and only once (edge-triggered): replies are
+            // the requester's to read.
+            Source {
+                fd: shared.socket.as_raw_fd(),
+                token: SOCKET,
+                events: EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED,
+            },
+        ];
+        let worker = Worker::spawn(&format!("vu-watch-{id}"), &sources, Guard(shared.clone()))?;
         Ok(Watchdog {
             shared,
-            thread: Some(thread),
+            _worker: worker,
         })
     }
 
@@ -91,10 +106,10 @@ impl Watchdog {
         (result, std::mem::take(&mut state.fired))
     }
 
-    /// `signal` is called, from the watchdog's thread, once the socket
-    /// hangs up (at once if it already has).
-    pub fn set_signal(&self, signal: FailureSignal) {
-        lock(&self.shared.state).signal = Some(signal);
+    /// Once the socket hangs up (at once if it already has), `interrupt`
+    /// is told the device needs a reset.
+    pub fn set_interrupt(&self, interrupt: VirtioInterrupt) {
+        lock(&self.shared.state).interrupt = Some(interrupt);
         self.wake();
     }
 
@@ -105,142 +120,82 @@ impl Watchdog {
 
     fn wake(&self) {
         if let Err(e) = self.shared.wake.write(1) {
-            log::error!("vhost-user watchdog: cannot wake its thread: {e}");
+            log::error!(
+                "{}: cannot wake the vhost-user watchdog: {e}",
+                self.shared.id
+            );
         }
     }
 }
 
-/// What the thread waits for next.
-enum Wait {
-    Stop,
-    /// Up to this long (None: for ever), and for a hang-up if `socket`.
-    For {
-        timeout: Option<Duration>,
-        socket: bool,
-    },
-}
+/// The worker's side.
+struct Guard(Arc<Shared>);
 
-fn next_wait(shared: &Shared) -> Wait {
-    let mut state = lock(&shared.state);
-    if state.stop {
-        return Wait::Stop;
-    }
-    let timeout = match state.deadline {
-        None => None,
-        Some(deadline) => {
-            let now = Instant::now();
-            if now >= deadline {
-                if let Err(e) = shared.socket.shutdown(Shutdown::Both) {
-                    log::debug!("vhost-user watchdog: shutdown: {e}");
+impl EventHandler for Guard {
+    fn ready(&mut self, token: u64, events: EventSet) {
+        match token {
+            // Only the wake-up matters, not how many.
+            WAKE => drop(self.0.wake.read()),
+            SOCKET => {
+                let gone = EventSet::READ_HANG_UP | EventSet::HANG_UP | EventSet::ERROR;
+                if events.intersects(gone) {
+                    log::debug!("{}: the vhost-user backend hung up", self.0.id);
+                    lock(&self.0.state).lost = true;
                 }
-                state.deadline = None;
-                state.fired = true;
-                None
-            } else {
-                Some(deadline - now)
             }
+            _ => {}
         }
-    };
-    Wait::For {
-        timeout,
-        socket: !state.lost,
     }
-}
 
-/// Waits on the wake eventfd and, if asked, for the socket to hang up.
-/// Returns whether it hung up.
-fn poll(shared: &Shared, timeout: Option<Duration>, socket: bool) -> bool {
-    let mut fds = [
-        libc::pollfd {
-            fd: shared.wake.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: shared.socket.as_raw_fd(),
-            // Only the hang-up: replies are the requester's to read.
-            events: libc::POLLRDHUP,
-            revents: 0,
-        },
-    ];
-    let count: libc::nfds_t = if socket { 2 } else { 1 };
-    let timeout_ms = timeout.map_or(-1, |t| {
-        // Rounded up, so that the deadline has passed when poll returns.
-        i32::try_from(t.as_micros().div_ceil(1000)).unwrap_or(i32::MAX)
-    });
-    // SAFETY: `fds` is a valid array of at least `count` pollfds that lives
-    // across the call; the descriptors belong to `shared`.
-    let n = unsafe { libc::poll(fds.as_mut_ptr(), count, timeout_ms) };
-    if n < 0 {
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            log::error!("vhost-user watchdog: poll: {e}");
-            // Do not spin on a persistent failure.
-            std::thread::sleep(SIGNAL_RETRY);
-        }
-        return false;
-    }
-    if fds[0].revents & libc::POLLIN != 0 {
-        // Only the wake-up matters, not how many.
-        let _ = shared.wake.read();
-    }
-    socket && fds[1].revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
-}
-
-fn watch(shared: &Shared) {
-    loop {
-        let (timeout, socket) = match next_wait(shared) {
-            Wait::Stop => return,
-            Wait::For { timeout, socket } => (timeout, socket),
-        };
-        if poll(shared, timeout, socket) {
-            log::debug!("vhost-user watchdog: the backend hung up");
-            lock(&shared.state).lost = true;
-        }
-        let pending = {
-            let state = lock(&shared.state);
-            match &state.signal {
-                Some(signal) if state.lost && !state.signalled => Some(signal.clone()),
-                _ => None,
-            }
-        };
-        if let Some(signal) = pending {
-            // The transport may be busy with a guest access (possibly one
-            // that is about to drop this watchdog and join this thread), so
-            // never block on it: retry until it takes the signal or we are
-            // told to stop.
-            while !signal() {
-                if lock(&shared.state).stop {
-                    return;
+    /// Cuts off a request past its deadline, reports a lost socket, and
+    /// sleeps until the next deadline.
+    fn before_wait(&mut self) -> Option<Duration> {
+        let shared = &self.0;
+        let mut state = lock(&shared.state);
+        if state.lost && !state.signalled {
+            if let Some(interrupt) = state.interrupt.clone() {
+                state.signalled = true;
+                if interrupt.set_needs_reset() {
+                    log::error!("{}: the backend went away; device needs reset", shared.id);
                 }
-                std::thread::sleep(SIGNAL_RETRY);
-            }
-            lock(&shared.state).signalled = true;
-        }
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        lock(&self.shared.state).stop = true;
-        self.wake();
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                log::error!("vhost-user watchdog thread panicked");
             }
         }
+        let deadline = state.deadline?;
+        let now = Instant::now();
+        if now < deadline {
+            return Some(deadline - now);
+        }
+        if let Err(e) = shared.socket.shutdown(Shutdown::Both) {
+            log::debug!("{}: vhost-user watchdog: shutdown: {e}", shared.id);
+        }
+        state.deadline = None;
+        state.fired = true;
+        None
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::interrupt::fake::FakeMsiGroup;
     use std::io::Read;
+
+    fn interrupt() -> VirtioInterrupt {
+        VirtioInterrupt::new(Arc::new(FakeMsiGroup::new(1)))
+    }
+
+    fn wait_for(what: impl Fn() -> bool) {
+        let start = Instant::now();
+        while !what() {
+            assert!(start.elapsed() < Duration::from_secs(5), "timed out");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
 
     #[test]
     fn a_request_past_its_deadline_is_cut_off() {
         let (ours, _peer) = UnixStream::pair().unwrap();
-        let dog = Watchdog::new("test-watchdog", ours.try_clone().unwrap()).unwrap();
+        let dog = Watchdog::new("test", ours.try_clone().unwrap()).unwrap();
         let start = Instant::now();
         let ((n, _), fired) = dog.run(Duration::from_millis(100), || {
             let mut buf = [0u8; 8];
@@ -256,7 +211,7 @@ mod tests {
     #[test]
     fn a_request_in_time_is_left_alone() {
         let (ours, peer) = UnixStream::pair().unwrap();
-        let dog = Watchdog::new("test-watchdog", ours.try_clone().unwrap()).unwrap();
+        let dog = Watchdog::new("test", ours.try_clone().unwrap()).unwrap();
         for _ in 0..3 {
             let (_, fired) = dog.run(Duration::from_millis(200), || {
                 std::io::Write::write_all(&mut &peer, b"x").unwrap();
@@ -273,92 +228,60 @@ mod tests {
         drop(dog); // joins its thread
     }
 
-    fn counting_signal(answer: bool) -> (FailureSignal, Arc<std::sync::atomic::AtomicU32>) {
-        let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
-        let signal: FailureSignal = Arc::new({
-            let calls = calls.clone();
-            move || {
-                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                answer
-            }
-        });
-        (signal, calls)
-    }
-
-    fn wait_for(what: impl Fn() -> bool) {
-        let start = Instant::now();
-        while !what() {
-            assert!(start.elapsed() < Duration::from_secs(5), "timed out");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
     #[test]
     fn a_hang_up_between_requests_is_signalled_once() {
         let (ours, peer) = UnixStream::pair().unwrap();
-        let (signal, calls) = counting_signal(true);
-        let dog = Watchdog::new("test-watchdog", ours.try_clone().unwrap()).unwrap();
-        dog.set_signal(signal);
+        let irq = interrupt();
+        let dog = Watchdog::new("test", ours.try_clone().unwrap()).unwrap();
+        dog.set_interrupt(irq.clone());
         std::thread::sleep(Duration::from_millis(20));
         assert!(!dog.lost());
-        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 0);
+        assert!(!irq.needs_reset());
         drop(peer);
         wait_for(|| dog.lost());
-        wait_for(|| calls.load(std::sync::atomic::Ordering::SeqCst) == 1);
+        wait_for(|| irq.needs_reset());
+        // The driver resets the device; this connection says nothing more.
+        irq.reset();
+        dog.wake();
         std::thread::sleep(Duration::from_millis(20));
-        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(!irq.needs_reset());
     }
 
     #[test]
     fn replies_are_not_mistaken_for_a_hang_up() {
         let (ours, peer) = UnixStream::pair().unwrap();
-        let (signal, calls) = counting_signal(true);
-        let dog = Watchdog::new("test-watchdog", ours.try_clone().unwrap()).unwrap();
-        dog.set_signal(signal);
+        let irq = interrupt();
+        let dog = Watchdog::new("test", ours.try_clone().unwrap()).unwrap();
+        dog.set_interrupt(irq.clone());
         // Data waiting on the socket, unread for a while.
         std::io::Write::write_all(&mut &peer, b"reply").unwrap();
         std::thread::sleep(Duration::from_millis(50));
         assert!(!dog.lost());
-        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 0);
+        assert!(!irq.needs_reset());
     }
 
     #[test]
-    fn a_busy_transport_is_retried_until_the_watchdog_stops() {
+    fn a_hang_up_before_the_interrupt_is_set_is_still_signalled() {
         let (ours, peer) = UnixStream::pair().unwrap();
-        let (signal, calls) = counting_signal(false);
-        let dog = Watchdog::new("test-watchdog", ours.try_clone().unwrap()).unwrap();
-        dog.set_signal(signal);
-        drop(peer);
-        wait_for(|| calls.load(std::sync::atomic::Ordering::SeqCst) >= 3);
-        // Dropping joins the thread: it must leave its retry loop.
-        drop(dog);
-        let after = calls.load(std::sync::atomic::Ordering::SeqCst);
-        std::thread::sleep(Duration::from_millis(20));
-        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), after);
-    }
-
-    #[test]
-    fn a_hang_up_before_the_signal_is_set_is_still_signalled() {
-        let (ours, peer) = UnixStream::pair().unwrap();
-        let (signal, calls) = counting_signal(true);
-        let dog = Watchdog::new("test-watchdog", ours.try_clone().unwrap()).unwrap();
+        let irq = interrupt();
+        let dog = Watchdog::new("test", ours.try_clone().unwrap()).unwrap();
         drop(peer);
         wait_for(|| dog.lost());
-        dog.set_signal(signal);
-        wait_for(|| calls.load(std::sync::atomic::Ordering::SeqCst) == 1);
+        dog.set_interrupt(irq.clone());
+        wait_for(|| irq.needs_reset());
     }
 
     #[test]
     fn a_cut_off_request_also_counts_as_lost() {
         let (ours, _peer) = UnixStream::pair().unwrap();
-        let (signal, calls) = counting_signal(true);
-        let dog = Watchdog::new("test-watchdog", ours.try_clone().unwrap()).unwrap();
-        dog.set_signal(signal);
+        let irq = interrupt();
+        let dog = Watchdog::new("test", ours.try_clone().unwrap()).unwrap();
+        dog.set_interrupt(irq.clone());
         let (_, fired) = dog.run(Duration::from_millis(30), || {
             let _ = (&ours).read(&mut [0u8; 1]);
         });
         assert!(fired);
         wait_for(|| dog.lost());
-        wait_for(|| calls.load(std::sync::atomic::Ordering::SeqCst) == 1);
+        wait_for(|| irq.needs_reset());
     }
 }

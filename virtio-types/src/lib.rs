@@ -2,6 +2,9 @@
 //! the names users may give them on the command line, and what the VMM must
 //! know about a type without a backend: its fewest queues and the length of
 //! its device configuration structure.
+//!
+//! A crate of its own so that `vmm` and the conformance runner read one
+//! table.
 
 use std::fmt;
 use std::str::FromStr;
@@ -110,10 +113,6 @@ const TABLE: &[Entry] = &[
 
 impl VirtioDeviceType {
     /// `None` for 0, which the spec reserves.
-    #[allow(
-        dead_code,
-        reason = "users name types through FromStr; raw IDs are built in tests"
-    )]
     pub fn new(id: u32) -> Option<Self> {
         (id != 0).then_some(Self(id))
     }
@@ -153,6 +152,13 @@ impl VirtioDeviceType {
     fn entry(&self) -> Option<&'static Entry> {
         TABLE.iter().find(|e| e.id == self.0)
     }
+}
+
+/// The canonical name of every type the spec lists, by ID.
+pub fn names() -> impl Iterator<Item = (u32, &'static str)> {
+    TABLE
+        .iter()
+        .filter_map(|e| e.names.first().map(|name| (e.id, *name)))
 }
 
 impl FromStr for VirtioDeviceType {

@@ -1,5 +1,10 @@
 //! The command line: option names, help text and defaults, in Cloud
-//! Hypervisor's style. Values are kept as typed; `config` parses them.
+//! Hypervisor's style, and the only room that knows option syntax: the
+//! `key=value` splitter (`options`) and what each option's keys mean
+//! (`parse`, which builds the validated `config::VmConfig`).
+
+mod options;
+mod parse;
 
 use std::path::PathBuf;
 

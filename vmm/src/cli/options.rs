@@ -2,13 +2,61 @@
 //! and bracketed lists, split into pairs and checked against the keys an
 //! option has. What the keys mean is the caller's business.
 
-use super::ConfigError;
+use std::num::ParseIntError;
+
+use super::parse::OptionError;
 
 /// What `split_options` and the error messages need to know of an option.
 pub(super) struct OptionForm {
     pub name: &'static str,
     pub keys: &'static [&'static str],
     pub form: &'static str,
+}
+
+impl OptionForm {
+    /// `problem` with the option's name and expected form around it.
+    pub fn error(&self, problem: impl Into<String>) -> OptionError {
+        OptionError::Syntax {
+            option: self.name,
+            problem: problem.into(),
+            form: self.form,
+        }
+    }
+}
+
+impl OptionForm {
+    /// Key `what`'s `value` is not what it should be: `expected`.
+    pub fn invalid(
+        &self,
+        what: &'static str,
+        value: &str,
+        expected: &'static str,
+        source: Option<ParseIntError>,
+    ) -> OptionError {
+        OptionError::InvalidValue {
+            option: self.name,
+            what,
+            value: value.to_owned(),
+            expected,
+            source,
+        }
+    }
+}
+
+fn unbalanced_quote(form: &OptionForm, value: &str) -> OptionError {
+    OptionError::Syntax {
+        option: form.name,
+        problem: format!("unbalanced quote in {value:?}"),
+        form: "key=\"...\" with \"\" for a literal quote",
+    }
+}
+
+fn unbalanced_bracket(form: &OptionForm, value: &str) -> OptionError {
+    OptionError::Syntax {
+        option: form.name,
+        problem: format!("unbalanced bracket in {value:?}"),
+        form: "a list such as key=[1,2]",
+    }
 }
 
 /// One option's pairs, each key known and given once.
@@ -18,22 +66,14 @@ pub(super) struct Options<'a> {
 }
 
 impl<'a> Options<'a> {
-    pub fn parse(form: &'a OptionForm, value: &str) -> Result<Self, ConfigError> {
+    pub fn parse(form: &'a OptionForm, value: &str) -> Result<Self, OptionError> {
         let pairs = split_options(form, value)?;
         for (i, (key, _)) in pairs.iter().enumerate() {
             if !form.keys.contains(&key.as_str()) {
-                return Err(ConfigError::UnknownKey {
-                    option: form.name,
-                    key: key.clone(),
-                    form: form.form,
-                });
+                return Err(form.error(format!("unknown key {key:?}")));
             }
             if pairs.iter().take(i).any(|(earlier, _)| earlier == key) {
-                return Err(ConfigError::DuplicateKey {
-                    option: form.name,
-                    key: key.clone(),
-                    form: form.form,
-                });
+                return Err(form.error(format!("{key}= is given twice")));
             }
         }
         Ok(Self { form, pairs })
@@ -46,31 +86,21 @@ impl<'a> Options<'a> {
             .map(|(_, v)| v.as_str())
     }
 
-    pub fn require(&self, key: &'static str) -> Result<&str, ConfigError> {
+    pub fn require(&self, key: &'static str) -> Result<&str, OptionError> {
         self.get(key).ok_or_else(|| self.missing(key))
     }
 
-    pub fn missing(&self, key: &'static str) -> ConfigError {
-        ConfigError::MissingKey {
-            option: self.form.name,
-            key,
-            form: self.form.form,
-        }
+    pub fn missing(&self, key: &'static str) -> OptionError {
+        self.form.error(format!("missing {key}="))
     }
 
     /// `on` or `off`.
-    pub fn toggle(&self, key: &'static str) -> Result<Option<bool>, ConfigError> {
+    pub fn toggle(&self, key: &'static str) -> Result<Option<bool>, OptionError> {
         match self.get(key) {
             None => Ok(None),
             Some("on") => Ok(Some(true)),
             Some("off") => Ok(Some(false)),
-            Some(other) => Err(ConfigError::InvalidValue {
-                option: self.form.name,
-                what: key,
-                value: other.to_owned(),
-                expected: "on or off",
-                source: None,
-            }),
+            Some(other) => Err(self.form.invalid(key, other, "on or off", None)),
         }
     }
 }
@@ -86,12 +116,9 @@ impl<'a> Options<'a> {
 pub(super) fn split_options(
     form: &OptionForm,
     value: &str,
-) -> Result<Vec<(String, String)>, ConfigError> {
+) -> Result<Vec<(String, String)>, OptionError> {
     if value.is_empty() {
-        return Err(ConfigError::Empty {
-            option: form.name,
-            form: form.form,
-        });
+        return Err(form.error("empty value"));
     }
     let mut pairs = Vec::new();
     let mut item_start = 0;
@@ -106,18 +133,8 @@ pub(super) fn split_options(
         let (end, c) = match next {
             Some((_, c)) if c != ',' || quoted || depth > 0 => (None, c),
             Some((i, _)) => (Some(i), ','),
-            None if quoted => {
-                return Err(ConfigError::UnbalancedQuote {
-                    option: form.name,
-                    value: value.to_owned(),
-                })
-            }
-            None if depth > 0 => {
-                return Err(ConfigError::UnbalancedBracket {
-                    option: form.name,
-                    value: value.to_owned(),
-                })
-            }
+            None if quoted => return Err(unbalanced_quote(form, value)),
+            None if depth > 0 => return Err(unbalanced_bracket(form, value)),
             None => (Some(value.len()), ','),
         };
         if let Some(end) = end {
@@ -157,10 +174,7 @@ pub(super) fn split_options(
             ']' => {
                 depth = depth
                     .checked_sub(1)
-                    .ok_or_else(|| ConfigError::UnbalancedBracket {
-                        option: form.name,
-                        value: value.to_owned(),
-                    })?;
+                    .ok_or_else(|| unbalanced_bracket(form, value))?;
                 val.push(c);
             }
             _ => val.push(c),
@@ -174,32 +188,20 @@ fn finish_item(
     item: &str,
     key: &mut String,
     val: Option<String>,
-) -> Result<(String, String), ConfigError> {
+) -> Result<(String, String), OptionError> {
     let key = std::mem::take(key);
     if item.is_empty() {
-        return Err(ConfigError::EmptyItem {
-            option: form.name,
-            value: value.to_owned(),
-            form: form.form,
-        });
+        return Err(form.error(format!("empty item (a stray comma) in {value:?}")));
     }
     let valid_key = !key.is_empty()
         && key
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
     let Some(val) = val.filter(|_| valid_key) else {
-        return Err(ConfigError::NotKeyValue {
-            option: form.name,
-            item: item.to_owned(),
-            form: form.form,
-        });
+        return Err(form.error(format!("{item:?} is not key=value")));
     };
     if val.is_empty() {
-        return Err(ConfigError::EmptyValue {
-            option: form.name,
-            key,
-            form: form.form,
-        });
+        return Err(form.error(format!("{key}= has an empty value")));
     }
     Ok((key, val))
 }
@@ -215,7 +217,7 @@ mod tests {
         form: "a=...",
     };
 
-    fn split(value: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    fn split(value: &str) -> Result<Vec<(String, String)>, OptionError> {
         split_options(&FORM, value)
     }
 

@@ -1,0 +1,330 @@
+//! From `Args` to a validated `VmConfig`: what each option's keys mean,
+//! read from the pairs `options` splits. The values' limits and the rules
+//! across options are `config`'s.
+
+use std::num::{IntErrorKind, ParseIntError};
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+
+use virtio_types::{DeviceTypeError, VirtioDeviceType};
+
+use super::options::{OptionForm, Options};
+use super::Args;
+use crate::config::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OptionError {
+    /// The value breaks the `key=value,...` syntax or the option's keys.
+    #[error("{option}: {problem}: expected {form}")]
+    Syntax {
+        option: &'static str,
+        problem: String,
+        form: &'static str,
+    },
+    #[error("{option}: invalid {what} {value:?}: expected {expected}")]
+    InvalidValue {
+        option: &'static str,
+        what: &'static str,
+        value: String,
+        expected: &'static str,
+        #[source]
+        source: Option<ParseIntError>,
+    },
+    #[error("--generic-vhost-user: invalid {key} {value:?}: expected a VIRTIO device ID or name, e.g. virtio_id=fs")]
+    InvalidDeviceType {
+        key: &'static str,
+        value: String,
+        #[source]
+        source: DeviceTypeError,
+    },
+    #[error(
+        "--generic-vhost-user: virtio_id= and device_type= are synonyms: expected only one of them"
+    )]
+    DeviceTypeTwice,
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{option}: empty path: expected a file name")]
+    EmptyPath { option: &'static str },
+}
+
+const CPUS: OptionForm = OptionForm {
+    name: "--cpus",
+    keys: &["boot"],
+    form: "boot=N",
+};
+const MEMORY: OptionForm = OptionForm {
+    name: "--memory",
+    keys: &["size", "shared", "hugepages"],
+    form: "size=SIZE[,shared=on|off][,hugepages=on|off]",
+};
+const SERIAL: OptionForm = OptionForm {
+    name: "--serial",
+    keys: &["file"],
+    form: "off, null, tty or file=PATH",
+};
+const CONSOLE: OptionForm = OptionForm {
+    name: "--console",
+    ..SERIAL
+};
+const GENERIC_VHOST_USER: OptionForm = OptionForm {
+    name: "--generic-vhost-user",
+    keys: &[
+        "socket",
+        "virtio_id",
+        "device_type",
+        "queue_sizes",
+        "id",
+        "config_size",
+        "config",
+    ],
+    form: "socket=PATH,virtio_id=ID,queue_sizes=[N,N,...][,id=NAME][,config_size=N][,config=HEX]",
+};
+const DISK: OptionForm = OptionForm {
+    name: "--disk",
+    keys: &["path", "readonly"],
+    form: "path=PATH[,readonly=on|off]",
+};
+
+impl TryFrom<&Args> for VmConfig {
+    type Error = OptionError;
+
+    fn try_from(args: &Args) -> Result<Self, OptionError> {
+        let config = VmConfig {
+            cpus: parse_cpus(&args.cpus)?,
+            memory: parse_memory(&args.memory)?,
+            payload: PayloadConfig {
+                kernel: non_empty_path("--kernel", &args.kernel)?,
+                initramfs: args
+                    .initramfs
+                    .as_deref()
+                    .map(|path| non_empty_path("--initramfs", path))
+                    .transpose()?,
+                cmdline: args.cmdline.clone(),
+            },
+            serial: parse_console_output(&SERIAL, &args.serial)?,
+            console: parse_console_output(&CONSOLE, &args.console)?,
+            generic_vhost_user: args
+                .generic_vhost_user
+                .iter()
+                .enumerate()
+                .map(|(index, value)| parse_generic_vhost_user(index, value))
+                .collect::<Result<_, _>>()?,
+            disks: args
+                .disk
+                .iter()
+                .map(|value| parse_disk(value))
+                .collect::<Result<_, _>>()?,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn parse_cpus(value: &str) -> Result<CpusConfig, OptionError> {
+    let options = Options::parse(&CPUS, value)?;
+    let boot = options.require("boot")?;
+    let boot = parse_number(
+        &CPUS,
+        "boot",
+        boot,
+        1..=u64::from(MAX_VCPUS),
+        "a number from 1 to 254, e.g. boot=2",
+    )?;
+    Ok(CpusConfig {
+        boot: u8::try_from(boot).unwrap_or(MAX_VCPUS),
+    })
+}
+
+fn parse_memory(value: &str) -> Result<MemoryConfig, OptionError> {
+    let options = Options::parse(&MEMORY, value)?;
+    let shared = options.toggle("shared")?.unwrap_or(false);
+    let hugepages = options.toggle("hugepages")?.unwrap_or(false);
+    let size = match options.get("size") {
+        Some(size) => parse_memory_size(size, hugepages)?,
+        None => DEFAULT_MEMORY_SIZE,
+    };
+    Ok(MemoryConfig {
+        size,
+        shared,
+        hugepages,
+    })
+}
+
+fn parse_memory_size(value: &str, hugepages: bool) -> Result<u64, OptionError> {
+    let invalid = |expected, source| MEMORY.invalid("size", value, expected, source);
+    const OUT_OF_RANGE: &str = "2M to 1T, e.g. size=512M";
+    let (digits, shift) = match value.as_bytes().last() {
+        Some(b'K' | b'k') => (value.get(..value.len() - 1), 10),
+        Some(b'M' | b'm') => (value.get(..value.len() - 1), 20),
+        Some(b'G' | b'g') => (value.get(..value.len() - 1), 30),
+        Some(b'T' | b't') => (value.get(..value.len() - 1), 40),
+        _ => (Some(value), 0),
+    };
+    let number = match digits.unwrap_or_default().parse::<u64>() {
+        Ok(number) => number,
+        Err(e) if *e.kind() == IntErrorKind::PosOverflow => {
+            return Err(invalid(OUT_OF_RANGE, None))
+        }
+        Err(e) => {
+            return Err(invalid(
+                "a number with optional K, M, G or T suffix, e.g. size=512M",
+                Some(e),
+            ))
+        }
+    };
+    let size = number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| invalid(OUT_OF_RANGE, None))?;
+    if size % PAGE_SIZE != 0 {
+        return Err(invalid("a multiple of 4K, e.g. size=512M", None));
+    }
+    if hugepages && size % HUGE_PAGE_SIZE != 0 {
+        return Err(invalid("a multiple of 2M with hugepages=on", None));
+    }
+    if !(MIN_MEMORY_SIZE..=MAX_MEMORY_SIZE).contains(&size) {
+        return Err(invalid(OUT_OF_RANGE, None));
+    }
+    Ok(size)
+}
+
+fn non_empty_path(option: &'static str, path: &Path) -> Result<PathBuf, OptionError> {
+    if path.as_os_str().is_empty() {
+        return Err(OptionError::EmptyPath { option });
+    }
+    Ok(path.to_path_buf())
+}
+
+fn parse_console_output(form: &OptionForm, value: &str) -> Result<ConsoleOutput, OptionError> {
+    Ok(match value {
+        "off" => ConsoleOutput::Off,
+        "null" => ConsoleOutput::Null,
+        "tty" => ConsoleOutput::Tty,
+        _ => ConsoleOutput::File(Options::parse(form, value)?.require("file")?.into()),
+    })
+}
+
+fn parse_generic_vhost_user(
+    index: usize,
+    value: &str,
+) -> Result<GenericVhostUserConfig, OptionError> {
+    let options = Options::parse(&GENERIC_VHOST_USER, value)?;
+    let socket = options.require("socket")?.into();
+    let device_type = match (options.get("virtio_id"), options.get("device_type")) {
+        (Some(_), Some(_)) => return Err(OptionError::DeviceTypeTwice),
+        (Some(id), None) => parse_device_type("virtio_id", id)?,
+        (None, Some(id)) => parse_device_type("device_type", id)?,
+        (None, None) => return Err(options.missing("virtio_id")),
+    };
+    let queue_sizes = parse_queue_sizes(options.require("queue_sizes")?)?;
+    let config_size = options
+        .get("config_size")
+        .map(|size| {
+            parse_number(
+                &GENERIC_VHOST_USER,
+                "config_size",
+                size,
+                0..=u64::from(MAX_CONFIG_SIZE),
+                "a number from 0 to 4096",
+            )
+        })
+        .transpose()?
+        .map(|size| u32::try_from(size).unwrap_or(MAX_CONFIG_SIZE));
+    let config = options.get("config").map(parse_hex).transpose()?;
+    let device = GenericVhostUserConfig {
+        id: options
+            .get("id")
+            .map_or_else(|| format!("_generic_vhost_user{index}"), str::to_owned),
+        socket,
+        device_type,
+        queue_sizes,
+        config_size,
+        config,
+    };
+
+    device.validate()?;
+    Ok(device)
+}
+
+fn parse_device_type(key: &'static str, value: &str) -> Result<VirtioDeviceType, OptionError> {
+    value
+        .parse()
+        .map_err(|source| OptionError::InvalidDeviceType {
+            key,
+            value: value.to_owned(),
+            source,
+        })
+}
+
+/// `[N,N,...]`, or a single `N`; the count is checked by the caller.
+fn parse_queue_sizes(value: &str) -> Result<Vec<u16>, OptionError> {
+    const EXPECTED: &str = "a power of two from 1 to 32768 per queue, e.g. queue_sizes=[256,256]";
+    let list = match value.strip_prefix('[') {
+        Some(rest) => rest
+            .strip_suffix(']')
+            .ok_or_else(|| GENERIC_VHOST_USER.invalid("queue_sizes", value, EXPECTED, None))?,
+        None => value,
+    };
+    if list.is_empty() {
+        return Ok(Vec::new());
+    }
+    list.split(',')
+        .map(|size| {
+            let invalid = |source| GENERIC_VHOST_USER.invalid("queue size", size, EXPECTED, source);
+            match size.parse::<u16>() {
+                Ok(n) if n.is_power_of_two() && n <= MAX_QUEUE_SIZE => Ok(n),
+                Ok(_) => Err(invalid(None)),
+                Err(e) if *e.kind() == IntErrorKind::PosOverflow => Err(invalid(None)),
+                Err(e) => Err(invalid(Some(e))),
+            }
+        })
+        .collect()
+}
+
+fn parse_hex(value: &str) -> Result<Vec<u8>, OptionError> {
+    fn nibble(digit: u8) -> Option<u8> {
+        char::from(digit)
+            .to_digit(16)
+            .and_then(|d| u8::try_from(d).ok())
+    }
+    let pairs = value.as_bytes().chunks_exact(2);
+    let parsed = if pairs.remainder().is_empty() {
+        pairs
+            .map(|pair| match pair {
+                [hi, lo] => Some(nibble(*hi)? << 4 | nibble(*lo)?),
+                _ => None,
+            })
+            .collect::<Option<Vec<u8>>>()
+    } else {
+        None
+    };
+    let expected = "an even number of hex digits, e.g. config=0a0b0c0d";
+    parsed.ok_or_else(|| GENERIC_VHOST_USER.invalid("config", value, expected, None))
+}
+
+fn parse_disk(value: &str) -> Result<DiskConfig, OptionError> {
+    let options = Options::parse(&DISK, value)?;
+    Ok(DiskConfig {
+        path: options.require("path")?.into(),
+        readonly: options.toggle("readonly")?.unwrap_or(false),
+    })
+}
+
+/// A decimal number in `range`.
+fn parse_number(
+    form: &OptionForm,
+    what: &'static str,
+    value: &str,
+    range: RangeInclusive<u64>,
+    expected: &'static str,
+) -> Result<u64, OptionError> {
+    let invalid = |source| form.invalid(what, value, expected, source);
+    match value.parse::<u64>() {
+        Ok(n) if range.contains(&n) => Ok(n),
+        Ok(_) => Err(invalid(None)),
+        Err(e) if *e.kind() == IntErrorKind::PosOverflow => Err(invalid(None)),
+        Err(e) => Err(invalid(Some(e))),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,625 @@
+//! Each option's keys and values, the messages for bad ones, and that no
+//! input makes a parser panic.
+
+use super::*;
+use clap::Parser;
+use proptest::prelude::*;
+use rstest::rstest;
+use std::error::Error;
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+fn parse(extra: &[&str]) -> Result<VmConfig, OptionError> {
+    let argv = ["vmm", "--kernel", "/boot/vmlinux"].iter().chain(extra);
+    VmConfig::try_from(&Args::try_parse_from(argv).expect("clap accepts the arguments"))
+}
+
+fn parse_ok(extra: &[&str]) -> VmConfig {
+    parse(extra).expect("valid configuration")
+}
+
+fn vhost(values: &[&str]) -> Result<Vec<GenericVhostUserConfig>, OptionError> {
+    let mut argv = vec!["--memory", "size=1G,shared=on"];
+    for value in values {
+        argv.extend(["--generic-vhost-user", value]);
+    }
+    parse(&argv).map(|config| config.generic_vhost_user)
+}
+
+fn vhost_one(value: &str) -> Result<GenericVhostUserConfig, OptionError> {
+    vhost(&[value]).map(|mut devices| devices.remove(0))
+}
+
+fn vhost_ok(value: &str) -> GenericVhostUserConfig {
+    vhost_one(value).expect("valid device")
+}
+
+fn device_type(id: u32) -> VirtioDeviceType {
+    VirtioDeviceType::new(id).expect("non-zero")
+}
+
+#[test]
+fn defaults() {
+    assert_eq!(
+        parse_ok(&[]),
+        VmConfig {
+            cpus: CpusConfig { boot: 1 },
+            memory: MemoryConfig {
+                size: 512 * MIB,
+                shared: false,
+                hugepages: false,
+            },
+            payload: PayloadConfig {
+                kernel: "/boot/vmlinux".into(),
+                initramfs: None,
+                cmdline: String::new(),
+            },
+            serial: ConsoleOutput::Tty,
+            console: ConsoleOutput::Off,
+            generic_vhost_user: vec![],
+            disks: vec![],
+        }
+    );
+}
+
+#[test]
+fn payload() {
+    let config = parse_ok(&[
+        "--initramfs",
+        "/i.cpio",
+        "--cmdline",
+        "console=ttyS0 a=\"b,c\"",
+    ]);
+    assert_eq!(config.payload.initramfs, Some("/i.cpio".into()));
+    assert_eq!(config.payload.cmdline, "console=ttyS0 a=\"b,c\"");
+    assert!(matches!(
+        non_empty_path("--kernel", Path::new("")),
+        Err(OptionError::EmptyPath { option: "--kernel" })
+    ));
+}
+
+#[rstest]
+#[case("boot=1", 1)]
+#[case("boot=2", 2)]
+#[case("boot=08", 8)]
+#[case("boot=254", 254)]
+fn cpus(#[case] value: &str, #[case] boot: u8) {
+    assert_eq!(parse_ok(&["--cpus", value]).cpus.boot, boot);
+}
+
+#[rstest]
+#[case("boot=0", "invalid boot \"0\": expected a number from 1 to 254")]
+#[case("boot=255", "invalid boot \"255\"")]
+#[case("boot=99999999999999999999999", "invalid boot")]
+#[case("boot=-1", "invalid boot \"-1\"")]
+#[case("boot=two", "invalid boot \"two\"")]
+#[case("boot=", "boot= has an empty value")]
+#[case("two", "\"two\" is not key=value: expected boot=N")]
+#[case("", "empty value: expected boot=N")]
+#[case("max=2", "unknown key \"max\"")]
+#[case("boot=1,boot=2", "boot= is given twice")]
+fn cpus_refused(#[case] value: &str, #[case] message: &str) {
+    let err = parse(&["--cpus", value]).expect_err("refused");
+    assert!(err.to_string().starts_with("--cpus: "), "{err}");
+    assert!(err.to_string().contains(message), "{err}");
+}
+
+#[rstest]
+#[case("size=512M", 512 * MIB, false, false)]
+#[case("size=1G", GIB, false, false)]
+#[case("size=16G", 16 * GIB, false, false)]
+#[case("size=4096M", 4 * GIB, false, false)]
+#[case("size=2097152", 2 * MIB, false, false)]
+#[case("size=2048K", 2 * MIB, false, false)]
+#[case("size=1T", 1 << 40, false, false)]
+#[case("size=1g", GIB, false, false)]
+#[case("size=1G,shared=on", GIB, true, false)]
+#[case("size=1G,shared=off,hugepages=on", GIB, false, true)]
+#[case("hugepages=on,shared=on,size=4M", 4 * MIB, true, true)]
+#[case("shared=on", 512 * MIB, true, false)]
+fn memory(#[case] value: &str, #[case] size: u64, #[case] shared: bool, #[case] hugepages: bool) {
+    assert_eq!(
+        parse_ok(&["--memory", value]).memory,
+        MemoryConfig {
+            size,
+            shared,
+            hugepages
+        }
+    );
+}
+
+#[rstest]
+#[case("", "empty value")]
+#[case("size=", "size= has an empty value")]
+#[case("size=0", "invalid size \"0\": expected 2M to 1T")]
+#[case("size=4096", "invalid size \"4096\": expected 2M to 1T")]
+#[case("size=1M", "expected 2M to 1T")]
+#[case("size=1025G", "expected 2M to 1T")]
+#[case("size=2T", "expected 2M to 1T")]
+#[case("size=99999999999999T", "expected 2M to 1T")]
+#[case("size=18446744073709551615K", "expected 2M to 1T")]
+#[case("size=99999999999999999999999", "expected 2M to 1T")]
+#[case(
+    "size=12Q",
+    "invalid size \"12Q\": expected a number with optional K, M, G or T"
+)]
+#[case("size=1.5G", "invalid size \"1.5G\"")]
+#[case("size=1GB", "invalid size \"1GB\"")]
+#[case("size=G", "invalid size \"G\"")]
+#[case("size=-1G", "invalid size \"-1G\"")]
+#[case("size=0x1000", "invalid size \"0x1000\"")]
+#[case("size= 1G", "invalid size \" 1G\"")]
+#[case("size=5000", "invalid size \"5000\": expected a multiple of 4K")]
+#[case("size=2097153", "expected a multiple of 4K")]
+#[case("size=3M,hugepages=on", "expected a multiple of 2M with hugepages=on")]
+#[case("size=1G,shared=yes", "invalid shared \"yes\": expected on or off")]
+#[case("size=1G,hugepages=ON", "invalid hugepages \"ON\"")]
+#[case("1G", "\"1G\" is not key=value: expected size=SIZE")]
+#[case("size=1G,", "empty item")]
+#[case("size=1G,size=2G", "size= is given twice")]
+#[case("sizes=1G", "unknown key \"sizes\"")]
+fn memory_refused(#[case] value: &str, #[case] message: &str) {
+    let err = parse(&["--memory", value]).expect_err("refused");
+    assert!(err.to_string().starts_with("--memory: "), "{err}");
+    assert!(err.to_string().contains(message), "{err}");
+}
+
+#[test]
+fn memory_message_is_one_line_with_the_cause_as_source() {
+    let err = parse(&["--memory", "size=12Q"]).expect_err("refused");
+    assert_eq!(
+        err.to_string(),
+        "--memory: invalid size \"12Q\": expected a number with optional K, M, G or T \
+         suffix, e.g. size=512M"
+    );
+    let source = err.source().expect("the parse error is the source");
+    assert!(!err.to_string().contains(&source.to_string()));
+}
+
+#[rstest]
+#[case("off", ConsoleOutput::Off)]
+#[case("null", ConsoleOutput::Null)]
+#[case("tty", ConsoleOutput::Tty)]
+#[case("file=/tmp/serial.log", ConsoleOutput::File("/tmp/serial.log".into()))]
+#[case("file=\"/tmp/a b,c=d\"", ConsoleOutput::File("/tmp/a b,c=d".into()))]
+#[case("file=\"a\"\"b\"", ConsoleOutput::File("a\"b".into()))]
+#[case("file=relative", ConsoleOutput::File("relative".into()))]
+fn serial_and_console(#[case] value: &str, #[case] output: ConsoleOutput) {
+    let config = parse_ok(&["--serial", value, "--console", value]);
+    assert_eq!(config.serial, output);
+    assert_eq!(config.console, output);
+}
+
+#[rstest]
+#[case("", "empty value: expected off, null, tty or file=PATH")]
+#[case("file=", "file= has an empty value")]
+#[case("file", "\"file\" is not key=value")]
+#[case(
+    "pty",
+    "\"pty\" is not key=value: expected off, null, tty or file=PATH"
+)]
+#[case("OFF", "\"OFF\" is not key=value")]
+#[case("tty,file=/x", "\"tty\" is not key=value")]
+#[case("socket=/x", "unknown key \"socket\"")]
+#[case("file=/a,file=/b", "file= is given twice")]
+#[case("file=\"/a", "unbalanced quote")]
+fn serial_and_console_refused(#[case] value: &str, #[case] message: &str) {
+    for option in ["--serial", "--console"] {
+        let err = parse(&[option, value]).expect_err("refused");
+        assert!(err.to_string().starts_with(&format!("{option}: ")), "{err}");
+        assert!(err.to_string().contains(message), "{err}");
+    }
+}
+
+#[test]
+fn generic_vhost_user() {
+    assert_eq!(
+        vhost_ok("socket=/run/fs.sock,virtio_id=fs,queue_sizes=[1024,1024],id=myfs"),
+        GenericVhostUserConfig {
+            id: "myfs".into(),
+            socket: "/run/fs.sock".into(),
+            device_type: device_type(26),
+            queue_sizes: vec![1024, 1024],
+            config_size: None,
+            config: None,
+        }
+    );
+}
+
+#[rstest]
+#[case("virtio_id=26")]
+#[case("virtio_id=fs")]
+#[case("virtio_id=FS")]
+#[case("virtio_id=virtio-fs")]
+#[case("device_type=26")]
+#[case("device_type=fs")]
+fn device_type_by_number_or_name(#[case] ty: &str) {
+    let by_number = vhost_ok("socket=/s,virtio_id=26,queue_sizes=[256,256]");
+    assert_eq!(
+        vhost_ok(&format!("socket=/s,{ty},queue_sizes=[256,256]")),
+        by_number
+    );
+}
+
+#[rstest]
+#[case("queue_sizes=[1]", &[1])]
+#[case("queue_sizes=[64]", &[64])]
+#[case("queue_sizes=[256]", &[256])]
+#[case("queue_sizes=[32768]", &[32768])]
+#[case("queue_sizes=256", &[256])]
+#[case("queue_sizes=\"[2,4]\"", &[2, 4])]
+#[case("queue_sizes=[1,2,4,8,16,32768]", &[1, 2, 4, 8, 16, 32768])]
+fn queue_sizes(#[case] queues: &str, #[case] sizes: &[u16]) {
+    let device = vhost_ok(&format!("socket=/s,virtio_id=rng,{queues}"));
+    assert_eq!(device.queue_sizes, sizes);
+}
+
+#[test]
+fn queue_count_bounds() {
+    let sizes = |n| {
+        format!(
+            "socket=/s,virtio_id=1000,queue_sizes=[{}]",
+            ["8"; 65][..n].join(",")
+        )
+    };
+    assert_eq!(vhost_ok(&sizes(64)).queue_sizes.len(), MAX_QUEUES);
+    let err = vhost_one(&sizes(65)).expect_err("too many");
+    assert!(
+        matches!(
+            err,
+            OptionError::Config(ConfigError::TooManyQueues { count: 65, .. })
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("expected at most 64"), "{err}");
+}
+
+#[rstest]
+#[case(
+    "queue_sizes=[3]",
+    "invalid queue size \"3\": expected a power of two from 1 to 32768"
+)]
+#[case("queue_sizes=[65536]", "invalid queue size \"65536\"")]
+#[case("queue_sizes=[0]", "invalid queue size \"0\"")]
+#[case("queue_sizes=[-1]", "invalid queue size \"-1\"")]
+#[case("queue_sizes=[ 256]", "invalid queue size \" 256\"")]
+#[case("queue_sizes=[256,]", "invalid queue size \"\"")]
+#[case("queue_sizes=[256,,256]", "invalid queue size \"\"")]
+#[case("queue_sizes=[[256]]", "invalid queue size \"[256]\"")]
+#[case("queue_sizes=[256]x", "invalid queue_sizes \"[256]x\"")]
+#[case("queue_sizes=x[256]", "invalid queue size \"x[256]\"")]
+#[case("queue_sizes=[256", "unbalanced bracket")]
+#[case("queue_sizes=256]", "unbalanced bracket")]
+#[case(
+    "queue_sizes=[]",
+    "needs a request queue: expected at least 1 in queue_sizes, got 0"
+)]
+#[case("queue_sizes=", "queue_sizes= has an empty value")]
+fn queue_sizes_refused(#[case] queues: &str, #[case] message: &str) {
+    let err = vhost_one(&format!("socket=/s,virtio_id=rng,{queues}")).expect_err("refused");
+    assert!(
+        err.to_string().starts_with("--generic-vhost-user: "),
+        "{err}"
+    );
+    assert!(err.to_string().contains(message), "{err}");
+}
+
+#[test]
+fn virtio_fs_needs_a_request_queue() {
+    let err = vhost_one("socket=/s,virtio_id=fs,queue_sizes=[1024]").expect_err("refused");
+    assert!(
+        matches!(
+            err,
+            OptionError::Config(ConfigError::TooFewQueues {
+                count: 1,
+                min: 2,
+                ..
+            })
+        ),
+        "{err}"
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains("hiprio") && message.contains("request queue"),
+        "{message}"
+    );
+    assert!(message.contains("_generic_vhost_user0") && message.contains("fs (26)"));
+}
+
+#[rstest]
+#[case("socket=\"/tmp/a b\"", "/tmp/a b")]
+#[case("socket=\"/tmp/a,b\"", "/tmp/a,b")]
+#[case("socket=\"a,\"\"b\"\"\"", "a,\"b\"")]
+#[case("socket=/tmp/x\"y, z\"", "/tmp/xy, z")]
+#[case("socket=\"a=b\"", "a=b")]
+#[case("socket=a=b", "a=b")]
+#[case("socket=\"[x\"", "[x")]
+#[case("socket=/tmp/é ü", "/tmp/é ü")]
+fn socket_quoting(#[case] socket: &str, #[case] path: &str) {
+    let device = vhost_ok(&format!("{socket},virtio_id=rng,queue_sizes=[1]"));
+    assert_eq!(device.socket, PathBuf::from(path));
+}
+
+#[rstest]
+#[case(
+    "virtio_id=rng,queue_sizes=[1]",
+    "missing socket=: expected socket=PATH,virtio_id=ID"
+)]
+#[case("socket=/s,queue_sizes=[1]", "missing virtio_id=")]
+#[case("socket=/s,virtio_id=rng", "missing queue_sizes=")]
+#[case(
+    "socket=/s,virtio_id=4,device_type=4,queue_sizes=[1]",
+    "virtio_id= and device_type= are synonyms"
+)]
+#[case(
+    "socket=/s,virtio_id=0,queue_sizes=[1]",
+    "invalid virtio_id \"0\": expected a VIRTIO device ID or name"
+)]
+#[case(
+    "socket=/s,device_type=floppy,queue_sizes=[1]",
+    "invalid device_type \"floppy\""
+)]
+#[case("socket=\"/s,virtio_id=rng,queue_sizes=[1]", "unbalanced quote")]
+#[case("socket=,virtio_id=rng,queue_sizes=[1]", "socket= has an empty value")]
+#[case(
+    "socket=\"\",virtio_id=rng,queue_sizes=[1]",
+    "socket= has an empty value"
+)]
+#[case("socket=/s,virtio_id=rng,queue_sizes=[1],tag=x", "unknown key \"tag\"")]
+#[case(
+    "socket=/s,virtio_id=rng,queue_sizes=[1],id=",
+    "id= has an empty value"
+)]
+#[case(
+    "socket=/s,virtio_id=rng,queue_sizes=[1],config_size=4097",
+    "invalid config_size \"4097\": expected a number from 0 to 4096"
+)]
+#[case(
+    "socket=/s,virtio_id=rng,queue_sizes=[1],config_size=x",
+    "invalid config_size \"x\""
+)]
+#[case(
+    "socket=/s,virtio_id=rng,queue_sizes=[1],config=abc",
+    "invalid config \"abc\": expected an even number of hex digits"
+)]
+#[case(
+    "socket=/s,virtio_id=rng,queue_sizes=[1],config=zz",
+    "invalid config \"zz\""
+)]
+#[case(
+    "socket=/s,virtio_id=rng,queue_sizes=[1],config=0x00",
+    "invalid config \"0x00\""
+)]
+#[case(
+    "socket=/s,virtio_id=rng,queue_sizes=[1],config=é0",
+    "invalid config \"é0\""
+)]
+#[case(
+    "socket=/s,virtio_id=rng,queue_sizes=[1],config=0011,config_size=1",
+    "has 2 bytes: expected at most 1"
+)]
+fn generic_vhost_user_refused(#[case] value: &str, #[case] message: &str) {
+    let err = vhost_one(value).expect_err("refused");
+    assert!(
+        err.to_string().starts_with("--generic-vhost-user: "),
+        "{err}"
+    );
+    assert!(err.to_string().contains(message), "{err}");
+}
+
+#[test]
+fn device_type_error_is_the_source() {
+    let err = vhost_one("socket=/s,virtio_id=0,queue_sizes=[1]").expect_err("refused");
+    let source = err.source().expect("a source");
+    assert_eq!(source.to_string(), DeviceTypeError::Reserved.to_string());
+}
+
+#[test]
+fn ids_default_by_index_and_must_be_unique() {
+    let fs = "socket=/s,virtio_id=fs,queue_sizes=[1,1]";
+    let devices = vhost(&[fs, fs]).expect("valid");
+    assert_eq!(devices[0].id, "_generic_vhost_user0");
+    assert_eq!(devices[1].id, "_generic_vhost_user1");
+
+    let named = format!("{fs},id=a");
+    let err = vhost(&[&named, &named]).expect_err("duplicate");
+    assert!(
+        matches!(&err, OptionError::Config(ConfigError::DuplicateId { id }) if id == "a"),
+        "{err}"
+    );
+
+    let clash = format!("{fs},id=_generic_vhost_user1");
+    let err = vhost(&[&clash, fs]).expect_err("duplicate");
+    assert!(
+        matches!(&err, OptionError::Config(ConfigError::DuplicateId { .. })),
+        "{err}"
+    );
+}
+
+#[rstest]
+#[case(&[])]
+#[case(&["--memory", "size=1G"])]
+#[case(&["--memory", "size=1G,shared=off"])]
+#[case(&["--memory", "size=1G,hugepages=on"])]
+fn generic_vhost_user_needs_shared_memory(#[case] memory: &[&str]) {
+    let device = [
+        "--generic-vhost-user",
+        "socket=/s,virtio_id=fs,queue_sizes=[1,1]",
+    ];
+    let argv: Vec<&str> = memory.iter().chain(&device).copied().collect();
+    let err = parse(&argv).expect_err("refused");
+    assert!(matches!(
+        err,
+        OptionError::Config(ConfigError::NeedsSharedMemory)
+    ));
+    let message = err.to_string();
+    assert!(
+        message.contains("--generic-vhost-user")
+            && message.contains("--memory")
+            && message.contains("shared=on"),
+        "{message}"
+    );
+}
+
+#[rstest]
+#[case("virtio_id=fs", None, None, 40)]
+#[case("virtio_id=block", None, None, 60)]
+#[case("virtio_id=rng", None, None, 0)]
+#[case("virtio_id=1000", None, None, 0)]
+#[case("virtio_id=1000,config_size=16", Some(16), None, 16)]
+#[case("virtio_id=1000,config=0a0B", None, Some(vec![0x0a, 0x0b]), 2)]
+#[case("virtio_id=block,config=0102030405060708", None, Some((1..=8).collect()), 60)]
+#[case("virtio_id=block,config_size=8", Some(8), None, 8)]
+#[case("virtio_id=fs,config_size=4096", Some(4096), None, 4096)]
+#[case("virtio_id=fs,config_size=0", Some(0), None, 0)]
+fn config_window(
+    #[case] keys: &str,
+    #[case] config_size: Option<u32>,
+    #[case] config: Option<Vec<u8>>,
+    #[case] window: u32,
+) {
+    let device = vhost_ok(&format!("socket=/s,{keys},queue_sizes=[1,1]"));
+    assert_eq!(device.config_size, config_size);
+    assert_eq!(device.config, config);
+    assert_eq!(device.config_window_len(), window);
+}
+
+#[test]
+fn config_longer_than_the_spec_struct_widens_the_window() {
+    let hex = "ab".repeat(70);
+    let device = vhost_ok(&format!(
+        "socket=/s,virtio_id=block,queue_sizes=[1],config={hex}"
+    ));
+    assert_eq!(device.config_window_len(), 70);
+    let hex = "ab".repeat(4097);
+    let err = vhost_one(&format!(
+        "socket=/s,virtio_id=1000,queue_sizes=[1],config={hex}"
+    ))
+    .expect_err("too long");
+    assert!(
+        err.to_string()
+            .contains("has 4097 bytes: expected at most 4096"),
+        "{err}"
+    );
+}
+
+#[rstest]
+#[case("path=/d.img", "/d.img", false)]
+#[case("path=/d.img,readonly=on", "/d.img", true)]
+#[case("readonly=off,path=\"/a b.img\"", "/a b.img", false)]
+fn disks(#[case] value: &str, #[case] path: &str, #[case] readonly: bool) {
+    let config = parse_ok(&["--disk", value, "--disk", "path=/other"]);
+    assert_eq!(
+        config.disks,
+        [
+            DiskConfig {
+                path: path.into(),
+                readonly
+            },
+            DiskConfig {
+                path: "/other".into(),
+                readonly: false
+            }
+        ]
+    );
+}
+
+#[rstest]
+#[case("readonly=on", "missing path=: expected path=PATH[,readonly=on|off]")]
+#[case("path=/d,readonly=yes", "invalid readonly \"yes\": expected on or off")]
+#[case("/d.img", "\"/d.img\" is not key=value")]
+#[case("path=/d,id=x", "unknown key \"id\"")]
+fn disks_refused(#[case] value: &str, #[case] message: &str) {
+    let err = parse(&["--disk", value]).expect_err("refused");
+    assert!(err.to_string().starts_with("--disk: "), "{err}");
+    assert!(err.to_string().contains(message), "{err}");
+}
+
+/// Every message is one line naming the option and the expected form.
+#[rstest]
+#[case(&["--cpus", "boot=0"])]
+#[case(&["--memory", "size=5000"])]
+#[case(&["--memory", "size=1G,"])]
+#[case(&["--serial", "file=\"x"])]
+#[case(&["--console", "bad"])]
+#[case(&["--disk", "path=[x"])]
+#[case(&["--disk", "path=x,path=y"])]
+#[case(&["--memory", "size=1G,shared=on", "--generic-vhost-user", "socket=/s,virtio_id=fs,queue_sizes=[1]"])]
+#[case(&["--memory", "size=1G,shared=on", "--generic-vhost-user", "socket=/s,virtio_id=fs,device_type=fs"])]
+#[case(&["--memory", "size=1G,shared=on", "--generic-vhost-user", "socket=/s,virtio_id=x,queue_sizes=[1]"])]
+#[case(&["--generic-vhost-user", "socket=/s,virtio_id=fs,queue_sizes=[1,1]"])]
+fn messages_are_one_line(#[case] argv: &[&str]) {
+    let message = parse(argv).expect_err("refused").to_string();
+    assert!(message.starts_with("--"), "{message}");
+    assert!(message.contains("expected"), "{message}");
+    assert!(
+        !message.contains('\n') && !message.ends_with('.'),
+        "{message}"
+    );
+}
+
+const KEYS: &[&str] = &[
+    "boot",
+    "size",
+    "shared",
+    "hugepages",
+    "file",
+    "socket",
+    "virtio_id",
+    "device_type",
+    "queue_sizes",
+    "id",
+    "config_size",
+    "config",
+    "path",
+    "readonly",
+    "x",
+];
+
+fn key_value_ish() -> impl Strategy<Value = String> {
+    let value = prop_oneof![
+        "[0-9a-zA-Z,=\\[\\]\" .-]{0,12}",
+        "[0-9]{1,25}[KMGTkmgt]?",
+        "\\[[0-9,]{0,20}\\]",
+        Just("on".to_owned()),
+        Just("fs".to_owned()),
+    ];
+    prop::collection::vec((prop::sample::select(KEYS), value), 0..6).prop_map(|pairs| {
+        let items: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        items.join(",")
+    })
+}
+
+fn every_parser(value: &str) {
+    let _ = super::super::options::split_options(&GENERIC_VHOST_USER, value);
+    let _ = parse_cpus(value);
+    let _ = parse_memory(value);
+    let _ = parse_console_output(&SERIAL, value);
+    let _ = parse_generic_vhost_user(0, value);
+    let _ = parse_generic_vhost_user(usize::MAX, value);
+    let _ = parse_disk(value);
+    let _ = parse_queue_sizes(value);
+    let _ = parse_hex(value);
+    let _ = parse_memory_size(value, true);
+}
+
+proptest! {
+    #[test]
+    fn random_strings_never_panic(value in any::<String>()) {
+        every_parser(&value);
+    }
+
+    #[test]
+    fn key_value_strings_never_panic(value in key_value_ish()) {
+        every_parser(&value);
+        for option in ["--cpus", "--memory", "--serial", "--console", "--disk"] {
+            let _ = parse(&[&format!("{option}={value}")]);
+        }
+        let _ = parse(&[
+            "--memory=shared=on",
+            &format!("--generic-vhost-user={value}"),
+            &format!("--generic-vhost-user={value}"),
+        ]);
+    }
+}

@@ -1,0 +1,176 @@
+//! The validated VM configuration: plain structs, the limits they keep,
+//! and the rules across options. How the values are spelled on the command
+//! line is `cli`'s business; nothing here opens files.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use virtio_types::VirtioDeviceType;
+
+/// Guest RAM bounds and granularity.
+pub const MIN_MEMORY_SIZE: u64 = 2 << 20;
+pub const MAX_MEMORY_SIZE: u64 = 1 << 40;
+pub const DEFAULT_MEMORY_SIZE: u64 = 512 << 20;
+pub const PAGE_SIZE: u64 = 4 << 10;
+pub const HUGE_PAGE_SIZE: u64 = 2 << 20;
+pub const MAX_VCPUS: u8 = 254;
+/// Queues per vhost-user device: our MSI-X table has a vector per queue.
+pub const MAX_QUEUES: usize = 64;
+/// Largest virtqueue the split ring format allows.
+pub const MAX_QUEUE_SIZE: u16 = 32768;
+/// Largest device config window (`config_size=`, `config=`).
+pub const MAX_CONFIG_SIZE: u32 = 4096;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    pub cpus: CpusConfig,
+    pub memory: MemoryConfig,
+    pub payload: PayloadConfig,
+    pub serial: ConsoleOutput,
+    pub console: ConsoleOutput,
+    pub generic_vhost_user: Vec<GenericVhostUserConfig>,
+    pub disks: Vec<DiskConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpusConfig {
+    /// 1 to `MAX_VCPUS`.
+    pub boot: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryConfig {
+    /// Bytes: a multiple of 4 KiB (2 MiB with `hugepages`), 2 MiB to 1 TiB.
+    pub size: u64,
+    /// Backed by a memfd that vhost-user backends can map.
+    pub shared: bool,
+    pub hugepages: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PayloadConfig {
+    pub kernel: PathBuf,
+    pub initramfs: Option<PathBuf>,
+    pub cmdline: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsoleOutput {
+    Off,
+    Null,
+    Tty,
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenericVhostUserConfig {
+    /// Unique among the devices; `_generic_vhost_user{index}` by default.
+    pub id: String,
+    pub socket: PathBuf,
+    pub device_type: VirtioDeviceType,
+    /// One per queue, each a power of two up to `MAX_QUEUE_SIZE`; at least
+    /// `device_type.min_queues()` and at most `MAX_QUEUES` of them.
+    pub queue_sizes: Vec<u16>,
+    /// 0 to `MAX_CONFIG_SIZE`.
+    pub config_size: Option<u32>,
+    /// Config bytes for backends without the CONFIG protocol feature; never
+    /// longer than `config_window_len()`.
+    pub config: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    pub readonly: bool,
+}
+
+/// A configuration whose values each parsed but do not fit together.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--generic-vhost-user: device {id:?} of type {device_type} needs {queues}: expected at least {min} in queue_sizes, got {count}")]
+    TooFewQueues {
+        id: String,
+        device_type: VirtioDeviceType,
+        count: usize,
+        min: usize,
+        queues: &'static str,
+    },
+    #[error(
+        "--generic-vhost-user: device {id:?} has {count} queues: expected at most {MAX_QUEUES}"
+    )]
+    TooManyQueues { id: String, count: usize },
+    #[error("--generic-vhost-user: config= of device {id:?} has {len} bytes: expected at most {max}, the config window")]
+    ConfigTooLong { id: String, len: usize, max: u32 },
+    #[error(
+        "--generic-vhost-user: id {id:?} is given to more than one device: expected unique ids"
+    )]
+    DuplicateId { id: String },
+    #[error("--generic-vhost-user needs guest memory shared with the backends: expected --memory with shared=on")]
+    NeedsSharedMemory,
+}
+
+impl VmConfig {
+    /// The rules across options; each device's own rules are checked as
+    /// it is built (`GenericVhostUserConfig::validate`).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.generic_vhost_user.is_empty() && !self.memory.shared {
+            return Err(ConfigError::NeedsSharedMemory);
+        }
+        let mut ids = HashSet::new();
+        for device in &self.generic_vhost_user {
+            if !ids.insert(device.id.as_str()) {
+                return Err(ConfigError::DuplicateId {
+                    id: device.id.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl GenericVhostUserConfig {
+    /// The queue count fits the type and the MSI-X table, and `config`
+    /// fits the window.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let count = self.queue_sizes.len();
+        let device_type = self.device_type;
+        if count < device_type.min_queues() {
+            return Err(ConfigError::TooFewQueues {
+                id: self.id.clone(),
+                device_type,
+                count,
+                min: device_type.min_queues(),
+                queues: device_type.required_queues(),
+            });
+        }
+        if count > MAX_QUEUES {
+            return Err(ConfigError::TooManyQueues {
+                id: self.id.clone(),
+                count,
+            });
+        }
+        let len = self.config.as_ref().map_or(0, |c| c.len());
+        let window = self.config_window_len();
+        if window > MAX_CONFIG_SIZE || u32::try_from(len).map_or(true, |len| len > window) {
+            return Err(ConfigError::ConfigTooLong {
+                id: self.id.clone(),
+                len,
+                max: window.min(MAX_CONFIG_SIZE),
+            });
+        }
+        Ok(())
+    }
+
+    /// The length of the device config region the guest sees:
+    /// `config_size` if given; otherwise the spec's config size for the
+    /// type, or the length of `config` if that is longer, or 0 for a type
+    /// without a known size and no `config`.
+    pub fn config_window_len(&self) -> u32 {
+        if let Some(size) = self.config_size {
+            return size;
+        }
+        let given = self.config.as_ref().map_or(0, |c| c.len());
+        let given = u32::try_from(given).unwrap_or(u32::MAX);
+        given.max(self.device_type.spec_config_size().unwrap_or(0))
+    }
+}

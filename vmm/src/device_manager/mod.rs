@@ -1,0 +1,201 @@
+//! Wiring: the port and MMIO buses, PCI segment 0, the MSI router and the
+//! BAR windows, and one way to add a virtio-pci device of any kind. Device
+//! models know nothing of this; the builder asks for what it wants placed.
+
+mod allocator;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use kvm_ioctls::VmFd;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use self::allocator::BarAllocator;
+use crate::arch::x86_64::layout::*;
+use crate::bus::{Bus, BusError, SharedDevice};
+use crate::devices::{acpi_power::AcpiPower, debug_exit::DebugExit, i8042::I8042, serial::Serial};
+use crate::pci::host_bridge::HostBridge;
+use crate::pci::segment::{Bdf, SegmentError};
+use crate::pci::{PciConfigIo, PciEcam, PciSegment};
+use crate::virtio::pci::{self as virtio_pci, TransportError, VirtioPciDevice};
+use crate::virtio::VirtioDevice;
+use crate::vm_exit::VmExit;
+use crate::vstate::interrupts::{KvmInterruptError, KvmIoEvents, KvmMsiGroup, MsiRouter};
+use crate::vstate::vcpu::Buses;
+use crate::vstate::vm::{Vm, VmError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceManagerError {
+    #[error("Failed to create an eventfd")]
+    EventFd(#[source] std::io::Error),
+    #[error("Failed to connect the serial port's interrupt")]
+    SerialIrq(#[source] VmError),
+    #[error("Failed to place a device on a bus")]
+    Bus(#[source] BusError),
+    #[error("Failed to add a PCI device")]
+    Pci(#[source] SegmentError),
+    #[error("Failed to set up the virtio-pci transport of {id}")]
+    Transport {
+        id: String,
+        #[source]
+        source: TransportError,
+    },
+    #[error("Failed to allocate MSI-X vectors for {id}")]
+    Msix {
+        id: String,
+        #[source]
+        source: KvmInterruptError,
+    },
+    #[error("No room for device {id}'s BAR in the PCI window")]
+    PciWindowFull { id: String },
+}
+
+/// The serial device, shared with the run loop that feeds it input.
+pub type SharedSerial = Arc<Mutex<Serial>>;
+
+pub struct DeviceManager {
+    vm_fd: Arc<VmFd>,
+    /// What devices get at activation.
+    memory: GuestMemoryMmap,
+    io: Bus,
+    mmio: Bus,
+    segment: PciSegment,
+    router: Arc<MsiRouter>,
+    bars: BarAllocator,
+}
+
+impl DeviceManager {
+    /// Empty buses and a segment holding the host bridge.
+    pub fn new(vm: &Vm, memory: &GuestMemoryMmap) -> Result<Self, DeviceManagerError> {
+        let mmio = Bus::new();
+        let mut segment = PciSegment::new(mmio.clone());
+        segment
+            .add(Arc::new(Mutex::new(HostBridge::new())))
+            .map_err(DeviceManagerError::Pci)?;
+        Ok(Self {
+            vm_fd: vm.shared_fd(),
+            memory: memory.clone(),
+            io: Bus::new(),
+            mmio,
+            segment,
+            router: MsiRouter::new(vm.shared_fd()),
+            bars: BarAllocator::new(
+                (PCI_MMIO32_START, PCI_MMIO32_SIZE),
+                (PCI_MMIO64_START, PCI_MMIO64_SIZE),
+            ),
+        })
+    }
+
+    /// The exit port, ACPI power registers, the i8042 and, given an
+    /// output, the COM1 UART on its IRQ.
+    pub fn add_legacy_devices(
+        &mut self,
+        vm: &Vm,
+        exit: &Arc<VmExit>,
+        serial_output: Option<Box<dyn Write + Send>>,
+    ) -> Result<Option<SharedSerial>, DeviceManagerError> {
+        let serial = match serial_output {
+            Some(out) => {
+                let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(DeviceManagerError::EventFd)?;
+                vm.register_irqfd(&irq, COM1_IRQ)
+                    .map_err(DeviceManagerError::SerialIrq)?;
+                let serial = Arc::new(Mutex::new(Serial::new(irq, out)));
+                self.add_port_device(serial.clone(), PORT_COM1, PORT_COM1_LEN)?;
+                Some(serial)
+            }
+            None => None,
+        };
+        self.add_port_device(
+            Arc::new(Mutex::new(DebugExit::new(exit.clone()))),
+            PORT_DEBUG_EXIT,
+            PORT_DEBUG_EXIT_LEN,
+        )?;
+        self.add_port_device(
+            Arc::new(Mutex::new(AcpiPower::new(exit.clone()))),
+            PORT_ACPI_POWER,
+            PORT_ACPI_POWER_LEN,
+        )?;
+        self.add_port_device(
+            Arc::new(Mutex::new(I8042::new(exit.clone()))),
+            PORT_I8042_DATA,
+            PORT_I8042_COMMAND - PORT_I8042_DATA + 1,
+        )?;
+        Ok(serial)
+    }
+
+    fn add_port_device(
+        &self,
+        device: SharedDevice,
+        port: u16,
+        len: u16,
+    ) -> Result<(), DeviceManagerError> {
+        self.io
+            .insert(device, u64::from(port), u64::from(len))
+            .map_err(DeviceManagerError::Bus)
+    }
+
+    /// Puts `device` behind a virtio-pci transport in the next free slot:
+    /// MSI-X vectors for its queues and config changes, kicks as
+    /// ioeventfds, and its BAR placed as firmware would (the guest may move
+    /// it).
+    pub fn add_virtio_pci_device<D: VirtioDevice + 'static>(
+        &mut self,
+        device: D,
+    ) -> Result<Bdf, DeviceManagerError> {
+        let id = device.id().to_owned();
+        let vectors = KvmMsiGroup::new(
+            &self.router,
+            virtio_pci::msix_vectors(device.queue_sizes().len()),
+        )
+        .map_err(|source| DeviceManagerError::Msix {
+            id: id.clone(),
+            source,
+        })?;
+        let mut transport = VirtioPciDevice::new(
+            device,
+            self.memory.clone(),
+            Arc::new(vectors),
+            Box::new(KvmIoEvents::new(self.vm_fd.clone())),
+        )
+        .map_err(|source| DeviceManagerError::Transport {
+            id: id.clone(),
+            source,
+        })?;
+        let bar = self
+            .bars
+            .allocate_bar64(virtio_pci::BAR_SIZE)
+            .ok_or_else(|| DeviceManagerError::PciWindowFull { id: id.clone() })?;
+        transport.place_bar(bar);
+        let bdf = self
+            .segment
+            .add(Arc::new(Mutex::new(transport)))
+            .map_err(DeviceManagerError::Pci)?;
+        log::info!("{id}: virtio-pci at {bdf}, BAR 0 at {bar:#x}");
+        Ok(bdf)
+    }
+
+    /// Opens the segment's configuration space (ECAM and ports
+    /// 0xcf8/0xcfc) and hands the buses to the vCPUs.
+    pub fn into_buses(self) -> Result<Buses, DeviceManagerError> {
+        let segment = Arc::new(self.segment);
+        self.mmio
+            .insert(
+                Arc::new(Mutex::new(PciEcam::new(segment.clone()))),
+                PCI_ECAM_START,
+                PCI_ECAM_SIZE,
+            )
+            .map_err(DeviceManagerError::Bus)?;
+        self.io
+            .insert(
+                Arc::new(Mutex::new(PciConfigIo::new(segment))),
+                u64::from(PORT_PCI_CONFIG_ADDRESS),
+                u64::from(PORT_PCI_CONFIG_LEN),
+            )
+            .map_err(DeviceManagerError::Bus)?;
+        Ok(Buses {
+            io: self.io,
+            mmio: self.mmio,
+        })
+    }
+}

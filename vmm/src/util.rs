@@ -1,0 +1,75 @@
+//! Small helpers any room may use: a lock that survives a poisoned mutex,
+//! and an error with its causes as one line.
+
+use std::error::Error;
+use std::sync::{Mutex, MutexGuard};
+
+/// A device whose lock was poisoned by a panicking thread is still the best
+/// state we have; the VM keeps running rather than panicking every vCPU.
+pub fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// "outer: cause: root cause", the way the error's sources nest. A cause
+/// whose text only repeats the level above (libraries that print their
+/// source in their own message) is left out.
+pub fn error_chain(error: &dyn Error) -> String {
+    let mut text = error.to_string();
+    let mut last = text.clone();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        if !last.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        last = part;
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{text}")]
+    struct Layer {
+        text: &'static str,
+        #[source]
+        source: Option<Box<Layer>>,
+    }
+
+    fn chain(texts: &[&'static str]) -> Layer {
+        texts
+            .iter()
+            .rev()
+            .fold(None, |source, &text| {
+                Some(Layer {
+                    text,
+                    source: source.map(Box::new),
+                })
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn causes_follow_in_order() {
+        let e = chain(&["Failed to open /k", "No such file or directory"]);
+        assert_eq!(
+            error_chain(&e),
+            "Failed to open /k: No such file or directory"
+        );
+    }
+
+    #[test]
+    fn a_cause_repeating_its_parent_is_left_out() {
+        let e = chain(&[
+            "Bad header: Invalid magic",
+            "Invalid magic",
+            "Invalid magic",
+        ]);
+        assert_eq!(error_chain(&e), "Bad header: Invalid magic");
+    }
+}

@@ -1,0 +1,116 @@
+//! A device's way to interrupt its driver outside the queues: a config
+//! change, or DEVICE_NEEDS_RESET when it fails on a thread of its own.
+//! Lock-free, so a device thread never waits for the transport (which may
+//! be waiting for that very thread to stop).
+
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU8, Ordering};
+use std::sync::Arc;
+
+use crate::interrupt::MsiInterruptGroup;
+use crate::util::error_chain;
+
+/// ISR bit 1: configuration change (bit 0, queue interrupt, is INTx only).
+pub const ISR_CONFIG: u8 = 2;
+/// The vector number that means "no MSI-X vector".
+pub const NO_VECTOR: u16 = 0xffff;
+
+struct State {
+    msi: Arc<dyn MsiInterruptGroup>,
+    /// The vector the driver chose for config changes.
+    config_vector: AtomicU16,
+    isr: AtomicU8,
+    needs_reset: AtomicBool,
+}
+
+/// Shared by the transport and the device it activated; clones are handles
+/// to the same state.
+#[derive(Clone)]
+pub struct VirtioInterrupt {
+    state: Arc<State>,
+}
+
+impl VirtioInterrupt {
+    pub fn new(msi: Arc<dyn MsiInterruptGroup>) -> Self {
+        Self {
+            state: Arc::new(State {
+                msi,
+                config_vector: AtomicU16::new(NO_VECTOR),
+                isr: AtomicU8::new(0),
+                needs_reset: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Tells the driver the device's configuration changed: the ISR's
+    /// config bit and the config vector (kept pending while masked).
+    pub fn trigger_config(&self) {
+        self.state.isr.fetch_or(ISR_CONFIG, Ordering::SeqCst);
+        let vector = self.state.config_vector.load(Ordering::SeqCst);
+        if vector != NO_VECTOR {
+            if let Err(e) = self.state.msi.trigger(usize::from(vector)) {
+                log::error!("Config interrupt: {}", error_chain(&e));
+            }
+        }
+    }
+
+    /// Sets DEVICE_NEEDS_RESET and tells the driver by a config interrupt,
+    /// once until the driver resets the device. True if it was not set.
+    pub fn set_needs_reset(&self) -> bool {
+        let first = !self.state.needs_reset.swap(true, Ordering::SeqCst);
+        if first {
+            self.trigger_config();
+        }
+        first
+    }
+
+    /// Whether the device asked for a reset.
+    pub fn needs_reset(&self) -> bool {
+        self.state.needs_reset.load(Ordering::SeqCst)
+    }
+
+    /// The transport follows the driver's config_msix_vector.
+    pub(super) fn set_config_vector(&self, vector: u16) {
+        self.state.config_vector.store(vector, Ordering::SeqCst);
+    }
+
+    /// Reading the ISR acknowledges it.
+    pub(super) fn take_isr(&self) -> u8 {
+        self.state.isr.swap(0, Ordering::SeqCst)
+    }
+
+    /// The driver reset the device: nothing is pending any more.
+    pub(super) fn reset(&self) {
+        self.state.isr.store(0, Ordering::SeqCst);
+        self.state.needs_reset.store(false, Ordering::SeqCst);
+        self.state.config_vector.store(NO_VECTOR, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::interrupt::fake::FakeMsiGroup;
+    use crate::interrupt::MsiMessage;
+
+    #[test]
+    fn needs_reset_raises_the_config_vector_once() {
+        let msi = FakeMsiGroup::new(2);
+        let message = MsiMessage {
+            address: 0xfee0_0000,
+            data: 0x41,
+        };
+        msi.update(1, message, false).unwrap();
+        let interrupt = VirtioInterrupt::new(Arc::new(msi.clone()));
+        interrupt.set_config_vector(1);
+        assert!(interrupt.set_needs_reset());
+        assert!(!interrupt.set_needs_reset(), "once until reset");
+        assert_eq!(msi.delivered(), vec![(1, 0xfee0_0000, 0x41)]);
+        assert_eq!(interrupt.take_isr(), ISR_CONFIG);
+        assert_eq!(interrupt.take_isr(), 0, "read clears the ISR");
+        interrupt.reset();
+        assert!(!interrupt.needs_reset());
+        interrupt.trigger_config();
+        assert_eq!(msi.delivered().len(), 1, "no vector after reset");
+        assert_eq!(interrupt.take_isr(), ISR_CONFIG);
+    }
+}

@@ -1,0 +1,82 @@
+//! One connection to a backend: the socket, the vhost crate's frontend on
+//! it, the watchdog that guards it, and how long we wait.
+
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use vhost::vhost_user::Frontend;
+
+use super::watchdog::Watchdog;
+use super::{Error, VhostUserParams};
+
+/// How long we wait for a backend.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// For the socket to accept a connection (start-up and reconnects).
+    pub connect: Duration,
+    /// For each reply; a vCPU waits this long at most, once.
+    pub reply: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(5),
+            reply: Duration::from_secs(3),
+        }
+    }
+}
+
+/// What requests go through: the vhost crate's frontend, and its socket
+/// for the requests we send ourselves.
+pub(super) struct Link {
+    pub frontend: Frontend,
+    pub socket: UnixStream,
+}
+
+/// One connection to the backend and the watchdog on its socket.
+pub(super) struct Connection {
+    pub link: Link,
+    pub watchdog: Watchdog,
+}
+
+/// Connects, retrying while the socket does not exist or nobody accepts
+/// yet (a backend starting next to us), until `deadline` has passed.
+/// Returns the frontend and a second handle on its socket for the watchdog.
+pub(super) fn connect(
+    params: &VhostUserParams,
+    deadline: Duration,
+) -> Result<(Frontend, UnixStream), Error> {
+    let path = &params.socket;
+    let start = Instant::now();
+    let failed = |source| Error::Connect {
+        path: path.clone(),
+        waited: start.elapsed(),
+        source,
+    };
+    let stream = loop {
+        match UnixStream::connect(path) {
+            Ok(stream) => break stream,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) && start.elapsed() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(failed(e)),
+        }
+    };
+    let watched = stream.try_clone().map_err(failed)?;
+    log::debug!(
+        "{}: connected to {} after {:?}",
+        params.id,
+        path.display(),
+        start.elapsed()
+    );
+    Ok((
+        Frontend::from_stream(stream, params.queue_sizes.len() as u64),
+        watched,
+    ))
+}

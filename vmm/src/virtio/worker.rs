@@ -1,0 +1,180 @@
+//! The thread a device serves its events on: named, it owns a stop
+//! eventfd, waits in epoll on the device's sources (queue kicks, a backend
+//! socket, a wake-up eventfd) and is joined when the `Worker` is dropped.
+//! The device logic lives in an `EventHandler`, which the thread owns.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+/// The token of the stop eventfd; handlers never see it.
+const STOP: u64 = u64::MAX;
+/// How long a thread whose epoll fails rests before it tries again, so a
+/// persistent failure does not spin.
+const RETRY: Duration = Duration::from_millis(10);
+
+/// What the worker thread runs.
+pub trait EventHandler: Send + 'static {
+    /// The source registered with `token` is ready with `events`.
+    fn ready(&mut self, token: u64, events: EventSet);
+
+    /// Called before every wait: the longest the thread may sleep before
+    /// it is called again (None: until an event arrives).
+    fn before_wait(&mut self) -> Option<Duration> {
+        None
+    }
+}
+
+/// One source to wait on: its descriptor (which the handler must keep
+/// open for as long as the worker runs), the token `ready` gets, and the
+/// events that matter.
+pub struct Source {
+    pub fd: RawFd,
+    pub token: u64,
+    pub events: EventSet,
+}
+
+/// Owns its thread: dropping the worker stops and joins it.
+pub struct Worker {
+    stop: EventFd,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    pub fn spawn<H: EventHandler>(
+        name: &str,
+        sources: &[Source],
+        handler: H,
+    ) -> std::io::Result<Worker> {
+        let stop = EventFd::new(libc::EFD_NONBLOCK)?;
+        let epoll = Epoll::new()?;
+        epoll.ctl(
+            ControlOperation::Add,
+            stop.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, STOP),
+        )?;
+        for source in sources {
+            epoll.ctl(
+                ControlOperation::Add,
+                source.fd,
+                EpollEvent::new(source.events, source.token),
+            )?;
+        }
+        // Thread names cannot hold NUL.
+        let name = name.replace('\0', "");
+        let thread = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || run(&name, &epoll, handler))?;
+        Ok(Worker {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+fn run<H: EventHandler>(name: &str, epoll: &Epoll, mut handler: H) {
+    let mut events = [EpollEvent::default(); 8];
+    loop {
+        let timeout_ms = handler.before_wait().map_or(-1, |t| {
+            // Rounded up, so that the time has passed when the wait ends.
+            i32::try_from(t.as_micros().div_ceil(1000)).unwrap_or(i32::MAX)
+        });
+        let n = match epoll.wait(timeout_ms, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                log::error!("{name}: epoll: {e}");
+                std::thread::sleep(RETRY);
+                continue;
+            }
+        };
+        for event in &events[..n] {
+            if event.data() == STOP {
+                return;
+            }
+            handler.ready(event.data(), event.event_set());
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop.write(1) {
+            log::error!("Cannot stop a worker thread: {e}");
+            // Joining would wait for ever; let it run out with the process.
+            return;
+        }
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                log::error!("A worker thread panicked");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// An in-VMM device's shape: kicks in, work done on the worker thread.
+    struct Kicks {
+        kicks: Vec<EventFd>,
+        done: mpsc::Sender<(u64, String)>,
+    }
+
+    impl EventHandler for Kicks {
+        fn ready(&mut self, token: u64, events: EventSet) {
+            assert!(events.contains(EventSet::IN));
+            let _ = self.kicks[token as usize].read();
+            let thread = std::thread::current().name().unwrap_or("").to_owned();
+            self.done.send((token, thread)).unwrap();
+        }
+    }
+
+    #[test]
+    fn kicks_reach_the_handler_on_a_named_thread_until_dropped() {
+        let kicks: Vec<EventFd> = (0..2).map(|_| EventFd::new(0).unwrap()).collect();
+        let ours: Vec<EventFd> = kicks.iter().map(|k| k.try_clone().unwrap()).collect();
+        let sources: Vec<Source> = kicks
+            .iter()
+            .enumerate()
+            .map(|(i, k)| Source {
+                fd: k.as_raw_fd(),
+                token: i as u64,
+                events: EventSet::IN,
+            })
+            .collect();
+        let (done, events) = mpsc::channel();
+        let worker = Worker::spawn("test-worker", &sources, Kicks { kicks, done }).unwrap();
+        ours[1].write(1).unwrap();
+        let got = events.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(got, (1, "test-worker".to_owned()));
+        drop(worker);
+        // The thread is gone: its handler (and the sender) were dropped.
+        assert!(events.recv_timeout(Duration::from_secs(5)).is_err());
+    }
+
+    struct Ticks(mpsc::Sender<()>);
+
+    impl EventHandler for Ticks {
+        fn ready(&mut self, _: u64, _: EventSet) {}
+        fn before_wait(&mut self) -> Option<Duration> {
+            let _ = self.0.send(());
+            Some(Duration::from_millis(1))
+        }
+    }
+
+    #[test]
+    fn before_wait_bounds_the_sleep() {
+        let (tx, ticks) = mpsc::channel();
+        let worker = Worker::spawn("test-ticks", &[], Ticks(tx)).unwrap();
+        for _ in 0..3 {
+            ticks.recv_timeout(Duration::from_secs(5)).unwrap();
+        }
+        drop(worker);
+    }
+}

@@ -1,7 +1,8 @@
-//! Debian's cloud kernel under `vmm`. With hardware KVM it boots to a
-//! busybox shell; on PVM hosts (guest ring 0 emulated) Linux cannot finish
-//! booting, so the test checks what early boot shows — the kernel banner,
-//! our command line, our e820 map, the ACPI tables we built — and says so.
+//! Debian's cloud kernel straight on this host's KVM. With hardware KVM it
+//! boots to a busybox shell; on PVM hosts (guest ring 0 emulated) Linux
+//! cannot finish booting, so the test checks what early boot shows — the
+//! kernel banner, our command line, our e820 map, the ACPI tables we built.
+//! The full Linux tier runs nested there (tests/linux_*.rs).
 
 use std::time::Duration;
 
@@ -171,63 +172,10 @@ fn virtiofs_initramfs(dir: &std::path::Path) -> std::path::PathBuf {
         .expect("initramfs with virtio-pci and virtio-fs modules")
 }
 
-/// The seed's example with Debian's kernel: a virtio-fs mount through the
-/// generic device reads and writes the host's files byte for byte. Needs
-/// hardware KVM; on PVM the kernel cannot get past early boot (the smoke
-/// test above covers that), and the same guest is proven under QEMU's
-/// software emulation instead (next test).
-#[test]
-fn linux_mounts_virtiofs_through_the_generic_device() {
-    if !require_kvm("linux_mounts_virtiofs_through_the_generic_device") {
-        return;
-    }
-    if KvmHost::detect().kind != HostKind::Hardware {
-        eprintln!(
-            "NOTE linux_mounts_virtiofs_through_the_generic_device: PVM host; Linux under vmm \
-             was NOT run here (Linux cannot finish booting without hardware virtualization); \
-             linux_mounts_virtiofs_under_qemu_tcg runs the same guest under QEMU's emulator"
-        );
-        return;
-    }
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let share = LinuxShare::new(dir.path());
-    let initramfs = virtiofs_initramfs(dir.path());
-    let kernel = debian_kernel().expect("the Debian kernel");
-    let serial = dir.path().join("serial.log");
-    let mut cmd = VmmCommand::bare();
-    // The seed's example, verbatim but for the paths.
-    cmd.args([
-        "--cpus",
-        "boot=1",
-        "--memory",
-        "size=1G,shared=on",
-        "--kernel",
-    ])
-    .arg(&kernel)
-    .arg("--initramfs")
-    .arg(&initramfs)
-    .args(["--cmdline", "console=ttyS0 panic=-1", "--console", "off"])
-    .arg("--generic-vhost-user")
-    .arg(format!(
-        "socket={},virtio_id=26,queue_sizes=[512,512]",
-        test_infra::guest::quote(&share.fs.socket().to_string_lossy())
-    ))
-    .serial(&format!("file={}", serial.display()))
-    .timeout(EARLY_BOOT_DEADLINE);
-    let run = cmd.run(dir.path()).expect("vmm runs");
-    let log = std::fs::read_to_string(&serial).unwrap_or_default();
-    let context = format!(
-        "{log}\n{}\n--- virtiofsd:\n{}",
-        run.output.describe(),
-        share.fs.log()
-    );
-    share.check(&log, &context);
-    assert_eq!(run.output.code(), Some(0), "{context}");
-}
-
-/// The Linux guest of the test above, under QEMU TCG with
-/// vhost-user-fs-pci and the same virtiofsd: proves the initramfs, the
-/// module set and the mount on hosts without hardware virtualization.
+/// The Linux guest of the virtio-fs tier (tests/linux_virtiofs.rs), under
+/// QEMU TCG with vhost-user-fs-pci and the same virtiofsd: the independent
+/// cross-check that the initramfs, the module set and the mount work with
+/// QEMU's own device.
 #[test]
 fn linux_mounts_virtiofs_under_qemu_tcg() {
     let dir = tempfile::tempdir().expect("temporary directory");

@@ -40,6 +40,12 @@ start_virtiofsd() {
   wait_file "$WORK/$1.sock" 10 || { record error what="virtiofsd $1 made no socket within 10s"; return 1; }
 }
 kill_virtiofsd() { kill -9 "$(cat "$WORK/virtiofsd-$1.pid")" 2>/dev/null; }
+# start_mock NAME ARGS...: vhost-user-mock on $WORK/NAME.sock
+start_mock() {
+  name=$1; shift; rm -f "$WORK/$name.ready"
+  "$MOCK" --socket "$WORK/$name.sock" --ready-file "$WORK/$name.ready" "$@" >>"$OUT/mock-$name.log" 2>&1 &
+  wait_file "$WORK/$name.ready" 10 || { record error what="mock $name not listening within 10s"; return 1; }
+}
 # start_vmm NAME SECS ARGS...: vmm in the background, killed after SECS;
 # the guest's serial port goes to $OUT/NAME.serial
 start_vmm() {

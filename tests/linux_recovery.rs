@@ -1,0 +1,229 @@
+//! Linux tier: device reset by the real driver, and a backend that dies
+//! under a mounted virtio-fs: what Linux sees, what `vmm` does, and the way
+//! back once the backend is restarted.
+
+use std::time::Duration;
+
+use test_infra::linux::GuestInit;
+use test_infra::Scenario;
+
+/// The virtio-fs function of the first generic device.
+const FIRST: &str = "0000:00:01.0";
+
+/// Mount, read, unmount, unbind the device from virtio-pci (the driver
+/// resets it), bind it again, mount again: the same virtiofsd serves the
+/// new mount.
+#[test]
+fn driver_unbind_and_bind_reset_the_device_and_it_works_again() {
+    let guest = GuestInit::new(&format!(
+        "mkdir -p /m\n\
+         mount -t virtiofs myfs /m && report first-mount text=\"$(cat /m/which)\"\n\
+         umount /m && report unmounted\n\
+         echo {FIRST} > /sys/bus/pci/drivers/virtio-pci/unbind && report unbound\n\
+         report after-unbind driver=$(basename \"$(readlink /sys/bus/pci/devices/{FIRST}/driver)\")\n\
+         echo {FIRST} > /sys/bus/pci/drivers/virtio-pci/bind && report bound\n\
+         mount -t virtiofs myfs /m && report second-mount text=\"$(cat /m/which)\"\n\
+         echo after-rebind > /m/written && umount /m && report done"
+    ))
+    .modules(&["virtio_pci", "virtiofs"]);
+    let mut s = Scenario::new("rebind").expect("scenario");
+    s.guest("guest.cpio", &guest)
+        .expect("initramfs")
+        .script(
+            "mkdir -p $WORK/share; echo served > $WORK/share/which\n\
+             start_virtiofsd myfs $WORK/share\n\
+             run_vmm guest 240 --memory size=512M,shared=on --kernel \"$VMLINUX\" \
+             --initramfs \"$IN/guest.cpio\" --cmdline 'console=ttyS0 quiet panic=-1' --console off \
+             --generic-vhost-user \"socket=$WORK/myfs.sock,virtio_id=26,queue_sizes=[512,512]\"\n\
+             record host written=\"$(cat $WORK/share/written)\"",
+        )
+        .timeout(Duration::from_secs(400));
+    let run = s.run().expect("scenario runs");
+    run.assert_completed();
+    let g = run.guest("guest");
+    let text = |kind: &str| g.first(kind).and_then(|r| r.get("text"));
+    assert_eq!(text("first-mount"), Some("served"), "{}", run.describe());
+    assert_eq!(
+        g.first("after-unbind").and_then(|r| r.get("driver")),
+        Some(""),
+        "the device was still bound\n{}",
+        run.describe()
+    );
+    assert_eq!(text("second-mount"), Some("served"), "{}", run.describe());
+    assert!(g.first("done").is_some(), "{}", run.describe());
+    assert_eq!(
+        run.records.first("host").and_then(|r| r.get("written")),
+        Some("after-rebind"),
+        "{}",
+        run.describe()
+    );
+    assert_eq!(run.vmm_exit("guest"), Some(0), "{}", run.describe());
+}
+
+/// virtiofsd is killed while its share is mounted (and idle). `vmm` keeps
+/// running, says what happened and flags the device DEVICE_NEEDS_RESET,
+/// which Linux shows in the device's status; a second device keeps
+/// working. Once virtiofsd is back, Linux recovers the first device the
+/// one way it can. Linux 6.1's virtiofs has no FUSE control connection
+/// and refuses forced unmounts, so a request sent to the dead device waits
+/// for ever, and unmounting sends one (DESTROY). Unbinding the device
+/// first fails its queues fast: the driver resets the device (and `vmm`
+/// connects to the new backend), the unmount then returns, and a bind and
+/// a mount bring the share back.
+#[test]
+fn a_backend_killed_while_mounted_recovers_after_restart() {
+    let wait = |marker: &str| {
+        format!(
+            "n=900; while [ ! -e /other/{marker} ] && [ $n -gt 0 ]; do sleep 0.1; n=$((n-1)); done\n\
+             report waited for={marker} seen=$([ -e /other/{marker} ] && echo yes || echo no)"
+        )
+    };
+    let guest = GuestInit::new(&format!(
+        "mkdir -p /m /other\n\
+         mount -t virtiofs myfs /m && mount -t virtiofs other /other && report mounted\n\
+         report before text=\"$(cat /m/which)\" status=$(cat /sys/bus/virtio/devices/virtio0/status)\n\
+         report ready\n\
+         {killed}\n\
+         report dead-device status=$(cat /sys/bus/virtio/devices/virtio0/status)\n\
+         report other text=\"$(timeout -s KILL 20 cat /other/which)\"\n\
+         timeout -s KILL 20 sh -c 'echo still-working > /other/after-crash' && report other-write rc=0\n\
+         report want-restart\n\
+         {restarted}\n\
+         timeout -s KILL 30 sh -c 'echo {FIRST} > /sys/bus/pci/drivers/virtio-pci/unbind' && report unbound && \
+         timeout -s KILL 20 umount /m && report unmounted && \
+         timeout -s KILL 30 sh -c 'echo {FIRST} > /sys/bus/pci/drivers/virtio-pci/bind' && report bound && \
+         timeout -s KILL 30 mount -t virtiofs myfs /m && \
+         report remounted text=\"$(timeout -s KILL 20 cat /m/which)\" && \
+         echo recovered > /m/written && report recovered-write && umount /m\n\
+         umount /other",
+        killed = wait("killed"),
+        restarted = wait("restarted"),
+    ))
+    .modules(&["virtio_pci", "virtiofs"]);
+    let mut s = Scenario::new("crash").expect("scenario");
+    s.guest("guest.cpio", &guest)
+        .expect("initramfs")
+        .script(
+            "mkdir -p $WORK/a $WORK/b; echo first-backend > $WORK/a/which; echo other > $WORK/b/which\n\
+             start_virtiofsd myfs $WORK/a; start_virtiofsd other $WORK/b\n\
+             start_vmm guest 240 --memory size=512M,shared=on --kernel \"$VMLINUX\" \
+             --initramfs \"$IN/guest.cpio\" --cmdline 'console=ttyS0 quiet panic=-1' --console off \
+             --generic-vhost-user \"socket=$WORK/myfs.sock,virtio_id=26,queue_sizes=[512,512]\" \
+             --generic-vhost-user \"socket=$WORK/other.sock,virtio_id=26,queue_sizes=[512,512]\"\n\
+             wait_line $OUT/guest.serial 'linux: ready' 200 || record error what='guest not ready'\n\
+             kill_virtiofsd myfs; record killed\n\
+             wait_line $OUT/guest.vmm.log 'the backend went away' 30 && record vmm-noticed\n\
+             : > $WORK/b/killed\n\
+             wait_line $OUT/guest.serial 'linux: want-restart' 120 || record error what='guest stuck after the kill'\n\
+             echo second-backend > $WORK/a/which; start_virtiofsd myfs $WORK/a; record restarted\n\
+             : > $WORK/b/restarted\n\
+             wait_vmm guest 250\n\
+             record host after-crash=\"$(cat $WORK/b/after-crash)\" written=\"$(cat $WORK/a/written)\"",
+        )
+        .timeout(Duration::from_secs(480));
+    let run = s.run().expect("scenario runs");
+    run.assert_completed();
+    let g = run.guest("guest");
+    let d = run.describe();
+    let field = |kind: &str, key: &str| g.first(kind).and_then(|r| r.get(key)).map(str::to_string);
+    assert_eq!(
+        field("before", "text").as_deref(),
+        Some("first-backend"),
+        "{d}"
+    );
+    // VIRTIO_CONFIG_S_NEEDS_RESET (0x40) set by vmm once the backend went.
+    let status = g
+        .first("dead-device")
+        .and_then(|r| r.number("status"))
+        .unwrap_or_else(|| panic!("no status after the kill\n{d}"));
+    assert_ne!(
+        status & 0x40,
+        0,
+        "status {status:#x} without NEEDS_RESET\n{d}"
+    );
+    assert!(
+        run.records.first("vmm-noticed").is_some(),
+        "vmm logged nothing\n{d}"
+    );
+    assert_eq!(field("other", "text").as_deref(), Some("other"), "{d}");
+    assert!(g.first("other-write").is_some(), "{d}");
+    for step in ["unbound", "unmounted", "bound"] {
+        assert!(g.first(step).is_some(), "recovery step {step} failed\n{d}");
+    }
+    assert_eq!(
+        field("remounted", "text").as_deref(),
+        Some("second-backend"),
+        "{d}"
+    );
+    let host = run.records.first("host").expect("host record");
+    assert_eq!(host.get("after-crash"), Some("still-working"), "{d}");
+    assert_eq!(host.get("written"), Some("recovered"), "{d}");
+    assert_eq!(run.vmm_exit("guest"), Some(0), "{d}");
+}
+
+/// virtiofsd is killed while a guest read is waiting on it. What Linux
+/// does: the request never completes, the reader stays blocked until its
+/// timeout kills it, and the mount cannot be recovered (a drain of the
+/// dead queue would wait for ever, so the test does not unbind). What `vmm`
+/// does: it keeps running, flags the device, and the second device keeps
+/// serving; the guest powers off without syncing the dead mount.
+#[test]
+fn a_backend_killed_under_a_waiting_read_leaves_the_vm_and_the_other_device_working() {
+    let guest = GuestInit::new(
+        "mkdir -p /m /other\n\
+         mount -t virtiofs myfs /m && mount -t virtiofs other /other && report mounted\n\
+         report ready\n\
+         start=$(cut -d. -f1 /proc/uptime)\n\
+         timeout -s KILL 20 cat /m/fifo > /tmp/read 2>&1; rc=$?\n\
+         report dead-read rc=$rc secs=$(( $(cut -d. -f1 /proc/uptime) - start ))\n\
+         report dead-device status=$(cat /sys/bus/virtio/devices/virtio0/status)\n\
+         report other text=\"$(timeout -s KILL 20 cat /other/which)\"\n\
+         umount /other\n\
+         poweroff -f -n",
+    )
+    .modules(&["virtio_pci", "virtiofs"]);
+    let mut s = Scenario::new("crash-in-flight").expect("scenario");
+    s.guest("guest.cpio", &guest)
+        .expect("initramfs")
+        .script(
+            // A read of a FIFO nobody writes waits in virtiofsd: the
+            // request is in flight when virtiofsd dies.
+            "mkdir -p $WORK/a $WORK/b; mkfifo $WORK/a/fifo; echo other > $WORK/b/which\n\
+             start_virtiofsd myfs $WORK/a; start_virtiofsd other $WORK/b\n\
+             start_vmm guest 240 --memory size=512M,shared=on --kernel \"$VMLINUX\" \
+             --initramfs \"$IN/guest.cpio\" --cmdline 'console=ttyS0 quiet panic=-1' --console off \
+             --generic-vhost-user \"socket=$WORK/myfs.sock,virtio_id=26,queue_sizes=[512,512]\" \
+             --generic-vhost-user \"socket=$WORK/other.sock,virtio_id=26,queue_sizes=[512,512]\"\n\
+             wait_line $OUT/guest.serial 'linux: ready' 200 || record error what='guest not ready'\n\
+             sleep 3; kill_virtiofsd myfs; record killed\n\
+             wait_line $OUT/guest.vmm.log 'the backend went away' 30 && record vmm-noticed\n\
+             wait_vmm guest 250",
+        )
+        .timeout(Duration::from_secs(400));
+    let run = s.run().expect("scenario runs");
+    run.assert_completed();
+    let g = run.guest("guest");
+    let d = run.describe();
+    let dead = g
+        .first("dead-read")
+        .unwrap_or_else(|| panic!("the reader never came back\n{d}"));
+    // Killed by its timeout (SIGKILL), not answered.
+    assert_eq!(dead.get("rc"), Some("137"), "{d}");
+    assert!(dead.number("secs").is_some_and(|s| s >= 19), "{d}");
+    let status = g
+        .first("dead-device")
+        .and_then(|r| r.number("status"))
+        .unwrap_or_else(|| panic!("no status\n{d}"));
+    assert_ne!(
+        status & 0x40,
+        0,
+        "status {status:#x} without NEEDS_RESET\n{d}"
+    );
+    assert!(run.records.first("vmm-noticed").is_some(), "{d}");
+    assert_eq!(
+        g.first("other").and_then(|r| r.get("text")),
+        Some("other"),
+        "{d}"
+    );
+    assert_eq!(run.vmm_exit("guest"), Some(0), "{d}");
+}

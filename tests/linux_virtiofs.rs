@@ -222,7 +222,7 @@ fn fsync_puts_the_data_on_the_host_while_mounted() {
         ),
     )
     .expect("initramfs")
-    .script(&format!(
+    .script(
         "mkdir -p $WORK/share; start_virtiofsd myfs $WORK/share\n\
          start_vmm guest 240 --cpus boot=1 --memory size=1G,shared=on --kernel \"$VMLINUX\" \
          --initramfs \"$IN/guest.cpio\" --cmdline 'console=ttyS0 quiet panic=-1' --console off \
@@ -230,8 +230,8 @@ fn fsync_puts_the_data_on_the_host_while_mounted() {
          wait_line $OUT/guest.serial 'linux: fsynced' 200 && \
          record host-while-mounted sha=$(sha $WORK/share/synced)\n\
          : > $WORK/share/host-checked\n\
-         wait_vmm guest 240"
-    ));
+         wait_vmm guest 240",
+    );
     let run = run(s);
     let guest = run.guest("guest");
     let fsynced = guest

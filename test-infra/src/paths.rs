@@ -89,8 +89,11 @@ pub fn conformance_binary() -> Result<PathBuf, String> {
         "VHOST_USER_CONFORMANCE",
         workspace_root().join("target/release/vhost-user-conformance"),
         &["test-infra/src", "virtio-types/src"],
-        // cargo does not relink the runner when only the bench changed.
-        &["test-infra/src/bin/bench.rs"],
+        // cargo does not relink the runner when only another binary changed.
+        &[
+            "test-infra/src/bin/bench.rs",
+            "test-infra/src/bin/linux-demo.rs",
+        ],
         "cargo build --release -p test-infra",
     )
 }

@@ -10,7 +10,7 @@
 //! count, with `vmm`'s exits per round trip. Last, the wall time of the
 //! whole integration suite (built first, so only the run is timed).
 //!
-//! Usage: bench [--runs N] [--fs-runs N] [--only startup|fs|echo|suite]
+//! Usage: bench [--runs N] [--fs-runs N] [--only startup|fs|echo|nested|suite]
 //! [--cloud-hypervisor PATH] (or CLOUD_HYPERVISOR=PATH). Ratios within one
 //! run are what count: the machines are shared and absolute figures are
 //! noisy.
@@ -482,7 +482,7 @@ fn main() {
             "--cloud-hypervisor" => ch = args.next().map(PathBuf::from),
             "-h" | "--help" => {
                 println!(
-                    "bench [--runs N] [--fs-runs N] [--only startup|fs|echo|suite] [--cloud-hypervisor PATH]"
+                    "bench [--runs N] [--fs-runs N] [--only startup|fs|echo|nested|suite] [--cloud-hypervisor PATH]"
                 );
                 return;
             }
@@ -508,6 +508,11 @@ fn main() {
     }
     if wanted("echo") {
         echo_bench(fs_runs);
+    }
+    if wanted("nested") {
+        if let Err(e) = nested_bench(fs_runs) {
+            eprintln!("bench: nested: {e}");
+        }
     }
     if wanted("suite") {
         if let Err(e) = suite_time() {
@@ -559,5 +564,62 @@ fn suite_time() -> Result<(), String> {
     for line in failed {
         println!("\n{line}");
     }
+    Ok(())
+}
+
+/// The time `vmm` logged when the guest powered off, from its own start.
+fn stop_ms(log: &str) -> Option<f64> {
+    let line = log.lines().find(|l| l.contains("VM stopping"))?;
+    line.split_once('+')?.1.split_once("ms")?.0.parse().ok()
+}
+
+/// Inside one L1 (nested runner): `vmm` with 512M and 16G taking turns,
+/// and Debian's kernel to userspace, each timed by `vmm`'s own log from
+/// its start to the guest's power-off. TCG timings: only the ratios mean
+/// anything.
+fn nested_bench(runs: usize) -> Result<(), String> {
+    use test_infra::linux::GuestInit;
+    println!("\n## Nested: inside one L1 under QEMU TCG (emulated SVM, TDP MMU)\n");
+    println!(
+        "Absolute times are emulator times, tens of times slower than hardware; \
+         compare within a row only.\n"
+    );
+    let mut s = test_infra::Scenario::new("bench")?;
+    s.guest("up.cpio", &GuestInit::new("report up"))?
+        .l1(4096, 1)
+        .timeout(Duration::from_secs(120 + 60 * runs as u64));
+    for i in 0..runs {
+        for size in ["512M", "16G"] {
+            s.script(&format!(
+                "run_vmm probe-{size}-{i} 60 --kernel \"$PROBE\" --cmdline probe.run=boot \
+                 --memory size={size} --console off"
+            ));
+        }
+        s.script(&format!(
+            "run_vmm linux-{i} 120 --kernel \"$VMLINUX\" --initramfs \"$IN/up.cpio\" \
+             --cmdline 'console=ttyS0 quiet panic=-1' --memory size=512M --console off"
+        ));
+    }
+    let run = s.run()?;
+    let times = |prefix: &str| -> Vec<f64> {
+        (0..runs)
+            .filter_map(|i| stop_ms(&run.out_file(&format!("{prefix}-{i}.vmm.log"))))
+            .collect()
+    };
+    let (small, large, linux) = (times("probe-512M"), times("probe-16G"), times("linux"));
+    if small.len() != runs || large.len() != runs || linux.len() != runs {
+        return Err(format!("some runs did not finish\n{}", run.describe()));
+    }
+    let (small, large, linux) = (median(small), median(large), median(linux));
+    println!("| what | median ms ({runs} runs) |");
+    println!("|---|---|");
+    println!("| probe guest powered off, 512M | {small:.1} |");
+    println!("| probe guest powered off, 16G | {large:.1} |");
+    println!("| 16G / 512M | {:.2} |", large / small);
+    println!("| Linux (vmlinux, 512M) to userspace and power-off | {linux:.0} |");
+    println!(
+        "\nNot measured yet: QEMU `-accel kvm` in the same L1 (its binary, libraries and \
+         firmware are not in the L1 image)."
+    );
     Ok(())
 }

@@ -56,8 +56,23 @@ fn ram(run: &ScenarioRun, name: &str) -> Vec<(u64, u64)> {
         .collect()
 }
 
-fn total(ranges: &[(u64, u64)]) -> u64 {
-    ranges.iter().map(|(a, b)| b - a + 1).sum()
+/// Asserts that the guest `name` has all of `mib` as RAM but the legacy
+/// hole under 1 MiB (EBDA, VGA, BIOS area), none of it in the 32-bit PCI
+/// hole, and returns its ranges.
+fn assert_ram(run: &ScenarioRun, name: &str, mib: u64) -> Vec<(u64, u64)> {
+    let ram = ram(run, name);
+    let total: u64 = ram.iter().map(|(a, b)| b - a + 1).sum();
+    assert!(
+        total <= mib * MIB && total > (mib - 1) * MIB,
+        "{name}: RAM ranges {ram:x?} add up to {total:#x}\n{}",
+        run.describe()
+    );
+    assert!(
+        ram.iter()
+            .all(|&(start, end)| end < 0xc000_0000 || start >= 0x1_0000_0000),
+        "{name}: RAM inside the PCI hole: {ram:x?}"
+    );
+    ram
 }
 
 const MIB: u64 = 1 << 20;
@@ -76,14 +91,7 @@ fn pvh_vmlinux_boots_with_one_cpu_and_512m() {
         "{}",
         run.describe()
     );
-    let ram = ram(&run, "guest");
-    // All of it but the legacy hole under 1 MiB (EBDA, VGA, BIOS area).
-    let total = total(&ram);
-    assert!(
-        total <= 512 * MIB && total > 511 * MIB,
-        "RAM ranges {ram:x?} add up to {total:#x}\n{}",
-        run.describe()
-    );
+    assert_ram(&run, "guest", 512);
     assert_eq!(run.vmm_exit("guest"), Some(0), "{}", run.describe());
 }
 
@@ -129,18 +137,7 @@ fn four_cpus_online_with_3g_and_4g_across_the_pci_hole() {
             "{}",
             run.describe()
         );
-        let ram = ram(&run, &name);
-        let total = total(&ram);
-        assert!(
-            total <= gib * 1024 * MIB && total > (gib * 1024 - 1) * MIB,
-            "{size}: RAM ranges {ram:x?} add up to {total:#x}\n{}",
-            run.describe()
-        );
-        assert!(
-            ram.iter()
-                .all(|&(start, end)| end < 0xc000_0000 || start >= 0x1_0000_0000),
-            "{size}: RAM inside the PCI hole: {ram:x?}"
-        );
+        assert_ram(&run, &name, gib * 1024);
         assert_eq!(run.vmm_exit(&name), Some(0), "{}", run.describe());
     }
     assert!(

@@ -5,10 +5,44 @@
 use std::time::Duration;
 
 use test_infra::linux::GuestInit;
-use test_infra::Scenario;
+use test_infra::{ProbeReport, Scenario, ScenarioRun};
 
 /// The virtio-fs function of the first generic device.
 const FIRST: &str = "0000:00:01.0";
+
+/// virtiofsd for `myfs` ($WORK/a) and `other` ($WORK/b), `vmm` with both
+/// as generic devices, and a wait for the guest's `ready` record.
+const TWO_SHARES_UNTIL_READY: &str = "start_virtiofsd myfs $WORK/a; start_virtiofsd other $WORK/b
+start_vmm guest 240 --memory size=512M,shared=on --kernel \"$VMLINUX\" \\
+  --initramfs \"$IN/guest.cpio\" --cmdline 'console=ttyS0 quiet panic=-1' --console off \\
+  --generic-vhost-user \"socket=$WORK/myfs.sock,virtio_id=26,queue_sizes=[512,512]\" \\
+  --generic-vhost-user \"socket=$WORK/other.sock,virtio_id=26,queue_sizes=[512,512]\"
+wait_line $OUT/guest.serial 'linux: ready' 200 || record error what='guest not ready'
+";
+
+/// Kills `myfs`'s virtiofsd and records `vmm-noticed` once `vmm` logs it.
+const KILL_MYFS: &str = "kill_virtiofsd myfs; record killed
+wait_line $OUT/guest.vmm.log 'the backend went away' 30 && record vmm-noticed
+";
+
+/// Asserts that `vmm` logged the first backend's death and that Linux
+/// shows VIRTIO_CONFIG_S_NEEDS_RESET (0x40) in the device's status.
+fn assert_flagged_for_reset(run: &ScenarioRun, guest: &ProbeReport) {
+    let d = run.describe();
+    let status = guest
+        .first("dead-device")
+        .and_then(|r| r.number("status"))
+        .unwrap_or_else(|| panic!("no status after the kill\n{d}"));
+    assert_ne!(
+        status & 0x40,
+        0,
+        "status {status:#x} without NEEDS_RESET\n{d}"
+    );
+    assert!(
+        run.records.first("vmm-noticed").is_some(),
+        "vmm logged nothing\n{d}"
+    );
+}
 
 /// Mount, read, unmount, unbind the device from virtio-pci (the driver
 /// resets it), bind it again, mount again: the same virtiofsd serves the
@@ -104,21 +138,16 @@ fn a_backend_killed_while_mounted_recovers_after_restart() {
     s.guest("guest.cpio", &guest)
         .expect("initramfs")
         .script(
-            "mkdir -p $WORK/a $WORK/b; echo first-backend > $WORK/a/which; echo other > $WORK/b/which\n\
-             start_virtiofsd myfs $WORK/a; start_virtiofsd other $WORK/b\n\
-             start_vmm guest 240 --memory size=512M,shared=on --kernel \"$VMLINUX\" \
-             --initramfs \"$IN/guest.cpio\" --cmdline 'console=ttyS0 quiet panic=-1' --console off \
-             --generic-vhost-user \"socket=$WORK/myfs.sock,virtio_id=26,queue_sizes=[512,512]\" \
-             --generic-vhost-user \"socket=$WORK/other.sock,virtio_id=26,queue_sizes=[512,512]\"\n\
-             wait_line $OUT/guest.serial 'linux: ready' 200 || record error what='guest not ready'\n\
-             kill_virtiofsd myfs; record killed\n\
-             wait_line $OUT/guest.vmm.log 'the backend went away' 30 && record vmm-noticed\n\
-             : > $WORK/b/killed\n\
+            &format!(
+                "mkdir -p $WORK/a $WORK/b; echo first-backend > $WORK/a/which; echo other > $WORK/b/which\n\
+                 {TWO_SHARES_UNTIL_READY}{KILL_MYFS}\
+                 : > $WORK/b/killed\n\
              wait_line $OUT/guest.serial 'linux: want-restart' 120 || record error what='guest stuck after the kill'\n\
              echo second-backend > $WORK/a/which; start_virtiofsd myfs $WORK/a; record restarted\n\
              : > $WORK/b/restarted\n\
              wait_vmm guest 250\n\
-             record host after-crash=\"$(cat $WORK/b/after-crash)\" written=\"$(cat $WORK/a/written)\"",
+             record host after-crash=\"$(cat $WORK/b/after-crash)\" written=\"$(cat $WORK/a/written)\""
+            ),
         )
         .timeout(Duration::from_secs(480));
     let run = s.run().expect("scenario runs");
@@ -131,20 +160,7 @@ fn a_backend_killed_while_mounted_recovers_after_restart() {
         Some("first-backend"),
         "{d}"
     );
-    // VIRTIO_CONFIG_S_NEEDS_RESET (0x40) set by vmm once the backend went.
-    let status = g
-        .first("dead-device")
-        .and_then(|r| r.number("status"))
-        .unwrap_or_else(|| panic!("no status after the kill\n{d}"));
-    assert_ne!(
-        status & 0x40,
-        0,
-        "status {status:#x} without NEEDS_RESET\n{d}"
-    );
-    assert!(
-        run.records.first("vmm-noticed").is_some(),
-        "vmm logged nothing\n{d}"
-    );
+    assert_flagged_for_reset(&run, &g);
     assert_eq!(field("other", "text").as_deref(), Some("other"), "{d}");
     assert!(g.first("other-write").is_some(), "{d}");
     for step in ["unbound", "unmounted", "bound"] {
@@ -188,16 +204,10 @@ fn a_backend_killed_under_a_waiting_read_leaves_the_vm_and_the_other_device_work
         .script(
             // A read of a FIFO nobody writes waits in virtiofsd: the
             // request is in flight when virtiofsd dies.
-            "mkdir -p $WORK/a $WORK/b; mkfifo $WORK/a/fifo; echo other > $WORK/b/which\n\
-             start_virtiofsd myfs $WORK/a; start_virtiofsd other $WORK/b\n\
-             start_vmm guest 240 --memory size=512M,shared=on --kernel \"$VMLINUX\" \
-             --initramfs \"$IN/guest.cpio\" --cmdline 'console=ttyS0 quiet panic=-1' --console off \
-             --generic-vhost-user \"socket=$WORK/myfs.sock,virtio_id=26,queue_sizes=[512,512]\" \
-             --generic-vhost-user \"socket=$WORK/other.sock,virtio_id=26,queue_sizes=[512,512]\"\n\
-             wait_line $OUT/guest.serial 'linux: ready' 200 || record error what='guest not ready'\n\
-             sleep 3; kill_virtiofsd myfs; record killed\n\
-             wait_line $OUT/guest.vmm.log 'the backend went away' 30 && record vmm-noticed\n\
-             wait_vmm guest 250",
+            &format!(
+                "mkdir -p $WORK/a $WORK/b; mkfifo $WORK/a/fifo; echo other > $WORK/b/which\n\
+                 {TWO_SHARES_UNTIL_READY}sleep 3\n{KILL_MYFS}wait_vmm guest 250"
+            ),
         )
         .timeout(Duration::from_secs(400));
     let run = s.run().expect("scenario runs");
@@ -210,16 +220,7 @@ fn a_backend_killed_under_a_waiting_read_leaves_the_vm_and_the_other_device_work
     // Killed by its timeout (SIGKILL), not answered.
     assert_eq!(dead.get("rc"), Some("137"), "{d}");
     assert!(dead.number("secs").is_some_and(|s| s >= 19), "{d}");
-    let status = g
-        .first("dead-device")
-        .and_then(|r| r.number("status"))
-        .unwrap_or_else(|| panic!("no status\n{d}"));
-    assert_ne!(
-        status & 0x40,
-        0,
-        "status {status:#x} without NEEDS_RESET\n{d}"
-    );
-    assert!(run.records.first("vmm-noticed").is_some(), "{d}");
+    assert_flagged_for_reset(&run, &g);
     assert_eq!(
         g.first("other").and_then(|r| r.get("text")),
         Some("other"),

@@ -77,6 +77,18 @@ impl Cpio {
         self
     }
 
+    /// What every `/init` here needs: the mount points and module
+    /// directory, static `busybox` as `/bin/busybox` and `/bin/sh`, and
+    /// `init` as `/init`.
+    pub fn busybox_root(&mut self, busybox: &[u8], init: &str) -> &mut Self {
+        for d in ["bin", "dev", "proc", "sys", "tmp", "lib", "lib/modules"] {
+            self.dir(d);
+        }
+        self.file("bin/busybox", 0o755, busybox)
+            .symlink("bin/sh", "busybox")
+            .file("init", 0o755, init.as_bytes())
+    }
+
     /// Every directory above `path`: the kernel's unpacker creates none.
     pub fn parents(&mut self, path: &str) -> &mut Self {
         let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
@@ -125,7 +137,9 @@ pub const GUEST_PREFIX: &str = "linux: ";
 /// A Linux guest's initramfs: static busybox, modules of the Debian kernel
 /// loaded dependencies first, and an `/init` that runs a shell script and
 /// powers off. The script reports facts with `report KIND key=value ...`,
-/// which prints a `linux: ` record on the console.
+/// which prints a `linux: ` record on the console. A value with spaces
+/// must reach the console in double quotes, so the shell needs them
+/// escaped: `report mount line=\"$(grep myfs /proc/mounts)\"`.
 #[derive(Debug, Clone)]
 pub struct GuestInit {
     script: String,
@@ -182,21 +196,7 @@ impl GuestInit {
             script = self.script
         );
         let mut cpio = Cpio::new();
-        for d in [
-            "bin",
-            "dev",
-            "proc",
-            "sys",
-            "mnt",
-            "tmp",
-            "lib",
-            "lib/modules",
-        ] {
-            cpio.dir(d);
-        }
-        cpio.file("bin/busybox", 0o755, &read(&busybox()?)?)
-            .symlink("bin/sh", "busybox")
-            .file("init", 0o755, init.as_bytes());
+        cpio.busybox_root(&read(&busybox()?)?, &init).dir("mnt");
         for (name, path) in &modules {
             cpio.file(&format!("lib/modules/{name}.ko"), 0o644, &read(path)?);
         }

@@ -141,8 +141,8 @@ pub fn l1_image(payloads: &[Payload]) -> Result<PathBuf, String> {
     let init = l1_init(&names, payloads);
 
     // Every file of the image with its place in it; the key hashes them all.
-    let mut files: Vec<(String, PathBuf, u32)> =
-        vec![("bin/busybox".into(), linux::busybox()?, 0o755)];
+    let busybox = linux::read(&linux::busybox()?)?;
+    let mut files: Vec<(String, PathBuf, u32)> = Vec::new();
     for (name, path) in &modules {
         files.push((format!("lib/modules/{name}.ko"), path.clone(), 0o644));
     }
@@ -161,6 +161,7 @@ pub fn l1_image(payloads: &[Payload]) -> Result<PathBuf, String> {
     let mut contents = Vec::with_capacity(files.len());
     let mut key = std::hash::DefaultHasher::new();
     key.write(init.as_bytes());
+    key.write(&busybox);
     for (inside, path, _) in &files {
         let body = linux::read(path)?;
         key.write(inside.as_bytes());
@@ -174,20 +175,7 @@ pub fn l1_image(payloads: &[Payload]) -> Result<PathBuf, String> {
     }
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let mut cpio = Cpio::new();
-    for d in [
-        "bin",
-        "dev",
-        "proc",
-        "sys",
-        "tmp",
-        "lib",
-        "lib/modules",
-        "boot",
-    ] {
-        cpio.dir(d);
-    }
-    cpio.symlink("bin/sh", "busybox")
-        .file("init", 0o755, init.as_bytes());
+    cpio.busybox_root(&busybox, &init);
     for ((inside, _, mode), body) in files.iter().zip(&contents) {
         cpio.parents(inside).file(inside, *mode, body);
     }

@@ -59,6 +59,11 @@ pub trait VirtioDevice: Send {
     /// `offset` and `data` are inside the window.
     fn read_config(&mut self, offset: u32, data: &mut [u8]) -> Result<(), Self::Error>;
     fn write_config(&mut self, offset: u32, data: &[u8]) -> Result<(), Self::Error>;
+    /// The transport's interrupt handle, given once when the device is
+    /// put behind it, for a device that can fail before DRIVER_OK (a
+    /// backend connection that hangs up while the driver negotiates).
+    /// The same handle comes again in every `ActivateContext`.
+    fn attach(&mut self, _interrupt: VirtioInterrupt) {}
     /// DRIVER_OK. A device that fails later, on a thread of its own, says so
     /// through `context.interrupt.set_needs_reset()`.
     fn activate(&mut self, context: ActivateContext) -> Result<(), Self::Error>;

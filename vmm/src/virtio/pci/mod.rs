@@ -162,7 +162,7 @@ pub struct VirtioPciDevice<D: VirtioDevice> {
 
 impl<D: VirtioDevice> VirtioPciDevice<D> {
     pub fn new(
-        device: D,
+        mut device: D,
         memory: GuestMemoryMmap,
         vectors: Arc<dyn MsiInterruptGroup>,
         ioevents: Box<dyn IoEventRegistry>,
@@ -170,6 +170,7 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
         let queue_count = device.queue_sizes().len();
         let vector_count = msix_vectors(queue_count);
         let interrupt = VirtioInterrupt::new(vectors.clone());
+        device.attach(interrupt.clone());
         let msix = Msix::new(vectors, vector_count);
         if MSIX_TABLE_OFFSET + msix.table_len() > MSIX_PBA_OFFSET
             || MSIX_PBA_OFFSET + msix.pba_len() > BAR_SIZE

@@ -87,8 +87,8 @@ pub struct GenericVhostUser {
     /// Whether the acked features carried VHOST_USER_F_PROTOCOL_FEATURES,
     /// which makes SET_VRING_ENABLE available.
     vring_enable: bool,
-    /// Where the watchdog reports a backend that hung up: the interrupt
-    /// handle of the last activation, kept across reconnects.
+    /// Where the watchdog reports a backend that hung up: the transport's
+    /// interrupt handle, from attachment on, kept across reconnects.
     interrupt: Option<VirtioInterrupt>,
 }
 
@@ -448,8 +448,16 @@ impl VirtioDevice for GenericVhostUser {
         })
     }
 
+    /// From now on the watchdog reports a hang-up through the interrupt,
+    /// whether or not the driver got as far as DRIVER_OK.
+    fn attach(&mut self, interrupt: VirtioInterrupt) {
+        if let Some(connection) = &self.connection {
+            connection.watchdog.set_interrupt(interrupt.clone());
+        }
+        self.interrupt = Some(interrupt);
+    }
+
     /// DRIVER_OK: features, memory, then every queue the guest enabled.
-    /// From now on the watchdog reports a hang-up through the interrupt.
     fn activate(&mut self, context: ActivateContext) -> Result<(), Error> {
         let ActivateContext {
             mem,
@@ -460,10 +468,7 @@ impl VirtioDevice for GenericVhostUser {
         // The rings are where the activation's memory says (the same
         // memory the backend has mapped since connecting).
         self.memory = mem;
-        if let Some(connection) = &self.connection {
-            connection.watchdog.set_interrupt(interrupt.clone());
-        }
-        self.interrupt = Some(interrupt);
+        self.attach(interrupt);
         let backend_features = self.negotiated.backend_features;
         // VERSION_1 is ours to offer; the backend gets only bits it has.
         let mut acked = features & self.features() & backend_features;

@@ -448,6 +448,25 @@ fn a_backend_hanging_up_while_the_guest_is_away_is_signalled_at_once() {
     server.join();
 }
 
+/// The driver is still negotiating (no DRIVER_OK yet) when the backend
+/// goes: the transport's handle, given at attachment, is flagged at once.
+#[test]
+fn a_backend_hanging_up_before_driver_ok_is_signalled_at_once() {
+    let mut server = Server::start(Mock::fs(), 1);
+    let mut dev = device(&server);
+    let rings = Rings::new(2);
+    dev.attach(rings.interrupt.clone());
+    assert!(!rings.interrupt.needs_reset());
+    server.kill_connection();
+    let start = Instant::now();
+    while !rings.interrupt.needs_reset() {
+        assert!(start.elapsed() < Duration::from_secs(5), "no signal");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(dev);
+    server.join();
+}
+
 #[test]
 fn a_failed_reconnect_leaves_the_device_disconnected_until_the_next_reset() {
     let mut server = Server::start(Mock::fs(), 2);

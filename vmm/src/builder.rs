@@ -3,14 +3,20 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use virtio_types::VirtioDeviceType;
 
 use crate::arch::x86_64::{acpi, boot, regs};
-use crate::config::{ConsoleOutput, GenericVhostUserConfig, VmConfig};
+use crate::config::{ConsoleOutput, DiskBackend, DiskConfig, GenericVhostUserConfig, VmConfig};
 use crate::device_manager::{DeviceManager, DeviceManagerError};
+use crate::terminal::{self, Pty, RawMode};
+use crate::virtio::block::disk::{DiskError, DiskFile};
+use crate::virtio::block::{self, Block, BlockParams};
+use crate::virtio::console::{Console, ConsoleParams};
 use crate::virtio::vhost_user::{self, GenericVhostUser, VhostUserParams};
 use crate::vm_exit::VmExit;
 use crate::vmm::Vmm;
@@ -30,11 +36,24 @@ pub enum BuildError {
     Vcpu(#[source] VcpuError),
     #[error("Failed to create an eventfd")]
     EventFd(#[source] std::io::Error),
-    #[error("Failed to open serial output file {path}")]
-    SerialFile {
+    #[error("{option}: cannot open output file {path}")]
+    OutputFile {
+        option: &'static str,
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    #[error("{option}: cannot set up the terminal")]
+    Terminal {
+        option: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--disk {id}")]
+    Disk {
+        id: String,
+        #[source]
+        source: DiskError,
     },
     #[error(transparent)]
     Devices(#[from] DeviceManagerError),
@@ -48,6 +67,8 @@ pub enum BuildError {
     Acpi(#[source] acpi::AcpiError),
     #[error("Failed to load the payload")]
     Boot(#[source] boot::BootError),
+    #[error("Internal error: {0}")]
+    Internal(&'static str),
 }
 
 pub fn build_vm(config: &VmConfig) -> Result<Vmm, BuildError> {
@@ -60,17 +81,29 @@ pub fn build_vm(config: &VmConfig) -> Result<Vmm, BuildError> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(BuildError::Vcpu)?;
 
+    let mut terminals = Terminals::default();
+    let serial_end = terminals.open("--serial", &config.serial)?;
+    let console_end = terminals.open("--console", &config.console)?;
+
     let mut devices = DeviceManager::new(&vm, &memory)?;
-    let serial = devices.add_legacy_devices(&vm, &exit, serial_output(&config.serial)?)?;
+    let (serial_output, serial_input) = match serial_end {
+        Some(end) => (Some(end.output), end.input),
+        None => (None, None),
+    };
+    let serial = devices.add_legacy_devices(&vm, &exit, serial_output)?;
     for device in &config.generic_vhost_user {
-        let vhost_user =
-            GenericVhostUser::new(vhost_user_params(device), &memory).map_err(|source| {
-                BuildError::VhostUser {
-                    id: device.id.clone(),
-                    source,
-                }
-            })?;
-        devices.add_virtio_pci_device(vhost_user)?;
+        add_vhost_user(&mut devices, vhost_user_params(device), &memory)?;
+    }
+    for disk in &config.disks {
+        add_disk(&mut devices, disk, &memory)?;
+    }
+    if let Some(end) = console_end {
+        devices.add_virtio_pci_device(Console::new(ConsoleParams {
+            id: "_console".into(),
+            output: end.output,
+            input: end.input,
+            size: end.size,
+        }))?;
     }
     let buses = devices.into_buses()?;
 
@@ -86,7 +119,150 @@ pub fn build_vm(config: &VmConfig) -> Result<Vmm, BuildError> {
             .map_err(BuildError::Vcpu)?;
     }
 
-    Ok(Vmm::new(vm, memory, vcpus, buses, exit, serial))
+    Ok(Vmm::new(
+        vm,
+        memory,
+        vcpus,
+        buses,
+        exit,
+        serial.map(|s| (s, serial_input)),
+        terminals,
+    ))
+}
+
+fn add_vhost_user(
+    devices: &mut DeviceManager,
+    params: VhostUserParams,
+    memory: &GuestMemory,
+) -> Result<(), BuildError> {
+    let id = params.id.clone();
+    let device = GenericVhostUser::new(params, memory)
+        .map_err(|source| BuildError::VhostUser { id, source })?;
+    devices.add_virtio_pci_device(device)?;
+    Ok(())
+}
+
+/// An image `vmm` serves, or a vhost-user-blk backend behind the generic
+/// device: the backend answers for the config and the data alike.
+fn add_disk(
+    devices: &mut DeviceManager,
+    disk: &DiskConfig,
+    memory: &GuestMemory,
+) -> Result<(), BuildError> {
+    match &disk.backend {
+        DiskBackend::Image {
+            path,
+            readonly,
+            direct,
+            serial,
+        } => {
+            let file =
+                DiskFile::open(path, *readonly, *direct).map_err(|source| BuildError::Disk {
+                    id: disk.id.clone(),
+                    source,
+                })?;
+            log::info!(
+                "{}: {} ({} bytes{})",
+                disk.id,
+                path.display(),
+                file.size(),
+                if *readonly { ", read-only" } else { "" }
+            );
+            devices.add_virtio_pci_device(Block::new(BlockParams {
+                id: disk.id.clone(),
+                disk: file,
+                readonly: *readonly,
+                serial: serial.clone(),
+                num_queues: disk.num_queues,
+                queue_size: disk.queue_size,
+            }))?;
+            Ok(())
+        }
+        DiskBackend::VhostUser { socket } => {
+            let device_type = VirtioDeviceType::new(block::DEVICE_TYPE)
+                .ok_or(BuildError::Internal("virtio-blk's device type"))?;
+            let params = VhostUserParams {
+                id: disk.id.clone(),
+                socket: socket.clone(),
+                device_type,
+                queue_sizes: vec![disk.queue_size; usize::from(disk.num_queues)],
+                config_len: device_type.spec_config_size().unwrap_or(0),
+                config: None,
+            };
+            add_vhost_user(devices, params, memory)
+        }
+    }
+}
+
+/// One end of a console: where the guest's output goes, where its input
+/// comes from, and the size of the terminal it is on.
+struct ConsoleEnd {
+    output: Box<dyn Write + Send>,
+    input: Option<File>,
+    size: Option<(u16, u16)>,
+}
+
+/// What the consoles hold for the VM's life: the user's terminal in raw
+/// mode, and the far ends of the ptys we made.
+#[derive(Default)]
+pub struct Terminals {
+    _raw: Option<RawMode>,
+    _ptys: Vec<File>,
+}
+
+impl Terminals {
+    fn open(
+        &mut self,
+        option: &'static str,
+        output: &ConsoleOutput,
+    ) -> Result<Option<ConsoleEnd>, BuildError> {
+        let terminal_error = |source| BuildError::Terminal { option, source };
+        Ok(Some(match output {
+            ConsoleOutput::Off => return Ok(None),
+            ConsoleOutput::Null => ConsoleEnd {
+                output: Box::new(std::io::sink()),
+                input: None,
+                size: None,
+            },
+            ConsoleOutput::Tty => {
+                let stdin = stdin_file().map_err(terminal_error)?;
+                self._raw = RawMode::enable(stdin.as_raw_fd()).map_err(terminal_error)?;
+                ConsoleEnd {
+                    output: Box::new(std::io::stdout()),
+                    input: Some(stdin),
+                    size: terminal::window_size(libc::STDOUT_FILENO)
+                        .or_else(|| terminal::window_size(libc::STDIN_FILENO)),
+                }
+            }
+            ConsoleOutput::Pty => {
+                let pty = Pty::open().map_err(terminal_error)?;
+                let input = pty.controller.try_clone().map_err(terminal_error)?;
+                eprintln!("vmm: {option} pty: {}", pty.path.display());
+                log::info!("{option} pty: {}", pty.path.display());
+                self._ptys.push(pty.peer);
+                ConsoleEnd {
+                    output: Box::new(pty.controller),
+                    input: Some(input),
+                    size: None,
+                }
+            }
+            ConsoleOutput::File(path) => ConsoleEnd {
+                output: Box::new(File::create(path).map_err(|source| BuildError::OutputFile {
+                    option,
+                    path: path.clone(),
+                    source,
+                })?),
+                input: None,
+                size: None,
+            },
+        }))
+    }
+}
+
+/// A descriptor of our own for stdin, for the device that reads it.
+fn stdin_file() -> std::io::Result<File> {
+    use std::os::fd::AsFd;
+    Ok(File::from(std::io::stdin().as_fd().try_clone_to_owned()?))
 }
 
 /// The kernel, initramfs and command line in guest memory, and the GDT the
@@ -117,18 +293,4 @@ fn vhost_user_params(config: &GenericVhostUserConfig) -> VhostUserParams {
         config_len: config.config_window_len(),
         config: config.config.clone(),
     }
-}
-
-fn serial_output(output: &ConsoleOutput) -> Result<Option<Box<dyn Write + Send>>, BuildError> {
-    Ok(match output {
-        ConsoleOutput::Off => None,
-        ConsoleOutput::Null => Some(Box::new(std::io::sink())),
-        ConsoleOutput::Tty => Some(Box::new(std::io::stdout())),
-        ConsoleOutput::File(path) => Some(Box::new(File::create(path).map_err(|source| {
-            BuildError::SerialFile {
-                path: path.clone(),
-                source,
-            }
-        })?)),
-    })
 }

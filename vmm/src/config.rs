@@ -54,11 +54,18 @@ pub struct PayloadConfig {
     pub cmdline: String,
 }
 
+/// Where a console's output goes and its input comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConsoleOutput {
+    /// No device at all.
     Off,
+    /// A device whose output is discarded and which never has input.
     Null,
+    /// Output on stdout, input from stdin (in raw mode on a terminal).
     Tty,
+    /// A new pseudo-terminal, output and input.
+    Pty,
+    /// Output to a file, created or truncated; no input.
     File(PathBuf),
 }
 
@@ -78,10 +85,36 @@ pub struct GenericVhostUserConfig {
     pub config: Option<Vec<u8>>,
 }
 
+/// Largest virtio-blk queue: the split ring's limit.
+pub const MAX_DISK_QUEUE_SIZE: u16 = MAX_QUEUE_SIZE;
+/// Cloud Hypervisor's defaults for `--disk`.
+pub const DEFAULT_DISK_QUEUES: u16 = 1;
+pub const DEFAULT_DISK_QUEUE_SIZE: u16 = 128;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskConfig {
-    pub path: PathBuf,
-    pub readonly: bool,
+    /// Unique among all devices; `_disk{index}` by default.
+    pub id: String,
+    /// 1 to `MAX_QUEUES`.
+    pub num_queues: u16,
+    /// A power of two from 2 to `MAX_DISK_QUEUE_SIZE`.
+    pub queue_size: u16,
+    pub backend: DiskBackend,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskBackend {
+    /// A raw image (or ISO) served by `vmm` itself.
+    Image {
+        path: PathBuf,
+        readonly: bool,
+        /// O_DIRECT: bypass the host's page cache.
+        direct: bool,
+        /// What VIRTIO_BLK_T_GET_ID answers; the guest sees at most 20 bytes.
+        serial: Option<String>,
+    },
+    /// A vhost-user-blk backend, served by the generic vhost-user device.
+    VhostUser { socket: PathBuf },
 }
 
 /// A configuration whose values each parsed but do not fit together.
@@ -107,20 +140,43 @@ pub enum ConfigError {
     DuplicateId { id: String },
     #[error("--generic-vhost-user needs guest memory shared with the backends: expected --memory with shared=on")]
     NeedsSharedMemory,
+    #[error("--disk: vhost_user=on needs guest memory shared with the backend: expected --memory with shared=on")]
+    DiskNeedsSharedMemory,
+    #[error("--disk: id {id:?} is given to more than one device: expected unique ids")]
+    DuplicateDiskId { id: String },
+    #[error("--serial and --console are both tty: expected at most one of them on the terminal, e.g. --serial null")]
+    DoubleTty,
 }
 
 impl VmConfig {
     /// The rules across options; each device's own rules are checked as
     /// it is built (`GenericVhostUserConfig::validate`).
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.serial == ConsoleOutput::Tty && self.console == ConsoleOutput::Tty {
+            return Err(ConfigError::DoubleTty);
+        }
         if !self.generic_vhost_user.is_empty() && !self.memory.shared {
             return Err(ConfigError::NeedsSharedMemory);
+        }
+        let vhost_user_disk = self
+            .disks
+            .iter()
+            .any(|d| matches!(d.backend, DiskBackend::VhostUser { .. }));
+        if vhost_user_disk && !self.memory.shared {
+            return Err(ConfigError::DiskNeedsSharedMemory);
         }
         let mut ids = HashSet::new();
         for device in &self.generic_vhost_user {
             if !ids.insert(device.id.as_str()) {
                 return Err(ConfigError::DuplicateId {
                     id: device.id.clone(),
+                });
+            }
+        }
+        for disk in &self.disks {
+            if !ids.insert(disk.id.as_str()) {
+                return Err(ConfigError::DuplicateDiskId {
+                    id: disk.id.clone(),
                 });
             }
         }

@@ -10,6 +10,7 @@ mod devices;
 mod interrupt;
 mod logger;
 mod pci;
+mod terminal;
 mod util;
 mod virtio;
 mod vm_exit;

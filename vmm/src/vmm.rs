@@ -2,6 +2,7 @@
 //! waiting on the exit event, SIGINT/SIGTERM and terminal input, and a
 //! teardown that stops and joins every vCPU thread.
 
+use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
@@ -10,6 +11,7 @@ use std::thread::JoinHandle;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
+use crate::builder::Terminals;
 use crate::devices::serial::Serial;
 use crate::util::lock;
 use crate::vm_exit::{ExitReason, VmExit};
@@ -19,7 +21,7 @@ use crate::vstate::vm::Vm;
 
 const EVENT_EXIT: u64 = 0;
 const EVENT_SIGNAL: u64 = 1;
-const EVENT_STDIN: u64 = 2;
+const EVENT_SERIAL_INPUT: u64 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -38,8 +40,12 @@ pub struct Vmm {
     buses: Buses,
     exit: Arc<VmExit>,
     serial: Option<Arc<Mutex<Serial>>>,
+    /// What the guest types into the UART: stdin or a pty.
+    serial_input: Option<File>,
     _vm: Vm,
     _memory: GuestMemory,
+    /// Last: the terminal goes back to how it was once all else is gone.
+    _terminals: Terminals,
 }
 
 impl Vmm {
@@ -49,15 +55,22 @@ impl Vmm {
         vcpus: Vec<Vcpu>,
         buses: Buses,
         exit: Arc<VmExit>,
-        serial: Option<Arc<Mutex<Serial>>>,
+        serial: Option<(Arc<Mutex<Serial>>, Option<File>)>,
+        terminals: Terminals,
     ) -> Self {
+        let (serial, serial_input) = match serial {
+            Some((serial, input)) => (Some(serial), input),
+            None => (None, None),
+        };
         Self {
             vcpus,
             buses,
             exit,
             serial,
+            serial_input,
             _vm: vm,
             _memory: memory,
+            _terminals: terminals,
         }
     }
 
@@ -81,9 +94,8 @@ impl Vmm {
         };
         add(self.exit.event().as_raw_fd(), EVENT_EXIT)?;
         add(signals.as_raw_fd(), EVENT_SIGNAL)?;
-        let forward_stdin = self.serial.is_some() && is_terminal_stdin();
-        if forward_stdin {
-            add(libc::STDIN_FILENO, EVENT_STDIN)?;
+        if let Some(input) = &self.serial_input {
+            add(input.as_raw_fd(), EVENT_SERIAL_INPUT)?;
         }
 
         let mut threads = Vec::with_capacity(self.vcpus.len());
@@ -130,13 +142,15 @@ impl Vmm {
                             self.exit.request(ExitReason::Signal(signo));
                         }
                     }
-                    // EOF or error: stop watching stdin, keep running.
-                    EVENT_STDIN if !self.forward_stdin() => {
-                        let _ = epoll.ctl(
-                            ControlOperation::Delete,
-                            libc::STDIN_FILENO,
-                            EpollEvent::default(),
-                        );
+                    // EOF or error: stop watching the input, keep running.
+                    EVENT_SERIAL_INPUT if !self.forward_serial_input() => {
+                        if let Some(input) = self.serial_input.take() {
+                            let _ = epoll.ctl(
+                                ControlOperation::Delete,
+                                input.as_raw_fd(),
+                                EpollEvent::default(),
+                            );
+                        }
                     }
                     _ => {}
                 }
@@ -150,9 +164,14 @@ impl Vmm {
         }))
     }
 
-    fn forward_stdin(&self) -> bool {
+    /// Called when the input is readable, so a blocking stdin never blocks.
+    fn forward_serial_input(&self) -> bool {
+        let Some(mut input) = self.serial_input.as_ref() else {
+            return false;
+        };
         let mut buf = [0u8; 64];
-        match std::io::stdin().lock().read(&mut buf) {
+        match input.read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
             Ok(0) | Err(_) => false,
             Ok(n) => {
                 if let Some(serial) = &self.serial {
@@ -184,11 +203,6 @@ fn stop_vcpus(threads: Vec<JoinHandle<Vcpu>>) -> Vec<Vcpu> {
         }
     }
     vcpus
-}
-
-fn is_terminal_stdin() -> bool {
-    // SAFETY: isatty only inspects the descriptor.
-    unsafe { libc::isatty(libc::STDIN_FILENO) == 1 }
 }
 
 fn block_termination_signals() -> std::io::Result<OwnedFd> {

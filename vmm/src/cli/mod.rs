@@ -73,12 +73,23 @@ pub struct Args {
     )]
     pub cmdline: String,
 
-    /// Where the guest's COM1 output goes: off (no UART), null, tty (stdout) or a file
-    #[arg(long, value_name = "off|null|tty|file=PATH", default_value = "tty")]
+    /// The COM1 UART (8250): off (no UART), null, tty, pty or file=PATH
+    ///
+    /// tty writes the guest's output to stdout and reads its input from
+    /// stdin (in raw mode on a terminal); pty creates a pseudo-terminal and
+    /// logs its path; file=PATH writes the output to PATH.
+    #[arg(
+        long,
+        value_name = "off|null|tty|pty|file=PATH",
+        default_value = "null"
+    )]
     pub serial: String,
 
-    /// The virtio console's output (accepted and checked; no device yet)
-    #[arg(long, value_name = "off|null|tty|file=PATH", default_value = "off")]
+    /// The virtio console (port 0, hvc0 in Linux): off, null, tty, pty or file=PATH
+    ///
+    /// Same forms as --serial; off means no device. At most one of --serial
+    /// and --console may be tty. On a terminal the guest gets its size.
+    #[arg(long, value_name = "off|null|tty|pty|file=PATH", default_value = "tty")]
     pub console: String,
 
     /// A virtio-pci device served by a vhost-user backend (repeatable)
@@ -112,8 +123,30 @@ pub struct Args {
     )]
     pub generic_vhost_user: Vec<String>,
 
-    /// A disk image (repeatable; accepted and checked, no device yet)
-    #[arg(long, value_name = "path=PATH[,readonly=on|off]", action = ArgAction::Append)]
+    /// A virtio-blk disk (repeatable)
+    ///
+    /// path=PATH         a raw image; an ISO file is raw media too
+    /// readonly=on|off   the guest cannot write (default off)
+    /// direct=on|off     O_DIRECT: bypass the host page cache (default off)
+    /// num_queues=N      request queues, 1 to 64 (default 1)
+    /// queue_size=N      a power of two from 2 to 32768 (default 128)
+    /// serial=STR        what the guest reads as the disk's serial (GET_ID,
+    ///                   20 bytes at most reach the guest)
+    /// id=NAME           unique name, default _disk<I> with I counting these
+    ///                   options from 0
+    /// vhost_user=on,socket=PATH
+    ///                   a vhost-user-blk backend instead of path=: served by
+    ///                   the generic vhost-user device (virtio_id=block), so
+    ///                   it needs --memory shared=on
+    ///
+    /// The image is locked (an advisory OFD lock, as Cloud Hypervisor and QEMU
+    /// take): shared with readonly=on, exclusive otherwise.
+    #[arg(
+        long,
+        value_name = "path=PATH[,readonly=on|off][,direct=on|off][,num_queues=N][,queue_size=N][,serial=STR][,id=NAME]",
+        action = ArgAction::Append,
+        verbatim_doc_comment
+    )]
     pub disk: Vec<String>,
 
     /// Log more: warnings by default, -v info, -vv debug, -vvv trace
@@ -161,8 +194,8 @@ mod tests {
         assert_eq!(args.kernel, PathBuf::from("/boot/vmlinux"));
         assert_eq!(args.initramfs, None);
         assert_eq!(args.cmdline, "");
-        assert_eq!(args.serial, "tty");
-        assert_eq!(args.console, "off");
+        assert_eq!(args.serial, "null");
+        assert_eq!(args.console, "tty");
         assert!(args.generic_vhost_user.is_empty());
         assert!(args.disk.is_empty());
         assert_eq!(args.log_level(), log::LevelFilter::Warn);
@@ -241,13 +274,15 @@ mod tests {
             "[default: boot=1]",
             "size=SIZE[,shared=on|off][,hugepages=on|off]",
             "[default: size=512M]",
-            "off|null|tty|file=PATH",
+            "off|null|tty|pty|file=PATH",
+            "[default: null]",
             "[default: tty]",
-            "[default: off]",
+            "num_queues=N",
+            "vhost_user=on,socket=PATH",
             "queue_sizes=[N,N,...]",
             "device_type=ID",
             "_generic_vhost_user<I>",
-            "path=PATH[,readonly=on|off]",
+            "path=PATH[,readonly=on|off][,direct=on|off]",
             "0xf4",
             "(V << 1) | 1",
             "isa-debug-exit",

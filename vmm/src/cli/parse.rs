@@ -60,7 +60,7 @@ const MEMORY: OptionForm = OptionForm {
 const SERIAL: OptionForm = OptionForm {
     name: "--serial",
     keys: &["file"],
-    form: "off, null, tty or file=PATH",
+    form: "off, null, tty, pty or file=PATH",
 };
 const CONSOLE: OptionForm = OptionForm {
     name: "--console",
@@ -81,8 +81,18 @@ const GENERIC_VHOST_USER: OptionForm = OptionForm {
 };
 const DISK: OptionForm = OptionForm {
     name: "--disk",
-    keys: &["path", "readonly"],
-    form: "path=PATH[,readonly=on|off]",
+    keys: &[
+        "path",
+        "readonly",
+        "direct",
+        "num_queues",
+        "queue_size",
+        "serial",
+        "id",
+        "vhost_user",
+        "socket",
+    ],
+    form: "path=PATH[,readonly=on|off][,direct=on|off][,num_queues=N][,queue_size=N][,serial=STR][,id=NAME], or vhost_user=on,socket=PATH",
 };
 
 impl TryFrom<&Args> for VmConfig {
@@ -112,7 +122,8 @@ impl TryFrom<&Args> for VmConfig {
             disks: args
                 .disk
                 .iter()
-                .map(|value| parse_disk(value))
+                .enumerate()
+                .map(|(index, value)| parse_disk(index, value))
                 .collect::<Result<_, _>>()?,
         };
         config.validate()?;
@@ -199,6 +210,7 @@ fn parse_console_output(form: &OptionForm, value: &str) -> Result<ConsoleOutput,
         "off" => ConsoleOutput::Off,
         "null" => ConsoleOutput::Null,
         "tty" => ConsoleOutput::Tty,
+        "pty" => ConsoleOutput::Pty,
         _ => ConsoleOutput::File(Options::parse(form, value)?.require("file")?.into()),
     })
 }
@@ -301,11 +313,68 @@ fn parse_hex(value: &str) -> Result<Vec<u8>, OptionError> {
     parsed.ok_or_else(|| GENERIC_VHOST_USER.invalid("config", value, expected, None))
 }
 
-fn parse_disk(value: &str) -> Result<DiskConfig, OptionError> {
+fn parse_disk(index: usize, value: &str) -> Result<DiskConfig, OptionError> {
     let options = Options::parse(&DISK, value)?;
+    let num_queues = options
+        .get("num_queues")
+        .map(|n| {
+            parse_number(
+                &DISK,
+                "num_queues",
+                n,
+                1..=MAX_QUEUES as u64,
+                "a number from 1 to 64",
+            )
+        })
+        .transpose()?
+        .map_or(DEFAULT_DISK_QUEUES, |n| u16::try_from(n).unwrap_or(1));
+    let queue_size = match options.get("queue_size") {
+        None => DEFAULT_DISK_QUEUE_SIZE,
+        Some(size) => {
+            const EXPECTED: &str = "a power of two from 2 to 32768, e.g. queue_size=128";
+            let n = parse_number(
+                &DISK,
+                "queue_size",
+                size,
+                2..=u64::from(MAX_DISK_QUEUE_SIZE),
+                EXPECTED,
+            )?;
+            if !n.is_power_of_two() {
+                return Err(DISK.invalid("queue_size", size, EXPECTED, None));
+            }
+            u16::try_from(n).unwrap_or(DEFAULT_DISK_QUEUE_SIZE)
+        }
+    };
+    let backend = if options.toggle("vhost_user")?.unwrap_or(false) {
+        // The backend owns the image: what it is and how it is opened.
+        for key in ["path", "readonly", "direct", "serial"] {
+            if options.get(key).is_some() {
+                return Err(DISK.error(format!(
+                    "{key}= is the backend's business with vhost_user=on"
+                )));
+            }
+        }
+        DiskBackend::VhostUser {
+            socket: non_empty_path("--disk socket=", Path::new(options.require("socket")?))?,
+        }
+    } else {
+        if options.get("socket").is_some() {
+            return Err(DISK.error("socket= needs vhost_user=on"));
+        }
+        DiskBackend::Image {
+            path: non_empty_path("--disk path=", Path::new(options.require("path")?))?,
+            readonly: options.toggle("readonly")?.unwrap_or(false),
+            direct: options.toggle("direct")?.unwrap_or(false),
+            serial: options.get("serial").map(str::to_owned),
+        }
+    };
     Ok(DiskConfig {
-        path: options.require("path")?.into(),
-        readonly: options.toggle("readonly")?.unwrap_or(false),
+        id: options
+            .get("id")
+            .map_or_else(|| format!("_disk{index}"), str::to_owned),
+        num_queues,
+        queue_size,
+        backend,
     })
 }
 

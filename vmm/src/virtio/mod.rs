@@ -3,6 +3,8 @@
 //! transport, the worker thread devices serve their events on, and the
 //! generic vhost-user device.
 
+pub mod block;
+pub mod console;
 pub mod interrupt;
 pub mod pci;
 pub mod vhost_user;

@@ -4,6 +4,7 @@
 //! The device logic lives in an `EventHandler`, which the thread owns.
 
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -26,11 +27,48 @@ pub trait EventHandler: Send + 'static {
     fn before_wait(&mut self) -> Option<Duration> {
         None
     }
+
+    /// Called once on the thread before the first wait, with the means
+    /// to change what the thread waits on (a handler that must stop
+    /// reading a source for a while, or for good).
+    fn start(&mut self, _control: Control) {}
+}
+
+/// Changes the sources a running worker waits on.
+#[derive(Clone)]
+pub struct Control {
+    epoll: Arc<Epoll>,
+}
+
+impl Control {
+    /// Stops waking for `fd` until `resume`; it stays registered.
+    pub fn pause(&self, fd: RawFd, token: u64) -> std::io::Result<()> {
+        self.epoll.ctl(
+            ControlOperation::Modify,
+            fd,
+            EpollEvent::new(EventSet::empty(), token),
+        )
+    }
+
+    pub fn resume(&self, source: &Source) -> std::io::Result<()> {
+        self.epoll.ctl(
+            ControlOperation::Modify,
+            source.fd,
+            EpollEvent::new(source.events, source.token),
+        )
+    }
+
+    /// Forgets `fd` (at end of file, say), which must stay open until then.
+    pub fn remove(&self, fd: RawFd) -> std::io::Result<()> {
+        self.epoll
+            .ctl(ControlOperation::Delete, fd, EpollEvent::default())
+    }
 }
 
 /// One source to wait on: its descriptor (which the handler must keep
 /// open for as long as the worker runs), the token `ready` gets, and the
 /// events that matter.
+#[derive(Debug, Clone, Copy)]
 pub struct Source {
     pub fd: RawFd,
     pub token: u64,
@@ -50,7 +88,7 @@ impl Worker {
         handler: H,
     ) -> std::io::Result<Worker> {
         let stop = EventFd::new(libc::EFD_NONBLOCK)?;
-        let epoll = Epoll::new()?;
+        let epoll = Arc::new(Epoll::new()?);
         epoll.ctl(
             ControlOperation::Add,
             stop.as_raw_fd(),
@@ -75,7 +113,10 @@ impl Worker {
     }
 }
 
-fn run<H: EventHandler>(name: &str, epoll: &Epoll, mut handler: H) {
+fn run<H: EventHandler>(name: &str, epoll: &Arc<Epoll>, mut handler: H) {
+    handler.start(Control {
+        epoll: epoll.clone(),
+    });
     let mut events = [EpollEvent::default(); 8];
     loop {
         let timeout_ms = handler.before_wait().map_or(-1, |t| {

@@ -55,8 +55,8 @@ fn defaults() {
                 initramfs: None,
                 cmdline: String::new(),
             },
-            serial: ConsoleOutput::Tty,
-            console: ConsoleOutput::Off,
+            serial: ConsoleOutput::Null,
+            console: ConsoleOutput::Tty,
             generic_vhost_user: vec![],
             disks: vec![],
         }
@@ -180,24 +180,26 @@ fn memory_message_is_one_line_with_the_cause_as_source() {
 #[rstest]
 #[case("off", ConsoleOutput::Off)]
 #[case("null", ConsoleOutput::Null)]
-#[case("tty", ConsoleOutput::Tty)]
+#[case("pty", ConsoleOutput::Pty)]
 #[case("file=/tmp/serial.log", ConsoleOutput::File("/tmp/serial.log".into()))]
 #[case("file=\"/tmp/a b,c=d\"", ConsoleOutput::File("/tmp/a b,c=d".into()))]
 #[case("file=\"a\"\"b\"", ConsoleOutput::File("a\"b".into()))]
 #[case("file=relative", ConsoleOutput::File("relative".into()))]
 fn serial_and_console(#[case] value: &str, #[case] output: ConsoleOutput) {
-    let config = parse_ok(&["--serial", value, "--console", value]);
+    let other = if value == "tty" { "null" } else { value };
+    let config = parse_ok(&["--serial", value, "--console", other]);
     assert_eq!(config.serial, output);
+    let config = parse_ok(&["--serial", other, "--console", value]);
     assert_eq!(config.console, output);
 }
 
 #[rstest]
-#[case("", "empty value: expected off, null, tty or file=PATH")]
+#[case("", "empty value: expected off, null, tty, pty or file=PATH")]
 #[case("file=", "file= has an empty value")]
 #[case("file", "\"file\" is not key=value")]
 #[case(
-    "pty",
-    "\"pty\" is not key=value: expected off, null, tty or file=PATH"
+    "ptty",
+    "\"ptty\" is not key=value: expected off, null, tty, pty or file=PATH"
 )]
 #[case("OFF", "\"OFF\" is not key=value")]
 #[case("tty,file=/x", "\"tty\" is not key=value")]
@@ -504,36 +506,108 @@ fn config_longer_than_the_spec_struct_widens_the_window() {
     );
 }
 
+fn image(path: &str, readonly: bool, direct: bool, serial: Option<&str>) -> DiskBackend {
+    DiskBackend::Image {
+        path: path.into(),
+        readonly,
+        direct,
+        serial: serial.map(str::to_owned),
+    }
+}
+
 #[rstest]
-#[case("path=/d.img", "/d.img", false)]
-#[case("path=/d.img,readonly=on", "/d.img", true)]
-#[case("readonly=off,path=\"/a b.img\"", "/a b.img", false)]
-fn disks(#[case] value: &str, #[case] path: &str, #[case] readonly: bool) {
-    let config = parse_ok(&["--disk", value, "--disk", "path=/other"]);
+#[case("path=/d.img", image("/d.img", false, false, None))]
+#[case("path=/d.img,readonly=on", image("/d.img", true, false, None))]
+#[case(
+    "readonly=off,path=\"/a b.img\"",
+    image("/a b.img", false, false, None)
+)]
+#[case(
+    "path=/d,direct=on,serial=\"SN 1\"",
+    image("/d", false, true, Some("SN 1"))
+)]
+#[case("vhost_user=on,socket=/s.sock", DiskBackend::VhostUser { socket: "/s.sock".into() })]
+fn disks(#[case] value: &str, #[case] backend: DiskBackend) {
+    let config = parse_ok(&[
+        "--memory",
+        "shared=on",
+        "--disk",
+        value,
+        "--disk",
+        "path=/other,num_queues=4,queue_size=1024,id=data",
+    ]);
     assert_eq!(
         config.disks,
         [
             DiskConfig {
-                path: path.into(),
-                readonly
+                id: "_disk0".into(),
+                num_queues: 1,
+                queue_size: 128,
+                backend,
             },
             DiskConfig {
-                path: "/other".into(),
-                readonly: false
+                id: "data".into(),
+                num_queues: 4,
+                queue_size: 1024,
+                backend: image("/other", false, false, None),
             }
         ]
     );
 }
 
 #[rstest]
-#[case("readonly=on", "missing path=: expected path=PATH[,readonly=on|off]")]
+#[case("readonly=on", "missing path=: expected path=PATH")]
 #[case("path=/d,readonly=yes", "invalid readonly \"yes\": expected on or off")]
 #[case("/d.img", "\"/d.img\" is not key=value")]
-#[case("path=/d,id=x", "unknown key \"id\"")]
+#[case("path=/d,bogus=x", "unknown key \"bogus\"")]
+#[case(
+    "path=/d,num_queues=0",
+    "invalid num_queues \"0\": expected a number from 1 to 64"
+)]
+#[case("path=/d,num_queues=65", "invalid num_queues \"65\"")]
+#[case(
+    "path=/d,queue_size=100",
+    "invalid queue_size \"100\": expected a power of two"
+)]
+#[case("path=/d,queue_size=1", "invalid queue_size \"1\"")]
+#[case("path=/d,queue_size=65536", "invalid queue_size \"65536\"")]
+#[case("path=/d,socket=/s", "socket= needs vhost_user=on")]
+#[case("vhost_user=on", "missing socket=")]
+#[case("vhost_user=on,socket=/s,path=/d", "path= is the backend's business")]
+#[case(
+    "vhost_user=on,socket=/s,readonly=on",
+    "readonly= is the backend's business"
+)]
 fn disks_refused(#[case] value: &str, #[case] message: &str) {
-    let err = parse(&["--disk", value]).expect_err("refused");
+    let err = parse(&["--memory", "shared=on", "--disk", value]).expect_err("refused");
     assert!(err.to_string().starts_with("--disk: "), "{err}");
     assert!(err.to_string().contains(message), "{err}");
+}
+
+#[test]
+fn disk_rules_across_options() {
+    let err = parse(&["--disk", "vhost_user=on,socket=/s"]).expect_err("not shared");
+    assert!(err.to_string().contains("shared=on"), "{err}");
+    let err = parse(&["--disk", "path=/a,id=x", "--disk", "path=/b,id=x"]).expect_err("twice");
+    assert!(err.to_string().contains("id \"x\""), "{err}");
+    let err = parse(&[
+        "--memory",
+        "shared=on",
+        "--generic-vhost-user",
+        "socket=/s,virtio_id=fs,queue_sizes=[1,1],id=x",
+        "--disk",
+        "path=/b,id=x",
+    ])
+    .expect_err("shared with a vhost-user device");
+    assert!(err.to_string().contains("id \"x\""), "{err}");
+}
+
+#[test]
+fn serial_and_console_cannot_both_be_the_terminal() {
+    let err = parse(&["--serial", "tty"]).expect_err("both tty with the default console");
+    assert!(err.to_string().contains("both tty"), "{err}");
+    let config = parse_ok(&["--serial", "tty", "--console", "off"]);
+    assert_eq!(config.serial, ConsoleOutput::Tty);
 }
 
 /// Every message is one line naming the option and the expected form.
@@ -598,7 +672,7 @@ fn every_parser(value: &str) {
     let _ = parse_console_output(&SERIAL, value);
     let _ = parse_generic_vhost_user(0, value);
     let _ = parse_generic_vhost_user(usize::MAX, value);
-    let _ = parse_disk(value);
+    let _ = parse_disk(0, value);
     let _ = parse_queue_sizes(value);
     let _ = parse_hex(value);
     let _ = parse_memory_size(value, true);

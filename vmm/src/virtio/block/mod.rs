@@ -1,0 +1,343 @@
+//! virtio-blk (VIRTIO 1.3 §5.2), served by `vmm` itself: a raw image file,
+//! one worker thread per queue. A kick is a KVM ioeventfd the worker waits
+//! on; it pops requests through `virtio-queue`, moves the data with
+//! preadv/pwritev straight between the file and guest memory, and calls
+//! through the queue's irqfd. vCPU threads never touch the disk.
+
+pub mod disk;
+mod request;
+
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use virtio_bindings::virtio_blk::*;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+use self::disk::{DiskFile, SECTOR_SIZE};
+use self::request::{DiskInfo, Refusal, ID_BYTES, MAX_DISCARD_SECTORS, MAX_DISCARD_SEGMENTS};
+use super::worker::{EventHandler, Source, Worker};
+use super::{
+    ActivateContext, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+};
+
+/// The VIRTIO device ID of a block device.
+pub const DEVICE_TYPE: u32 = 2;
+/// `struct virtio_blk_config` up to `write_zeroes_may_unmap` and its
+/// padding: every field our features give a meaning to.
+const CONFIG_LEN: usize = 60;
+/// Bad requests logged per queue before the log goes quiet, so a hostile
+/// driver cannot flood it.
+const LOGGED_REFUSALS: u32 = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    #[error("Failed to start the worker thread of queue {index}")]
+    Worker {
+        index: usize,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What the builder hands the device: plain values and an open image.
+pub struct BlockParams {
+    pub id: String,
+    pub disk: DiskFile,
+    pub readonly: bool,
+    pub serial: Option<String>,
+    pub num_queues: u16,
+    pub queue_size: u16,
+}
+
+pub struct Block {
+    id: String,
+    disk: Arc<DiskFile>,
+    readonly: bool,
+    capacity: u64,
+    serial_id: [u8; ID_BYTES],
+    queue_sizes: Vec<u16>,
+    features: u64,
+    config: [u8; CONFIG_LEN],
+    workers: Vec<Worker>,
+}
+
+impl Block {
+    pub fn new(params: BlockParams) -> Block {
+        let capacity = params.disk.size() / SECTOR_SIZE;
+        if !params.disk.size().is_multiple_of(SECTOR_SIZE) {
+            log::warn!(
+                "{}: {} is {} bytes, not whole sectors: the last {} bytes are out of the guest's reach",
+                params.id,
+                params.disk.path().display(),
+                params.disk.size(),
+                params.disk.size() % SECTOR_SIZE
+            );
+        }
+        let mut serial_id = [0u8; ID_BYTES];
+        if let Some(serial) = &params.serial {
+            if serial.len() > ID_BYTES {
+                log::warn!(
+                    "{}: serial {serial:?} is longer than {ID_BYTES} bytes: the guest sees its first {ID_BYTES}",
+                    params.id
+                );
+            }
+            let n = serial.len().min(ID_BYTES);
+            serial_id[..n].copy_from_slice(&serial.as_bytes()[..n]);
+        }
+        let queues = params.num_queues.max(1);
+        let mut features = VIRTIO_F_VERSION_1
+            | VIRTIO_RING_F_EVENT_IDX
+            | 1 << VIRTIO_RING_F_INDIRECT_DESC
+            | 1 << VIRTIO_BLK_F_SIZE_MAX
+            | 1 << VIRTIO_BLK_F_SEG_MAX
+            | 1 << VIRTIO_BLK_F_BLK_SIZE
+            | 1 << VIRTIO_BLK_F_FLUSH;
+        if params.readonly {
+            features |= 1 << VIRTIO_BLK_F_RO;
+        } else {
+            features |= 1 << VIRTIO_BLK_F_DISCARD | 1 << VIRTIO_BLK_F_WRITE_ZEROES;
+        }
+        if queues > 1 {
+            features |= 1 << VIRTIO_BLK_F_MQ;
+        }
+        let config = config_bytes(capacity, params.queue_size, queues);
+        Block {
+            id: params.id,
+            disk: Arc::new(params.disk),
+            readonly: params.readonly,
+            capacity,
+            serial_id,
+            queue_sizes: vec![params.queue_size; usize::from(queues)],
+            features,
+            config,
+            workers: Vec::new(),
+        }
+    }
+}
+
+/// The config space: read-only for the driver, as we offer no CONFIG_WCE.
+fn config_bytes(capacity: u64, queue_size: u16, queues: u16) -> [u8; CONFIG_LEN] {
+    let mut c = [0u8; CONFIG_LEN];
+    let mut put = |at: usize, bytes: &[u8]| c[at..at + bytes.len()].copy_from_slice(bytes);
+    put(0, &capacity.to_le_bytes());
+    // size_max: one descriptor may carry up to 1 MiB.
+    put(8, &(1u32 << 20).to_le_bytes());
+    // seg_max: a request's data descriptors, leaving room for the header
+    // and status when the driver does not use indirect tables.
+    put(
+        12,
+        &u32::from(queue_size.saturating_sub(2).max(1)).to_le_bytes(),
+    );
+    put(20, &(SECTOR_SIZE as u32).to_le_bytes());
+    put(34, &queues.to_le_bytes());
+    put(36, &MAX_DISCARD_SECTORS.to_le_bytes());
+    put(40, &MAX_DISCARD_SEGMENTS.to_le_bytes());
+    // discard_sector_alignment: a page, the granularity of hole punching.
+    put(44, &8u32.to_le_bytes());
+    put(48, &MAX_DISCARD_SECTORS.to_le_bytes());
+    put(52, &MAX_DISCARD_SEGMENTS.to_le_bytes());
+    // write_zeroes_may_unmap
+    put(56, &[1]);
+    c
+}
+
+impl VirtioDevice for Block {
+    type Error = BlockError;
+
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn device_type(&self) -> u32 {
+        DEVICE_TYPE
+    }
+
+    fn queue_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn config_len(&self) -> u32 {
+        CONFIG_LEN as u32
+    }
+
+    fn read_config(&mut self, offset: u32, data: &mut [u8]) -> Result<(), BlockError> {
+        let start = offset as usize;
+        if let Some(bytes) = self.config.get(start..start + data.len()) {
+            data.copy_from_slice(bytes);
+        }
+        Ok(())
+    }
+
+    fn write_config(&mut self, offset: u32, data: &[u8]) -> Result<(), BlockError> {
+        // Only `writeback` is writable, and only with CONFIG_WCE.
+        log::debug!(
+            "{}: ignored a write of {} bytes at config offset {offset}",
+            self.id,
+            data.len()
+        );
+        Ok(())
+    }
+
+    fn activate(&mut self, context: ActivateContext) -> Result<(), BlockError> {
+        self.workers.clear();
+        let info = Arc::new(DiskInfo {
+            capacity: self.capacity,
+            readonly: self.readonly,
+            id: self.serial_id,
+            discard: context.features & (1 << VIRTIO_BLK_F_DISCARD) != 0,
+        });
+        for active in context.queues {
+            let index = active.index;
+            let handler = QueueHandler {
+                id: self.id.clone(),
+                index,
+                mem: context.mem.clone(),
+                queue: active.queue,
+                kick: active.kick,
+                call: active.call,
+                disk: self.disk.clone(),
+                info: info.clone(),
+                interrupt: context.interrupt.clone(),
+                refusals: 0,
+                failed: false,
+            };
+            let source = Source {
+                fd: handler.kick.as_raw_fd(),
+                token: 0,
+                events: EventSet::IN,
+            };
+            let worker = Worker::spawn(&format!("{}-q{index}", self.id), &[source], handler)
+                .map_err(|source| BlockError::Worker { index, source })?;
+            self.workers.push(worker);
+        }
+        log::info!(
+            "{}: {} queue(s) active, {} sectors{}",
+            self.id,
+            self.workers.len(),
+            self.capacity,
+            if self.readonly { ", read-only" } else { "" }
+        );
+        Ok(())
+    }
+
+    fn reset(&mut self) -> Result<(), BlockError> {
+        // Dropping a worker joins its thread: no request is in flight after.
+        self.workers.clear();
+        Ok(())
+    }
+}
+
+/// One queue, on its own thread.
+struct QueueHandler {
+    id: String,
+    index: usize,
+    mem: GuestMemoryMmap,
+    queue: Queue,
+    kick: EventFd,
+    call: EventFd,
+    disk: Arc<DiskFile>,
+    info: Arc<DiskInfo>,
+    interrupt: VirtioInterrupt,
+    refusals: u32,
+    /// The ring itself is broken: the device waits for a reset.
+    failed: bool,
+}
+
+impl QueueHandler {
+    fn process(&mut self) -> Result<(), virtio_queue::Error> {
+        let mem = &self.mem;
+        loop {
+            self.queue.disable_notification(mem)?;
+            while let Some(chain) = self.queue.pop_descriptor_chain(mem) {
+                let head = chain.head_index();
+                let done = request::process(mem, chain, self.disk.as_ref(), &self.info);
+                if let Some(problem) = done.problem {
+                    log_refusal(&self.id, self.index, &mut self.refusals, problem);
+                }
+                self.queue.add_used(mem, head, done.used_len)?;
+            }
+            // With EVENT_IDX, requests that arrived while notifications
+            // were off are caught here.
+            if !self.queue.enable_notification(mem)? {
+                break;
+            }
+        }
+        if self.queue.needs_notification(mem)? {
+            if let Err(e) = self.call.write(1) {
+                log::error!(
+                    "{}: queue {}: cannot signal the guest: {e}",
+                    self.id,
+                    self.index
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One line per bad request, until `LOGGED_REFUSALS` of them.
+fn log_refusal(id: &str, index: usize, refusals: &mut u32, refusal: Refusal) {
+    *refusals = refusals.saturating_add(1);
+    if *refusals > LOGGED_REFUSALS {
+        return;
+    }
+    let what = match refusal {
+        Refusal::BadChain(why) => format!("bad request: {why}"),
+        Refusal::IoError(why) => format!("I/O error: {why}"),
+        Refusal::Unsupported(t) => format!("unsupported request type {t}"),
+    };
+    let quiet = if *refusals == LOGGED_REFUSALS {
+        "; further refusals on this queue are not logged"
+    } else {
+        ""
+    };
+    log::warn!("{id}: queue {index}: {what}{quiet}");
+}
+
+impl EventHandler for QueueHandler {
+    fn ready(&mut self, _token: u64, _events: EventSet) {
+        let _ = self.kick.read();
+        if self.failed {
+            return;
+        }
+        if let Err(e) = self.process() {
+            log::error!(
+                "{}: queue {}: the ring is unusable ({e}); device needs reset",
+                self.id,
+                self.index
+            );
+            self.failed = true;
+            self.interrupt.set_needs_reset();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_holds_capacity_limits_and_queue_count() {
+        let c = config_bytes(0x1_0000_0001, 256, 4);
+        assert_eq!(
+            u64::from_le_bytes(c[0..8].try_into().unwrap()),
+            0x1_0000_0001
+        );
+        assert_eq!(u32::from_le_bytes(c[12..16].try_into().unwrap()), 254);
+        assert_eq!(u32::from_le_bytes(c[20..24].try_into().unwrap()), 512);
+        assert_eq!(u16::from_le_bytes(c[34..36].try_into().unwrap()), 4);
+        assert_eq!(u32::from_le_bytes(c[40..44].try_into().unwrap()), 1);
+        assert_eq!(c[56], 1);
+        // A two-entry queue still allows one data segment.
+        let c = config_bytes(1, 2, 1);
+        assert_eq!(u32::from_le_bytes(c[12..16].try_into().unwrap()), 1);
+    }
+}

@@ -1,0 +1,370 @@
+//! virtio-console (VIRTIO 1.3 §5.3), port 0 only (no MULTIPORT): the
+//! guest's hvc0. Output from transmitq0 goes to a sink; input read from a
+//! source fills receiveq0's buffers. Both queues are served on one worker
+//! thread, which stops reading the source while the guest has no room.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::worker::{Control, EventHandler, Source, Worker};
+use super::{ActivateContext, ActiveQueue, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
+use crate::util::lock;
+
+pub const DEVICE_TYPE: u32 = 3;
+/// cols, rows, max_nr_ports, emerg_wr.
+const CONFIG_LEN: usize = 12;
+const VIRTIO_CONSOLE_F_SIZE: u64 = 1 << 0;
+const VIRTIO_CONSOLE_F_EMERG_WRITE: u64 = 1 << 2;
+const QUEUE_SIZE: u16 = 256;
+const RECEIVEQ: usize = 0;
+const TRANSMITQ: usize = 1;
+/// Input held for a guest that is not reading, before we stop reading.
+const INPUT_BUFFER: usize = 64 << 10;
+
+const TOKEN_RX_KICK: u64 = 0;
+const TOKEN_TX_KICK: u64 = 1;
+const TOKEN_INPUT: u64 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleError {
+    #[error("Failed to start the console's worker thread")]
+    Worker(#[source] io::Error),
+    #[error("The driver did not enable both of the console's queues")]
+    Queues,
+}
+
+/// Where the guest's output goes, shared by the worker and emergency
+/// writes (which come on a vCPU thread).
+pub type Sink = Arc<Mutex<Box<dyn Write + Send>>>;
+
+/// What the builder hands the device.
+pub struct ConsoleParams {
+    pub id: String,
+    pub output: Box<dyn Write + Send>,
+    /// Read only when the epoll says there is something to read, so a
+    /// blocking descriptor (the user's stdin) never blocks the worker.
+    pub input: Option<File>,
+    /// Columns and rows, when the console is a terminal.
+    pub size: Option<(u16, u16)>,
+}
+
+pub struct Console {
+    id: String,
+    sink: Sink,
+    input: Option<Arc<File>>,
+    /// Input read but not delivered when the device was reset: kept for the
+    /// next driver.
+    pending: Arc<Mutex<VecDeque<u8>>>,
+    features: u64,
+    config: [u8; CONFIG_LEN],
+    queue_sizes: [u16; 2],
+    worker: Option<Worker>,
+}
+
+impl Console {
+    pub fn new(params: ConsoleParams) -> Console {
+        let mut features = VIRTIO_F_VERSION_1 | VIRTIO_CONSOLE_F_EMERG_WRITE;
+        let mut config = [0u8; CONFIG_LEN];
+        if let Some((cols, rows)) = params.size {
+            features |= VIRTIO_CONSOLE_F_SIZE;
+            config[0..2].copy_from_slice(&cols.to_le_bytes());
+            config[2..4].copy_from_slice(&rows.to_le_bytes());
+        }
+        config[4..8].copy_from_slice(&1u32.to_le_bytes());
+        Console {
+            id: params.id,
+            sink: Arc::new(Mutex::new(params.output)),
+            input: params.input.map(Arc::new),
+            pending: Arc::new(Mutex::new(VecDeque::new())),
+            features,
+            config,
+            queue_sizes: [QUEUE_SIZE; 2],
+            worker: None,
+        }
+    }
+}
+
+impl VirtioDevice for Console {
+    type Error = ConsoleError;
+
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn device_type(&self) -> u32 {
+        DEVICE_TYPE
+    }
+
+    fn queue_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn config_len(&self) -> u32 {
+        CONFIG_LEN as u32
+    }
+
+    fn read_config(&mut self, offset: u32, data: &mut [u8]) -> Result<(), ConsoleError> {
+        let start = offset as usize;
+        if let Some(bytes) = self.config.get(start..start + data.len()) {
+            data.copy_from_slice(bytes);
+        }
+        Ok(())
+    }
+
+    fn write_config(&mut self, offset: u32, data: &[u8]) -> Result<(), ConsoleError> {
+        // emerg_wr: one character, written at once, even before DRIVER_OK.
+        if offset == 8 && !data.is_empty() {
+            let mut sink = lock(&self.sink);
+            let _ = sink.write_all(&data[..1]).and_then(|()| sink.flush());
+        }
+        Ok(())
+    }
+
+    fn activate(&mut self, context: ActivateContext) -> Result<(), ConsoleError> {
+        self.worker = None;
+        let mut queues: Vec<Option<ActiveQueue>> = context.queues.into_iter().map(Some).collect();
+        let mut take = |index: usize| {
+            queues
+                .iter_mut()
+                .find(|q| q.as_ref().is_some_and(|q| q.index == index))
+                .and_then(Option::take)
+                .ok_or(ConsoleError::Queues)
+        };
+        let rx = take(RECEIVEQ)?;
+        let tx = take(TRANSMITQ)?;
+        let mut sources = vec![
+            Source {
+                fd: rx.kick.as_raw_fd(),
+                token: TOKEN_RX_KICK,
+                events: EventSet::IN,
+            },
+            Source {
+                fd: tx.kick.as_raw_fd(),
+                token: TOKEN_TX_KICK,
+                events: EventSet::IN,
+            },
+        ];
+        let input = self.input.clone().map(|file| {
+            let source = Source {
+                fd: file.as_raw_fd(),
+                token: TOKEN_INPUT,
+                events: EventSet::IN,
+            };
+            sources.push(source);
+            (file, source)
+        });
+        let handler = ConsoleHandler {
+            id: self.id.clone(),
+            mem: context.mem,
+            rx: rx.queue,
+            rx_kick: rx.kick,
+            rx_call: rx.call,
+            tx: tx.queue,
+            tx_kick: tx.kick,
+            tx_call: tx.call,
+            sink: self.sink.clone(),
+            input,
+            input_paused: false,
+            pending: self.pending.clone(),
+            interrupt: context.interrupt,
+            control: None,
+            failed: false,
+        };
+        self.worker = Some(
+            Worker::spawn(&format!("{}-io", self.id), &sources, handler)
+                .map_err(ConsoleError::Worker)?,
+        );
+        Ok(())
+    }
+
+    fn reset(&mut self) -> Result<(), ConsoleError> {
+        self.worker = None;
+        Ok(())
+    }
+}
+
+struct ConsoleHandler {
+    id: String,
+    mem: GuestMemoryMmap,
+    rx: Queue,
+    rx_kick: EventFd,
+    rx_call: EventFd,
+    tx: Queue,
+    tx_kick: EventFd,
+    tx_call: EventFd,
+    sink: Sink,
+    /// None once the input ended.
+    input: Option<(Arc<File>, Source)>,
+    input_paused: bool,
+    pending: Arc<Mutex<VecDeque<u8>>>,
+    interrupt: VirtioInterrupt,
+    control: Option<Control>,
+    failed: bool,
+}
+
+impl ConsoleHandler {
+    /// Guest output: every readable byte of every chain, in order.
+    fn transmit(&mut self) -> Result<(), virtio_queue::Error> {
+        let mem = &self.mem;
+        let mut out = Vec::new();
+        while let Some(chain) = self.tx.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            for desc in chain.readable() {
+                let start = out.len();
+                out.resize(start + desc.len() as usize, 0);
+                if mem.read_slice(&mut out[start..], desc.addr()).is_err() {
+                    out.truncate(start);
+                    log::warn!("{}: an output buffer lies outside guest memory", self.id);
+                    break;
+                }
+            }
+            self.tx.add_used(mem, head, 0)?;
+        }
+        if !out.is_empty() {
+            let mut sink = lock(&self.sink);
+            if let Err(e) = sink.write_all(&out).and_then(|()| sink.flush()) {
+                // A pty no one reads fills up; the guest must not stall.
+                log::debug!("{}: {} bytes of output lost: {e}", self.id, out.len());
+            }
+        }
+        if self.tx.needs_notification(mem)? {
+            let _ = self.tx_call.write(1);
+        }
+        Ok(())
+    }
+
+    /// Pending input into the guest's receive buffers.
+    fn receive(&mut self) -> Result<(), virtio_queue::Error> {
+        let mem = &self.mem;
+        let mut pending = lock(&self.pending);
+        let mut used = false;
+        while !pending.is_empty() {
+            let Some(chain) = self.rx.pop_descriptor_chain(mem) else {
+                break;
+            };
+            let head = chain.head_index();
+            let mut written = 0u32;
+            for desc in chain.writable() {
+                let n = (desc.len() as usize).min(pending.len());
+                let bytes: Vec<u8> = pending.iter().take(n).copied().collect();
+                if mem.write_slice(&bytes, desc.addr()).is_err() {
+                    log::warn!("{}: an input buffer lies outside guest memory", self.id);
+                    break;
+                }
+                pending.drain(..n);
+                written += n as u32;
+                if pending.is_empty() {
+                    break;
+                }
+            }
+            self.rx.add_used(mem, head, written)?;
+            used = true;
+        }
+        let full = pending.len() >= INPUT_BUFFER;
+        drop(pending);
+        if used && self.rx.needs_notification(mem)? {
+            let _ = self.rx_call.write(1);
+        }
+        self.pause_input(full);
+        Ok(())
+    }
+
+    /// Stop reading input while the guest holds `INPUT_BUFFER` bytes
+    /// unread, and start again once it has taken some.
+    fn pause_input(&mut self, pause: bool) {
+        if pause == self.input_paused {
+            return;
+        }
+        let (Some((_, source)), Some(control)) = (&self.input, &self.control) else {
+            return;
+        };
+        let result = if pause {
+            control.pause(source.fd, source.token)
+        } else {
+            control.resume(source)
+        };
+        match result {
+            Ok(()) => self.input_paused = pause,
+            Err(e) => log::error!("{}: cannot pause or resume input: {e}", self.id),
+        }
+    }
+
+    fn read_input(&mut self) {
+        let Some((file, _)) = &self.input else {
+            return;
+        };
+        let room = INPUT_BUFFER.saturating_sub(lock(&self.pending).len());
+        let mut buf = vec![0u8; room.clamp(1, 4096)];
+        match (&**file).read(&mut buf) {
+            Ok(0) => self.end_input("end of input"),
+            Ok(n) => lock(&self.pending).extend(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => self.end_input(&e.to_string()),
+        }
+    }
+
+    fn end_input(&mut self, why: &str) {
+        if let (Some((file, _)), Some(control)) = (self.input.take(), &self.control) {
+            let _ = control.remove(file.as_raw_fd());
+        }
+        log::info!("{}: input closed: {why}", self.id);
+    }
+
+    fn serve(&mut self, token: u64) -> Result<(), virtio_queue::Error> {
+        match token {
+            TOKEN_TX_KICK => {
+                let _ = self.tx_kick.read();
+                self.transmit()
+            }
+            TOKEN_RX_KICK => {
+                let _ = self.rx_kick.read();
+                self.receive()
+            }
+            _ => {
+                self.read_input();
+                self.receive()
+            }
+        }
+    }
+}
+
+impl EventHandler for ConsoleHandler {
+    fn start(&mut self, control: Control) {
+        self.control = Some(control);
+        // Input typed before the driver was ready.
+        if let Err(e) = self.receive() {
+            log::error!("{}: receive queue unusable: {e}", self.id);
+        }
+    }
+
+    fn ready(&mut self, token: u64, _events: EventSet) {
+        if self.failed {
+            // Drain kicks so a broken ring does not spin us.
+            let _ = self.rx_kick.read();
+            let _ = self.tx_kick.read();
+            return;
+        }
+        if let Err(e) = self.serve(token) {
+            log::error!("{}: a queue is unusable ({e}); device needs reset", self.id);
+            self.failed = true;
+            self.pause_input(true);
+            self.interrupt.set_needs_reset();
+        }
+    }
+}

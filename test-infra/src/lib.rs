@@ -2,6 +2,7 @@
 //! under `vmm` or QEMU, and turns its serial output into typed records.
 
 pub mod conformance;
+pub mod disk_image;
 pub mod guest;
 pub mod host;
 pub mod linux;
@@ -12,6 +13,7 @@ pub mod probe;
 pub mod process;
 pub mod qemu;
 pub mod scenario;
+pub mod seed;
 pub mod virtiofsd;
 pub mod vmm;
 

@@ -64,6 +64,17 @@ wait_vmm() {
 }
 # run_vmm NAME SECS ARGS...
 run_vmm() { start_vmm "$@"; wait_vmm "$1" $(( $2 + 5 )); }
+# start_vmm_as_given NAME SECS ARGS...: vmm with exactly ARGS, nothing
+# added; stdout (the virtio console with the default --console tty) goes
+# to $OUT/NAME.serial, stderr to $OUT/NAME.vmm.log
+start_vmm_as_given() {
+  name=$1 secs=$2; shift 2
+  now_ms >"$WORK/vmm-$name.start"
+  rm -f "$WORK/vmm-$name.rc"
+  ( timeout -s KILL "$secs" "$VMM" "$@" >"$OUT/$name.serial" 2>"$OUT/$name.vmm.log"
+    echo $? >"$WORK/vmm-$name.rc" ) &
+}
+run_vmm_as_given() { start_vmm_as_given "$@"; wait_vmm "$1" $(( $2 + 5 )); }
 "#;
 
 /// Where the Linux tier runs `vmm`, decided once per run and said once.
@@ -128,6 +139,14 @@ impl Scenario {
                 cpus: 1,
             },
         })
+    }
+
+    /// A directory of the test's own, not shared with the script: for
+    /// building inputs.
+    pub fn scratch_dir(&self, name: &str) -> Result<PathBuf, String> {
+        let path = self.dir.path().join("scratch").join(name);
+        std::fs::create_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(path)
     }
 
     fn input_path(&self, name: &str) -> PathBuf {
@@ -295,8 +314,18 @@ impl ScenarioRun {
             .unwrap_or_default();
         logs.sort();
         for log in logs {
-            let body =
-                String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()).into_owned();
+            let bytes = std::fs::read(&log).unwrap_or_default();
+            // Disk images and other outputs that are not logs.
+            if bytes.contains(&0) {
+                text.push_str(&format!(
+                    "--- {}: {} bytes of binary output
+",
+                    log.display(),
+                    bytes.len()
+                ));
+                continue;
+            }
+            let body = String::from_utf8_lossy(&bytes).into_owned();
             text.push_str(&format!(
                 "--- {}:\n{}\n",
                 log.file_name()

@@ -18,6 +18,19 @@ pub fn is_terminal(fd: RawFd) -> bool {
     unsafe { libc::isatty(fd) == 1 }
 }
 
+/// Whether epoll can wait on `fd`: a terminal, pipe or socket. Regular
+/// files and /dev/null are always "ready" and epoll refuses them.
+pub fn pollable(fd: RawFd) -> bool {
+    // SAFETY: stat is plain data that fstat fills; the result is checked.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::fstat(fd, &mut st) } < 0 {
+        return false;
+    }
+    let kind = st.st_mode & libc::S_IFMT;
+    kind == libc::S_IFIFO || kind == libc::S_IFSOCK || is_terminal(fd)
+}
+
 /// A terminal in raw mode until this is dropped: keys go to the guest as
 /// they are typed, Ctrl-C included, and nothing is echoed twice.
 pub struct RawMode {
@@ -199,6 +212,18 @@ mod tests {
             }
         }
         assert_eq!(got, b"a\r\nb");
+    }
+
+    #[test]
+    fn pipes_and_terminals_are_pollable_files_and_dev_null_are_not() {
+        let (r, _w) = std::io::pipe().unwrap();
+        assert!(pollable(r.as_raw_fd()));
+        let pty = Pty::open().unwrap();
+        assert!(pollable(pty.controller.as_raw_fd()));
+        let f = tempfile::tempfile().unwrap();
+        assert!(!pollable(f.as_raw_fd()));
+        let null = std::fs::File::open("/dev/null").unwrap();
+        assert!(!pollable(null.as_raw_fd()));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::builder::Terminals;
 use crate::devices::serial::Serial;
+use crate::terminal;
 use crate::util::lock;
 use crate::vm_exit::{ExitReason, VmExit};
 use crate::vstate::memory::GuestMemory;
@@ -95,7 +96,13 @@ impl Vmm {
         add(self.exit.event().as_raw_fd(), EVENT_EXIT)?;
         add(signals.as_raw_fd(), EVENT_SIGNAL)?;
         if let Some(input) = &self.serial_input {
-            add(input.as_raw_fd(), EVENT_SERIAL_INPUT)?;
+            if terminal::pollable(input.as_raw_fd()) {
+                add(input.as_raw_fd(), EVENT_SERIAL_INPUT)?;
+            } else {
+                log::info!(
+                    "Serial input is not a terminal, pipe or socket: the UART gets no input"
+                );
+            }
         }
 
         let mut threads = Vec::with_capacity(self.vcpus.len());

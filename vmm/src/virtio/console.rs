@@ -16,6 +16,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::worker::{Control, EventHandler, Source, Worker};
 use super::{ActivateContext, ActiveQueue, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
+use crate::terminal;
 use crate::util::lock;
 
 pub const DEVICE_TYPE: u32 = 3;
@@ -162,8 +163,15 @@ impl VirtioDevice for Console {
                 token: TOKEN_INPUT,
                 events: EventSet::IN,
             };
-            sources.push(source);
-            (file, source)
+            let polled = terminal::pollable(file.as_raw_fd());
+            if polled {
+                sources.push(source);
+            }
+            Input {
+                file,
+                source,
+                polled,
+            }
         });
         let handler = ConsoleHandler {
             id: self.id.clone(),
@@ -195,6 +203,14 @@ impl VirtioDevice for Console {
     }
 }
 
+/// Where input comes from. A regular file (or /dev/null) cannot be
+/// waited on: it is read whenever there is room instead.
+struct Input {
+    file: Arc<File>,
+    source: Source,
+    polled: bool,
+}
+
 struct ConsoleHandler {
     id: String,
     mem: GuestMemoryMmap,
@@ -206,7 +222,7 @@ struct ConsoleHandler {
     tx_call: EventFd,
     sink: Sink,
     /// None once the input ended.
-    input: Option<(Arc<File>, Source)>,
+    input: Option<Input>,
     input_paused: bool,
     pending: Arc<Mutex<VecDeque<u8>>>,
     interrupt: VirtioInterrupt,
@@ -247,6 +263,7 @@ impl ConsoleHandler {
 
     /// Pending input into the guest's receive buffers.
     fn receive(&mut self) -> Result<(), virtio_queue::Error> {
+        self.read_unpolled_input();
         let mem = &self.mem;
         let mut pending = lock(&self.pending);
         let mut used = false;
@@ -287,13 +304,16 @@ impl ConsoleHandler {
         if pause == self.input_paused {
             return;
         }
-        let (Some((_, source)), Some(control)) = (&self.input, &self.control) else {
+        let (Some(input), Some(control)) = (&self.input, &self.control) else {
             return;
         };
+        if !input.polled {
+            return;
+        }
         let result = if pause {
-            control.pause(source.fd, source.token)
+            control.pause(input.source.fd, input.source.token)
         } else {
-            control.resume(source)
+            control.resume(&input.source)
         };
         match result {
             Ok(()) => self.input_paused = pause,
@@ -302,12 +322,15 @@ impl ConsoleHandler {
     }
 
     fn read_input(&mut self) {
-        let Some((file, _)) = &self.input else {
+        let Some(input) = &self.input else {
             return;
         };
         let room = INPUT_BUFFER.saturating_sub(lock(&self.pending).len());
-        let mut buf = vec![0u8; room.clamp(1, 4096)];
-        match (&**file).read(&mut buf) {
+        if room == 0 {
+            return;
+        }
+        let mut buf = vec![0u8; room.min(4096)];
+        match (&*input.file).read(&mut buf) {
             Ok(0) => self.end_input("end of input"),
             Ok(n) => lock(&self.pending).extend(&buf[..n]),
             Err(e)
@@ -319,9 +342,26 @@ impl ConsoleHandler {
         }
     }
 
+    /// A file that cannot be waited on: read while there is room.
+    fn read_unpolled_input(&mut self) {
+        while self.input.as_ref().is_some_and(|i| !i.polled) {
+            let before = lock(&self.pending).len();
+            if before >= INPUT_BUFFER {
+                break;
+            }
+            self.read_input();
+            if lock(&self.pending).len() == before {
+                // End of input (which dropped it) or nothing to read now.
+                break;
+            }
+        }
+    }
+
     fn end_input(&mut self, why: &str) {
-        if let (Some((file, _)), Some(control)) = (self.input.take(), &self.control) {
-            let _ = control.remove(file.as_raw_fd());
+        if let (Some(input), Some(control)) = (self.input.take(), &self.control) {
+            if input.polled {
+                let _ = control.remove(input.file.as_raw_fd());
+            }
         }
         log::info!("{}: input closed: {why}", self.id);
     }

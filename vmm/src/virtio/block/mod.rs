@@ -96,10 +96,11 @@ impl Block {
             | 1 << VIRTIO_BLK_F_SEG_MAX
             | 1 << VIRTIO_BLK_F_BLK_SIZE
             | 1 << VIRTIO_BLK_F_FLUSH;
+        // Offered on read-only disks too, as QEMU does: a driver's discard
+        // there gets IOERR, like its writes.
+        features |= 1 << VIRTIO_BLK_F_DISCARD | 1 << VIRTIO_BLK_F_WRITE_ZEROES;
         if params.readonly {
             features |= 1 << VIRTIO_BLK_F_RO;
-        } else {
-            features |= 1 << VIRTIO_BLK_F_DISCARD | 1 << VIRTIO_BLK_F_WRITE_ZEROES;
         }
         if queues > 1 {
             features |= 1 << VIRTIO_BLK_F_MQ;

@@ -7,7 +7,8 @@
 
 use std::time::Duration;
 
-use test_infra::disk_image::{self, sha256_hex};
+use test_infra::digest::sha256_hex;
+use test_infra::disk_image;
 use test_infra::linux::GuestInit;
 use test_infra::{seed, Scenario, ScenarioRun};
 
@@ -110,7 +111,8 @@ fn the_seed_command_line_boots_from_vda1_on_hvc0_and_uses_myfs() {
     let reported = guest
         .first_at("guest-wrote", "on-root.bin")
         .and_then(|r| r.get("sha"));
-    assert_eq!(Some(sha256_hex(&on_root).as_str()), reported, "{why}");
+    let on_root = sha256_hex(&on_root).expect("sha256");
+    assert_eq!(Some(on_root.as_str()), reported, "{why}");
 }
 
 #[test]
@@ -146,7 +148,8 @@ umount /mnt"#,
         "{mounted}\n{why}"
     );
     let read = guest.first_at("read", "data.bin").expect(&why);
-    assert_eq!(read.get("sha"), Some(sha256_hex(&body).as_str()), "{why}");
+    let expected = sha256_hex(&body).expect("sha256");
+    assert_eq!(read.get("sha"), Some(expected.as_str()), "{why}");
     assert_eq!(read.get("ro"), Some("1"), "{why}");
     assert_eq!(run.vmm_exit("iso"), Some(0), "{why}");
 }

@@ -109,15 +109,6 @@ pub fn ext4_read(fs: &Path, path: &str, scratch: &Path) -> Result<Vec<u8>, Strin
     std::fs::read(&out).map_err(|e| format!("debugfs found no {path}: {e}"))
 }
 
-/// Lower-case hex SHA-256, as `sha256sum` prints it.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// An ISO 9660 image (with Rock Ridge names) of `dir`.
 pub fn iso_image(path: &Path, dir: &Path, volume: &str) -> Result<(), String> {
     run(Command::new(program("xorriso")?)

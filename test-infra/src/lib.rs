@@ -2,6 +2,9 @@
 //! under `vmm` or QEMU, and turns its serial output into typed records.
 
 pub mod conformance;
+pub mod console;
+pub mod digest;
+pub mod disk;
 pub mod disk_image;
 pub mod guest;
 pub mod host;
@@ -17,7 +20,9 @@ pub mod seed;
 pub mod virtiofsd;
 pub mod vmm;
 
-pub use guest::{Guest, Hypervisor};
+pub use console::Console;
+pub use disk::Disk;
+pub use guest::{Guest, Hypervisor, RunningGuest};
 pub use host::{HostKind, KvmHost};
 pub use mock::{MockBackend, MockOptions};
 pub use probe::{ProbeReport, Record};

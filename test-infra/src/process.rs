@@ -78,7 +78,22 @@ pub struct Child {
 impl Child {
     /// Starts `command` with stdout and stderr going to `dir/NAME.out` and
     /// `dir/NAME.err`, stdin from /dev/null.
-    pub fn spawn(name: &str, mut command: Command, dir: &Path) -> Result<Child, RunError> {
+    pub fn spawn(name: &str, command: Command, dir: &Path) -> Result<Child, RunError> {
+        Child::spawn_with_stdin(name, command, dir, Stdio::null())
+    }
+
+    /// As `spawn`, with stdin a pipe the test writes through
+    /// (`take_stdin`): a console whose input is the VMM's stdin.
+    pub fn spawn_piped(name: &str, command: Command, dir: &Path) -> Result<Child, RunError> {
+        Child::spawn_with_stdin(name, command, dir, Stdio::piped())
+    }
+
+    fn spawn_with_stdin(
+        name: &str,
+        mut command: Command,
+        dir: &Path,
+        stdin: Stdio,
+    ) -> Result<Child, RunError> {
         let create = |suffix: &str| {
             let path = dir.join(format!("{name}.{suffix}"));
             File::create(&path)
@@ -88,7 +103,7 @@ impl Child {
         let (out, stdout_path) = create("out")?;
         let (err, stderr_path) = create("err")?;
         command
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(out)
             .stderr(err)
             .process_group(0);
@@ -107,6 +122,18 @@ impl Child {
 
     pub fn id(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The write end of stdin, once, if it was spawned with `spawn_piped`;
+    /// dropping it gives the child end-of-file.
+    pub fn take_stdin(&mut self) -> Option<std::process::ChildStdin> {
+        self.child.stdin.take()
+    }
+
+    /// Whether the child has exited (without reaping it for good: `wait`
+    /// still reports its status).
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
     pub fn stdout_so_far(&self) -> String {

@@ -138,9 +138,17 @@ impl QemuCommand {
         Ok(cmd)
     }
 
+    /// Starts QEMU in `dir` (relative paths it is given land there, as
+    /// for `vmm`).
+    pub fn spawn(&self, dir: &Path) -> Result<Child, String> {
+        let mut command = self.command()?;
+        command.current_dir(dir);
+        Child::spawn("qemu", command, dir).map_err(|e| error_text(&e))
+    }
+
     pub fn run(&self, dir: &Path) -> Result<GuestRun, String> {
-        let output = Child::spawn("qemu", self.command()?, dir)
-            .map_err(|e| error_text(&e))?
+        let output = self
+            .spawn(dir)?
             .wait(self.timeout)
             .map_err(|e| error_text(&e))?;
         let report = ProbeReport::parse(&output.stdout);

@@ -18,6 +18,10 @@ pub struct VmmCommand {
     args: Vec<OsString>,
     /// Kept apart because `vmm` accepts `--serial` once.
     serial: Option<String>,
+    /// Likewise `--console`.
+    console: Option<String>,
+    /// stdin a pipe (`Child::take_stdin`) instead of /dev/null.
+    stdin_piped: bool,
     timeout: Duration,
 }
 
@@ -50,7 +54,7 @@ impl VmmCommand {
             .arg(kernel)
             .arg("--cmdline")
             .arg(cmdline);
-        cmd.arg("--console").arg("off");
+        cmd.console = Some("off".into());
         cmd.serial = Some("tty".into());
         Ok(cmd)
     }
@@ -60,6 +64,8 @@ impl VmmCommand {
         VmmCommand {
             args: Vec::new(),
             serial: None,
+            console: None,
+            stdin_piped: false,
             timeout: DEFAULT_TIMEOUT,
         }
     }
@@ -80,6 +86,19 @@ impl VmmCommand {
         self
     }
 
+    /// Where the virtio console goes (`off` for probe runs).
+    pub fn console(&mut self, spec: &str) -> &mut Self {
+        self.console = Some(spec.to_string());
+        self
+    }
+
+    /// stdin a pipe the test writes through (`Child::take_stdin`), for
+    /// `--console tty`.
+    pub fn stdin_piped(&mut self) -> &mut Self {
+        self.stdin_piped = true;
+        self
+    }
+
     pub fn timeout(&mut self, timeout: Duration) -> &mut Self {
         self.timeout = timeout;
         self
@@ -91,6 +110,9 @@ impl VmmCommand {
         if let Some(serial) = &self.serial {
             command.arg("--serial").arg(serial);
         }
+        if let Some(console) = &self.console {
+            command.arg("--console").arg(console);
+        }
         Ok(command)
     }
 
@@ -98,7 +120,12 @@ impl VmmCommand {
     pub fn spawn(&self, dir: &Path) -> Result<Child, String> {
         let mut command = self.command()?;
         command.current_dir(dir);
-        Child::spawn("vmm", command, dir).map_err(|e| error_text(&e))
+        let child = if self.stdin_piped {
+            Child::spawn_piped("vmm", command, dir)
+        } else {
+            Child::spawn("vmm", command, dir)
+        };
+        child.map_err(|e| error_text(&e))
     }
 
     /// Runs to the end (or the deadline) and parses the serial output.

@@ -74,6 +74,29 @@ pub struct Args {
     pub reconnect_timeout_ms: u64,
     /// `OFFSET:HEX`: bytes the config test writes.
     pub config_write: Option<&'static str>,
+    /// `START:COUNT` sector ranges `blk` reads and hashes.
+    pub blk_sha: List,
+    /// `START:COUNT` sector ranges `blk` writes with the pattern.
+    pub blk_write: List,
+    /// `START:COUNT` ranges for VIRTIO_BLK_T_WRITE_ZEROES (negotiated only
+    /// when given).
+    pub blk_zero: List,
+    /// `START:COUNT` ranges for VIRTIO_BLK_T_DISCARD (likewise).
+    pub blk_discard: List,
+    /// How long one block request may take.
+    pub blk_timeout_ms: u64,
+    /// Text `console` transmits first (a newline is added).
+    pub console_tx: Option<&'static str>,
+    /// Bytes of the console pattern transmitted after `console_tx`.
+    pub console_tx_bytes: u32,
+    /// Input `console` waits for: this many bytes ...
+    pub console_rx_bytes: u32,
+    /// ... or a line holding just this.
+    pub console_rx_end: Option<&'static str>,
+    /// Text written through `emerg_wr`, byte by byte (a newline is added).
+    pub console_emerg: Option<&'static str>,
+    /// How long `console` waits for its input.
+    pub console_timeout_ms: u64,
     unknown: List,
 }
 
@@ -100,6 +123,35 @@ fn parse_hex(s: &str) -> Option<u64> {
     u64::from_str_radix(s.trim_start_matches("0x"), 16).ok()
 }
 
+/// The most sectors one range may name (1 GiB): more than any test image
+/// needs, and a typo cannot make a test run for minutes.
+pub const MAX_BLK_RANGE: u32 = 1 << 21;
+
+/// `START:COUNT` in sectors, COUNT from 1 to MAX_BLK_RANGE.
+pub fn parse_range(s: &str) -> Option<(u64, u32)> {
+    let (start, count) = s.split_once(':')?;
+    let count = count
+        .parse()
+        .ok()
+        .filter(|c| (1..=MAX_BLK_RANGE).contains(c))?;
+    Some((start.parse().ok()?, count))
+}
+
+/// Adds comma-separated `START:COUNT` ranges to `list`; false (and nothing
+/// added) if one is malformed.
+fn ranges(list: &mut List, value: &'static str) -> bool {
+    if value.split(',').any(|r| parse_range(r).is_none()) {
+        return false;
+    }
+    list.extend_csv(value);
+    true
+}
+
+/// A positive number of milliseconds.
+fn millis(value: &str) -> Option<u64> {
+    value.parse().ok().filter(|&v| v > 0)
+}
+
 impl Args {
     pub fn parse(cmdline: &str) -> Args {
         let line = store(cmdline);
@@ -122,6 +174,17 @@ impl Args {
             echo_timeout_ms: 2000,
             reconnect_timeout_ms: 30_000,
             config_write: None,
+            blk_sha: List::new(),
+            blk_write: List::new(),
+            blk_zero: List::new(),
+            blk_discard: List::new(),
+            blk_timeout_ms: 5000,
+            console_tx: None,
+            console_tx_bytes: 6000,
+            console_rx_bytes: 0,
+            console_rx_end: None,
+            console_emerg: None,
+            console_timeout_ms: 10_000,
             unknown: List::new(),
         };
         for word in line.split_ascii_whitespace() {
@@ -194,6 +257,26 @@ impl Args {
                 "pci.bars" => choose(value, &[("assign", false), ("keep", true)])
                     .map(|v| a.pci_keep_bars = v)
                     .is_some(),
+                "blk.sha" => ranges(&mut a.blk_sha, value),
+                "blk.write" => ranges(&mut a.blk_write, value),
+                "blk.zero" => ranges(&mut a.blk_zero, value),
+                "blk.discard" => ranges(&mut a.blk_discard, value),
+                "blk.timeout_ms" => millis(value).map(|v| a.blk_timeout_ms = v).is_some(),
+                "console.tx" => {
+                    a.console_tx = Some(value);
+                    !value.is_empty()
+                }
+                "console.tx_bytes" => value.parse().map(|v| a.console_tx_bytes = v).is_ok(),
+                "console.rx_bytes" => value.parse().map(|v| a.console_rx_bytes = v).is_ok(),
+                "console.rx_end" => {
+                    a.console_rx_end = Some(value);
+                    !value.is_empty()
+                }
+                "console.emerg" => {
+                    a.console_emerg = Some(value);
+                    !value.is_empty()
+                }
+                "console.timeout_ms" => millis(value).map(|v| a.console_timeout_ms = v).is_some(),
                 _ => false,
             };
             if !good {

@@ -9,8 +9,10 @@
 #![allow(clippy::result_large_err)]
 
 mod apic;
+mod blk;
 mod boot;
 mod cmdline;
+mod console;
 mod fuse;
 mod generic;
 mod io;

@@ -379,8 +379,15 @@ impl fmt::Display for Bars<'_> {
 }
 
 /// Programs MSI-X entry `entry` to deliver `vector` to the BSP, unmasked.
+/// An entry past the table is left alone: writing there would hit
+/// whatever follows it in the BAR (QEMU's virtio-serial has 2 entries and
+/// many queues); the device then reads back NO_VECTOR for that queue and
+/// the driver polls it.
 pub fn msix_set_vector(f: &Function, entry: u16, vector: u8) {
     let Some(msix) = f.msix else { return };
+    if entry >= msix.table_size {
+        return;
+    }
     let table = f.bar_addr(msix.table_bar) + u64::from(msix.table_offset) + u64::from(entry) * 16;
     mmio::write32(table, 0xfee0_0000);
     mmio::write32(table + 4, 0);

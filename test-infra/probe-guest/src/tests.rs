@@ -19,6 +19,8 @@ pub fn run(name: &str, ctx: &mut Ctx) -> Result<(), Failure> {
         "config" => crate::generic::config_test(ctx),
         "rng" => crate::generic::rng_test(ctx),
         "reconnect" => crate::generic::reconnect_test(ctx),
+        "blk" => crate::blk::blk_test(ctx),
+        "console" => crate::console::console_test(ctx),
         "fail" => bail!("requested"),
         "spin" => {
             record!("spin");

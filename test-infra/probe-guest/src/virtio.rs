@@ -326,6 +326,23 @@ impl Device {
         Ok(())
     }
 
+    /// Writes a 32-bit config field with one aligned 32-bit access, as
+    /// VIRTIO 1.3 4.1.3.1 requires for 32-bit fields (`emerg_wr`).
+    pub fn write_config32(&self, offset: u32, value: u32) -> Result<(), Failure> {
+        if self.device_cfg_base == 0 {
+            bail!("{} has no device config capability", self.f.bdf);
+        }
+        if !offset.is_multiple_of(4) || offset + 4 > self.config_len() {
+            bail!(
+                "{}: config offset {offset} is not an aligned field in a window of {} bytes",
+                self.f.bdf,
+                self.config_len()
+            );
+        }
+        mmio::write32(self.device_cfg_base + u64::from(offset), value);
+        Ok(())
+    }
+
     /// Puts a descriptor chain on queue `index` and notifies the device.
     /// `bufs` are (address, length, device-writable).
     pub fn submit(&mut self, index: u16, bufs: &[(u64, u32, bool)]) -> Result<(), Failure> {
@@ -375,12 +392,30 @@ impl Device {
         clock: &Clock,
         timeout_ms: u64,
     ) -> Result<u32, Failure> {
+        match self.wait_used_until(index, clock, clock.deadline_ms(timeout_ms))? {
+            Some(written) => Ok(written),
+            None => bail!(
+                "{} queue {index}: no completion within {timeout_ms} ms (status 0x{:02x})",
+                self.f.bdf,
+                self.status()
+            ),
+        }
+    }
+
+    /// As `wait_used`, but None at `deadline` (a TSC value) instead of a
+    /// failure: for queues where no completion is an answer (input that
+    /// has not arrived yet).
+    pub fn wait_used_until(
+        &mut self,
+        index: u16,
+        clock: &Clock,
+        deadline: u64,
+    ) -> Result<Option<u32>, Failure> {
         let bdf = self.f.bdf;
         let mode = self.mode;
         let Some(q) = self.queues[usize::from(index)].as_mut() else {
             bail!("{bdf} queue {index} is not set up")
         };
-        let deadline = clock.deadline_ms(timeout_ms);
         let used_idx = |q: &Queue| {
             // SAFETY: the used ring is our DMA memory, written by the device.
             unsafe { core::ptr::read_volatile((q.used + 2) as *const u16) }
@@ -395,10 +430,7 @@ impl Device {
                 break;
             }
             if clock.expired(deadline) {
-                bail!(
-                    "{bdf} queue {index}: no completion within {timeout_ms} ms (status 0x{:02x})",
-                    mmio::read8(status_addr)
-                );
+                return Ok(None);
             }
             // A device that asked for a reset will not complete anything.
             // It says so with a config interrupt, so look at the status
@@ -437,7 +469,7 @@ impl Device {
         let written = unsafe { core::ptr::read_volatile((elem + 4) as *const u32) };
         q.last_used = q.last_used.wrapping_add(1);
         q.completions += 1;
-        Ok(written)
+        Ok(Some(written))
     }
 
     /// Interrupts delivered on a queue's vector so far.

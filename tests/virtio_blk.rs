@@ -1,0 +1,362 @@
+//! virtio-blk as the probe guest drives it, under `vmm --disk` and under
+//! QEMU's virtio-blk-pci: what it reads matches the image, what it writes
+//! is in the image file afterwards, the requests that must fail fail with
+//! the status QEMU gives, and both VMMs report the same facts.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use rstest::rstest;
+use test_infra::digest::sha256_hex;
+use test_infra::disk::{image_bytes, sectors, write_pattern};
+use test_infra::host::require_kvm;
+use test_infra::{Disk, Guest, Hypervisor, ProbeReport, Record};
+
+const MIB: usize = 1 << 20;
+/// VIRTIO_BLK_S_IOERR and VIRTIO_BLK_S_UNSUPP.
+const IOERR: &str = "1";
+const UNSUPP: &str = "2";
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temporary directory")
+}
+
+fn sha(bytes: &[u8]) -> String {
+    sha256_hex(bytes).expect("sha256sum")
+}
+
+/// Writes a deterministic image of `mib` MiB and returns its bytes.
+fn make_image(path: &Path, mib: usize, seed: u64) -> Vec<u8> {
+    let bytes = image_bytes(mib * MIB, seed);
+    std::fs::write(path, &bytes).expect("write the image");
+    bytes
+}
+
+fn run_blk(guest: Guest, dir: &Path) -> ProbeReport {
+    guest.run(dir).expect("guest runs").assert_passed().clone()
+}
+
+/// The PCI address of the disk whose GET_ID answered `serial`.
+fn bdf_of(report: &ProbeReport, serial: &str) -> String {
+    report
+        .all("blk")
+        .find(|r| {
+            r.positional.first().map(String::as_str) == Some("id")
+                && r.get("serial") == Some(serial)
+        })
+        .and_then(|r| r.positional.get(1).cloned())
+        .unwrap_or_else(|| panic!("no `blk id` record with serial {serial}: {report:?}"))
+}
+
+/// The `blk SUB BDF ...` records of the disk `serial`.
+fn blk_records<'a>(report: &'a ProbeReport, sub: &str, serial: &str) -> Vec<&'a Record> {
+    let bdf = bdf_of(report, serial);
+    report
+        .all("blk")
+        .filter(|r| r.positional.first().map(String::as_str) == Some(sub))
+        .filter(|r| r.positional.get(1) == Some(&bdf))
+        .collect()
+}
+
+fn blk_record<'a>(report: &'a ProbeReport, sub: &str, serial: &str) -> &'a Record {
+    blk_records(report, sub, serial)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no `blk {sub}` record for {serial}: {report:?}"))
+}
+
+/// The record of `sub` for `serial` whose `start` is `start`.
+fn blk_at<'a>(report: &'a ProbeReport, sub: &str, serial: &str, start: u64) -> &'a Record {
+    blk_records(report, sub, serial)
+        .into_iter()
+        .find(|r| r.number("start") == Some(start))
+        .unwrap_or_else(|| panic!("no `blk {sub}` record at {start} for {serial}: {report:?}"))
+}
+
+/// What every disk must answer whatever it holds.
+fn assert_errors_and_id(report: &ProbeReport, serial: &str, capacity: u64) {
+    let id = blk_record(report, "id", serial);
+    assert_eq!(id.get("status"), Some("0"), "{id:?}");
+    let errors = blk_record(report, "errors", serial);
+    assert_eq!(errors.number("capacity"), Some(capacity), "{errors:?}");
+    assert_eq!(errors.get("read_at_end"), Some(IOERR), "{errors:?}");
+    assert_eq!(errors.get("read_across_end"), Some(IOERR), "{errors:?}");
+    assert_eq!(errors.get("undefined_type"), Some(UNSUPP), "{errors:?}");
+}
+
+#[rstest]
+fn reads_writes_and_flushes_a_disk(#[values(Hypervisor::Vmm, Hypervisor::Qemu)] hv: Hypervisor) {
+    if !require_kvm("reads_writes_and_flushes_a_disk") {
+        return;
+    }
+    let dir = tempdir();
+    let path = dir.path().join("disk.img");
+    let original = make_image(&path, 4, 17);
+    let capacity = (4 * MIB / 512) as u64;
+    let reads = [(0, capacity), (100, 3), (capacity - 1, 1)];
+    let writes = [(2048, 1000), (5000, 1), (capacity - 8, 8)];
+    let list = |ranges: &[(u64, u64)]| {
+        ranges
+            .iter()
+            .map(|(s, c)| format!("{s}:{c}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let cmdline = format!(
+        "probe.run=blk probe.blk.sha={} probe.blk.write={}",
+        list(&reads),
+        list(&writes)
+    );
+    let report = run_blk(
+        Guest::probe(hv, &cmdline).disk(Disk::new(&path).serial("disk0")),
+        dir.path(),
+    );
+
+    let config = blk_record(&report, "config", "disk0");
+    assert_eq!(config.number("capacity"), Some(capacity), "{config:?}");
+    assert_eq!(config.get("ro"), Some("0"), "{config:?}");
+    assert_eq!(config.get("flush"), Some("1"), "{config:?}");
+    assert_eq!(config.get("blk_size"), Some("512"), "{config:?}");
+    assert_eq!(config.get("queues"), None, "one queue, no MQ: {config:?}");
+    assert_eq!(config.get("vqs"), Some("1"), "{config:?}");
+    assert_errors_and_id(&report, "disk0", capacity);
+
+    for (start, count) in reads {
+        let read = blk_at(&report, "read", "disk0", start);
+        assert_eq!(read.get("status"), Some("0"), "{read:?}");
+        assert_eq!(
+            read.get("sha256"),
+            Some(sha(sectors(&original, start, count)).as_str()),
+            "{hv}: sectors {start}:{count}: {read:?}"
+        );
+    }
+
+    let image = std::fs::read(&path).expect("read the image back");
+    let mut expected = original.clone();
+    for (start, count) in writes {
+        let write = blk_at(&report, "write", "disk0", start);
+        assert_eq!(write.get("status"), Some("0"), "{write:?}");
+        assert_eq!(write.get("readback"), Some("ok"), "{write:?}");
+        let pattern = write_pattern(start, count);
+        assert_eq!(
+            write.get("sha256"),
+            Some(sha(&pattern).as_str()),
+            "{write:?}"
+        );
+        assert_eq!(
+            write.get("sha256"),
+            Some(sha(sectors(&image, start, count)).as_str()),
+            "{hv}: the image file holds what the guest wrote at {start}:{count}"
+        );
+        let from = (start * 512) as usize;
+        expected[from..from + pattern.len()].copy_from_slice(&pattern);
+    }
+    assert!(
+        image == expected,
+        "{hv}: the image changed outside the written ranges"
+    );
+
+    let flush = blk_record(&report, "flush", "disk0");
+    assert_eq!(flush.get("status"), Some("0"), "{flush:?}");
+    let queue = blk_record(&report, "queue", "disk0");
+    assert_eq!(queue.get("status"), Some("0"), "{queue:?}");
+}
+
+#[rstest]
+fn a_read_only_disk_refuses_writes(#[values(Hypervisor::Vmm, Hypervisor::Qemu)] hv: Hypervisor) {
+    if !require_kvm("a_read_only_disk_refuses_writes") {
+        return;
+    }
+    let dir = tempdir();
+    let path = dir.path().join("ro.img");
+    let original = make_image(&path, 1, 5);
+    let capacity = (MIB / 512) as u64;
+    let report = run_blk(
+        Guest::probe(
+            hv,
+            &format!("probe.run=blk probe.blk.sha=0:{capacity} probe.blk.write=16:8,{capacity}:1"),
+        )
+        .disk(Disk::new(&path).readonly().serial("ro-disk")),
+        dir.path(),
+    );
+    let config = blk_record(&report, "config", "ro-disk");
+    assert_eq!(config.get("ro"), Some("1"), "{config:?}");
+    assert_errors_and_id(&report, "ro-disk", capacity);
+    let read = blk_at(&report, "read", "ro-disk", 0);
+    assert_eq!(
+        read.get("sha256"),
+        Some(sha(&original).as_str()),
+        "{read:?}"
+    );
+
+    let write = blk_at(&report, "write", "ro-disk", 16);
+    assert_eq!(write.get("status"), Some(IOERR), "{hv}: {write:?}");
+    assert_eq!(write.get("unchanged"), Some("yes"), "{write:?}");
+    // Past the end of a read-only disk: refused either way.
+    let beyond = blk_at(&report, "write", "ro-disk", capacity);
+    assert_eq!(beyond.get("status"), Some(IOERR), "{hv}: {beyond:?}");
+    assert!(
+        std::fs::read(&path).expect("read the image") == original,
+        "{hv}: the read-only image changed"
+    );
+}
+
+#[rstest]
+fn write_zeroes_and_discard(#[values(Hypervisor::Vmm, Hypervisor::Qemu)] hv: Hypervisor) {
+    if !require_kvm("write_zeroes_and_discard") {
+        return;
+    }
+    let dir = tempdir();
+    let rw = dir.path().join("rw.img");
+    let ro = dir.path().join("ro.img");
+    let rw_original = make_image(&rw, 2, 11);
+    let ro_original = make_image(&ro, 2, 12);
+    let report = run_blk(
+        Guest::probe(
+            hv,
+            "probe.run=blk probe.blk.zero=64:16 probe.blk.discard=1024:64",
+        )
+        .disk(Disk::new(&rw).serial("rw"))
+        .disk(Disk::new(&ro).readonly().serial("ro")),
+        dir.path(),
+    );
+
+    let zero = blk_record(&report, "zero", "rw");
+    assert_eq!(zero.get("status"), Some("0"), "{zero:?}");
+    assert_eq!(zero.get("readback"), Some("zero"), "{zero:?}");
+    let discard = blk_record(&report, "discard", "rw");
+    assert_eq!(discard.get("status"), Some("0"), "{discard:?}");
+    let image = std::fs::read(&rw).expect("read the image");
+    assert!(
+        sectors(&image, 64, 16).iter().all(|&b| b == 0),
+        "{hv}: WRITE_ZEROES left data in the file"
+    );
+    assert!(
+        sectors(&image, 0, 64) == sectors(&rw_original, 0, 64)
+            && sectors(&image, 80, 944) == sectors(&rw_original, 80, 944),
+        "{hv}: WRITE_ZEROES touched sectors outside its range"
+    );
+
+    let zero = blk_record(&report, "zero", "ro");
+    assert_eq!(zero.get("status"), Some(IOERR), "{hv}: {zero:?}");
+    let discard = blk_record(&report, "discard", "ro");
+    assert_eq!(discard.get("status"), Some(IOERR), "{hv}: {discard:?}");
+    assert!(
+        std::fs::read(&ro).expect("read the image") == ro_original,
+        "{hv}: the read-only image changed"
+    );
+}
+
+#[rstest]
+fn every_queue_serves_requests(
+    #[values(Hypervisor::Vmm, Hypervisor::Qemu)] hv: Hypervisor,
+    #[values(2, 4)] queues: u16,
+    #[values("irq", "poll")] mode: &str,
+) {
+    if !require_kvm("every_queue_serves_requests") {
+        return;
+    }
+    let dir = tempdir();
+    let path = dir.path().join("mq.img");
+    let original = make_image(&path, 1, u64::from(queues));
+    let report = run_blk(
+        Guest::probe(hv, &format!("probe.run=blk probe.virtio.mode={mode}"))
+            .disk(Disk::new(&path).num_queues(queues).serial("mq")),
+        dir.path(),
+    );
+    let config = blk_record(&report, "config", "mq");
+    assert_eq!(
+        config.number("queues"),
+        Some(u64::from(queues)),
+        "{config:?}"
+    );
+    assert_eq!(config.number("vqs"), Some(u64::from(queues)), "{config:?}");
+    let records = blk_records(&report, "queue", "mq");
+    assert_eq!(records.len(), usize::from(queues), "{report:?}");
+    for (q, record) in records.iter().enumerate() {
+        assert_eq!(record.number("q"), Some(q as u64), "{record:?}");
+        assert_eq!(
+            record.get("status"),
+            Some("0"),
+            "{hv} queue {q}: {record:?}"
+        );
+        let start = record.number("start").expect("start");
+        assert_eq!(
+            record.get("sha256"),
+            Some(sha(sectors(&original, start, 8)).as_str()),
+            "{hv} queue {q}: {record:?}"
+        );
+    }
+}
+
+/// Fields that describe an implementation's choices, not the device the
+/// specification defines: the features offered (QEMU offers GEOMETRY,
+/// TOPOLOGY, CONFIG_WCE, ...), seg_max and the discard and write-zeroes
+/// limits, interrupt counts, and the number of requests (it follows
+/// seg_max).
+const IMPLEMENTATION_FIELDS: &[&str] = &[
+    "offered",
+    "seg_max",
+    "max_discard_sectors",
+    "max_discard_seg",
+    "discard_sector_alignment",
+    "max_write_zeroes_sectors",
+    "max_write_zeroes_seg",
+    "write_zeroes_may_unmap",
+    "irqs",
+    "requests",
+];
+
+/// The `blk` records with each PCI address replaced by the disk's serial
+/// and the implementation's fields left out.
+fn blk_facts(report: &ProbeReport) -> Vec<(Vec<String>, BTreeMap<String, String>)> {
+    let serials: BTreeMap<String, String> = report
+        .all("blk")
+        .filter(|r| r.positional.first().map(String::as_str) == Some("id"))
+        .filter_map(|r| Some((r.positional.get(1)?.clone(), r.get("serial")?.to_string())))
+        .collect();
+    report
+        .all("blk")
+        .map(|r| {
+            let positional = r
+                .positional
+                .iter()
+                .map(|p| serials.get(p).cloned().unwrap_or_else(|| p.clone()))
+                .collect();
+            let mut fields = r.fields.clone();
+            fields.retain(|k, _| !IMPLEMENTATION_FIELDS.contains(&k.as_str()));
+            (positional, fields)
+        })
+        .collect()
+}
+
+#[test]
+fn same_facts_under_both_vmms() {
+    if !require_kvm("same_facts_under_both_vmms") {
+        return;
+    }
+    let cmdline = "probe.run=blk probe.blk.sha=0:4096,4000:200 probe.blk.write=300:70 \
+                   probe.blk.zero=900:8 probe.blk.discard=1500:16";
+    let run = |hv: Hypervisor| {
+        let dir = tempdir();
+        let rw = dir.path().join("rw.img");
+        let ro = dir.path().join("ro.img");
+        make_image(&rw, 2, 21);
+        make_image(&ro, 1, 22);
+        let guest = Guest::probe(hv, cmdline)
+            .disk(Disk::new(&rw).num_queues(3).serial("rw-disk"))
+            .disk(Disk::new(&ro).readonly().serial("ro-disk"));
+        let report = run_blk(guest, dir.path());
+        (
+            blk_facts(&report),
+            std::fs::read(&rw).expect("read the image"),
+        )
+    };
+    let (qemu, qemu_image) = run(Hypervisor::Qemu);
+    let (vmm, vmm_image) = run(Hypervisor::Vmm);
+    assert_eq!(vmm, qemu, "blk facts differ (left: vmm, right: qemu)");
+    assert!(
+        vmm_image == qemu_image,
+        "the disk differs after the same requests"
+    );
+}

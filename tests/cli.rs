@@ -57,6 +57,12 @@ const KERNEL: &[&str] = &["--kernel", "/nonexistent/kernel"];
 #[case(&["--memory", "size=512M,shared=on", "--generic-vhost-user", "socket=/tmp/s,virtio_id=fs,queue_sizes=[512]"], "--generic-vhost-user")]
 #[case(&["--generic-vhost-user", "socket=/tmp/s,virtio_id=26,queue_sizes=[512,512]"], "shared=on")]
 #[case(&["--disk", "readonly=on"], "--disk")]
+#[case(&["--disk", "path=/tmp/d,num_queues=0"], "--disk")]
+#[case(&["--disk", "path=/tmp/d,queue_size=100"], "--disk")]
+#[case(&["--disk", "path=/tmp/d,cache=none"], "--disk")]
+#[case(&["--disk", "vhost_user=on,socket=/tmp/s"], "shared=on")]
+#[case(&["--console", "ptty"], "--console")]
+#[case(&["--serial", "tty"], "--console")]
 fn bad_values_are_one_clear_line_and_status_2(#[case] args: &[&str], #[case] names: &str) {
     let mut all = KERNEL.to_vec();
     all.extend_from_slice(args);

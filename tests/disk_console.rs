@@ -1,0 +1,267 @@
+//! `--disk` and `--console` as users get them wrong: missing, unusable and
+//! locked images each stop `vmm` at once with one message naming the
+//! option and the file (and, for a lock, who holds it); and the pty
+//! console, which a user opens by the path `vmm` prints.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use test_infra::host::require_kvm;
+use test_infra::process::Child;
+use test_infra::vmm::VmmCommand;
+use test_infra::ProbeReport;
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temporary directory")
+}
+
+/// The probe with `--disk DISK`, ended or not within `timeout`.
+fn probe_with_disk(dir: &Path, cmdline: &str, disk: &str) -> Child {
+    let mut cmd = VmmCommand::probe(cmdline).expect("probe guest");
+    cmd.arg("--disk").arg(disk);
+    cmd.spawn(dir).expect("vmm starts")
+}
+
+/// Start-up fails at once: status 1 and one line naming `--disk` and
+/// `what`.
+fn assert_refused(dir: &Path, disk: &str, what: &[&str]) {
+    let started = Instant::now();
+    let out = probe_with_disk(dir, "probe.run=boot", disk)
+        .wait(Duration::from_secs(20))
+        .expect("vmm exits");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(out.code(), Some(1), "{}", out.describe());
+    let error: Vec<&str> = out.stderr.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(error.len(), 1, "{}", out.describe());
+    for needle in ["--disk"].iter().chain(what) {
+        assert!(error[0].contains(needle), "no {needle:?} in {:?}", error[0]);
+    }
+    assert!(
+        !out.stdout.contains("probe: start"),
+        "the guest ran: {}",
+        out.describe()
+    );
+}
+
+#[test]
+fn a_missing_image_is_named() {
+    if !require_kvm("a_missing_image_is_named") {
+        return;
+    }
+    let dir = tempdir();
+    let path = dir.path().join("missing.img");
+    assert_refused(
+        dir.path(),
+        &format!("path={}", path.display()),
+        &["missing.img", "No such file"],
+    );
+}
+
+#[test]
+fn a_directory_or_a_fifo_is_not_an_image_and_never_blocks() {
+    if !require_kvm("a_directory_or_a_fifo_is_not_an_image_and_never_blocks") {
+        return;
+    }
+    let dir = tempdir();
+    assert_refused(
+        dir.path(),
+        &format!("path={}", dir.path().display()),
+        &["directory"],
+    );
+    let fifo = dir.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: a valid C string; the result is checked.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    for readonly in ["on", "off"] {
+        assert_refused(
+            dir.path(),
+            &format!("path={},readonly={readonly}", fifo.display()),
+            &["fifo", "not a regular file"],
+        );
+    }
+}
+
+#[test]
+fn a_read_only_file_needs_readonly_on() {
+    if !require_kvm("a_read_only_file_needs_readonly_on") {
+        return;
+    }
+    let dir = tempdir();
+    let path = dir.path().join("ro.img");
+    std::fs::write(&path, vec![0u8; 1 << 20]).expect("image");
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: a valid C string; the result is checked.
+    assert_eq!(unsafe { libc::chmod(c.as_ptr(), 0o444) }, 0);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert_refused(
+            dir.path(),
+            &format!("path={}", path.display()),
+            &["ro.img", "Permission denied"],
+        );
+    }
+    let run = probe_with_disk(
+        dir.path(),
+        "probe.run=boot",
+        &format!("path={},readonly=on", path.display()),
+    )
+    .wait(Duration::from_secs(20))
+    .expect("vmm exits");
+    let report = ProbeReport::parse(&run.stdout);
+    assert!(report.passed(), "{}", run.describe());
+}
+
+/// A writer holds the image alone; readers share it. The refusal names
+/// the holder's pid and program.
+#[test]
+fn an_image_in_use_is_refused_with_its_holder() {
+    if !require_kvm("an_image_in_use_is_refused_with_its_holder") {
+        return;
+    }
+    let dir = tempdir();
+    let path = dir.path().join("shared.img");
+    std::fs::write(&path, vec![0u8; 1 << 20]).expect("image");
+    let image = path.display().to_string();
+
+    let mut reader = probe_with_disk(
+        dir.path(),
+        "probe.run=spin",
+        &format!("path={image},readonly=on"),
+    );
+    assert!(
+        reader.wait_until(Duration::from_secs(20), |c| c
+            .stdout_so_far()
+            .contains("probe: start")),
+        "the first vmm did not start: {}",
+        reader.stderr_so_far()
+    );
+    // A second reader shares the image.
+    let second = probe_with_disk(
+        dir.path(),
+        "probe.run=boot",
+        &format!("path={image},readonly=on"),
+    )
+    .wait(Duration::from_secs(20))
+    .expect("vmm exits");
+    assert!(
+        ProbeReport::parse(&second.stdout).passed(),
+        "{}",
+        second.describe()
+    );
+    // A writer does not.
+    let holder = format!("process {} (vmm)", reader.id());
+    assert_refused(
+        dir.path(),
+        &format!("path={image}"),
+        &["shared.img", "locked", &holder],
+    );
+    reader.signal(libc::SIGTERM);
+    let out = reader.wait(Duration::from_secs(20)).expect("vmm exits");
+    assert_eq!(out.code(), Some(128 + libc::SIGTERM), "{}", out.describe());
+    // Once it is gone, the image is free.
+    let run = probe_with_disk(dir.path(), "probe.run=boot", &format!("path={image}"))
+        .wait(Duration::from_secs(20))
+        .expect("vmm exits");
+    assert!(
+        ProbeReport::parse(&run.stdout).passed(),
+        "{}",
+        run.describe()
+    );
+}
+
+#[test]
+fn console_output_that_cannot_be_created_is_named() {
+    if !require_kvm("console_output_that_cannot_be_created_is_named") {
+        return;
+    }
+    let dir = tempdir();
+    let mut cmd = VmmCommand::bare();
+    cmd.arg("--kernel")
+        .arg(test_infra::paths::probe_guest().expect("probe"))
+        .args(["--console", "file=/nonexistent/dir/console.log"]);
+    let out = cmd
+        .spawn(dir.path())
+        .expect("vmm starts")
+        .wait(Duration::from_secs(20))
+        .expect("vmm exits");
+    assert_eq!(out.code(), Some(1), "{}", out.describe());
+    assert!(out.stderr.contains("--console"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("/nonexistent/dir/console.log"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// `--console pty`: vmm says where the pty is; what the guest writes comes
+/// out of it and what we type there reaches the guest.
+#[test]
+fn a_pty_console_carries_both_ways() {
+    if !require_kvm("a_pty_console_carries_both_ways") {
+        return;
+    }
+    let dir = tempdir();
+    let mut cmd = VmmCommand::bare();
+    cmd.arg("--kernel")
+        .arg(test_infra::paths::probe_guest().expect("probe"))
+        .args([
+            "--cmdline",
+            "probe.run=console probe.console.tx=hello-from-the-guest probe.console.tx_bytes=0 \
+             probe.console.rx_end=END probe.console.timeout_ms=20000",
+            "--console",
+            "pty",
+            "--serial",
+            "tty",
+        ]);
+    let mut vmm = cmd.spawn(dir.path()).expect("vmm starts");
+    assert!(
+        vmm.wait_until(Duration::from_secs(20), |c| c
+            .stderr_so_far()
+            .contains("pty: /dev/pts/")),
+        "no pty path: {}",
+        vmm.stderr_so_far()
+    );
+    let stderr = vmm.stderr_so_far();
+    let path = stderr
+        .lines()
+        .find_map(|l| l.split("pty: ").nth(1))
+        .expect("pty path")
+        .trim()
+        .to_string();
+    assert!(stderr.contains("--console pty: /dev/pts/"), "{stderr}");
+    let mut pty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("open the pty");
+    // The guest's output arrives first...
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !String::from_utf8_lossy(&seen).contains("hello-from-the-guest") {
+        assert!(Instant::now() < deadline, "pty gave only {seen:?}");
+        let mut buf = [0u8; 256];
+        let n = pty.read(&mut buf).expect("read the pty");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    // ...then our input reaches it.
+    pty.write_all(b"typed at the pty\nEND\n")
+        .expect("write the pty");
+    let out = vmm.wait(Duration::from_secs(30)).expect("vmm exits");
+    let report = ProbeReport::parse(&out.stdout);
+    assert!(report.passed(), "{}", out.describe());
+    let rx = report
+        .first_at("console", "rx")
+        .expect("a console rx record");
+    assert_eq!(rx.get("end"), Some("line"), "{}", out.describe());
+    assert_eq!(
+        rx.number("bytes"),
+        Some("typed at the pty\nEND\n".len() as u64),
+        "{}",
+        out.describe()
+    );
+}

@@ -417,6 +417,21 @@ impl VirtioDevice for GenericVhostUser {
             data.fill(0);
             return Ok(());
         }
+        // The whole window from offset 0, sliced here, as QEMU reads it:
+        // backends on QEMU's libvhost-user (qemu-storage-daemon's
+        // vhost-user-blk among them) answer from offset 0 whatever offset
+        // is asked. A refusal is a failed access like any other; a
+        // backend whose config is shorter than the window needs
+        // `config_size=` to say so.
+        let window = self.params.config_len.min(get_config::MAX_SIZE);
+        let end = offset as usize + data.len();
+        if end <= window as usize {
+            let payload = self.request_on("GET_CONFIG", |link| {
+                get_config::get_config(&link.socket, 0, window)
+            })?;
+            data.copy_from_slice(&payload[offset as usize..end]);
+            return Ok(());
+        }
         let len = data.len() as u32;
         let payload = self.request_on("GET_CONFIG", |link| {
             get_config::get_config(&link.socket, offset, len)

@@ -2,6 +2,7 @@
 //! under `vmm` or QEMU, and turns its serial output into typed records.
 
 pub mod conformance;
+pub mod conformance_linux;
 pub mod console;
 pub mod digest;
 pub mod disk;

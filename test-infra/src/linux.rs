@@ -144,6 +144,8 @@ pub const GUEST_PREFIX: &str = "linux: ";
 pub struct GuestInit {
     script: String,
     modules: Vec<String>,
+    /// Loaded when the script calls `load_late`.
+    late_modules: Vec<String>,
     files: Vec<(String, Vec<u8>)>,
 }
 
@@ -152,6 +154,7 @@ impl GuestInit {
         GuestInit {
             script: script.to_string(),
             modules: Vec::new(),
+            late_modules: Vec::new(),
             files: Vec::new(),
         }
     }
@@ -163,6 +166,15 @@ impl GuestInit {
         self
     }
 
+    /// Modules the script loads itself, when it calls `load_late` (after
+    /// it has noted the kernel log, say); dependencies the early modules
+    /// brought are not loaded twice.
+    pub fn late_modules(mut self, names: &[&str]) -> Self {
+        self.late_modules
+            .extend(names.iter().map(|n| n.to_string()));
+        self
+    }
+
     /// A file at `path` (relative, e.g. `bin/tool`), mode 0755.
     pub fn file(mut self, path: &str, body: Vec<u8>) -> Self {
         self.files.push((path.to_string(), body));
@@ -171,18 +183,30 @@ impl GuestInit {
 
     /// The archive's bytes.
     pub fn build(&self) -> Result<Vec<u8>, String> {
-        let names: Vec<&str> = self.modules.iter().map(String::as_str).collect();
-        let modules = if names.is_empty() {
-            Vec::new()
-        } else {
-            module_closure(&names)?
+        let closure = |names: &[String]| -> Result<Vec<(String, PathBuf)>, String> {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            if names.is_empty() {
+                Ok(Vec::new())
+            } else {
+                module_closure(&names)
+            }
         };
-        let mut load = String::new();
-        for (name, _) in &modules {
-            load.push_str(&format!(
-                "insmod /lib/modules/{name}.ko || report error what=\"insmod {name} failed\"\n"
-            ));
-        }
+        let modules = closure(&self.modules)?;
+        let late: Vec<(String, PathBuf)> = closure(&self.late_modules)?
+            .into_iter()
+            .filter(|(name, _)| !modules.iter().any(|(early, _)| early == name))
+            .collect();
+        let insmod = |list: &[(String, PathBuf)]| {
+            list.iter()
+                .map(|(name, _)| {
+                    format!(
+                        "insmod /lib/modules/{name}.ko || report error what=\"insmod {name} failed\"\n"
+                    )
+                })
+                .collect::<String>()
+        };
+        let load = insmod(&modules);
+        let load_late = format!("load_late() {{\n{}:\n}}\n", insmod(&late));
         let init = format!(
             "#!/bin/busybox sh\n\
              /bin/busybox --install -s /bin\n\
@@ -191,13 +215,13 @@ impl GuestInit {
              mount -t sysfs sys /sys\n\
              mount -t devtmpfs dev /dev\n\
              report() {{ echo \"{GUEST_PREFIX}$*\"; }}\n\
-             {load}{script}\n\
+             {load_late}{load}{script}\n\
              poweroff -f\n",
             script = self.script
         );
         let mut cpio = Cpio::new();
         cpio.busybox_root(&read(&busybox()?)?, &init).dir("mnt");
-        for (name, path) in &modules {
+        for (name, path) in modules.iter().chain(&late) {
             cpio.file(&format!("lib/modules/{name}.ko"), 0o644, &read(path)?);
         }
         for (path, body) in &self.files {

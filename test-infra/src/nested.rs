@@ -90,8 +90,11 @@ mkdir -p /host /work
 if ! mount -t virtiofs host /host; then
   say error what="cannot mount the host share"; poweroff -f
 fi
+HOSTROOT=
+mkdir -p /hostroot
+if mount -t virtiofs hostroot /hostroot 2>/dev/null; then HOSTROOT=/hostroot; fi
 say l1-ready uptime=$(cut -d' ' -f1 /proc/uptime) kvm=$(grep -c -w svm /proc/cpuinfo)
-export {exports} IN=/host/in OUT=/host/out WORK=/work
+export {exports} IN=/host/in OUT=/host/out WORK=/work HOSTROOT
 cd /work
 sh /host/in/scenario.sh
 say scenario-exit=$?
@@ -202,6 +205,8 @@ pub fn l1_image(payloads: &[Payload]) -> Result<PathBuf, String> {
 pub struct L1Shape {
     pub memory_mib: u64,
     pub cpus: u8,
+    /// Share the host's `/` as `$HOSTROOT`.
+    pub host_root: bool,
 }
 
 /// Boots L1 with `share` (holding `in/scenario.sh`) mounted at `/host`,
@@ -216,6 +221,13 @@ pub fn boot_l1(
     let image = l1_image(&payloads)?;
     let kernel = linux::debian_kernel()?;
     let fs = Virtiofsd::start_sharing(dir, "host", share)?;
+    // The host's whole file system, for programs of the host run in L1
+    // (`start_host_program` chroots into it): only when asked.
+    let root = if shape.host_root {
+        Some(Virtiofsd::start_sharing(dir, "hostroot", Path::new("/"))?)
+    } else {
+        None
+    };
     let mut qemu = crate::qemu::QemuCommand::linux(&kernel, &image, "console=ttyS0 quiet panic=-1");
     qemu.tcg()
         .memory_mib(shape.memory_mib)
@@ -225,6 +237,15 @@ pub fn boot_l1(
         .arg(format!("socket,id=host,path={}", fs.socket().display()))
         .arg("-device")
         .arg("vhost-user-fs-pci,chardev=host,tag=host");
+    if let Some(root) = &root {
+        qemu.arg("-chardev")
+            .arg(format!(
+                "socket,id=hostroot,path={}",
+                root.socket().display()
+            ))
+            .arg("-device")
+            .arg("vhost-user-fs-pci,chardev=hostroot,tag=hostroot");
+    }
     let command = qemu.command()?;
     let output = Child::spawn("l1", command, dir)
         .map_err(|e| e.to_string())?

@@ -75,6 +75,31 @@ start_vmm_as_given() {
     echo $? >"$WORK/vmm-$name.rc" ) &
 }
 run_vmm_as_given() { start_vmm_as_given "$@"; wait_vmm "$1" $(( $2 + 5 )); }
+# start_host_program NAME DIR ARGV...: a program of the host, run as on the
+# host (nested: chrooted into the host's root, which Scenario::host_programs
+# shares), with the host directory DIR on L1's own memory so that sockets it
+# makes there can be reached; prints where the script finds DIR. Output
+# goes to $OUT/NAME.log, the pid to $WORK/NAME.pid.
+start_host_program() {
+  name=$1 dir=$2; shift 2
+  if [ -n "$HOSTROOT" ]; then
+    mkdir -p "$WORK/$name.d"
+    for fs in proc sys dev; do
+      if ! grep -q " $HOSTROOT/$fs " /proc/mounts; then
+        case $fs in proc) mount -t proc proc "$HOSTROOT/proc" ;; sys) mount -t sysfs sys "$HOSTROOT/sys" ;; dev) mount --bind /dev "$HOSTROOT/dev" ;; esac
+      fi
+    done
+    mount --bind "$WORK/$name.d" "$HOSTROOT$dir"
+    chroot "$HOSTROOT" "$@" >>"$OUT/$name.log" 2>&1 </dev/null &
+    echo $! >"$WORK/$name.pid"
+    echo "$WORK/$name.d"
+  else
+    mkdir -p "$dir"
+    "$@" >>"$OUT/$name.log" 2>&1 </dev/null &
+    echo $! >"$WORK/$name.pid"
+    echo "$dir"
+  fi
+}
 "#;
 
 /// Where the Linux tier runs `vmm`, decided once per run and said once.
@@ -137,6 +162,7 @@ impl Scenario {
             l1: L1Shape {
                 memory_mib: 2048,
                 cpus: 1,
+                host_root: false,
             },
         })
     }
@@ -182,7 +208,15 @@ impl Scenario {
     /// L1's memory and vCPUs (nested only): room for the guests' memory and
     /// threads.
     pub fn l1(&mut self, memory_mib: u64, cpus: u8) -> &mut Self {
-        self.l1 = L1Shape { memory_mib, cpus };
+        self.l1.memory_mib = memory_mib;
+        self.l1.cpus = cpus;
+        self
+    }
+
+    /// Lets the script run programs of the host (`start_host_program`):
+    /// nested, L1 mounts the host's `/` and chroots into it.
+    pub fn host_programs(&mut self) -> &mut Self {
+        self.l1.host_root = true;
         self
     }
 
@@ -230,7 +264,8 @@ impl Scenario {
             .current_dir(&work)
             .env("IN", self.dir.path().join("share/in"))
             .env("OUT", self.dir.path().join("share/out"))
-            .env("WORK", &work);
+            .env("WORK", &work)
+            .env("HOSTROOT", "");
         for p in nested::payloads()? {
             command.env(p.var, &p.host_path);
         }

@@ -1,0 +1,597 @@
+//! The conformance runner's Linux tier: Debian's kernel under `vmm` with
+//! the backend attached through `--generic-vhost-user`, the type's own
+//! Linux driver loaded, and the driver made to work (nested in an L1 where
+//! this host has no hardware virtualization). The backend runs exactly as
+//! the user gave it, as a program of this host (`start_host_program`).
+//!
+//! What each type's check asks of the driver is in `type_script`; every
+//! type's run also has its kernel log scanned, after the driver loaded,
+//! for errors, warnings, oopses and hung tasks, which fail the check with
+//! the lines quoted.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::conformance::{Check, Status};
+use crate::linux::GuestInit;
+use crate::probe::ProbeReport;
+use crate::scenario::{Scenario, ScenarioRun};
+
+pub const TIER: &str = "linux";
+
+/// What the Linux tier needs to know of the device and its backend.
+#[derive(Debug, Clone)]
+pub struct LinuxTierSpec {
+    pub virtio_id: u32,
+    pub queue_sizes: Vec<u32>,
+    pub config_size: Option<u32>,
+    /// The backend's command line, `{socket}` standing for its socket and
+    /// `{dir}` for a scratch directory beside it. Nested, `{dir}` is on
+    /// L1's own memory: virtiofsd cannot serve a directory that is itself
+    /// on virtio-fs (new files come back as stale handles), so a share for
+    /// the Linux tier belongs there.
+    pub backend: Vec<String>,
+    /// What the backend adds to the path it is given (vhost-device-rng
+    /// listens on `PATH0`).
+    pub socket_suffix: String,
+    /// virtio-fs: the tag to mount.
+    pub fs_tag: Option<String>,
+    /// vsock: the host Unix socket the backend forwards guest
+    /// connections to (vhost-device-vsock's `uds-path`); port P is
+    /// `PATH_P`.
+    pub vsock_host_socket: Option<String>,
+    /// The config bytes, when the probe tier read them (sound's stream
+    /// count, block's capacity).
+    pub config: Option<Vec<u8>>,
+    pub timeout: Duration,
+}
+
+/// The Linux driver's modules for a type, and the name of the check.
+fn driver(virtio_id: u32) -> Option<(&'static [&'static str], &'static str)> {
+    Some(match virtio_id {
+        1 => (&["virtio_net"], "net"),
+        2 => (&["virtio_blk"], "block"),
+        3 => (&["virtio_console"], "console"),
+        4 => (&["virtio_rng"], "rng"),
+        8 => (&["virtio_scsi", "sd_mod"], "scsi"),
+        18 => (&["virtio_input"], "input"),
+        19 => (&["vmw_vsock_virtio_transport"], "vsock"),
+        25 => (&["virtio_snd"], "sound"),
+        26 => (&["virtiofs"], "fs"),
+        29 => (&["gpio_virtio"], "gpio"),
+        34 => (&["i2c_virtio"], "i2c"),
+        _ => return None,
+    })
+}
+
+/// The static helper the vsock check runs in the guest and on the host.
+const VSOCK_PROGRAM: &str = include_str!("conformance_linux/vsock-echo.c");
+
+/// A marker each direction of I/O carries, unlikely in any log.
+const MARKER: &str = "conformance-7f3a";
+
+/// The guest's script for the type: `report` records the runner judges.
+fn type_script(name: &str, spec: &LinuxTierSpec) -> String {
+    match name {
+        "fs" => format!(
+            r#"tag={tag}
+mkdir -p /mnt
+if mount -t virtiofs "$tag" /mnt; then
+  report fs mounted=1
+  head -c 1048577 /dev/urandom > /tmp/w
+  cp /tmp/w /mnt/.{MARKER}-file 2>/tmp/err || report fs error what=\"$(tail -n1 /tmp/err)\"
+  sync
+  echo 3 > /proc/sys/vm/drop_caches
+  report fs io wrote=$(sha256sum /tmp/w | cut -d' ' -f1) read=$(sha256sum /mnt/.{MARKER}-file 2>/tmp/err | cut -d' ' -f1)
+  [ -s /tmp/err ] && report fs error what=\"$(tail -n1 /tmp/err)\"
+  ok=1
+  mkdir /mnt/.{MARKER}-dir || ok=0
+  mv /mnt/.{MARKER}-file /mnt/.{MARKER}-dir/renamed || ok=0
+  ln -s renamed /mnt/.{MARKER}-dir/link || ok=0
+  [ "$(readlink /mnt/.{MARKER}-dir/link)" = renamed ] || ok=0
+  rm /mnt/.{MARKER}-dir/link /mnt/.{MARKER}-dir/renamed || ok=0
+  rmdir /mnt/.{MARKER}-dir || ok=0
+  [ ! -e /mnt/.{MARKER}-dir ] || ok=0
+  report fs namespace ok=$ok
+  umount /mnt && report fs unmounted=1
+else
+  report fs mounted=0
+fi"#,
+            tag = spec.fs_tag.as_deref().unwrap_or("myfs")
+        ),
+        "block" => format!(
+            r#"n=0; while [ ! -b /dev/vda ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
+if [ -b /dev/vda ]; then
+  sectors=$(cat /sys/block/vda/size)
+  report block size sectors=$sectors ro=$(cat /sys/block/vda/ro)
+  # The last MiB (or all of a smaller disk): saved, overwritten, read back
+  # past the page cache, restored.
+  count=$(( sectors < 2048 ? sectors : 2048 ))
+  skip=$(( sectors - count ))
+  if dd if=/dev/vda of=/tmp/orig bs=512 skip=$skip count=$count 2>/tmp/dd.err; then
+    report block read-end ok=1 sha=$(sha256sum /tmp/orig | cut -d' ' -f1)
+  else
+    report block read-end ok=0 error=\"$(tail -n1 /tmp/dd.err)\"
+  fi
+  if [ "$(cat /sys/block/vda/ro)" = 0 ]; then
+    head -c $(( count * 512 )) /dev/urandom > /tmp/pat
+    dd if=/tmp/pat of=/dev/vda bs=512 seek=$skip conv=fsync 2>/dev/null
+    sync; echo 3 > /proc/sys/vm/drop_caches
+    dd if=/dev/vda of=/tmp/back bs=512 skip=$skip count=$count 2>/dev/null
+    report block write wrote=$(sha256sum /tmp/pat | cut -d' ' -f1) read=$(sha256sum /tmp/back | cut -d' ' -f1)
+    dd if=/tmp/orig of=/dev/vda bs=512 seek=$skip conv=fsync 2>/dev/null && sync && report block restored=1
+  fi
+fi"#
+        ),
+        "rng" => r#"if [ -c /dev/hwrng ]; then
+  report rng current=\"$(cat /sys/class/misc/hw_random/rng_current)\"
+  report rng distinct=$(head -c 1024 /dev/hwrng | od -An -v -tx1 | tr -s ' ' '\n' | grep . | sort -u | wc -l)
+else
+  report rng hwrng=0
+fi"#
+        .to_string(),
+        "console" => format!(
+            r#"n=0; while [ ! -c /dev/hvc0 ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
+if [ -c /dev/hvc0 ]; then
+  report console port=hvc0
+  echo "guest-says-{MARKER}" > /dev/hvc0
+  report console wrote=1
+else
+  report console port=none
+fi"#
+        ),
+        "vsock" => r#"if [ -e /dev/vsock ]; then
+  report vsock cid=$(/bin/vsock-echo cid)
+  report vsock echo=\"$(/bin/vsock-echo connect 2 5000 conformance-7f3a-vsock)\"
+else
+  report vsock dev=none
+fi"#
+        .to_string(),
+        "sound" => r#"n=0; while ! grep -q . /proc/asound/cards 2>/dev/null && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
+report sound cards=\"$(grep -v '^ ' /proc/asound/cards | tr -s ' ' | head -n1)\"
+report sound pcms=$(ls -d /proc/asound/card0/pcm* 2>/dev/null | wc -l)
+report sound streams=$(cat /proc/asound/card0/pcm*/info 2>/dev/null | grep -c '^stream:')"#
+            .to_string(),
+        "scsi" => r#"n=0; while [ ! -b /dev/sda ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+if [ -b /dev/sda ]; then
+  sectors=$(cat /sys/block/sda/size)
+  report scsi disk=sda sectors=$sectors
+  count=$(( sectors < 2048 ? sectors : 2048 ))
+  skip=$(( sectors - count ))
+  dd if=/dev/sda of=/tmp/orig bs=512 skip=$skip count=$count 2>/dev/null
+  head -c $(( count * 512 )) /dev/urandom > /tmp/pat
+  dd if=/tmp/pat of=/dev/sda bs=512 seek=$skip conv=fsync 2>/dev/null
+  sync; echo 3 > /proc/sys/vm/drop_caches
+  dd if=/dev/sda of=/tmp/back bs=512 skip=$skip count=$count 2>/dev/null
+  report scsi write wrote=$(sha256sum /tmp/pat | cut -d' ' -f1) read=$(sha256sum /tmp/back | cut -d' ' -f1)
+  dd if=/tmp/orig of=/dev/sda bs=512 seek=$skip conv=fsync 2>/dev/null && sync && report scsi restored=1
+else
+  report scsi disk=none
+fi"#
+        .to_string(),
+        "net" => r#"for d in /sys/class/net/*; do
+  [ "$(basename $d)" = lo ] && continue
+  report net link=$(basename $d) mac=$(cat $d/address)
+done"#
+            .to_string(),
+        _ => String::new(),
+    }
+}
+
+/// Finds the device, says whether its driver bound, scans the kernel log
+/// from `$mark` (lines seen before the driver loaded are not its own).
+const COMMON_TAIL: &str = r#"dev=
+for d in /sys/bus/virtio/devices/*; do
+  [ "$(cat $d/device)" = "$want" ] && dev=$d
+done
+if [ -n "$dev" ]; then
+  report device path=$(basename $dev) driver=$(basename "$(readlink $dev/driver)" 2>/dev/null) status=$(cat $dev/status)
+else
+  report device path=none
+fi
+sleep 1
+dmesg -r | tail -n +$((mark + 1)) > /tmp/klog
+grep -E '^<[0-4]>|Oops|BUG:|Call Trace|hung_task|blocked for more than' /tmp/klog | head -n 20 > /tmp/bad
+report klog lines=$(wc -l < /tmp/klog) bad=$(wc -l < /tmp/bad)
+while read -r line; do report klog-line text=\"$(echo "$line" | tr -d '"\\')\"; done < /tmp/bad"#;
+
+/// Runs the Linux tier for `spec`; `work` is a host directory of the
+/// runner's (for the backend's socket and files).
+pub fn linux_tier(spec: &LinuxTierSpec, work: &Path) -> Vec<Check> {
+    let started = Instant::now();
+    let Some((modules, name)) = driver(spec.virtio_id) else {
+        return vec![skip(
+            "driver",
+            &format!("Linux has no driver for device ID {}", spec.virtio_id),
+        )];
+    };
+    match run_scenario(spec, work, modules, name) {
+        Ok(run) => judge(spec, name, &run, started.elapsed()),
+        Err(e) => vec![fail("boot", &e, started.elapsed())],
+    }
+}
+
+fn run_scenario(
+    spec: &LinuxTierSpec,
+    work: &Path,
+    modules: &[&str],
+    name: &str,
+) -> Result<ScenarioRun, String> {
+    let mut s = Scenario::new(&format!("conformance-{name}"))?;
+    s.host_programs().timeout(spec.timeout);
+    let sock_dir = work.join("sockets");
+    std::fs::create_dir_all(&sock_dir).map_err(|e| format!("{}: {e}", sock_dir.display()))?;
+    let mut init = GuestInit::new(&format!(
+        "want=$(printf '0x%04x' {id})\n\
+         mark=$(dmesg -r | wc -l)\n\
+         load_late\n\
+         {script}\n\
+         {COMMON_TAIL}",
+        id = spec.virtio_id,
+        script = type_script(name, spec),
+    ))
+    .modules(&["virtio_pci"]);
+    // The type's modules load after the mark, so their complaints count.
+    init = init.late_modules(modules);
+    if name == "vsock" {
+        init = init.file("bin/vsock-echo", build_vsock_program(work)?);
+    }
+    s.guest("guest.cpio", &init)?;
+    let backend: Vec<String> = spec
+        .backend
+        .iter()
+        .map(|a| {
+            a.replace(
+                "{socket}",
+                &sock_dir.join("backend.sock").display().to_string(),
+            )
+            .replace("{dir}", &sock_dir.display().to_string())
+        })
+        .collect();
+    let quoted: Vec<String> = backend.iter().map(|a| shell_quote(a)).collect();
+    let mut queues = spec
+        .queue_sizes
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    queues = format!("[{queues}]");
+    let config_size = spec
+        .config_size
+        .map(|n| format!(",config_size={n}"))
+        .unwrap_or_default();
+    let vsock_server = match (&spec.vsock_host_socket, name) {
+        (Some(path), "vsock") => format!(
+            "$IN/vsock-echo serve {} &\nsleep 0.5\n",
+            shell_quote(&format!("{path}_5000"))
+        ),
+        _ => String::new(),
+    };
+    if name == "vsock" && spec.vsock_host_socket.is_some() {
+        s.input("vsock-echo", &build_vsock_program(work)?)?;
+    }
+    s.script(&format!(
+        "chmod +x $IN/vsock-echo 2>/dev/null\n\
+         socks=$(start_host_program backend {sock_dir} {argv})\n\
+         wait_file \"$socks/backend.sock{suffix}\" 30 || record error what=\"the backend made no socket within 30s\"\n\
+         {vsock_server}\
+         run_vmm guest 150 --memory size=512M,shared=on --kernel \"$VMLINUX\" \
+         --initramfs \"$IN/guest.cpio\" --cmdline 'console=ttyS0 quiet panic=-1' --console off \
+         --generic-vhost-user \"socket=$socks/backend.sock{suffix},virtio_id={id},queue_sizes={queues}{config_size}\"\n\
+         kill $(cat $WORK/backend.pid) 2>/dev/null",
+        sock_dir = shell_quote(&sock_dir.display().to_string()),
+        argv = quoted.join(" "),
+        id = spec.virtio_id,
+        suffix = spec.socket_suffix,
+    ));
+    s.run()
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// `vsock-echo` built static with the installed C compiler, once.
+fn build_vsock_program(work: &Path) -> Result<Vec<u8>, String> {
+    let src = work.join("vsock-echo.c");
+    let bin = work.join("vsock-echo");
+    if !bin.exists() {
+        std::fs::write(&src, VSOCK_PROGRAM).map_err(|e| format!("{}: {e}", src.display()))?;
+        let out = std::process::Command::new("cc")
+            .args(["-static", "-O2", "-o"])
+            .arg(&bin)
+            .arg(&src)
+            .output()
+            .map_err(|e| format!("cc: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "building vsock-echo: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    std::fs::read(&bin).map_err(|e| format!("{}: {e}", bin.display()))
+}
+
+fn check(name: &'static str, outcome: Result<String, String>, elapsed: Duration) -> Check {
+    let (status, detail) = match outcome {
+        Ok(seen) => (Status::Pass, seen),
+        Err(why) => (Status::Fail, why),
+    };
+    Check {
+        tier: TIER,
+        name,
+        status,
+        detail,
+        elapsed,
+    }
+}
+
+fn fail(name: &'static str, why: &str, elapsed: Duration) -> Check {
+    check(name, Err(why.to_string()), elapsed)
+}
+
+fn skip(name: &'static str, why: &str) -> Check {
+    Check {
+        tier: TIER,
+        name,
+        status: Status::Skip,
+        detail: why.to_string(),
+        elapsed: Duration::ZERO,
+    }
+}
+
+fn judge(spec: &LinuxTierSpec, name: &str, run: &ScenarioRun, elapsed: Duration) -> Vec<Check> {
+    let guest = run.guest("guest");
+    let mut checks = Vec::new();
+    let tail = |text: &str| {
+        let lines: Vec<&str> = text.lines().rev().take(8).collect();
+        lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+    };
+    let device = guest.first("device");
+    let Some(device) = device else {
+        let why = match run.vmm_exit("guest") {
+            Some(code) => format!(
+                "the guest reported no device (vmm exit {code}); vmm: {}; backend: {}",
+                tail(&run.out_file("guest.vmm.log")),
+                tail(&run.out_file("backend.log"))
+            ),
+            None => format!(
+                "the guest did not finish; backend: {}",
+                tail(&run.out_file("backend.log"))
+            ),
+        };
+        checks.push(fail("boot", &why, elapsed));
+        return checks;
+    };
+    checks.push(check(
+        "driver",
+        match (device.get("path"), device.get("driver")) {
+            (Some("none"), _) | (None, _) => Err("no virtio device of this type in sysfs".into()),
+            (Some(path), Some(driver)) if !driver.is_empty() => Ok(format!(
+                "{path} bound to {driver}, status {}",
+                device.get("status").unwrap_or("?")
+            )),
+            (Some(path), _) => Err(format!(
+                "{path} has no driver bound (status {})",
+                device.get("status").unwrap_or("?")
+            )),
+        },
+        elapsed,
+    ));
+    checks.push(check(
+        name_static(name),
+        type_outcome(name, spec, &guest, run),
+        elapsed,
+    ));
+    let klog = guest.first("klog");
+    let bad: Vec<String> = guest
+        .all("klog-line")
+        .filter_map(|r| r.get("text").map(str::to_string))
+        .collect();
+    checks.push(check(
+        "kernel-log",
+        match klog {
+            None => Err("the guest did not report its kernel log".into()),
+            Some(_) if bad.is_empty() => Ok("no errors, warnings, oopses or hung tasks".into()),
+            Some(_) => Err(format!("the kernel complained: {}", bad.join(" | "))),
+        },
+        elapsed,
+    ));
+    checks
+}
+
+/// The end of a log, on one line, for a failure's detail.
+fn last_lines(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().rev().take(6).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+}
+
+fn name_static(name: &str) -> &'static str {
+    match name {
+        "fs" => "fs-mount-io",
+        "block" => "block-size-io",
+        "rng" => "rng-hwrng",
+        "console" => "console-port",
+        "vsock" => "vsock-connect",
+        "sound" => "sound-card",
+        "scsi" => "scsi-disk",
+        "net" => "net-link",
+        _ => "binds",
+    }
+}
+
+fn type_outcome(
+    name: &str,
+    spec: &LinuxTierSpec,
+    guest: &ProbeReport,
+    run: &ScenarioRun,
+) -> Result<String, String> {
+    let at = |word: &str| guest.first_at(name, word);
+    let none = || format!("no {name} record from the guest");
+    match name {
+        "fs" => {
+            let io = at("io").ok_or_else(|| "the mount failed".to_string())?;
+            if io.get("wrote") != io.get("read") {
+                let errors: Vec<&str> = guest.all("fs").filter_map(|r| r.get("what")).collect();
+                return Err(format!(
+                    "read back {:?}, wrote {:?}: {}; backend: {}",
+                    io.get("read"),
+                    io.get("wrote"),
+                    errors.join(" | "),
+                    last_lines(&run.out_file("backend.log"))
+                ));
+            }
+            match at("namespace").and_then(|r| r.get("ok")) {
+                Some("1") => {}
+                _ => return Err("mkdir, rename, symlink, unlink or rmdir failed".into()),
+            }
+            if at("unmounted").is_none() && guest.all("fs").all(|r| r.get("unmounted").is_none()) {
+                return Err("umount failed".into());
+            }
+            Ok("mounted; 1 MiB + 1 written and read back with the same sha256; mkdir, rename, symlink, unlink, rmdir; unmounted".into())
+        }
+        "block" => {
+            let size = at("size").ok_or_else(none)?;
+            let sectors = size.number("sectors").unwrap_or(0);
+            if let Some(capacity) = spec.config.as_deref().and_then(|c| c.get(0..8)) {
+                let capacity = u64::from_le_bytes(capacity.try_into().unwrap_or_default());
+                if capacity != sectors {
+                    return Err(format!(
+                        "Linux shows {sectors} sectors, the config says {capacity}"
+                    ));
+                }
+            }
+            match at("read-end") {
+                Some(r) if r.get("ok") == Some("1") => {}
+                Some(r) => {
+                    return Err(format!(
+                        "reading the last sectors of the {sectors} the config announces failed: {}",
+                        r.get("error").unwrap_or("?")
+                    ))
+                }
+                None => return Err(none()),
+            }
+            if size.get("ro") == Some("1") {
+                return Ok(format!("{sectors} sectors, read-only, last MiB read"));
+            }
+            let write = at("write").ok_or_else(|| "no write record".to_string())?;
+            if write.get("wrote") != write.get("read") {
+                return Err(format!(
+                    "read back {:?} after writing {:?}",
+                    write.get("read"),
+                    write.get("wrote")
+                ));
+            }
+            if guest.all("block").all(|r| r.get("restored").is_none()) {
+                return Err("restoring the original sectors failed".into());
+            }
+            Ok(format!("{sectors} sectors as the config says; last MiB written, synced, read back with the same sha256, restored"))
+        }
+        "rng" => {
+            let distinct = guest
+                .all("rng")
+                .find_map(|r| r.number("distinct"))
+                .ok_or_else(|| "no /dev/hwrng".to_string())?;
+            if distinct < 128 {
+                return Err(format!(
+                    "only {distinct} distinct values in 1 KiB from /dev/hwrng"
+                ));
+            }
+            Ok(format!(
+                "1 KiB from /dev/hwrng, {distinct} distinct byte values"
+            ))
+        }
+        "console" => {
+            let port = guest
+                .all("console")
+                .find_map(|r| r.get("port"))
+                .ok_or_else(none)?;
+            if port == "none" {
+                return Err("no /dev/hvc0".into());
+            }
+            let seen = run
+                .out_file("backend.log")
+                .contains(&format!("guest-says-{MARKER}"));
+            if seen {
+                Ok("hvc0 appeared; the guest's line reached the backend's output".into())
+            } else {
+                Ok("hvc0 appeared and took the guest's line (the backend's side is not on its output: not checked)".into())
+            }
+        }
+        "vsock" => {
+            let echo = guest.all("vsock").find_map(|r| r.get("echo"));
+            match (echo, &spec.vsock_host_socket) {
+                (_, None) => Err(
+                    "give --vsock-host-socket (the backend's uds-path) to check a connection"
+                        .into(),
+                ),
+                (Some(e), Some(_)) if e.contains("conformance-7f3a-vsock") => Ok(format!(
+                    "guest connected to the host (CID 2, port 5000): {e}"
+                )),
+                (e, Some(_)) => Err(format!("no echo through the backend: {e:?}")),
+            }
+        }
+        "sound" => {
+            let cards = guest
+                .all("sound")
+                .find_map(|r| r.get("cards"))
+                .unwrap_or("");
+            let pcms = guest
+                .all("sound")
+                .find_map(|r| r.number("pcms"))
+                .unwrap_or(0);
+            if cards.is_empty() {
+                return Err("no ALSA card in /proc/asound/cards".into());
+            }
+            let announced = spec
+                .config
+                .as_deref()
+                .and_then(|c| c.get(4..8))
+                .map(|s| u32::from_le_bytes(s.try_into().unwrap_or_default()));
+            let streams = guest
+                .all("sound")
+                .find_map(|r| r.number("streams"))
+                .unwrap_or(0);
+            if let Some(n) = announced {
+                if u64::from(n) != streams {
+                    return Err(format!(
+                        "{streams} PCM streams in /proc/asound, the config announces {n}"
+                    ));
+                }
+            }
+            Ok(format!(
+                "card {cards:?}, {pcms} PCM device(s), {streams} stream(s)"
+            ))
+        }
+        "scsi" => {
+            let disk = guest
+                .all("scsi")
+                .find_map(|r| r.get("disk"))
+                .ok_or_else(none)?;
+            if disk == "none" {
+                return Err("no SCSI disk appeared".into());
+            }
+            let write = at("write").ok_or_else(|| "no write record".to_string())?;
+            if write.get("wrote") != write.get("read") {
+                return Err("the last MiB read back differs from what was written".into());
+            }
+            Ok(
+                "a disk appeared; its last MiB written, read back with the same sha256, restored"
+                    .into(),
+            )
+        }
+        "net" => {
+            let link = guest
+                .all("net")
+                .find(|r| r.get("link").is_some())
+                .ok_or_else(|| "no link appeared".to_string())?;
+            Ok(format!(
+                "{} with MAC {}",
+                link.get("link").unwrap_or("?"),
+                link.get("mac").unwrap_or("?")
+            ))
+        }
+        _ => Ok("the driver bound".into()),
+    }
+}

@@ -14,7 +14,7 @@ const SECTOR: u64 = 512;
 /// A raw image of `size` bytes at `path`: an MBR with one Linux partition
 /// from 1 MiB to the end, holding an ext4 file system with `root`'s tree.
 pub fn ext4_disk(path: &Path, size: u64, root: &Path) -> Result<(), String> {
-    if size <= PARTITION_START + (8 << 20) || size % SECTOR != 0 {
+    if size <= PARTITION_START + (8 << 20) || !size.is_multiple_of(SECTOR) {
         return Err(format!("{size} bytes is too small or not whole sectors"));
     }
     let file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;

@@ -161,10 +161,11 @@ fn make_image(path: &Path) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// The file system type of `dir`, as `stat -f` names it.
+/// The type of the file system `dir` is on, as `findmnt` names it
+/// (`stat -f` says ext2/ext3 for ext4).
 fn fs_type(dir: &Path) -> String {
-    Command::new("stat")
-        .args(["-f", "-c", "%T"])
+    Command::new("findmnt")
+        .args(["-n", "-o", "FSTYPE", "-T"])
         .arg(dir)
         .output()
         .ok()

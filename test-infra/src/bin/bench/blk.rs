@@ -268,7 +268,6 @@ pub fn blk_bench(runs: usize, ch: Option<&PathBuf>) -> Result<(), String> {
             cells.join(" | ")
         );
     }
-    println!();
     for cache in [Cache::Host, Cache::Direct] {
         let find = |p: &str| rows.iter().find(|r| r.0 == cache && r.1 == p);
         let Some(ours) = find("vmm") else { continue };
@@ -287,7 +286,7 @@ pub fn blk_bench(runs: usize, ch: Option<&PathBuf>) -> Result<(), String> {
                 })
                 .collect();
             println!(
-                "{}: vmm/{peer} ({}): {}",
+                "\n{}: vmm/{peer} ({}): {}",
                 cache.name(),
                 headers.join(", "),
                 ratios.join(", ")

@@ -289,6 +289,101 @@ fn every_queue_serves_requests(
     }
 }
 
+/// `probe.blk.bench` as `ci/bench` runs it (EVENT_IDX, several requests
+/// in flight), but short: every measurement reports a figure, and what
+/// the writes wrote is in the image.
+#[rstest]
+fn the_bench_reports_every_measurement(
+    #[values(Hypervisor::Vmm, Hypervisor::Qemu)] hv: Hypervisor,
+    #[values("irq", "poll")] mode: &str,
+) {
+    if !require_kvm("the_bench_reports_every_measurement") {
+        return;
+    }
+    let dir = tempdir();
+    let path = dir.path().join("bench.img");
+    let original = make_image(&path, 4, 31);
+    let report = run_blk(
+        Guest::probe(
+            hv,
+            &format!(
+                "probe.run=blk probe.virtio.mode={mode} probe.virtio.features=20000000 \
+                 probe.blk.bench=randread,randwrite,seqread,seqwrite,flush \
+                 probe.blk.bench_ms=50 probe.blk.bench_depth=8 probe.blk.bench_flushes=10"
+            ),
+        )
+        .disk(Disk::new(&path).serial("bench")),
+        dir.path(),
+    );
+    let bench = blk_records(&report, "bench", "bench");
+    let op = |name: &str| {
+        bench
+            .iter()
+            .find(|r| r.get("op") == Some(name))
+            .unwrap_or_else(|| panic!("{hv}: no `blk bench op={name}` record: {report:?}"))
+    };
+    for (name, bytes) in [
+        ("randread", 4096),
+        ("randwrite", 4096),
+        ("seqread", MIB as u64),
+        ("seqwrite", MIB as u64),
+    ] {
+        let r = op(name);
+        assert_eq!(r.number("bytes"), Some(bytes), "{r:?}");
+        assert_eq!(r.number("depth"), Some(8), "{r:?}");
+        assert!(r.number("ops").unwrap_or(0) >= 8, "{hv}: {r:?}");
+        assert!(r.number("iops").unwrap_or(0) > 0, "{hv}: {r:?}");
+    }
+    let flush = op("flush");
+    assert_eq!(flush.number("n"), Some(10), "{flush:?}");
+    assert!(
+        flush.number("median_us") <= flush.number("p99_us"),
+        "{flush:?}"
+    );
+    let image = std::fs::read(&path).expect("read the image back");
+    assert_eq!(image.len(), original.len(), "{hv}: the image changed size");
+    assert!(image != original, "{hv}: no bench write reached the image");
+}
+
+/// A request that fails ends the bench with the status, never a figure:
+/// writes to a read-only disk.
+#[rstest]
+fn a_failed_bench_request_fails_the_run(
+    #[values(Hypervisor::Vmm, Hypervisor::Qemu)] hv: Hypervisor,
+) {
+    if !require_kvm("a_failed_bench_request_fails_the_run") {
+        return;
+    }
+    let dir = tempdir();
+    let path = dir.path().join("ro.img");
+    make_image(&path, 2, 32);
+    let run = Guest::probe(
+        hv,
+        "probe.run=blk probe.blk.bench=randread,randwrite probe.blk.bench_ms=50",
+    )
+    .disk(Disk::new(&path).readonly().serial("ro"))
+    .run(dir.path())
+    .expect("guest runs");
+    let reason = match run.report.result() {
+        Some(Err(reason)) => reason,
+        other => panic!(
+            "{hv}: want a failure, got {other:?}\n{}",
+            run.output.describe()
+        ),
+    };
+    assert!(
+        reason.contains("bench randwrite") && reason.contains(&format!("status {IOERR}")),
+        "{hv}: {reason}"
+    );
+    assert!(
+        blk_records(&run.report, "bench", "ro")
+            .iter()
+            .all(|r| r.get("op") != Some("randwrite")),
+        "{hv}: a figure for writes that failed: {:?}",
+        run.report
+    );
+}
+
 /// Fields that describe an implementation's choices, not the device the
 /// specification defines: the features offered (QEMU offers GEOMETRY,
 /// TOPOLOGY, CONFIG_WCE, ...), seg_max and the discard and write-zeroes

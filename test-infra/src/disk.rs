@@ -12,6 +12,7 @@ pub const SECTOR: u64 = 512;
 pub struct Disk {
     path: PathBuf,
     readonly: bool,
+    direct: bool,
     num_queues: u16,
     queue_size: u16,
     serial: Option<String>,
@@ -24,6 +25,7 @@ impl Disk {
         Disk {
             path: path.into(),
             readonly: false,
+            direct: false,
             num_queues: 1,
             queue_size: 128,
             serial: None,
@@ -32,6 +34,15 @@ impl Disk {
 
     pub fn readonly(mut self) -> Self {
         self.readonly = true;
+        self
+    }
+
+    /// The image opened with O_DIRECT, bypassing the host page cache:
+    /// `direct=on` for `vmm`, `cache=none` for QEMU. Without it both use
+    /// the page cache (`cache=writeback`), and a FLUSH is an fdatasync
+    /// either way.
+    pub fn direct(mut self) -> Self {
+        self.direct = true;
         self
     }
 
@@ -58,9 +69,10 @@ impl Disk {
     /// The value of one `--disk` option.
     pub fn vmm_arg(&self) -> String {
         let mut arg = format!(
-            "path={},readonly={},num_queues={},queue_size={}",
+            "path={},readonly={},direct={},num_queues={},queue_size={}",
             quote(&self.path.to_string_lossy()),
-            if self.readonly { "on" } else { "off" },
+            on_off(self.readonly),
+            on_off(self.direct),
             self.num_queues,
             self.queue_size
         );
@@ -74,11 +86,14 @@ impl Disk {
     /// only (`disable-legacy=on`): on microvm's PCIe root bus QEMU would
     /// otherwise make a transitional device (PCI id 0x1001, not 0x1042).
     /// `discard=unmap`: QEMU's default (`ignore`) completes every DISCARD
-    /// with OK without looking at it, even on a read-only drive.
+    /// with OK without looking at it, even on a read-only drive. The cache
+    /// mode is spelled out: `writeback` (QEMU's default) is `vmm`'s
+    /// `direct=off`, `none` its `direct=on`.
     pub fn qemu_args(&self, index: usize) -> Vec<String> {
         let id = format!("disk{index}");
         let mut drive = format!(
-            "if=none,id={id},format=raw,discard=unmap,file={}",
+            "if=none,id={id},format=raw,discard=unmap,cache={},file={}",
+            if self.direct { "none" } else { "writeback" },
             qemu_escape(&self.path.to_string_lossy())
         );
         if self.readonly {
@@ -92,6 +107,14 @@ impl Disk {
             device.push_str(&format!(",serial={}", qemu_escape(serial)));
         }
         vec!["-drive".into(), drive, "-device".into(), device]
+    }
+}
+
+fn on_off(on: bool) -> &'static str {
+    if on {
+        "on"
+    } else {
+        "off"
     }
 }
 
@@ -145,8 +168,12 @@ mod tests {
             .serial("disk0");
         assert_eq!(
             disk.vmm_arg(),
-            "path=\"/tmp/a,b.img\",readonly=on,num_queues=4,queue_size=128,serial=disk0"
+            "path=\"/tmp/a,b.img\",readonly=on,direct=off,num_queues=4,queue_size=128,serial=disk0"
         );
+        assert!(Disk::new("d.img")
+            .direct()
+            .vmm_arg()
+            .contains(",direct=on,"));
     }
 
     #[test]
@@ -156,11 +183,13 @@ mod tests {
             args,
             [
                 "-drive",
-                "if=none,id=disk1,format=raw,discard=unmap,file=/tmp/a,,b.img",
+                "if=none,id=disk1,format=raw,discard=unmap,cache=writeback,file=/tmp/a,,b.img",
                 "-device",
                 "virtio-blk-pci,drive=disk1,num-queues=1,queue-size=128,disable-legacy=on,serial=s"
             ]
         );
+        let direct = Disk::new("d.img").direct().qemu_args(0);
+        assert!(direct[1].contains(",cache=none,"), "{direct:?}");
     }
 
     #[test]

@@ -91,7 +91,7 @@ pub fn conformance_binary() -> Result<PathBuf, String> {
         &["test-infra/src", "virtio-types/src"],
         // cargo does not relink the runner when only another binary changed.
         &[
-            "test-infra/src/bin/bench.rs",
+            "test-infra/src/bin/bench",
             "test-infra/src/bin/linux-demo.rs",
         ],
         "cargo build --release -p test-infra",

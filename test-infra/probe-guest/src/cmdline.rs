@@ -85,6 +85,16 @@ pub struct Args {
     pub blk_discard: List,
     /// How long one block request may take.
     pub blk_timeout_ms: u64,
+    /// What the blk bench measures, in order (`BENCH_OPS`).
+    pub blk_bench: List,
+    /// How long each throughput measurement keeps submitting.
+    pub blk_bench_ms: u64,
+    /// Requests the bench keeps in flight on one queue.
+    pub blk_bench_depth: u16,
+    /// Write-then-FLUSH pairs the flush measurement times.
+    pub blk_bench_flushes: u32,
+    /// Seeds the random offsets.
+    pub blk_bench_seed: u64,
     /// Text `console` transmits first (a newline is added).
     pub console_tx: Option<&'static str>,
     /// Bytes of the console pattern transmitted after `console_tx`.
@@ -126,6 +136,14 @@ fn parse_hex(s: &str) -> Option<u64> {
 /// The most sectors one range may name (1 GiB): more than any test image
 /// needs, and a typo cannot make a test run for minutes.
 pub const MAX_BLK_RANGE: u32 = 1 << 21;
+
+/// What `probe.blk.bench` can measure.
+pub const BENCH_OPS: [&str; 5] = ["randread", "randwrite", "seqread", "seqwrite", "flush"];
+/// The most requests the bench keeps in flight (a 128-entry queue holds
+/// 42 three-descriptor chains).
+pub const MAX_BENCH_DEPTH: u16 = 256;
+/// The most FLUSHes the bench times (their latencies are kept to sort).
+pub const MAX_BENCH_FLUSHES: u32 = 100_000;
 
 /// `START:COUNT` in sectors, COUNT from 1 to MAX_BLK_RANGE.
 pub fn parse_range(s: &str) -> Option<(u64, u32)> {
@@ -179,6 +197,11 @@ impl Args {
             blk_zero: List::new(),
             blk_discard: List::new(),
             blk_timeout_ms: 5000,
+            blk_bench: List::new(),
+            blk_bench_ms: 1000,
+            blk_bench_depth: 32,
+            blk_bench_flushes: 200,
+            blk_bench_seed: 1,
             console_tx: None,
             console_tx_bytes: 6000,
             console_rx_bytes: 0,
@@ -262,6 +285,27 @@ impl Args {
                 "blk.zero" => ranges(&mut a.blk_zero, value),
                 "blk.discard" => ranges(&mut a.blk_discard, value),
                 "blk.timeout_ms" => millis(value).map(|v| a.blk_timeout_ms = v).is_some(),
+                "blk.bench" => {
+                    let known = value.split(',').all(|op| BENCH_OPS.contains(&op));
+                    if known {
+                        a.blk_bench.extend_csv(value);
+                    }
+                    known
+                }
+                "blk.bench_ms" => millis(value).map(|v| a.blk_bench_ms = v).is_some(),
+                "blk.bench_depth" => value
+                    .parse()
+                    .ok()
+                    .filter(|v| (1..=MAX_BENCH_DEPTH).contains(v))
+                    .map(|v| a.blk_bench_depth = v)
+                    .is_some(),
+                "blk.bench_flushes" => value
+                    .parse()
+                    .ok()
+                    .filter(|v| (1..=MAX_BENCH_FLUSHES).contains(v))
+                    .map(|v| a.blk_bench_flushes = v)
+                    .is_some(),
+                "blk.bench_seed" => value.parse().map(|v| a.blk_bench_seed = v).is_ok(),
                 "console.tx" => {
                     a.console_tx = Some(value);
                     !value.is_empty()

@@ -16,6 +16,9 @@ pub const STATUS_FEATURES_OK: u8 = 8;
 pub const STATUS_NEEDS_RESET: u8 = 0x40;
 pub const STATUS_FAILED: u8 = 0x80;
 pub const F_VERSION_1: u64 = 1 << 32;
+/// VIRTIO_F_EVENT_IDX: notifications and interrupts suppressed through
+/// the rings' event indices (2.7.7, 2.7.10).
+pub const F_EVENT_IDX: u64 = 1 << 29;
 pub const MAX_QUEUES: usize = 16;
 /// Where device interrupts start: config is `VECTOR_BASE`, queue i is
 /// `VECTOR_BASE + 1 + i`, per device slot.
@@ -42,6 +45,8 @@ const QUEUE_DEVICE: u64 = 48;
 
 const DESC_F_NEXT: u16 = 1;
 const DESC_F_WRITE: u16 = 2;
+/// VIRTQ_USED_F_NO_NOTIFY: the device asks not to be notified.
+const USED_F_NO_NOTIFY: u16 = 1;
 const NO_VECTOR: u16 = 0xffff;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -59,9 +64,15 @@ pub struct Queue {
     pub vector: Option<u8>,
     next_avail: u16,
     last_used: u16,
-    /// Completions seen, and how many of them were signalled by an
-    /// interrupt that arrived while we waited.
+    /// EVENT_IDX was negotiated: `used_event` and `avail_event` count.
+    event_idx: bool,
+    /// The available index when the device was last notified (or when a
+    /// notification was last found unneeded).
+    notified_avail: u16,
+    /// Completions seen.
     pub completions: u32,
+    /// Notifications written to the device.
+    pub notifies: u32,
 }
 
 pub struct Device {
@@ -250,7 +261,10 @@ impl Device {
             vector,
             next_avail: 0,
             last_used: 0,
+            event_idx: self.driver_features & F_EVENT_IDX != 0,
+            notified_avail: 0,
             completions: 0,
+            notifies: 0,
         });
         Ok(())
     }
@@ -343,23 +357,52 @@ impl Device {
         Ok(())
     }
 
-    /// Puts a descriptor chain on queue `index` and notifies the device.
-    /// `bufs` are (address, length, device-writable).
+    /// Puts a descriptor chain on queue `index` and notifies the device,
+    /// whatever it asked. `bufs` are (address, length, device-writable).
+    /// One request in flight per queue: the chain always starts at
+    /// descriptor 0, which keeps the callers simple and exact.
     pub fn submit(&mut self, index: u16, bufs: &[(u64, u32, bool)]) -> Result<(), Failure> {
+        self.add_chain(index, 0, bufs)?;
+        let q = self.queue_mut(index)?;
+        q.notified_avail = q.next_avail;
+        q.notifies += 1;
+        mmio::write16(q.notify, index);
+        Ok(())
+    }
+
+    fn queue_mut(&mut self, index: u16) -> Result<&mut Queue, Failure> {
         let bdf = self.f.bdf;
-        let Some(q) = self.queues[usize::from(index)].as_mut() else {
-            bail!("{bdf} queue {index} is not set up")
-        };
-        if bufs.is_empty() || bufs.len() > usize::from(q.size) {
+        match self
+            .queues
+            .get_mut(usize::from(index))
+            .and_then(Option::as_mut)
+        {
+            Some(q) => Ok(q),
+            None => bail!("{bdf} queue {index} is not set up"),
+        }
+    }
+
+    /// Writes a chain into descriptors `head..head + bufs.len()` and makes
+    /// it available, without notifying: several requests in flight on one
+    /// queue, each caller owning its range of descriptors. `bufs` are
+    /// (address, length, device-writable).
+    pub fn add_chain(
+        &mut self,
+        index: u16,
+        head: u16,
+        bufs: &[(u64, u32, bool)],
+    ) -> Result<(), Failure> {
+        let bdf = self.f.bdf;
+        let q = self.queue_mut(index)?;
+        if bufs.is_empty() || usize::from(head) + bufs.len() > usize::from(q.size) {
             bail!(
-                "{bdf} queue {index}: chain of {} buffers does not fit",
+                "{bdf} queue {index}: chain of {} buffers at descriptor {head} does not fit",
                 bufs.len()
             );
         }
-        // One request in flight per queue: the chain always starts at
-        // descriptor 0, which keeps the driver simple and exact.
         for (i, &(addr, len, write)) in bufs.iter().enumerate() {
-            let d = q.desc + 16 * i as u64;
+            let at = u64::from(head) + i as u64;
+            let d = q.desc + 16 * at;
             let mut flags = if write { DESC_F_WRITE } else { 0 };
             if i + 1 < bufs.len() {
                 flags |= DESC_F_NEXT;
@@ -369,19 +412,56 @@ impl Device {
                 core::ptr::write_volatile(d as *mut u64, addr);
                 core::ptr::write_volatile((d + 8) as *mut u32, len);
                 core::ptr::write_volatile((d + 12) as *mut u16, flags);
-                core::ptr::write_volatile((d + 14) as *mut u16, (i + 1) as u16);
+                core::ptr::write_volatile((d + 14) as *mut u16, (at + 1) as u16);
             }
         }
         let slot = q.avail + 4 + 2 * u64::from(q.next_avail % q.size);
         // SAFETY: the available ring is our DMA memory.
-        unsafe { core::ptr::write_volatile(slot as *mut u16, 0) };
+        unsafe { core::ptr::write_volatile(slot as *mut u16, head) };
         q.next_avail = q.next_avail.wrapping_add(1);
         fence(Ordering::SeqCst);
         // SAFETY: as above.
         unsafe { core::ptr::write_volatile((q.avail + 2) as *mut u16, q.next_avail) };
-        fence(Ordering::SeqCst);
-        mmio::write16(q.notify, index);
         Ok(())
+    }
+
+    /// Notifies the device of the chains made available since the last
+    /// notification, unless it asked not to be: VIRTQ_USED_F_NO_NOTIFY, or
+    /// with EVENT_IDX an `avail_event` those chains did not pass (2.7.10).
+    /// Returns whether it notified.
+    pub fn notify(&mut self, index: u16) -> Result<bool, Failure> {
+        let q = self.queue_mut(index)?;
+        let (old, new) = (q.notified_avail, q.next_avail);
+        if old == new {
+            return Ok(false);
+        }
+        q.notified_avail = new;
+        // The new available index must be visible before we read what the
+        // device asked, or both sides can skip the notification.
+        fence(Ordering::SeqCst);
+        let needed = if q.event_idx {
+            let at = q.used + 4 + 8 * u64::from(q.size);
+            // SAFETY: avail_event, the used ring's last field, is our DMA
+            // memory written by the device.
+            let avail_event = unsafe { core::ptr::read_volatile(at as *const u16) };
+            need_event(avail_event, new, old)
+        } else {
+            // SAFETY: the used ring's flags, as above.
+            let flags = unsafe { core::ptr::read_volatile(q.used as *const u16) };
+            flags & USED_F_NO_NOTIFY == 0
+        };
+        if needed {
+            q.notifies += 1;
+            mmio::write16(q.notify, index);
+        }
+        Ok(needed)
+    }
+
+    /// Notifications written to queue `index` so far.
+    pub fn notifies(&self, index: u16) -> u32 {
+        self.queues[usize::from(index)]
+            .as_ref()
+            .map_or(0, |q| q.notifies)
     }
 
     /// Waits for the device to use the submitted chain; returns the number
@@ -411,6 +491,21 @@ impl Device {
         clock: &Clock,
         deadline: u64,
     ) -> Result<Option<u32>, Failure> {
+        if !self.wait_for_used(index, clock, deadline)? {
+            return Ok(None);
+        }
+        Ok(self.pop_used(index)?.map(|(_, written)| written))
+    }
+
+    /// Waits until the used ring holds an element not yet popped: true, or
+    /// false at `deadline` (a TSC value). Sleeps until an interrupt where
+    /// the queue has a vector, else spins.
+    pub fn wait_for_used(
+        &mut self,
+        index: u16,
+        clock: &Clock,
+        deadline: u64,
+    ) -> Result<bool, Failure> {
         let bdf = self.f.bdf;
         let mode = self.mode;
         let Some(q) = self.queues[usize::from(index)].as_mut() else {
@@ -420,6 +515,15 @@ impl Device {
             // SAFETY: the used ring is our DMA memory, written by the device.
             unsafe { core::ptr::read_volatile((q.used + 2) as *const u16) }
         };
+        if q.event_idx {
+            // used_event: interrupt us for the next element. Written before
+            // the used index is read below, so none can be missed.
+            let at = q.avail + 4 + 2 * u64::from(q.size);
+            // SAFETY: used_event, the available ring's last field, is our
+            // DMA memory.
+            unsafe { core::ptr::write_volatile(at as *mut u16, q.last_used) };
+            fence(Ordering::SeqCst);
+        }
         let status_addr = self.common + DEVICE_STATUS;
         let config_vector = self.config_vector;
         let config_irqs = || config_vector.map_or(0, boot::irq_count);
@@ -427,10 +531,10 @@ impl Device {
         let mut spins = 0u32;
         loop {
             if used_idx(q) != q.last_used {
-                break;
+                return Ok(true);
             }
             if clock.expired(deadline) {
-                return Ok(None);
+                return Ok(false);
             }
             // A device that asked for a reset will not complete anything.
             // It says so with a config interrupt, so look at the status
@@ -463,13 +567,31 @@ impl Device {
                 _ => io::pause(),
             }
         }
+    }
+
+    /// The next used element, `(id, len)`: the head of the chain the
+    /// device says it used (unchecked: the caller knows which heads it
+    /// made available) and the bytes it wrote; None if there is none yet.
+    pub fn pop_used(&mut self, index: u16) -> Result<Option<(u32, u32)>, Failure> {
+        let q = self.queue_mut(index)?;
+        // SAFETY: the used ring is our DMA memory, written by the device.
+        let used_idx = unsafe { core::ptr::read_volatile((q.used + 2) as *const u16) };
+        if used_idx == q.last_used {
+            return Ok(None);
+        }
+        // The element is read only after the index that published it.
         fence(Ordering::SeqCst);
         let elem = q.used + 4 + 8 * u64::from(q.last_used % q.size);
         // SAFETY: as above.
-        let written = unsafe { core::ptr::read_volatile((elem + 4) as *const u32) };
+        let element = unsafe {
+            (
+                core::ptr::read_volatile(elem as *const u32),
+                core::ptr::read_volatile((elem + 4) as *const u32),
+            )
+        };
         q.last_used = q.last_used.wrapping_add(1);
         q.completions += 1;
-        Ok(Some(written))
+        Ok(Some(element))
     }
 
     /// Interrupts delivered on a queue's vector so far.
@@ -488,6 +610,12 @@ impl Device {
     pub fn sizes(&self) -> QueueSizes<'_> {
         QueueSizes(self)
     }
+}
+
+/// Whether a ring index moving from `old` to `new` passed `event`: the
+/// rule both sides of EVENT_IDX apply (`vring_need_event`).
+fn need_event(event: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
 }
 
 pub struct QueueSizes<'a>(&'a Device);

@@ -3,8 +3,10 @@
 //! read back, WRITE_ZEROES and DISCARD when asked, FLUSH, the errors the
 //! specification defines (a write to a read-only disk, a range past the
 //! end, an undefined request type), and one request on every queue at
-//! once. Every status is reported as the byte the device wrote.
+//! once. Every status is reported as the byte the device wrote. Then,
+//! when asked, the bench (bench.rs).
 
+mod bench;
 mod request;
 
 use crate::cmdline::{parse_range, List};
@@ -60,6 +62,7 @@ fn blk_device(f: Function, slot: usize, ctx: &mut Ctx) -> Result<(), Failure> {
     blk.flush_test()?;
     blk.errors_test()?;
     blk.queues_test()?;
+    bench::run(&mut blk, &ctx.args, &mut ctx.dma)?;
     record!(
         "blk done {} requests={} irqs={}",
         f.bdf,

@@ -81,7 +81,7 @@ pub(super) struct Blk {
     pub(super) capacity: u64,
     pub(super) ro: bool,
     pub(super) clock: Clock,
-    timeout_ms: u64,
+    pub(super) timeout_ms: u64,
     pub(super) requests: u32,
     /// The first outcome the specification rules out; the test fails with
     /// it after every record is out.

@@ -5,15 +5,19 @@
 //!
 //! Then, through real virtiofsd, the FUSE operations the probe guest times
 //! itself (`vmm`'s generic device against QEMU's vhost-user-fs-pci and
-//! Cloud Hypervisor's generic device, same virtiofsd, same guest), and the
+//! Cloud Hypervisor's generic device, same virtiofsd, same guest), the
 //! notification round trip through the echo mock by queue size and device
-//! count, with `vmm`'s exits per round trip. Last, the wall time of the
-//! whole integration suite (built first, so only the run is timed).
+//! count, with `vmm`'s exits per round trip, and virtio-blk on one image
+//! (blk.rs). Last, the wall time of the whole integration suite (built
+//! first, so only the run is timed).
 //!
-//! Usage: bench [--runs N] [--fs-runs N] [--only startup|fs|echo|nested|suite]
-//! [--cloud-hypervisor PATH] (or CLOUD_HYPERVISOR=PATH). Ratios within one
+//! Usage: bench [--runs N] [--fs-runs N] [--only startup|fs|echo|blk|nested|suite]
+//! [--cloud-hypervisor PATH] (or CLOUD_HYPERVISOR=PATH). `--runs` is per
+//! start-up row (default 20) and per blk row (default 5). Ratios within one
 //! run are what count: the machines are shared and absolute figures are
 //! noisy.
+
+mod blk;
 
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
@@ -469,20 +473,20 @@ fn echo_bench(runs: usize) {
 }
 
 fn main() {
-    let mut runs = 20usize;
+    let mut runs: Option<usize> = None;
     let mut fs_runs = 5usize;
     let mut only: Option<String> = None;
     let mut ch = std::env::var_os("CLOUD_HYPERVISOR").map(PathBuf::from);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--runs" => runs = args.next().and_then(|v| v.parse().ok()).unwrap_or(runs),
+            "--runs" => runs = args.next().and_then(|v| v.parse().ok()).or(runs),
             "--fs-runs" => fs_runs = args.next().and_then(|v| v.parse().ok()).unwrap_or(fs_runs),
             "--only" => only = args.next(),
             "--cloud-hypervisor" => ch = args.next().map(PathBuf::from),
             "-h" | "--help" => {
                 println!(
-                    "bench [--runs N] [--fs-runs N] [--only startup|fs|echo|nested|suite] [--cloud-hypervisor PATH]"
+                    "bench [--runs N] [--fs-runs N] [--only startup|fs|echo|blk|nested|suite] [--cloud-hypervisor PATH]"
                 );
                 return;
             }
@@ -501,13 +505,18 @@ fn main() {
     };
     let wanted = |s: &str| only.as_deref().is_none_or(|o| o == s);
     if wanted("startup") {
-        startup(runs, ch.as_ref(), &vmm, &probe);
+        startup(runs.unwrap_or(20), ch.as_ref(), &vmm, &probe);
     }
     if wanted("fs") {
         fs_bench(fs_runs, ch.as_ref());
     }
     if wanted("echo") {
         echo_bench(fs_runs);
+    }
+    if wanted("blk") {
+        if let Err(e) = blk::blk_bench(runs.unwrap_or(5), ch.as_ref()) {
+            eprintln!("bench: blk: {e}");
+        }
     }
     if wanted("nested") {
         if let Err(e) = nested_bench(fs_runs) {

@@ -99,8 +99,7 @@ else
 fi"#,
             tag = spec.fs_tag.as_deref().unwrap_or("myfs")
         ),
-        "block" => format!(
-            r#"n=0; while [ ! -b /dev/vda ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
+        "block" => r#"n=0; while [ ! -b /dev/vda ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
 if [ -b /dev/vda ]; then
   sectors=$(cat /sys/block/vda/size)
   report block size sectors=$sectors ro=$(cat /sys/block/vda/ro)
@@ -122,7 +121,7 @@ if [ -b /dev/vda ]; then
     dd if=/tmp/orig of=/dev/vda bs=512 seek=$skip conv=fsync 2>/dev/null && sync && report block restored=1
   fi
 fi"#
-        ),
+        .to_string(),
         "rng" => r#"if [ -c /dev/hwrng ]; then
   report rng current=\"$(cat /sys/class/misc/hw_random/rng_current)\"
   report rng distinct=$(head -c 1024 /dev/hwrng | od -An -v -tx1 | tr -s ' ' '\n' | grep . | sort -u | wc -l)

@@ -11,9 +11,12 @@ use vm_memory::bitmap::BitmapSlice;
 use vm_memory::VolatileSlice;
 
 pub const SECTOR_SIZE: u64 = 512;
-/// What O_DIRECT asks of buffer addresses and lengths on the file systems
-/// we meet (a 4 KiB logical block size needs the larger figure).
-const DIRECT_ALIGN: usize = 4096;
+/// What O_DIRECT asks of buffer addresses and lengths on most disks (a
+/// 512-byte logical block); a disk that wants more refuses with EINVAL and
+/// the request goes through an aligned buffer instead.
+const DIRECT_ALIGN: usize = 512;
+/// Our own buffers' alignment: enough for any logical block size.
+const BOUNCE_ALIGN: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
@@ -126,6 +129,11 @@ impl DiskFile {
         &self.path
     }
 
+    /// Opened O_DIRECT: every request waits for the disk.
+    pub fn direct(&self) -> bool {
+        self.direct
+    }
+
     fn aligned<B: BitmapSlice>(bufs: &[VolatileSlice<B>]) -> bool {
         bufs.iter().all(|b| {
             (b.ptr_guard().as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
@@ -192,14 +200,24 @@ impl Disk for DiskFile {
         if self.direct && !Self::aligned(bufs) {
             return self.bounce_read(bufs, offset);
         }
-        transfer(&self.file, &iovecs(bufs), offset, Direction::Read)
+        match transfer(&self.file, &iovecs(bufs), offset, Direction::Read) {
+            Err(e) if self.direct && e.raw_os_error() == Some(libc::EINVAL) => {
+                self.bounce_read(bufs, offset)
+            }
+            other => other,
+        }
     }
 
     fn write_at<B: BitmapSlice>(&self, bufs: &[VolatileSlice<B>], offset: u64) -> io::Result<()> {
         if self.direct && !Self::aligned(bufs) {
             return self.bounce_write(bufs, offset);
         }
-        transfer(&self.file, &iovecs(bufs), offset, Direction::Write)
+        match transfer(&self.file, &iovecs(bufs), offset, Direction::Write) {
+            Err(e) if self.direct && e.raw_os_error() == Some(libc::EINVAL) => {
+                self.bounce_write(bufs, offset)
+            }
+            other => other,
+        }
     }
 
     fn flush(&self) -> io::Result<()> {
@@ -332,7 +350,7 @@ struct AlignedBuf {
 
 impl AlignedBuf {
     fn new(len: usize) -> io::Result<Self> {
-        let layout = std::alloc::Layout::from_size_align(len.max(1), DIRECT_ALIGN)
+        let layout = std::alloc::Layout::from_size_align(len.max(1), BOUNCE_ALIGN)
             .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
         // SAFETY: the layout has a non-zero size.
         let ptr = unsafe { std::alloc::alloc_zeroed(layout) };

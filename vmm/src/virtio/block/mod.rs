@@ -5,33 +5,25 @@
 //! through the queue's irqfd. vCPU threads never touch the disk.
 
 pub mod disk;
+mod queue;
 mod request;
 
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
-use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::eventfd::EventFd;
 
 use self::disk::{DiskFile, SECTOR_SIZE};
-use self::request::{DiskInfo, Refusal, ID_BYTES, MAX_DISCARD_SECTORS, MAX_DISCARD_SEGMENTS};
-use super::worker::{EventHandler, Source, Worker};
-use super::{
-    ActivateContext, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
-};
+use self::queue::{QueueHandler, QueueParams};
+use self::request::{DiskInfo, ID_BYTES, MAX_DISCARD_SECTORS, MAX_DISCARD_SEGMENTS};
+use super::worker::Worker;
+use super::{ActivateContext, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 
 /// The VIRTIO device ID of a block device.
 pub const DEVICE_TYPE: u32 = 2;
 /// `struct virtio_blk_config` up to `write_zeroes_may_unmap` and its
 /// padding: every field our features give a meaning to.
 const CONFIG_LEN: usize = 60;
-/// Bad requests logged per queue before the log goes quiet, so a hostile
-/// driver cannot flood it.
-const LOGGED_REFUSALS: u32 = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlockError {
@@ -195,9 +187,14 @@ impl VirtioDevice for Block {
             id: self.serial_id,
             discard: context.features & (1 << VIRTIO_BLK_F_DISCARD) != 0,
         });
+        let io_threads = if self.disk.direct() {
+            queue::DIRECT_IO_THREADS
+        } else {
+            0
+        };
         for active in context.queues {
             let index = active.index;
-            let handler = QueueHandler {
+            let handler = QueueHandler::new(QueueParams {
                 id: self.id.clone(),
                 index,
                 mem: context.mem.clone(),
@@ -207,15 +204,11 @@ impl VirtioDevice for Block {
                 disk: self.disk.clone(),
                 info: info.clone(),
                 interrupt: context.interrupt.clone(),
-                refusals: 0,
-                failed: false,
-            };
-            let source = Source {
-                fd: handler.kick.as_raw_fd(),
-                token: 0,
-                events: EventSet::IN,
-            };
-            let worker = Worker::spawn(&format!("{}-q{index}", self.id), &[source], handler)
+                io_threads,
+            })
+            .map_err(|source| BlockError::Worker { index, source })?;
+            let sources = handler.sources();
+            let worker = Worker::spawn(&format!("{}-q{index}", self.id), &sources, handler)
                 .map_err(|source| BlockError::Worker { index, source })?;
             self.workers.push(worker);
         }
@@ -233,91 +226,6 @@ impl VirtioDevice for Block {
         // Dropping a worker joins its thread: no request is in flight after.
         self.workers.clear();
         Ok(())
-    }
-}
-
-/// One queue, on its own thread.
-struct QueueHandler {
-    id: String,
-    index: usize,
-    mem: GuestMemoryMmap,
-    queue: Queue,
-    kick: EventFd,
-    call: EventFd,
-    disk: Arc<DiskFile>,
-    info: Arc<DiskInfo>,
-    interrupt: VirtioInterrupt,
-    refusals: u32,
-    /// The ring itself is broken: the device waits for a reset.
-    failed: bool,
-}
-
-impl QueueHandler {
-    fn process(&mut self) -> Result<(), virtio_queue::Error> {
-        let mem = &self.mem;
-        loop {
-            self.queue.disable_notification(mem)?;
-            while let Some(chain) = self.queue.pop_descriptor_chain(mem) {
-                let head = chain.head_index();
-                let done = request::process(mem, chain, self.disk.as_ref(), &self.info);
-                if let Some(problem) = done.problem {
-                    log_refusal(&self.id, self.index, &mut self.refusals, problem);
-                }
-                self.queue.add_used(mem, head, done.used_len)?;
-            }
-            // With EVENT_IDX, requests that arrived while notifications
-            // were off are caught here.
-            if !self.queue.enable_notification(mem)? {
-                break;
-            }
-        }
-        if self.queue.needs_notification(mem)? {
-            if let Err(e) = self.call.write(1) {
-                log::error!(
-                    "{}: queue {}: cannot signal the guest: {e}",
-                    self.id,
-                    self.index
-                );
-            }
-        }
-        Ok(())
-    }
-}
-
-/// One line per bad request, until `LOGGED_REFUSALS` of them.
-fn log_refusal(id: &str, index: usize, refusals: &mut u32, refusal: Refusal) {
-    *refusals = refusals.saturating_add(1);
-    if *refusals > LOGGED_REFUSALS {
-        return;
-    }
-    let what = match refusal {
-        Refusal::BadChain(why) => format!("bad request: {why}"),
-        Refusal::IoError(why) => format!("I/O error: {why}"),
-        Refusal::Unsupported(t) => format!("unsupported request type {t}"),
-    };
-    let quiet = if *refusals == LOGGED_REFUSALS {
-        "; further refusals on this queue are not logged"
-    } else {
-        ""
-    };
-    log::warn!("{id}: queue {index}: {what}{quiet}");
-}
-
-impl EventHandler for QueueHandler {
-    fn ready(&mut self, _token: u64, _events: EventSet) {
-        let _ = self.kick.read();
-        if self.failed {
-            return;
-        }
-        if let Err(e) = self.process() {
-            log::error!(
-                "{}: queue {}: the ring is unusable ({e}); device needs reset",
-                self.id,
-                self.index
-            );
-            self.failed = true;
-            self.interrupt.set_needs_reset();
-        }
     }
 }
 

@@ -7,7 +7,7 @@
 //! and GET_ID, then the status byte, always last).
 
 use virtio_bindings::virtio_blk::*;
-use virtio_queue::DescriptorChain;
+use virtio_queue::desc::split::Descriptor;
 use vm_memory::bitmap::BitmapSlice;
 use vm_memory::{GuestMemory, VolatileSlice};
 
@@ -124,7 +124,7 @@ impl<'m, B: BitmapSlice> Stream<'m, B> {
 /// make the chain malformed.
 fn streams<'m, M, B>(
     mem: &'m M,
-    chain: DescriptorChain<&'m M>,
+    chain: impl IntoIterator<Item = Descriptor>,
 ) -> Result<(Stream<'m, B>, Stream<'m, B>), &'static str>
 where
     M: GuestMemory,
@@ -159,9 +159,9 @@ where
 
 /// Carries out the request in `chain` and writes its status. Never panics
 /// and never touches the disk outside `info.capacity`.
-pub fn process<'m, M, D>(
-    mem: &'m M,
-    chain: DescriptorChain<&'m M>,
+pub fn process<M, D>(
+    mem: &M,
+    chain: impl IntoIterator<Item = Descriptor>,
     disk: &D,
     info: &DiskInfo,
 ) -> Completion

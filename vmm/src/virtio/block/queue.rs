@@ -1,0 +1,294 @@
+//! One virtio-blk queue on its worker thread: requests popped through
+//! `virtio-queue`, carried out, completed, and the guest signalled as soon
+//! as it asked to be (EVENT_IDX), not only when the ring runs dry.
+//!
+//! Through the page cache a request is carried out on the worker thread
+//! itself: a read or write there costs microseconds. With O_DIRECT each one
+//! waits for the disk, so the worker hands requests to a few I/O threads
+//! and completes them as they finish, in any order, as the spec allows.
+
+use std::os::fd::AsRawFd;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::disk::DiskFile;
+use super::request::{self, Completion, DiskInfo, Refusal};
+use crate::util::lock;
+use crate::virtio::worker::{EventHandler, Source};
+use crate::virtio::VirtioInterrupt;
+
+/// Bad requests logged per queue before the log goes quiet, so a hostile
+/// driver cannot flood it.
+const LOGGED_REFUSALS: u32 = 8;
+/// I/O threads per queue with O_DIRECT: requests the disk sees at once.
+pub const DIRECT_IO_THREADS: usize = 16;
+const TOKEN_KICK: u64 = 0;
+const TOKEN_DONE: u64 = 1;
+
+pub struct QueueHandler {
+    mem: GuestMemoryMmap,
+    ring: Ring,
+    kick: EventFd,
+    disk: Arc<DiskFile>,
+    info: Arc<DiskInfo>,
+    interrupt: VirtioInterrupt,
+    /// The ring itself is broken: the device waits for a reset.
+    failed: bool,
+    /// O_DIRECT's I/O threads.
+    pool: Option<Pool>,
+}
+
+/// The queue and what completing a request touches, apart from guest
+/// memory so that both can be borrowed at once.
+struct Ring {
+    id: String,
+    index: usize,
+    queue: Queue,
+    call: EventFd,
+    refusals: u32,
+}
+
+/// What a queue needs to run.
+pub struct QueueParams {
+    pub id: String,
+    pub index: usize,
+    pub mem: GuestMemoryMmap,
+    pub queue: Queue,
+    pub kick: EventFd,
+    pub call: EventFd,
+    pub disk: Arc<DiskFile>,
+    pub info: Arc<DiskInfo>,
+    pub interrupt: VirtioInterrupt,
+    /// 0: every request on the worker thread.
+    pub io_threads: usize,
+}
+
+impl QueueHandler {
+    pub fn new(p: QueueParams) -> std::io::Result<QueueHandler> {
+        let pool = match p.io_threads {
+            0 => None,
+            n => Some(Pool::new(
+                &format!("{}-q{}", p.id, p.index),
+                n,
+                &p.mem,
+                &p.disk,
+                &p.info,
+            )?),
+        };
+        Ok(QueueHandler {
+            mem: p.mem,
+            ring: Ring {
+                id: p.id,
+                index: p.index,
+                queue: p.queue,
+                call: p.call,
+                refusals: 0,
+            },
+            kick: p.kick,
+            disk: p.disk,
+            info: p.info,
+            interrupt: p.interrupt,
+            failed: false,
+            pool,
+        })
+    }
+
+    /// What the worker waits on.
+    pub fn sources(&self) -> Vec<Source> {
+        let mut sources = vec![Source {
+            fd: self.kick.as_raw_fd(),
+            token: TOKEN_KICK,
+            events: EventSet::IN,
+        }];
+        if let Some(pool) = &self.pool {
+            sources.push(Source {
+                fd: pool.done_event.as_raw_fd(),
+                token: TOKEN_DONE,
+                events: EventSet::IN,
+            });
+        }
+        sources
+    }
+
+    /// Every request the driver made available.
+    fn process(&mut self) -> Result<(), virtio_queue::Error> {
+        let mem = &self.mem;
+        loop {
+            self.ring.queue.disable_notification(mem)?;
+            while let Some(chain) = self.ring.queue.pop_descriptor_chain(mem) {
+                let head = chain.head_index();
+                match &self.pool {
+                    Some(pool) => pool.submit(head, chain.collect()),
+                    None => {
+                        let done = request::process(mem, chain, self.disk.as_ref(), &self.info);
+                        self.ring.complete(mem, head, done)?;
+                    }
+                }
+            }
+            // With EVENT_IDX, requests that arrived while notifications
+            // were off are caught here.
+            if !self.ring.queue.enable_notification(mem)? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Requests the I/O threads finished.
+    fn collect(&mut self) -> Result<(), virtio_queue::Error> {
+        let Some(pool) = &self.pool else {
+            return Ok(());
+        };
+        let _ = pool.done_event.read();
+        for (head, done) in pool.done.try_iter() {
+            self.ring.complete(&self.mem, head, done)?;
+        }
+        Ok(())
+    }
+}
+
+impl Ring {
+    /// Puts a request in the used ring and signals the guest if it asked.
+    fn complete(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        head: u16,
+        done: Completion,
+    ) -> Result<(), virtio_queue::Error> {
+        if let Some(problem) = done.problem {
+            self.log_refusal(problem);
+        }
+        self.queue.add_used(mem, head, done.used_len)?;
+        if self.queue.needs_notification(mem)? {
+            if let Err(e) = self.call.write(1) {
+                log::error!(
+                    "{}: queue {}: cannot signal the guest: {e}",
+                    self.id,
+                    self.index
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// One line per bad request, until `LOGGED_REFUSALS` of them.
+    fn log_refusal(&mut self, refusal: Refusal) {
+        self.refusals = self.refusals.saturating_add(1);
+        if self.refusals > LOGGED_REFUSALS {
+            return;
+        }
+        let what = match refusal {
+            Refusal::BadChain(why) => format!("bad request: {why}"),
+            Refusal::IoError(why) => format!("I/O error: {why}"),
+            Refusal::Unsupported(t) => format!("unsupported request type {t}"),
+        };
+        let quiet = if self.refusals == LOGGED_REFUSALS {
+            "; further refusals on this queue are not logged"
+        } else {
+            ""
+        };
+        log::warn!("{}: queue {}: {what}{quiet}", self.id, self.index);
+    }
+}
+
+impl EventHandler for QueueHandler {
+    fn ready(&mut self, token: u64, _events: EventSet) {
+        let result = match token {
+            TOKEN_DONE => self.collect(),
+            _ => {
+                let _ = self.kick.read();
+                if self.failed {
+                    return;
+                }
+                self.process()
+            }
+        };
+        if let Err(e) = result {
+            if !self.failed {
+                log::error!(
+                    "{}: queue {}: the ring is unusable ({e}); device needs reset",
+                    self.ring.id,
+                    self.ring.index
+                );
+                self.failed = true;
+                self.interrupt.set_needs_reset();
+            }
+        }
+    }
+}
+
+/// I/O threads taking requests from the worker and handing back their
+/// completions; dropped, it finishes what it took and joins.
+struct Pool {
+    jobs: Option<mpsc::Sender<(u16, Vec<Descriptor>)>>,
+    done: mpsc::Receiver<(u16, Completion)>,
+    done_event: Arc<EventFd>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Pool {
+    fn new(
+        name: &str,
+        count: usize,
+        mem: &GuestMemoryMmap,
+        disk: &Arc<DiskFile>,
+        info: &Arc<DiskInfo>,
+    ) -> std::io::Result<Pool> {
+        let (jobs, queue) = mpsc::channel::<(u16, Vec<Descriptor>)>();
+        let queue = Arc::new(Mutex::new(queue));
+        let (finished, done) = mpsc::channel();
+        let done_event = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
+        let mut pool = Pool {
+            jobs: Some(jobs),
+            done,
+            done_event: done_event.clone(),
+            threads: Vec::with_capacity(count),
+        };
+        for n in 0..count {
+            let (queue, finished, done_event) =
+                (queue.clone(), finished.clone(), done_event.clone());
+            let (mem, disk, info) = (mem.clone(), disk.clone(), info.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("{name}-io{n}"))
+                .spawn(move || loop {
+                    // The lock is held only to take the next job.
+                    let job = lock(&queue).recv();
+                    let Ok((head, descriptors)) = job else {
+                        return;
+                    };
+                    let done = request::process(&mem, descriptors, disk.as_ref(), &info);
+                    if finished.send((head, done)).is_err() {
+                        return;
+                    }
+                    let _ = done_event.write(1);
+                })?;
+            pool.threads.push(thread);
+        }
+        Ok(pool)
+    }
+
+    fn submit(&self, head: u16, descriptors: Vec<Descriptor>) {
+        if let Some(jobs) = &self.jobs {
+            // Fails only once every thread is gone, which drop alone does.
+            let _ = jobs.send((head, descriptors));
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // Closing the channel ends each thread after its current request.
+        self.jobs = None;
+        for thread in self.threads.drain(..) {
+            if thread.join().is_err() {
+                log::error!("A block I/O thread panicked");
+            }
+        }
+    }
+}

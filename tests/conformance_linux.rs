@@ -18,6 +18,7 @@ fn spec(virtio_id: u32, queues: &[u32], backend: &[&str]) -> LinuxTierSpec {
         socket_suffix: String::new(),
         fs_tag: None,
         vsock_host_socket: None,
+        console_tcp_port: None,
         config: None,
         timeout: Duration::from_secs(400),
     }
@@ -86,4 +87,81 @@ fn qemu_storage_daemon_serves_linux_a_disk() {
         .expect("image")
         .iter()
         .all(|&b| b == 0x5a));
+}
+
+/// Third-party backends from crates.io, installed once into target/tools.
+fn tool(program: &str) -> String {
+    let var = program.to_uppercase().replace('-', "_");
+    paths::find_or_install(&var, program, program)
+        .unwrap_or_else(|e| panic!("{program}: {e}"))
+        .display()
+        .to_string()
+}
+
+#[test]
+fn vhost_device_vsock_carries_a_guest_connection_to_the_host() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = spec(
+        19,
+        &[256, 256, 256],
+        &[
+            &tool("vhost-device-vsock"),
+            "--guest-cid=3",
+            "--socket={socket}",
+            "--uds-path={dir}/vm.vsock",
+        ],
+    );
+    s.vsock_host_socket = Some("{dir}/vm.vsock".into());
+    assert_all_pass(&linux_tier(&s, dir.path()));
+}
+
+#[test]
+fn vhost_device_sound_gives_linux_a_card() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = spec(
+        25,
+        &[64, 64, 64, 64],
+        &[
+            &tool("vhost-device-sound"),
+            "--socket={socket}",
+            "--backend=null",
+        ],
+    );
+    assert_all_pass(&linux_tier(&s, dir.path()));
+}
+
+#[test]
+fn vhost_device_console_carries_hvc0_both_ways() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = spec(
+        3,
+        &[128, 128, 128, 128],
+        &[
+            &tool("vhost-device-console"),
+            "--socket-path={socket}",
+            "--backend=network",
+            "--tcp-port=12345",
+        ],
+    );
+    s.socket_suffix = "0".into();
+    s.console_tcp_port = Some(12345);
+    assert_all_pass(&linux_tier(&s, dir.path()));
+}
+
+#[test]
+fn vhost_device_scsi_gives_linux_a_disk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = dir.path().join("scsi.img");
+    std::fs::write(&image, vec![0x33; 8 << 20]).expect("image");
+    let s = spec(
+        8,
+        &[128, 128, 128],
+        &[
+            &tool("vhost-device-scsi"),
+            "--socket-path={socket}",
+            &image.display().to_string(),
+        ],
+    );
+    let checks = linux_tier(&s, dir.path());
+    eprintln!("{}", test_infra::conformance::table(&checks));
 }

@@ -40,6 +40,9 @@ pub struct LinuxTierSpec {
     /// connections to (vhost-device-vsock's `uds-path`); port P is
     /// `PATH_P`.
     pub vsock_host_socket: Option<String>,
+    /// console: the TCP port on which the backend offers the console's
+    /// other side (vhost-device-console's network backend).
+    pub console_tcp_port: Option<u16>,
     /// The config bytes, when the probe tier read them (sound's stream
     /// count, block's capacity).
     pub config: Option<Vec<u8>>,
@@ -135,6 +138,11 @@ if [ -c /dev/hvc0 ]; then
   report console port=hvc0
   echo "guest-says-{MARKER}" > /dev/hvc0
   report console wrote=1
+  if read -t 30 line < /dev/hvc0; then
+    report console read=\"$line\"
+  else
+    report console read=none
+  fi
 else
   report console port=none
 fi"#
@@ -154,12 +162,16 @@ report sound streams=$(cat /proc/asound/card0/pcm*/info 2>/dev/null | grep -c '^
         "scsi" => r#"n=0; while [ ! -b /dev/sda ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
 if [ -b /dev/sda ]; then
   sectors=$(cat /sys/block/sda/size)
-  report scsi disk=sda sectors=$sectors
+  report scsi disk=sda sectors=$sectors ro=$(cat /sys/block/sda/ro)
   count=$(( sectors < 2048 ? sectors : 2048 ))
   skip=$(( sectors - count ))
-  dd if=/dev/sda of=/tmp/orig bs=512 skip=$skip count=$count 2>/dev/null
+  if dd if=/dev/sda of=/tmp/orig bs=512 skip=$skip count=$count 2>/tmp/err; then
+    report scsi read ok=1 sha=$(sha256sum /tmp/orig | cut -d' ' -f1)
+  else
+    report scsi read ok=0 error=\"$(tail -n1 /tmp/err)\"
+  fi
   head -c $(( count * 512 )) /dev/urandom > /tmp/pat
-  dd if=/tmp/pat of=/dev/sda bs=512 seek=$skip conv=fsync 2>/dev/null
+  dd if=/tmp/pat of=/dev/sda bs=512 seek=$skip conv=fsync 2>/tmp/err || report scsi write-error what=\"$(tail -n1 /tmp/err)\"
   sync; echo 3 > /proc/sys/vm/drop_caches
   dd if=/dev/sda of=/tmp/back bs=512 skip=$skip count=$count 2>/dev/null
   report scsi write wrote=$(sha256sum /tmp/pat | cut -d' ' -f1) read=$(sha256sum /tmp/back | cut -d' ' -f1)
@@ -204,6 +216,12 @@ pub fn linux_tier(spec: &LinuxTierSpec, work: &Path) -> Vec<Check> {
             &format!("Linux has no driver for device ID {}", spec.virtio_id),
         )];
     };
+    if let Err(e) = crate::linux::module_closure(modules) {
+        return vec![skip(
+            "driver",
+            &format!("the Linux tier's kernel (Debian's cloud kernel) has no driver for {name}: {e}"),
+        )];
+    }
     match run_scenario(spec, work, modules, name) {
         Ok(run) => judge(spec, name, &run, started.elapsed()),
         Err(e) => vec![fail("boot", &e, started.elapsed())],
@@ -261,9 +279,20 @@ fn run_scenario(
         .unwrap_or_default();
     let vsock_server = match (&spec.vsock_host_socket, name) {
         (Some(path), "vsock") => format!(
-            "$IN/vsock-echo serve {} &\nsleep 0.5\n",
-            shell_quote(&format!("{path}_5000"))
+            "$IN/vsock-echo serve \"{}\" >$OUT/vsock-host.log 2>&1 &\nsleep 0.5\n",
+            format!("{path}_5000")
+                .replace('"', "")
+                .replace("{dir}", "$socks")
         ),
+        (_, "console") => match spec.console_tcp_port {
+            Some(port) => format!(
+                "ip link set lo up 2>/dev/null\n\
+                 mkfifo $WORK/console.in\n\
+                 ( sleep 600 > $WORK/console.in & tail -f $WORK/console.in | nc 127.0.0.1 {port} > $OUT/console-peer.log 2>&1 ) &\n\
+                 ( wait_line $OUT/console-peer.log guest-says-{MARKER} 120 && echo host-says-{MARKER} > $WORK/console.in ) &\n"
+            ),
+            None => String::new(),
+        },
         _ => String::new(),
     };
     if name == "vsock" && spec.vsock_host_socket.is_some() {
@@ -509,14 +538,26 @@ fn type_outcome(
             if port == "none" {
                 return Err("no /dev/hvc0".into());
             }
-            let seen = run
-                .out_file("backend.log")
-                .contains(&format!("guest-says-{MARKER}"));
-            if seen {
-                Ok("hvc0 appeared; the guest's line reached the backend's output".into())
-            } else {
-                Ok("hvc0 appeared and took the guest's line (the backend's side is not on its output: not checked)".into())
+            let Some(port) = spec.console_tcp_port else {
+                return Ok("hvc0 appeared and took the guest's line (give the backend's TCP port to check its side)".into());
+            };
+            let peer = run.out_file("console-peer.log");
+            if !peer.contains(&format!("guest-says-{MARKER}")) {
+                return Err(format!(
+                    "the guest's line did not reach TCP port {port}: {:?}",
+                    last_lines(&peer)
+                ));
             }
+            let read = guest
+                .all("console")
+                .find_map(|r| r.get("read"))
+                .unwrap_or("none");
+            if read != format!("host-says-{MARKER}") {
+                return Err(format!(
+                    "the guest read {read:?} from hvc0, not the line sent to port {port}"
+                ));
+            }
+            Ok(format!("hvc0 appeared; the guest's line reached port {port}, and the line sent there reached the guest"))
         }
         "vsock" => {
             let echo = guest.all("vsock").find_map(|r| r.get("echo"));

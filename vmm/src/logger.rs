@@ -3,7 +3,6 @@
 //! that threads never interleave within a line.
 
 use std::fmt;
-use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
@@ -11,13 +10,15 @@ use std::time::{Duration, Instant};
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
+use crate::files::{open_output, FileError};
+
 #[derive(Debug, thiserror::Error)]
 pub enum LoggerError {
     #[error("Failed to open log file {path}")]
     OpenFile {
         path: PathBuf,
         #[source]
-        source: io::Error,
+        source: FileError,
     },
     #[error("Failed to install the logger")]
     Install(#[source] log::SetLoggerError),
@@ -34,16 +35,14 @@ struct Logger {
 /// Times are counted from this call.
 pub fn init(level: LevelFilter, file: Option<&Path>) -> Result<(), LoggerError> {
     let sink: Box<dyn Write + Send> = match file {
-        Some(path) => Box::new(
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|source| LoggerError::OpenFile {
+        Some(path) => {
+            Box::new(
+                open_output(path, true).map_err(|source| LoggerError::OpenFile {
                     path: path.to_path_buf(),
                     source,
                 })?,
-        ),
+            )
+        }
         None => Box::new(io::stderr()),
     };
     log::set_boxed_logger(Box::new(Logger::new(level, sink))).map_err(LoggerError::Install)?;

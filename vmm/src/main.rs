@@ -7,6 +7,7 @@ mod cli;
 mod config;
 mod device_manager;
 mod devices;
+mod files;
 mod interrupt;
 mod logger;
 mod pci;

@@ -19,6 +19,7 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap as GuestMemory};
 
 use super::layout::*;
 use super::regs::BootEntry;
+use crate::files::{open_input, FileError};
 
 const E820_RAM: u32 = 1;
 const E820_RESERVED: u32 = 2;
@@ -33,11 +34,12 @@ const PAGE_SIZE: u64 = 0x1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
-    #[error("Failed to open {path}")]
+    #[error("Failed to open the {what} {path}")]
     Open {
+        what: &'static str,
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: FileError,
     },
     #[error("Failed to read the kernel image {path}")]
     ReadKernel {
@@ -127,8 +129,10 @@ pub struct Payload<'a> {
     pub cmdline: &'a str,
 }
 
-fn open(path: &Path) -> Result<File, BootError> {
-    File::open(path).map_err(|source| BootError::Open {
+/// Opens the kernel or the initramfs (`what`).
+fn open(what: &'static str, path: &Path) -> Result<File, BootError> {
+    open_input(path).map_err(|source| BootError::Open {
+        what,
         path: path.to_owned(),
         source,
     })
@@ -142,7 +146,7 @@ pub fn load_payload(
     payload: &Payload,
     rsdp: u64,
 ) -> Result<BootEntry, BootError> {
-    let mut kernel = open(payload.kernel)?;
+    let mut kernel = open("kernel", payload.kernel)?;
     let mut magic = [0u8; 4];
     let read_err = |source| BootError::ReadKernel {
         path: payload.kernel.to_owned(),
@@ -214,12 +218,13 @@ fn load_initramfs(
     limit: u64,
 ) -> Result<Option<(u64, u64)>, BootError> {
     let Some(path) = path else { return Ok(None) };
-    let mut file = open(path)?;
+    let mut file = open("initramfs", path)?;
     let size = file
         .metadata()
         .map_err(|source| BootError::Open {
+            what: "initramfs",
             path: path.to_owned(),
-            source,
+            source: source.into(),
         })?
         .len();
     let low_ram_end = mem_size

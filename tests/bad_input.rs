@@ -59,6 +59,38 @@ fn mkfifo(path: &Path) {
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
 }
 
+fn free_huge_pages() -> u64 {
+    std::fs::read_to_string("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
+        .map_or(0, |t| t.trim().parse().expect("a number"))
+}
+
+// Finding 1: huge pages the host does not have.
+
+/// One 2M page more than the host has free: refused at start-up, where
+/// it used to be killed by SIGBUS (exit 135, no output) at the first touch.
+#[test]
+fn hugepages_beyond_the_hosts_pool_are_refused_naming_hugepages() {
+    let dir = tempdir();
+    let size = format!("size={}M,hugepages=on", (free_huge_pages() + 1) * 2);
+    let out = run_in(
+        dir.path(),
+        &[
+            "--kernel",
+            "/nonexistent",
+            "--serial",
+            "null",
+            "--memory",
+            &size,
+        ],
+    );
+    assert_refused(
+        &out,
+        1,
+        Duration::from_secs(10),
+        &["hugepages=on", "huge pages"],
+    );
+}
+
 // Finding 4: FIFOs where files are expected.
 
 #[test]

@@ -210,3 +210,86 @@ fn a_log_fifo_nobody_reads_is_refused_at_once() {
         &["log file log", "FIFO", "reader"],
     );
 }
+
+// Finding 2: SIGINT and SIGTERM, at start-up and with a device attached.
+
+/// Whether `pid` has created the memfd of its guest memory: it is in the
+/// middle of start-up.
+fn has_guest_memory(pid: u32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .any(|target| target.to_string_lossy().contains("vmm-guest-ram"))
+}
+
+/// SIGTERM while `vmm` is starting: waiting for a backend's socket (which
+/// it would do for 5 s), or registering 256G of memory with KVM (which
+/// takes seconds on some hosts). It stops with 128 + 15 and says so,
+/// instead of dying by the default action.
+#[rstest::rstest]
+#[case::waiting_for_a_socket(&["--memory", "size=512M,shared=on", "--generic-vhost-user", "socket=nobody.sock,virtio_id=60,queue_sizes=[8]"])]
+#[case::setting_up_memory(&["--memory", "size=256G,shared=on"])]
+fn sigterm_during_start_up_ends_with_128_plus_15(#[case] args: &[&str]) {
+    if !require_kvm("sigterm_during_start_up_ends_with_128_plus_15") {
+        return;
+    }
+    let dir = tempdir();
+    let kernel = probe();
+    let mut cmd = VmmCommand::bare();
+    cmd.arg("--kernel")
+        .arg(&kernel)
+        .args(["--serial", "null", "--cmdline", "probe.run=boot,spin"])
+        .args(args.iter().copied());
+    let mut child = cmd.spawn(dir.path()).expect("vmm starts");
+    let pid = child.id();
+    assert!(
+        child.wait_until(Duration::from_secs(5), |_| has_guest_memory(pid)),
+        "vmm never created its guest memory:\n{}",
+        child.stderr_so_far()
+    );
+    child.signal(libc::SIGTERM);
+    let out = child.wait(DEADLINE).expect("vmm exits");
+    assert_refused(
+        &out,
+        128 + libc::SIGTERM,
+        Duration::from_secs(10),
+        &["stopped by signal 15"],
+    );
+}
+
+/// With a vhost-user device the watchdog thread started before the run
+/// loop blocked the signals, so they killed `vmm` outright; now the VM is
+/// torn down and the status is 128 + N.
+#[rstest::rstest]
+#[case::sigterm(libc::SIGTERM)]
+#[case::sigint(libc::SIGINT)]
+fn a_signal_stops_a_vm_with_a_vhost_user_device_cleanly(#[case] signo: i32) {
+    if !require_kvm("a_signal_stops_a_vm_with_a_vhost_user_device_cleanly") {
+        return;
+    }
+    let dir = tempdir();
+    let mock = test_infra::MockOptions::new("echo")
+        .start(dir.path())
+        .expect("mock");
+    let mut cmd = VmmCommand::probe("probe.run=boot,spin").expect("artifacts");
+    cmd.args(["--memory", "size=512M,shared=on", "--generic-vhost-user"])
+        .arg(mock.device("60", &[256, 256]));
+    let mut child = cmd.spawn(dir.path()).expect("vmm starts");
+    assert!(
+        child.wait_until(Duration::from_secs(30), |c| c
+            .stdout_so_far()
+            .contains("probe: spin")),
+        "the guest never reached the spin test:\n{}",
+        child.stderr_so_far()
+    );
+    child.signal(signo);
+    let out = child.wait(DEADLINE).expect("vmm exits");
+    assert_refused(
+        &out,
+        128 + signo,
+        Duration::from_secs(30),
+        &[&format!("stopped by signal {signo}")],
+    );
+}

@@ -8,6 +8,7 @@ use vhost::vhost_user::Frontend;
 
 use super::watchdog::Watchdog;
 use super::{Error, VhostUserParams};
+use crate::signals;
 
 /// How long we wait for a backend.
 #[derive(Debug, Clone, Copy)]
@@ -41,7 +42,8 @@ pub(super) struct Connection {
 }
 
 /// Connects, retrying while the socket does not exist or nobody accepts
-/// yet (a backend starting next to us), until `deadline` has passed.
+/// yet (a backend starting next to us), until `deadline` has passed or a
+/// termination signal comes.
 /// Returns the frontend and a second handle on its socket for the watchdog.
 pub(super) fn connect(
     params: &VhostUserParams,
@@ -63,6 +65,11 @@ pub(super) fn connect(
                     std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
                 ) && start.elapsed() < deadline =>
             {
+                // SIGINT and SIGTERM are blocked: without this, vmm would
+                // stop only when the deadline passed.
+                if signals::pending().is_some() {
+                    return Err(Error::Interrupted { path: path.clone() });
+                }
                 std::thread::sleep(Duration::from_millis(10));
             }
             Err(e) => return Err(failed(e)),

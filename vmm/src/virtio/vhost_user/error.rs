@@ -15,6 +15,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("Stopped waiting for vhost-user socket {path}: SIGINT or SIGTERM came")]
+    Interrupted { path: PathBuf },
     #[error("Failed to watch vhost-user socket {path}")]
     Watchdog {
         path: PathBuf,

@@ -293,3 +293,125 @@ fn a_signal_stops_a_vm_with_a_vhost_user_device_cleanly(#[case] signo: i32) {
         &[&format!("stopped by signal {signo}")],
     );
 }
+
+// Finding 3: kernel images that do not fit the VM or are not x86_64.
+
+/// The probe guest with `patch` applied to its bytes.
+fn patched_probe(dir: &Path, patch: fn(&mut Vec<u8>)) -> PathBuf {
+    let mut bytes = std::fs::read(probe()).expect("probe guest");
+    patch(&mut bytes);
+    let path = dir.join("kernel");
+    std::fs::write(&path, bytes).expect("write kernel");
+    path
+}
+
+fn unchanged(_: &mut Vec<u8>) {}
+
+/// The first program header's physical address (the probe has its one
+/// PT_LOAD first).
+fn first_segment_at(bytes: &mut [u8], paddr: u64) {
+    let phoff = u64::from_le_bytes(bytes[32..40].try_into().expect("8 bytes")) as usize;
+    assert_eq!(bytes[phoff..phoff + 4], 1u32.to_le_bytes(), "PT_LOAD first");
+    bytes[phoff + 24..phoff + 32].copy_from_slice(&paddr.to_le_bytes());
+}
+
+/// The PVH note's entry address (after namesz 4, descsz 8, type 18, "Xen").
+fn pvh_entry_at(bytes: &mut [u8], entry: u32) {
+    let note: Vec<u8> = [4u32, 8, 18]
+        .iter()
+        .flat_map(|w| w.to_le_bytes())
+        .chain(*b"Xen\0")
+        .collect();
+    let at = bytes
+        .windows(note.len())
+        .position(|w| w == note)
+        .expect("the probe has a PVH note")
+        + note.len();
+    bytes[at..at + 4].copy_from_slice(&entry.to_le_bytes());
+}
+
+/// A bzImage header (protocol 2.15, 64-bit entry, 30 setup sectors) in a
+/// file shorter than its setup code: it used to underflow in linux-loader.
+fn truncated_bzimage(bytes: &mut Vec<u8>) {
+    bytes.clear();
+    bytes.resize(0x400, 0);
+    bytes[0x1f1] = 30;
+    bytes[0x202..0x206].copy_from_slice(b"HdrS");
+    bytes[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    bytes[0x211] = 1;
+    bytes[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes());
+    bytes[0x236..0x238].copy_from_slice(&1u16.to_le_bytes());
+}
+
+/// Each case used to be loaded anyway (and crashed or hung the guest, once
+/// after 58 s) or failed with linux-loader's bare words; now `vmm` refuses
+/// it before the guest runs, naming the kernel and the limit.
+#[rstest::rstest]
+#[case::ram_of_2m(unchanged, "size=2M", &["is not within guest RAM 0x100000..0x200000 (--memory size=2M)"])]
+#[case::ram_of_3m(unchanged, "size=3M", &["is not within guest RAM 0x100000..0x300000 (--memory size=3M)"])]
+#[case::segment_at_0(|b: &mut Vec<u8>| first_segment_at(b, 0), "size=512M", &["segment 0 at 0x0..", "below 1 MiB"])]
+#[case::segment_in_ecam(|b: &mut Vec<u8>| first_segment_at(b, 0xe000_0000), "size=512M", &["segment 0 at 0xe0000000..", "not within guest RAM"])]
+#[case::segment_above_4g(|b: &mut Vec<u8>| first_segment_at(b, 0x1_0000_0000), "size=512M", &["segment 0 at 0x100000000..", "not within guest RAM"])]
+#[case::pvh_entry_outside(|b: &mut Vec<u8>| pvh_entry_at(b, 0x0500_0000), "size=512M", &["PVH entry point 0x5000000"])]
+#[case::aarch64(|b: &mut Vec<u8>| b[18..20].copy_from_slice(&183u16.to_le_bytes()), "size=512M", &["AArch64", "expected x86_64"])]
+#[case::elf_class_32(|b: &mut Vec<u8>| b[4] = 1, "size=512M", &["32-bit ELF"])]
+#[case::truncated_bzimage(truncated_bzimage, "size=512M", &["cut short"])]
+fn kernels_that_do_not_fit_are_refused_naming_the_limit(
+    #[case] patch: fn(&mut Vec<u8>),
+    #[case] memory: &str,
+    #[case] needles: &[&str],
+) {
+    if !require_kvm("kernels_that_do_not_fit_are_refused_naming_the_limit") {
+        return;
+    }
+    let dir = tempdir();
+    let kernel = patched_probe(dir.path(), patch);
+    let mut cmd = VmmCommand::bare();
+    cmd.arg("--kernel")
+        .arg(&kernel)
+        .args(["--serial", "null", "--cmdline", "probe.run=boot"])
+        .args(["--memory", memory]);
+    let out = cmd
+        .spawn(dir.path())
+        .expect("vmm starts")
+        .wait(DEADLINE)
+        .expect("vmm exits");
+    let mut all = vec![kernel.to_str().expect("UTF-8 path")];
+    all.extend_from_slice(needles);
+    assert_refused(&out, 1, Duration::from_secs(5), &all);
+}
+
+/// An initramfs that does not fit between the kernel and the top of RAM
+/// is refused naming both limits.
+#[test]
+fn an_initramfs_too_large_for_ram_is_refused() {
+    if !require_kvm("an_initramfs_too_large_for_ram_is_refused") {
+        return;
+    }
+    let dir = tempdir();
+    std::fs::write(dir.path().join("initrd"), vec![0u8; 6 << 20]).expect("initrd");
+    let kernel = probe();
+    let out = run_in(
+        dir.path(),
+        &[
+            "--kernel".as_ref(),
+            kernel.as_os_str(),
+            "--initramfs".as_ref(),
+            "initrd".as_ref(),
+            "--memory".as_ref(),
+            "size=8M".as_ref(),
+            "--serial".as_ref(),
+            "null".as_ref(),
+        ],
+    );
+    assert_refused(
+        &out,
+        1,
+        Duration::from_secs(5),
+        &[
+            "Initramfs initrd",
+            "between the kernel's end at 0x",
+            "and 0x800000 (--memory size=8M)",
+        ],
+    );
+}

@@ -415,3 +415,113 @@ fn an_initramfs_too_large_for_ram_is_refused() {
         ],
     );
 }
+
+// Finding 5: limits the command line alone decides, and errors that name
+// what they concern.
+
+/// A `--generic-vhost-user` value for device `i` on socket `backend<i>.sock`.
+fn device(i: usize, queues: usize) -> String {
+    let sizes = vec!["8"; queues].join(",");
+    format!("socket=backend{i}.sock,virtio_id=60,queue_sizes=[{sizes}]")
+}
+
+/// The arguments for `devices` and `--console console` (a device unless
+/// off), with a kernel that start-up would not find.
+fn with_devices(devices: &[String], console: &str) -> Vec<String> {
+    let mut args: Vec<String> = ["--kernel", "/nonexistent", "--serial", "null"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(["--memory", "size=512M,shared=on", "--console", console].map(String::from));
+    for device in devices {
+        args.extend(["--generic-vhost-user".into(), device.clone()]);
+    }
+    args
+}
+
+/// Each used to pass the parser and fail at start-up, some only after
+/// waiting for (or connecting to) every backend; now each is a usage error
+/// (status 2) at once, naming the option and the limit.
+#[rstest::rstest]
+#[case::virtio_id_64(vec!["socket=a.sock,virtio_id=64,queue_sizes=[8]".into()], "off", &["--generic-vhost-user", "virtio_id 64", "1 to 63"])]
+#[case::virtio_id_65535(vec!["socket=a.sock,virtio_id=65535,queue_sizes=[8]".into()], "off", &["virtio_id 65535", "1 to 63"])]
+#[case::virtio_id_65536(vec!["socket=a.sock,virtio_id=65536,queue_sizes=[8]".into()], "off", &["virtio_id 65536", "1 to 63"])]
+#[case::socket_path_over_sun_path(vec![format!("socket=/tmp/{},virtio_id=60,queue_sizes=[8]", "s".repeat(120))], "off", &["--generic-vhost-user", "125 bytes long", "at most 107"])]
+#[case::two_devices_on_one_socket(vec![device(0, 1), device(0, 1)], "off", &["--generic-vhost-user", "backend0.sock", "one device per backend socket"])]
+#[case::thirty_two_devices((0..32).map(|i| device(i, 1)).collect(), "off", &["32 virtio-pci devices", "at most 31"])]
+#[case::thirty_one_and_the_console((0..31).map(|i| device(i, 1)).collect(), "null", &["32 virtio-pci devices (31 from --generic-vhost-user, 1 from --console)"])]
+#[case::msi_vectors((0..16).map(|i| device(i, 64)).collect(), "off", &["1040 MSI-X vectors", "at most 1000"])]
+fn platform_limits_are_usage_errors_at_once(
+    #[case] devices: Vec<String>,
+    #[case] console: &str,
+    #[case] needles: &[&str],
+) {
+    let dir = tempdir();
+    let out = run_in(dir.path(), &with_devices(&devices, console));
+    assert_refused(&out, 2, Duration::from_secs(2), needles);
+}
+
+/// linux-loader refused these at start-up with status 1 and without
+/// naming the option.
+#[rstest::rstest]
+#[case::too_long("x".repeat(2048), &["--cmdline is 2048 bytes long", "at most 2047"])]
+#[case::not_ascii("root=/dev/vda \u{e9}".into(), &["--cmdline", "'\u{e9}' at byte 14", "printable ASCII"])]
+#[case::control_byte("a\u{1b}[2J".into(), &["--cmdline", "'\\u{1b}' at byte 1"])]
+fn a_bad_cmdline_is_a_usage_error_naming_it(#[case] cmdline: String, #[case] needles: &[&str]) {
+    let dir = tempdir();
+    let out = run_in(
+        dir.path(),
+        &[
+            "--kernel",
+            "/nonexistent",
+            "--serial",
+            "null",
+            "--cmdline",
+            &cmdline,
+        ],
+    );
+    assert_refused(&out, 2, Duration::from_secs(2), needles);
+    assert!(
+        !out.stderr.contains('\u{1b}'),
+        "raw escape: {:?}",
+        out.stderr
+    );
+}
+
+/// clap said "invalid UTF-8 was detected in one or more arguments" over
+/// five lines without naming the option.
+#[test]
+fn a_value_that_is_not_utf8_is_one_line_naming_the_option() {
+    use std::os::unix::ffi::OsStringExt;
+    let dir = tempdir();
+    let args = [
+        OsString::from("--kernel"),
+        "/nonexistent".into(),
+        "--memory".into(),
+        OsString::from_vec(b"size=512\xffM".to_vec()),
+    ];
+    let out = run_in(dir.path(), &args);
+    assert_refused(
+        &out,
+        2,
+        Duration::from_secs(2),
+        &["--memory", "\"size=512\\xFFM\" is not valid UTF-8"],
+    );
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+}
+
+/// Control bytes in what the user gave come back escaped, never raw.
+#[rstest::rstest]
+#[case::in_a_path(&["--kernel", "/nonexistent/\u{1b}[31mkernel", "--serial", "null"], 1)]
+#[case::in_a_value(&["--kernel", "/k", "--memory", "size=1\u{1b}[2J"], 2)]
+#[case::in_an_option(&["--kernel", "/k", "--bogus\u{7}\u{1b}[2J"], 2)]
+fn control_bytes_are_escaped_in_errors(#[case] args: &[&str], #[case] code: i32) {
+    let dir = tempdir();
+    let out = run_in(dir.path(), args);
+    assert_eq!(out.code(), Some(code), "{}", out.describe());
+    assert!(
+        !out.stderr.chars().any(|c| c.is_control() && c != '\n'),
+        "raw control bytes: {:?}",
+        out.stderr
+    );
+}

@@ -23,7 +23,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::util::error_chain;
+use crate::util::{error_chain, escape_controls};
 
 /// Exit status for start-up failures (bad configuration is 2, from the CLI).
 const EXIT_START_FAILED: u8 = 1;
@@ -40,7 +40,19 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_START_FAILED);
         }
     };
-    let args = cli::Args::parse();
+    let args = match cli::Args::try_parse() {
+        Ok(args) => args,
+        // --help and --version.
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        // clap repeats what it did not like, control characters and all.
+        Err(e) => {
+            eprint!("{}", escape_controls(&e.render().to_string(), true));
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     let config = match config::VmConfig::try_from(&args) {
         Ok(config) => config,
         Err(e) => {

@@ -525,3 +525,80 @@ fn control_bytes_are_escaped_in_errors(#[case] args: &[&str], #[case] code: i32)
         out.stderr
     );
 }
+
+/// A socket path where no backend can listen used to cost the 5 s wait
+/// for one and then say "Connection refused".
+#[rstest::rstest]
+#[case::regular_file("file", "regular file")]
+#[case::directory("dir", "directory")]
+#[case::dev_null("/dev/null", "character device")]
+fn a_socket_path_that_is_no_socket_is_named_at_once(#[case] path: &str, #[case] kind: &str) {
+    if !require_kvm("a_socket_path_that_is_no_socket_is_named_at_once") {
+        return;
+    }
+    let dir = tempdir();
+    std::fs::write(dir.path().join("file"), b"").expect("file");
+    std::fs::create_dir(dir.path().join("dir")).expect("dir");
+    let kernel = probe();
+    let mut args = vec![
+        "--kernel".to_string(),
+        kernel.to_string_lossy().into_owned(),
+    ];
+    args.extend(
+        with_devices(
+            &[format!("socket={path},virtio_id=60,queue_sizes=[8]")],
+            "off",
+        )
+        .into_iter()
+        .skip(2),
+    );
+    let out = run_in(dir.path(), &args);
+    assert_refused(
+        &out,
+        1,
+        Duration::from_secs(2),
+        &[&format!(
+            "vhost-user socket {path} is a {kind}, not a socket"
+        )],
+    );
+}
+
+/// A backend that closes the connection while `vmm` sets the device up:
+/// said as such, where it used to read "partial message", "connection is
+/// down until the device is reset", or that the backend refused a queue.
+#[rstest::rstest]
+#[case::at_set_owner("SET_OWNER:close", "GET_FEATURES")]
+#[case::after_get_queue_num("GET_QUEUE_NUM:close-after", "SET_VRING_NUM")]
+fn a_backend_hanging_up_at_start_up_is_named_as_such(#[case] fault: &str, #[case] what: &str) {
+    if !require_kvm("a_backend_hanging_up_at_start_up_is_named_as_such") {
+        return;
+    }
+    let dir = tempdir();
+    let mock = test_infra::MockOptions::new("m")
+        .fault(fault)
+        .start(dir.path())
+        .expect("mock");
+    let kernel = probe();
+    let mut cmd = VmmCommand::bare();
+    cmd.arg("--kernel")
+        .arg(&kernel)
+        .args(["--serial", "null", "--console", "off"])
+        .args(["--memory", "size=512M,shared=on", "--generic-vhost-user"])
+        .arg(mock.device("60", &[8]));
+    let out = cmd
+        .spawn(dir.path())
+        .expect("vmm starts")
+        .wait(DEADLINE)
+        .expect("vmm exits");
+    assert_refused(
+        &out,
+        1,
+        Duration::from_secs(5),
+        &[
+            &format!("vhost-user {what}: the backend at"),
+            "closed the connection",
+        ],
+    );
+    assert!(!out.stderr.contains("until the device is reset"));
+    assert!(!out.stderr.contains("refuses queue"));
+}

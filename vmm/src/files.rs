@@ -81,8 +81,11 @@ fn set_blocking(file: &File) -> io::Result<()> {
     Ok(())
 }
 
-fn type_name(file_type: FileType) -> &'static str {
-    if file_type.is_dir() {
+/// What kind of file this is, for messages.
+pub fn type_name(file_type: FileType) -> &'static str {
+    if file_type.is_file() {
+        "regular file"
+    } else if file_type.is_dir() {
         "directory"
     } else if file_type.is_fifo() {
         "FIFO"

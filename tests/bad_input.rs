@@ -602,3 +602,40 @@ fn a_backend_hanging_up_at_start_up_is_named_as_such(#[case] fault: &str, #[case
     assert!(!out.stderr.contains("until the device is reset"));
     assert!(!out.stderr.contains("refuses queue"));
 }
+
+// Finding 6: data lost without a word.
+
+/// The log went nowhere and vmm said nothing (exit 0). Now the failure is
+/// said once on stderr, naming the file; the guest's status is kept.
+#[test]
+fn a_log_file_that_cannot_be_written_is_reported_once() {
+    if !require_kvm("a_log_file_that_cannot_be_written_is_reported_once") {
+        return;
+    }
+    let dir = tempdir();
+    let kernel = probe();
+    let out = run_in(
+        dir.path(),
+        &[
+            "--kernel".as_ref(),
+            kernel.as_os_str(),
+            "--cmdline".as_ref(),
+            "probe.run=boot".as_ref(),
+            "--serial".as_ref(),
+            "null".as_ref(),
+            "--console".as_ref(),
+            "off".as_ref(),
+            "-vv".as_ref(),
+            "--log-file".as_ref(),
+            "/dev/full".as_ref(),
+        ],
+    );
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    let warnings: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(
+        warnings,
+        ["vmm: warning: cannot write the log to /dev/full: No space left on device (os error 28); records from here on may be lost"],
+        "{}",
+        out.describe()
+    );
+}

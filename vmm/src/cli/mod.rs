@@ -182,6 +182,9 @@ pub struct Args {
     pub verbose: u8,
 
     /// Write the log to this file (appending) instead of stderr
+    ///
+    /// If the file cannot be written (a full disk), vmm says so once on
+    /// stderr and carries on; the exit status stays the guest's.
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
 }

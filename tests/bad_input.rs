@@ -639,3 +639,54 @@ fn a_log_file_that_cannot_be_written_is_reported_once() {
         out.describe()
     );
 }
+
+/// `vhost-user-mock --socket PATH` on what is not its to delete.
+fn mock_on(dir: &Path, socket: &str) -> Output {
+    let mut command = std::process::Command::new(test_infra::mock::mock_binary().expect("mock"));
+    command.arg("--socket").arg(socket).current_dir(dir);
+    test_infra::process::Child::spawn("mock", command, dir)
+        .expect("mock starts")
+        .wait(Duration::from_secs(5))
+        .expect("mock exits")
+}
+
+/// A regular file in the way used to be deleted, and the mock listened in
+/// its place.
+#[test]
+fn the_mock_never_deletes_a_file_in_the_way_of_its_socket() {
+    let dir = tempdir();
+    std::fs::write(dir.path().join("data"), b"precious").expect("file");
+    let out = mock_on(dir.path(), "data");
+    assert_eq!(out.code(), Some(1), "{}", out.describe());
+    assert!(
+        out.stderr
+            .contains("data is a regular file, not a socket: not replacing it"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("data")).expect("still there"),
+        b"precious"
+    );
+}
+
+/// A socket nothing listens on (a backend that died) is replaced; one a
+/// backend listens on is not taken from it.
+#[test]
+fn the_mock_replaces_only_a_stale_socket() {
+    let dir = tempdir();
+    let live = test_infra::MockOptions::new("live")
+        .relisten()
+        .start(dir.path())
+        .expect("mock");
+    let out = mock_on(dir.path(), "live.sock");
+    assert_eq!(out.code(), Some(1), "{}", out.describe());
+    assert!(out
+        .stderr
+        .contains("something already listens on live.sock"));
+
+    drop(std::os::unix::net::UnixListener::bind(dir.path().join("stale.sock")).expect("bind"));
+    let stale = test_infra::MockOptions::new("stale").start(dir.path());
+    assert!(stale.is_ok(), "{:?}", stale.err());
+    drop(live);
+}

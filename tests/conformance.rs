@@ -218,3 +218,49 @@ fn a_backend_that_does_not_come_back_fails_the_reconnect_check() {
         "{out}"
     );
 }
+
+/// `--timeout-secs 0` gave every guest no time and blamed the backend for
+/// the failed checks; it is a usage error now.
+#[test]
+fn a_zero_timeout_is_a_usage_error() {
+    let mock = mock();
+    let (code, out, err) = conformance(&[
+        "--virtio-id",
+        "60",
+        "--config-size",
+        "0",
+        "--timeout-secs",
+        "0",
+        "--",
+        &mock,
+        "--socket",
+        "{socket}",
+    ]);
+    assert_eq!(code, Some(2), "{out}\n{err}");
+    assert!(err.contains("--timeout-secs"), "{err}");
+    assert!(out.is_empty(), "no checks run: {out}");
+}
+
+/// A backend that exits at once was reported as "did not create the
+/// socket within 10s" (after 0.03 s); the report now says it exited, how,
+/// and what it printed.
+#[test]
+fn a_backend_that_exits_at_once_is_reported_with_its_status_and_output() {
+    let start = std::time::Instant::now();
+    let (code, out, err) = conformance(&[
+        "--virtio-id",
+        "60",
+        "--",
+        "sh",
+        "-c",
+        "echo 'unknown flag --socket-path' >&2; exit 3",
+    ]);
+    assert_eq!(code, Some(2), "{out}\n{err}");
+    assert!(
+        err.contains("sh exited (exit status: 3) without creating "),
+        "{err}"
+    );
+    assert!(err.contains("unknown flag --socket-path"), "{err}");
+    assert!(!err.contains("within"), "{err}");
+    assert!(start.elapsed() < std::time::Duration::from_secs(5));
+}

@@ -9,6 +9,7 @@ mod logger;
 mod relay;
 
 use std::ops::Range;
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -60,7 +61,9 @@ EXIT STATUS
 #[derive(Parser, Debug)]
 #[command(name = "vhost-user-mock", version, after_help = AFTER_HELP)]
 struct Args {
-    /// Listen on this Unix socket (a stale socket file is replaced).
+    /// Listen on this Unix socket. A stale socket file (one that refuses a
+    /// connection) is replaced; a live socket or any other file there is an
+    /// error, and never deleted.
     #[arg(long, value_name = "PATH")]
     socket: PathBuf,
     /// Queues the device has (GET_QUEUE_NUM); rings past them are refused.
@@ -147,6 +150,10 @@ enum MockError {
     Log(PathBuf, #[source] std::io::Error),
     #[error("cannot listen on {0}")]
     Listen(PathBuf, #[source] std::io::Error),
+    #[error("{0} is a {1}, not a socket: not replacing it")]
+    InTheWay(PathBuf, &'static str),
+    #[error("something already listens on {0}")]
+    InUse(PathBuf),
     #[error("cannot write ready file {0}")]
     Ready(PathBuf, #[source] std::io::Error),
     #[error("accepting a connection")]
@@ -181,7 +188,7 @@ fn run(args: &Args) -> Result<(), MockError> {
     logger::init(args.log_file.as_deref(), level)
         .map_err(|e| MockError::Log(args.log_file.clone().unwrap_or_default(), e))?;
 
-    let _ = std::fs::remove_file(&args.socket);
+    remove_stale_socket(&args.socket)?;
     let listener =
         UnixListener::bind(&args.socket).map_err(|e| MockError::Listen(args.socket.clone(), e))?;
     if let Some(ready) = &args.ready_file {
@@ -239,6 +246,38 @@ fn run(args: &Args) -> Result<(), MockError> {
         }
     }
     Ok(())
+}
+
+/// Makes way for our socket: only a socket that nothing listens on (left
+/// by an earlier run) is removed. A file or a live backend in the way is
+/// the user's mistake, and deleting it would lose their data or steal
+/// another backend's clients.
+fn remove_stale_socket(path: &Path) -> Result<(), MockError> {
+    let listen_error = |e| MockError::Listen(path.to_owned(), e);
+    let file_type = match std::fs::symlink_metadata(path) {
+        Ok(metadata) => metadata.file_type(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(listen_error(e)),
+    };
+    if !file_type.is_socket() {
+        let kind = if file_type.is_file() {
+            "regular file"
+        } else if file_type.is_dir() {
+            "directory"
+        } else if file_type.is_symlink() {
+            "symbolic link"
+        } else {
+            "special file"
+        };
+        return Err(MockError::InTheWay(path.to_owned(), kind));
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => Err(MockError::InUse(path.to_owned())),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            std::fs::remove_file(path).map_err(listen_error)
+        }
+        Err(e) => Err(listen_error(e)),
+    }
 }
 
 /// One connection: a fresh device behind the relay.

@@ -160,6 +160,11 @@ impl Child {
         false
     }
 
+    /// How the child ended, if it has (never waits).
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Signals the whole process group (the child and anything it started).
     pub fn signal(&self, signal: i32) {
         // SAFETY: kill() with a negative pid addresses the process group we

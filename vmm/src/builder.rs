@@ -13,6 +13,7 @@ use virtio_types::VirtioDeviceType;
 use crate::arch::x86_64::{acpi, boot, regs};
 use crate::config::{ConsoleOutput, DiskBackend, DiskConfig, GenericVhostUserConfig, VmConfig};
 use crate::device_manager::{DeviceManager, DeviceManagerError};
+use crate::files::{open_output, FileError};
 use crate::terminal::{self, Pty, RawMode};
 use crate::virtio::block::disk::{DiskError, DiskFile};
 use crate::virtio::block::{self, Block, BlockParams};
@@ -41,7 +42,7 @@ pub enum BuildError {
         option: &'static str,
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: FileError,
     },
     #[error("{option}: cannot set up the terminal")]
     Terminal {
@@ -247,10 +248,12 @@ impl Terminals {
                 }
             }
             ConsoleOutput::File(path) => ConsoleEnd {
-                output: Box::new(File::create(path).map_err(|source| BuildError::OutputFile {
-                    option,
-                    path: path.clone(),
-                    source,
+                output: Box::new(open_output(path, false).map_err(|source| {
+                    BuildError::OutputFile {
+                        option,
+                        path: path.clone(),
+                        source,
+                    }
                 })?),
                 input: None,
                 size: None,

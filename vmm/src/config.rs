@@ -7,6 +7,9 @@ use std::path::PathBuf;
 
 use virtio_types::VirtioDeviceType;
 
+mod platform;
+pub use platform::{PlatformError, MAX_VIRTIO_ID};
+
 /// Guest RAM bounds and granularity.
 pub const MIN_MEMORY_SIZE: u64 = 2 << 20;
 pub const MAX_MEMORY_SIZE: u64 = 1 << 40;
@@ -146,6 +149,8 @@ pub enum ConfigError {
     DuplicateDiskId { id: String },
     #[error("--serial and --console are both tty: expected at most one of them on the terminal, e.g. --serial null")]
     DoubleTty,
+    #[error(transparent)]
+    Platform(#[from] PlatformError),
 }
 
 impl VmConfig {
@@ -180,6 +185,7 @@ impl VmConfig {
                 });
             }
         }
+        self.validate_platform()?;
         Ok(())
     }
 }

@@ -1,9 +1,10 @@
 //! The `log` backend: one line per record, `[vmm +12.345ms INFO target]
 //! message`, to stderr or appended to a file, written whole under a mutex so
-//! that threads never interleave within a line.
+//! that threads never interleave within a line. A log that cannot be written
+//! (a full disk, `--log-file /dev/full`) is said once on stderr; vmm carries
+//! on, and its exit status stays the guest's.
 
 use std::fmt;
-use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
@@ -11,13 +12,16 @@ use std::time::{Duration, Instant};
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
+use crate::files::{open_output, FileError};
+use crate::util::escape_controls;
+
 #[derive(Debug, thiserror::Error)]
 pub enum LoggerError {
     #[error("Failed to open log file {path}")]
     OpenFile {
         path: PathBuf,
         #[source]
-        source: io::Error,
+        source: FileError,
     },
     #[error("Failed to install the logger")]
     Install(#[source] log::SetLoggerError),
@@ -26,25 +30,70 @@ pub enum LoggerError {
 struct Logger {
     start: Instant,
     level: LevelFilter,
-    sink: Mutex<Box<dyn Write + Send>>,
+    sink: Mutex<Sink>,
+}
+
+/// Where the lines go, and where a failure to write them is reported.
+struct Sink {
+    out: Box<dyn Write + Send>,
+    /// What `out` is, for the warning: the file's path, or stderr.
+    name: String,
+    /// stderr, but for tests.
+    warnings: Box<dyn Write + Send>,
+    /// A write failed and was reported; later failures are not.
+    failed: bool,
+}
+
+impl Sink {
+    fn new(out: Box<dyn Write + Send>, name: String) -> Self {
+        Self {
+            out,
+            name,
+            warnings: Box::new(io::stderr()),
+            failed: false,
+        }
+    }
+
+    fn write_line(&mut self, line: &str) {
+        let written = self
+            .out
+            .write_all(line.as_bytes())
+            .and_then(|()| self.out.flush());
+        if let Err(e) = written {
+            self.report(&e);
+        }
+    }
+
+    /// Once: after that the log is known to be incomplete, and repeating
+    /// it per record would bury the guest's output.
+    fn report(&mut self, error: &io::Error) {
+        if std::mem::replace(&mut self.failed, true) {
+            return;
+        }
+        // Nowhere to go if stderr fails too.
+        let _ = writeln!(
+            self.warnings,
+            "vmm: warning: cannot write the log to {}: {error}; records from here on may be lost",
+            escape_controls(&self.name, false)
+        );
+    }
 }
 
 /// Installs the logger for the whole process: records at `level` or more
 /// severe go to `file` (created if needed, appended to) or to stderr.
 /// Times are counted from this call.
 pub fn init(level: LevelFilter, file: Option<&Path>) -> Result<(), LoggerError> {
-    let sink: Box<dyn Write + Send> = match file {
-        Some(path) => Box::new(
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|source| LoggerError::OpenFile {
+    let sink = match file {
+        Some(path) => Sink::new(
+            Box::new(
+                open_output(path, true).map_err(|source| LoggerError::OpenFile {
                     path: path.to_path_buf(),
                     source,
                 })?,
+            ),
+            path.display().to_string(),
         ),
-        None => Box::new(io::stderr()),
+        None => Sink::new(Box::new(io::stderr()), "stderr".into()),
     };
     log::set_boxed_logger(Box::new(Logger::new(level, sink))).map_err(LoggerError::Install)?;
     log::set_max_level(level);
@@ -52,7 +101,7 @@ pub fn init(level: LevelFilter, file: Option<&Path>) -> Result<(), LoggerError> 
 }
 
 impl Logger {
-    fn new(level: LevelFilter, sink: Box<dyn Write + Send>) -> Self {
+    fn new(level: LevelFilter, sink: Sink) -> Self {
         Self {
             start: Instant::now(),
             level,
@@ -79,18 +128,18 @@ impl Log for Logger {
             record.args(),
         );
         // A thread that panicked while logging left no half-written state
-        // we care about; a failed write has nowhere to be reported.
-        let mut sink = self.sink.lock().unwrap_or_else(PoisonError::into_inner);
-        let _ = sink.write_all(line.as_bytes());
-        let _ = sink.flush();
+        // we care about.
+        self.sink
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .write_line(&line);
     }
 
     fn flush(&self) {
-        let _ = self
-            .sink
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .flush();
+        let mut sink = self.sink.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Err(e) = sink.out.flush() {
+            sink.report(&e);
+        }
     }
 }
 
@@ -192,7 +241,10 @@ mod tests {
     #[test]
     fn filters_by_level_and_writes_whole_lines() {
         let sink = Shared::default();
-        let logger = Logger::new(LevelFilter::Info, Box::new(sink.clone()));
+        let logger = Logger::new(
+            LevelFilter::Info,
+            Sink::new(Box::new(sink.clone()), "t".into()),
+        );
         record(&logger, Level::Debug, "hidden");
         record(&logger, Level::Info, "shown");
         record(&logger, Level::Error, "also shown");
@@ -208,7 +260,10 @@ mod tests {
     #[test]
     fn threads_do_not_interleave() {
         let sink = Shared::default();
-        let logger = Arc::new(Logger::new(LevelFilter::Trace, Box::new(sink.clone())));
+        let logger = Arc::new(Logger::new(
+            LevelFilter::Trace,
+            Sink::new(Box::new(sink.clone()), "t".into()),
+        ));
         let threads: Vec<_> = (0..4)
             .map(|i| {
                 let logger = logger.clone();
@@ -230,6 +285,35 @@ mod tests {
         assert!(text
             .lines()
             .all(|l| l.contains("INFO vmm::test (worker") && l.ends_with("] 0123456789")));
+    }
+
+    /// A disk that is full, as /dev/full is.
+    struct Full;
+
+    impl Write for Full {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::Error::from_raw_os_error(libc::ENOSPC))
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The log used to be lost without a word; now the first failure is
+    /// said once, naming the file and the cause.
+    #[test]
+    fn a_log_that_cannot_be_written_is_reported_once() {
+        let warnings = Shared::default();
+        let mut sink = Sink::new(Box::new(Full), "/dev/full".into());
+        sink.warnings = Box::new(warnings.clone());
+        let logger = Logger::new(LevelFilter::Info, sink);
+        for _ in 0..3 {
+            record(&logger, Level::Error, "lost");
+        }
+        assert_eq!(
+            warnings.text(),
+            "vmm: warning: cannot write the log to /dev/full: No space left on device (os error 28); records from here on may be lost\n"
+        );
     }
 
     #[test]

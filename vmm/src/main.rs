@@ -7,9 +7,11 @@ mod cli;
 mod config;
 mod device_manager;
 mod devices;
+mod files;
 mod interrupt;
 mod logger;
 mod pci;
+mod signals;
 mod terminal;
 mod util;
 mod virtio;
@@ -21,14 +23,36 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::util::error_chain;
+use crate::util::{error_chain, escape_controls};
 
 /// Exit status for start-up failures (bad configuration is 2, from the CLI).
 const EXIT_START_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
-    let args = cli::Args::parse();
+    // First, while this is the only thread: every thread started later
+    // inherits the mask, so SIGINT and SIGTERM never kill vmm by their
+    // default action, at start-up or in the run.
+    let signals = match signals::TerminationSignals::block() {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("vmm: error: {}", error_chain(&e));
+            return ExitCode::from(EXIT_START_FAILED);
+        }
+    };
+    let args = match cli::Args::try_parse() {
+        Ok(args) => args,
+        // --help and --version.
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        // clap repeats what it did not like, control characters and all.
+        Err(e) => {
+            eprint!("{}", escape_controls(&e.render().to_string(), true));
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     let config = match config::VmConfig::try_from(&args) {
         Ok(config) => config,
         Err(e) => {
@@ -43,12 +67,20 @@ fn main() -> ExitCode {
     let vmm = match builder::build_vm(&config) {
         Ok(vmm) => vmm,
         Err(e) => {
+            // Start-up steps that wait give up when a signal comes; whatever
+            // failed then, the signal is why vmm stops.
+            if let Some(signo) = signals.read() {
+                log::debug!("Start-up interrupted: {}", error_chain(&e));
+                let reason = vm_exit::ExitReason::Signal(signo);
+                eprintln!("vmm: error: {reason} during start-up");
+                return ExitCode::from(reason.exit_status() as u8);
+            }
             // Once, on stderr: the logger writes there too by default.
             eprintln!("vmm: error: {}", error_chain(&e));
             return ExitCode::from(EXIT_START_FAILED);
         }
     };
-    match vmm.run() {
+    match vmm.run(&signals) {
         Ok(reason) => {
             let status = reason.exit_status();
             if status != 0 && !matches!(reason, vm_exit::ExitReason::DebugExit(_)) {

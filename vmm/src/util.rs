@@ -12,7 +12,9 @@ pub fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// "outer: cause: root cause", the way the error's sources nest. A cause
 /// whose text only repeats the level above (libraries that print their
-/// source in their own message) is left out.
+/// source in their own message) is left out. Control characters (from a
+/// path or a value the user gave) are escaped: the chain stays one line
+/// and cannot drive the terminal.
 pub fn error_chain(error: &dyn Error) -> String {
     let mut text = error.to_string();
     let mut last = text.clone();
@@ -26,7 +28,21 @@ pub fn error_chain(error: &dyn Error) -> String {
         last = part;
         source = cause.source();
     }
-    text
+    escape_controls(&text, false)
+}
+
+/// `text` with its control characters as Rust escapes (`\u{1b}`, `\t`),
+/// line breaks too unless `keep_newlines`.
+pub fn escape_controls(text: &str, keep_newlines: bool) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && !(keep_newlines && c == '\n') {
+            escaped.extend(c.escape_default());
+        } else {
+            escaped.push(c);
+        }
+    }
+    escaped
 }
 
 #[cfg(test)]
@@ -61,6 +77,16 @@ mod tests {
             error_chain(&e),
             "Failed to open /k: No such file or directory"
         );
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        let e = chain(&["Failed to open /tmp/\u{1b}[31mred\nx", "No such file"]);
+        assert_eq!(
+            error_chain(&e),
+            "Failed to open /tmp/\\u{1b}[31mred\\nx: No such file"
+        );
+        assert_eq!(escape_controls("a\tb\nc\u{7f}", true), "a\\tb\nc\\u{7f}");
     }
 
     #[test]

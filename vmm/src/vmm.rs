@@ -1,10 +1,11 @@
 //! A built VM and its run loop: one named thread per vCPU, the main thread
-//! waiting on the exit event, SIGINT/SIGTERM and terminal input, and a
-//! teardown that stops and joins every vCPU thread.
+//! waiting on the exit event, SIGINT/SIGTERM (blocked by `main`, see
+//! `signals`) and terminal input, and a teardown that stops and joins every
+//! vCPU thread.
 
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -13,6 +14,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::builder::Terminals;
 use crate::devices::serial::Serial;
+use crate::signals::TerminationSignals;
 use crate::terminal;
 use crate::util::lock;
 use crate::vm_exit::{ExitReason, VmExit};
@@ -75,11 +77,13 @@ impl Vmm {
         }
     }
 
-    /// Runs the guest to the end and says why it ended.
-    pub fn run(mut self) -> Result<ExitReason, RunError> {
-        // SIGINT/SIGTERM are blocked before any thread starts, so every thread
-        // inherits the mask and they arrive only through our signalfd.
-        let signals = block_termination_signals().map_err(RunError::Signals)?;
+    /// Runs the guest to the end and says why it ended. `signals` are the
+    /// SIGINT and SIGTERM that `main` blocked before any thread started.
+    pub fn run(mut self, signals: &TerminationSignals) -> Result<ExitReason, RunError> {
+        // One that came during start-up stops the VM before it runs.
+        if let Some(signo) = signals.read() {
+            return Ok(ExitReason::Signal(signo));
+        }
         register_signal_handler(SIGRTMIN(), kick_handler)
             .map_err(|e| RunError::Signals(std::io::Error::from_raw_os_error(e.errno())))?;
 
@@ -145,7 +149,7 @@ impl Vmm {
             for event in &events[..n] {
                 match event.data() {
                     EVENT_SIGNAL => {
-                        if let Some(signo) = read_signal(&signals) {
+                        if let Some(signo) = signals.read() {
                             self.exit.request(ExitReason::Signal(signo));
                         }
                     }
@@ -210,38 +214,4 @@ fn stop_vcpus(threads: Vec<JoinHandle<Vcpu>>) -> Vec<Vcpu> {
         }
     }
     vcpus
-}
-
-fn block_termination_signals() -> std::io::Result<OwnedFd> {
-    // SAFETY: `set` is a plain C struct initialised by sigemptyset before use;
-    // every call's result is checked.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        if rc != 0 {
-            return Err(std::io::Error::from_raw_os_error(rc));
-        }
-        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(OwnedFd::from_raw_fd(fd))
-    }
-}
-
-fn read_signal(signals: &OwnedFd) -> Option<i32> {
-    let mut info = std::mem::MaybeUninit::<libc::signalfd_siginfo>::uninit();
-    let size = std::mem::size_of::<libc::signalfd_siginfo>();
-    // SAFETY: `info` is a buffer of exactly `size` bytes; we read it only
-    // when the kernel filled all of it.
-    let n = unsafe { libc::read(signals.as_raw_fd(), info.as_mut_ptr().cast(), size) };
-    if n != size as isize {
-        return None;
-    }
-    // SAFETY: the kernel wrote a whole signalfd_siginfo above.
-    let info = unsafe { info.assume_init() };
-    Some(info.ssi_signo as i32)
 }

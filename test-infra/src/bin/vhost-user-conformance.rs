@@ -69,8 +69,8 @@ struct Args {
     /// Also write the checks as JUnit XML to this file.
     #[arg(long, value_name = "FILE")]
     junit: Option<PathBuf>,
-    /// How long one guest may run.
-    #[arg(long, default_value_t = 120)]
+    /// How long one guest may run, in seconds (at least 1).
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
     timeout_secs: u64,
     /// The backend command; `{socket}` in its arguments is replaced by the
     /// socket path.
@@ -144,6 +144,14 @@ impl Runner<'_> {
         let mut child = Child::spawn(name, command, self.dir)
             .map_err(|e| format!("starting {program}: {e}"))?;
         if !child.wait_until(SOCKET_DEADLINE, |_| socket.exists()) {
+            // Its own failure, not a slow start: say how it ended.
+            if let Some(status) = child.exit_status() {
+                return Err(format!(
+                    "{program} exited ({status}) without creating {}\n{}",
+                    socket.display(),
+                    child.stderr_so_far()
+                ));
+            }
             return Err(format!(
                 "{program} did not create {} within {SOCKET_DEADLINE:?} (is {{socket}} in its arguments?)\n{}",
                 socket.display(),

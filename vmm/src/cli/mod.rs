@@ -6,8 +6,11 @@
 mod options;
 mod parse;
 
+use std::ffi::OsStr;
 use std::path::PathBuf;
 
+use clap::builder::TypedValueParser;
+use clap::error::ErrorKind;
 use clap::{ArgAction, Parser};
 
 const AFTER_HELP: &str = "\
@@ -15,6 +18,19 @@ Option values follow Cloud Hypervisor: comma-separated key=value pairs. A value
 may be double-quoted to hold commas, '=' or spaces, with \"\" inside quotes for a
 literal quote (socket=\"a,\"\"b\"\"\" is the path a,\"b\"). Brackets group a list
 whose commas do not split pairs: queue_sizes=[256,256].
+
+Limits:
+  At most 31 virtio-pci devices in all (--generic-vhost-user, --disk and
+  --console): PCI bus 0 has 32 slots and the host bridge takes one. Their
+  MSI-X vectors, one per queue plus one per device, come to 1000 at most
+  (KVM's GSIs above the IOAPIC's 24). A backend socket path has at most 107
+  bytes (sun_path) and serves one device. Limits like these are checked
+  before anything starts, as bad command lines (status 2).
+
+Files:
+  --kernel and --initramfs must be regular files. An output (--serial
+  file=, --console file=, --log-file) may be a FIFO, but only one that is
+  already being read: vmm never waits in open().
 
 Guest exit device:
   A guest write of the value V to I/O port 0xf4 makes vmm exit with status
@@ -24,9 +40,9 @@ Guest exit device:
 Exit status:
   0              the guest powered off or reset
   1              vmm could not start, or the guest or a vCPU failed
-  2              bad command line
+  2              bad command line (or --log-file cannot be opened)
   (V << 1) | 1   the guest wrote V to the exit device
-  128 + N        stopped by signal N";
+  128 + N        stopped by signal N (SIGINT, SIGTERM), also during start-up";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -38,7 +54,7 @@ Exit status:
 )]
 pub struct Args {
     /// vCPUs: boot=N, N from 1 to 254
-    #[arg(long, value_name = "boot=N", default_value = "boot=1")]
+    #[arg(long, value_name = "boot=N", default_value = "boot=1", value_parser = Utf8)]
     pub cpus: String,
 
     /// Guest RAM: SIZE in bytes with an optional K, M, G or T suffix
@@ -52,6 +68,7 @@ pub struct Args {
         long,
         value_name = "size=SIZE[,shared=on|off][,hugepages=on|off]",
         default_value = "size=512M",
+        value_parser = Utf8,
         verbatim_doc_comment
     )]
     pub memory: String,
@@ -64,12 +81,13 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub initramfs: Option<PathBuf>,
 
-    /// The kernel command line
+    /// The kernel command line: printable ASCII, at most 2047 bytes
     #[arg(
         long,
         value_name = "STR",
         default_value = "",
-        allow_hyphen_values = true
+        allow_hyphen_values = true,
+        value_parser = Utf8
     )]
     pub cmdline: String,
 
@@ -81,7 +99,8 @@ pub struct Args {
     #[arg(
         long,
         value_name = "off|null|tty|pty|file=PATH",
-        default_value = "null"
+        default_value = "null",
+        value_parser = Utf8
     )]
     pub serial: String,
 
@@ -89,16 +108,23 @@ pub struct Args {
     ///
     /// Same forms as --serial; off means no device. At most one of --serial
     /// and --console may be tty. On a terminal the guest gets its size.
-    #[arg(long, value_name = "off|null|tty|pty|file=PATH", default_value = "tty")]
+    #[arg(
+        long,
+        value_name = "off|null|tty|pty|file=PATH",
+        default_value = "tty",
+        value_parser = Utf8
+    )]
     pub console: String,
 
     /// A virtio-pci device served by a vhost-user backend (repeatable)
     ///
-    /// socket=PATH       the backend's Unix socket
-    /// virtio_id=ID      the VIRTIO device ID: a number, or a name from the
-    ///                   spec's list (net, block, console, rng, fs, vsock,
-    ///                   sound, gpio, i2c, scmi, ...); device_type=ID is a
-    ///                   synonym
+    /// socket=PATH       the backend's Unix socket: at most 107 bytes, and
+    ///                   one device per socket
+    /// virtio_id=ID      the VIRTIO device ID, 1 to 63 (what virtio-pci can
+    ///                   carry: PCI device IDs 0x1041 to 0x107f): a number,
+    ///                   or a name from the spec's list (net, block,
+    ///                   console, rng, fs, vsock, sound, gpio, i2c, scmi,
+    ///                   ...); device_type=ID is a synonym
     /// queue_sizes=[N,N,...]
     ///                   one size per queue, each a power of two from 1 to
     ///                   32768, 64 queues at most and at least as many as the
@@ -119,6 +145,7 @@ pub struct Args {
         long = "generic-vhost-user",
         value_name = "socket=PATH,virtio_id=ID,queue_sizes=[N,N,...][,id=NAME][,config_size=N][,config=HEX]",
         action = ArgAction::Append,
+        value_parser = Utf8,
         verbatim_doc_comment
     )]
     pub generic_vhost_user: Vec<String>,
@@ -145,6 +172,7 @@ pub struct Args {
         long,
         value_name = "path=PATH[,readonly=on|off][,direct=on|off][,num_queues=N][,queue_size=N][,serial=STR][,id=NAME]",
         action = ArgAction::Append,
+        value_parser = Utf8,
         verbatim_doc_comment
     )]
     pub disk: Vec<String>,
@@ -154,8 +182,37 @@ pub struct Args {
     pub verbose: u8,
 
     /// Write the log to this file (appending) instead of stderr
+    ///
+    /// If the file cannot be written (a full disk), vmm says so once on
+    /// stderr and carries on; the exit status stays the guest's.
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
+}
+
+/// The value parser of every option that takes text: clap's own reports a
+/// value that is not UTF-8 in five lines without naming the option.
+#[derive(Clone)]
+struct Utf8;
+
+impl TypedValueParser for Utf8 {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        _: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<String, clap::Error> {
+        value.to_str().map(str::to_owned).ok_or_else(|| {
+            let option = arg
+                .and_then(clap::Arg::get_long)
+                .map_or_else(|| "an option".to_owned(), |long| format!("--{long}"));
+            clap::Error::raw(
+                ErrorKind::InvalidUtf8,
+                format!("{option}: {value:?} is not valid UTF-8\n"),
+            )
+        })
+    }
 }
 
 impl Args {
@@ -290,5 +347,49 @@ mod tests {
         ] {
             assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
         }
+    }
+
+    #[test]
+    fn help_documents_the_limits_checked_at_parse_time() {
+        let help = Args::command().render_long_help().to_string();
+        for needle in [
+            "the VIRTIO device ID, 1 to 63",
+            "At most 31 virtio-pci devices",
+            "come to 1000 at most",
+            "at most 107",
+            "one device per socket",
+            "printable ASCII, at most 2047 bytes",
+            "vmm never waits in open()",
+            "also during start-up",
+        ] {
+            assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
+        }
+    }
+
+    /// Any option that takes text: one line naming it, with the bytes
+    /// escaped, where clap said only that some argument was not UTF-8.
+    #[rstest]
+    #[case("--memory")]
+    #[case("--cmdline")]
+    #[case("--generic-vhost-user")]
+    #[case("--disk")]
+    #[case("--serial")]
+    fn a_value_that_is_not_utf8_is_one_line_naming_the_option(#[case] option: &str) {
+        use std::ffi::OsString;
+        use std::os::unix::ffi::OsStringExt;
+        let argv = [
+            OsString::from("vmm"),
+            "--kernel".into(),
+            "/k".into(),
+            option.into(),
+            OsString::from_vec(b"size=\xff\x1b".to_vec()),
+        ];
+        let err = Args::try_parse_from(argv).expect_err("not UTF-8");
+        assert_eq!(err.kind(), ErrorKind::InvalidUtf8);
+        let text = err.render().to_string();
+        assert_eq!(
+            text,
+            format!("error: {option}: \"size=\\xFF\\u{{1b}}\" is not valid UTF-8\n")
+        );
     }
 }

@@ -37,6 +37,8 @@ pub enum OptionError {
         #[source]
         source: DeviceTypeError,
     },
+    #[error("--generic-vhost-user: invalid {key} {id}: expected 1 to {MAX_VIRTIO_ID}, the device IDs virtio-pci carries (PCI device IDs 0x1041 to 0x107f)")]
+    DeviceIdOutOfRange { key: &'static str, id: u32 },
     #[error(
         "--generic-vhost-user: virtio_id= and device_type= are synonyms: expected only one of them"
     )]
@@ -258,13 +260,21 @@ fn parse_generic_vhost_user(
 }
 
 fn parse_device_type(key: &'static str, value: &str) -> Result<VirtioDeviceType, OptionError> {
-    value
-        .parse()
-        .map_err(|source| OptionError::InvalidDeviceType {
+    let device_type: VirtioDeviceType =
+        value
+            .parse()
+            .map_err(|source| OptionError::InvalidDeviceType {
+                key,
+                value: value.to_owned(),
+                source,
+            })?;
+    if device_type.id() > MAX_VIRTIO_ID {
+        return Err(OptionError::DeviceIdOutOfRange {
             key,
-            value: value.to_owned(),
-            source,
-        })
+            id: device_type.id(),
+        });
+    }
+    Ok(device_type)
 }
 
 /// `[N,N,...]`, or a single `N`; the count is checked by the caller.

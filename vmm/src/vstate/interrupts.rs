@@ -23,6 +23,8 @@ use crate::util::lock;
 /// GSIs 0-23 belong to the IOAPIC (and 0-15 to the PICs).
 const FIRST_MSI_GSI: u32 = 24;
 const MAX_GSI: u32 = 1023;
+/// How many MSI vectors all devices together can have: one GSI each.
+pub const MSI_GSI_COUNT: usize = (MAX_GSI - FIRST_MSI_GSI + 1) as usize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KvmInterruptError {

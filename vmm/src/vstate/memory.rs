@@ -1,15 +1,19 @@
 //! Guest RAM: one mapping per contiguous range, backed by a memfd when the
 //! memory must be shared with vhost-user backends, anonymous otherwise.
-//! Nothing here touches the pages, so start-up time does not grow with size.
+//! Nothing here touches the pages, so start-up time does not grow with size,
+//! except that huge pages are allocated up front (see `reserve_huge_pages`).
 
 use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 
 use vm_memory::{FileOffset, GuestMemoryMmap};
 
 use crate::arch::x86_64::layout::ram_ranges;
-use crate::config::MemoryConfig;
+use crate::config::{MemoryConfig, HUGE_PAGE_SIZE};
+
+/// The host's pool of free 2 MiB huge pages.
+const FREE_HUGE_PAGES: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages";
 
 pub type GuestMemory = GuestMemoryMmap;
 
@@ -27,6 +31,14 @@ pub enum MemoryError {
     Map(#[source] vm_memory::mmap::FromRangesError),
     #[error("Guest memory size {0:#x} does not fit this host's address space")]
     TooLarge(u64),
+    #[error("--memory hugepages=on needs {needed} free 2M huge pages; the host has {free} (see /proc/sys/vm/nr_hugepages)")]
+    HugePages {
+        needed: u64,
+        /// What `FREE_HUGE_PAGES` said, or why it could not be read.
+        free: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub fn create_guest_memory(config: &MemoryConfig) -> Result<GuestMemory, MemoryError> {
@@ -81,7 +93,9 @@ fn create_memfd(size: u64, hugepages: bool) -> Result<std::sync::Arc<File>, Memo
     })?;
     let mut flags = libc::MFD_CLOEXEC;
     if hugepages {
-        flags |= libc::MFD_HUGETLB;
+        // The size the configuration's granularity is checked against,
+        // whatever the host's default huge page size.
+        flags |= libc::MFD_HUGETLB | libc::MFD_HUGE_2MB;
     }
     // SAFETY: `name` is a valid NUL-terminated string that outlives the call;
     // the return value is checked before use.
@@ -93,7 +107,35 @@ fn create_memfd(size: u64, hugepages: bool) -> Result<std::sync::Arc<File>, Memo
     let file = unsafe { File::from_raw_fd(fd) };
     file.set_len(size)
         .map_err(|source| MemoryError::SizeMemfd { size, source })?;
+    if hugepages {
+        reserve_huge_pages(&file, size)?;
+    }
     Ok(std::sync::Arc::new(file))
+}
+
+/// A huge page is taken from the host's pool when it is first touched, and
+/// the mapping does not reserve it (vm-memory maps with MAP_NORESERVE): with
+/// too few in the pool, the first write from us or the guest would die of
+/// SIGBUS. Allocating every page now turns a shortage into an error.
+fn reserve_huge_pages(file: &File, size: u64) -> Result<(), MemoryError> {
+    let len = libc::off_t::try_from(size).map_err(|_| MemoryError::TooLarge(size))?;
+    // Read first: a failed fallocate holds the pages it got until the file
+    // is closed.
+    let free = std::fs::read_to_string(FREE_HUGE_PAGES);
+    // SAFETY: fallocate on a descriptor we own; no memory is passed.
+    if unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) } == 0 {
+        return Ok(());
+    }
+    let source = std::io::Error::last_os_error();
+    let free = match free {
+        Ok(text) => text.trim().to_owned(),
+        Err(e) => format!("an unknown number ({FREE_HUGE_PAGES}: {e})"),
+    };
+    Err(MemoryError::HugePages {
+        needed: size / HUGE_PAGE_SIZE,
+        free,
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -116,6 +158,31 @@ mod tests {
         assert_eq!(offsets, vec![0, 3 << 30]);
         mem.write_obj(0xabu8, GuestAddress(4 << 30)).unwrap();
         assert_eq!(mem.read_obj::<u8>(GuestAddress(4 << 30)).unwrap(), 0xab);
+    }
+
+    fn free_huge_pages() -> u64 {
+        std::fs::read_to_string(FREE_HUGE_PAGES).map_or(0, |text| text.trim().parse().unwrap())
+    }
+
+    /// One page more than the host has free: an error naming the option,
+    /// where the pages used to be left to fault in (SIGBUS on first touch).
+    #[test]
+    fn too_few_free_huge_pages_is_an_error_not_a_sigbus() {
+        let pages = free_huge_pages() + 1;
+        let err = create_guest_memory(&MemoryConfig {
+            size: pages * HUGE_PAGE_SIZE,
+            shared: false,
+            hugepages: true,
+        })
+        .expect_err("more huge pages than the host has free");
+        assert!(
+            matches!(&err, MemoryError::HugePages { needed, .. } if *needed == pages),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().starts_with("--memory hugepages=on needs "),
+            "{err}"
+        );
     }
 
     #[test]

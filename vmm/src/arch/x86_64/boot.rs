@@ -17,8 +17,10 @@ use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::{load_cmdline, BzImage, Cmdline, KernelLoader};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap as GuestMemory};
 
+use super::image::{self, ImageError, PayloadRam};
 use super::layout::*;
 use super::regs::BootEntry;
+use crate::files::{open_input, FileError};
 
 const E820_RAM: u32 = 1;
 const E820_RESERVED: u32 = 2;
@@ -33,11 +35,12 @@ const PAGE_SIZE: u64 = 0x1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
-    #[error("Failed to open {path}")]
+    #[error("Failed to open the {what} {path}")]
     Open {
+        what: &'static str,
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: FileError,
     },
     #[error("Failed to read the kernel image {path}")]
     ReadKernel {
@@ -51,6 +54,12 @@ pub enum BootError {
         #[source]
         source: LoaderCause,
     },
+    #[error("Kernel {path} cannot be loaded")]
+    Kernel {
+        path: PathBuf,
+        #[source]
+        source: ImageError,
+    },
     #[error("ELF kernel {0} has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY)")]
     NoPvhEntry(PathBuf),
     #[error("Failed to load the bzImage kernel {path}")]
@@ -63,11 +72,13 @@ pub enum BootError {
     Cmdline(#[source] linux_loader::cmdline::Error),
     #[error("Failed to write the kernel command line to guest memory")]
     WriteCmdline(#[source] linux_loader::loader::Error),
-    #[error("Initramfs {path} ({size} bytes) does not fit in guest memory below {limit:#x}")]
+    #[error("Initramfs {path} ({size} bytes) does not fit in guest RAM between the kernel's end at {floor:#x} and {limit:#x} (--memory size={memory})")]
     InitramfsTooLarge {
         path: PathBuf,
         size: u64,
+        floor: u64,
         limit: u64,
+        memory: String,
     },
     #[error("Failed to load the initramfs {path}")]
     LoadInitramfs {
@@ -127,8 +138,10 @@ pub struct Payload<'a> {
     pub cmdline: &'a str,
 }
 
-fn open(path: &Path) -> Result<File, BootError> {
-    File::open(path).map_err(|source| BootError::Open {
+/// Opens the kernel or the initramfs (`what`).
+fn open(what: &'static str, path: &Path) -> Result<File, BootError> {
+    open_input(path).map_err(|source| BootError::Open {
+        what,
         path: path.to_owned(),
         source,
     })
@@ -142,19 +155,27 @@ pub fn load_payload(
     payload: &Payload,
     rsdp: u64,
 ) -> Result<BootEntry, BootError> {
-    let mut kernel = open(payload.kernel)?;
+    let mut kernel = open("kernel", payload.kernel)?;
     let mut magic = [0u8; 4];
     let read_err = |source| BootError::ReadKernel {
         path: payload.kernel.to_owned(),
         source,
     };
     kernel.read_exact(&mut magic).map_err(read_err)?;
-    kernel.seek(SeekFrom::Start(0)).map_err(read_err)?;
+    let len = kernel.metadata().map_err(read_err)?.len();
+    let ram = PayloadRam::new(mem_size);
+    let unusable = |source| BootError::Kernel {
+        path: payload.kernel.to_owned(),
+        source,
+    };
 
     let cmdline = build_cmdline(payload.cmdline)?;
     load_cmdline(mem, GuestAddress(CMDLINE_START), &cmdline).map_err(BootError::WriteCmdline)?;
 
     if magic == ELF_MAGIC {
+        // linux-loader trusts the headers: check them against RAM first.
+        let image = image::check_elf(&mut kernel, len, ram).map_err(unusable)?;
+        kernel.seek(SeekFrom::Start(0)).map_err(read_err)?;
         let loaded = Elf::load(mem, None, &mut kernel, Some(GuestAddress(HIGH_RAM_START)))
             .map_err(|e| BootError::LoadElf {
                 path: payload.kernel.to_owned(),
@@ -163,7 +184,8 @@ pub fn load_payload(
         let PvhBootCapability::PvhEntryPresent(entry) = loaded.pvh_boot_cap else {
             return Err(BootError::NoPvhEntry(payload.kernel.to_owned()));
         };
-        let initramfs = load_initramfs(mem, mem_size, payload.initramfs, u64::MAX)?;
+        image.check_entry(entry.raw_value()).map_err(unusable)?;
+        let initramfs = load_initramfs(mem, ram, payload.initramfs, image.end(), u64::MAX)?;
         write_pvh_start_info(mem, mem_size, initramfs, rsdp)?;
         log::info!("PVH entry at {:#x}", entry.raw_value());
         Ok(BootEntry::Pvh {
@@ -171,6 +193,8 @@ pub fn load_payload(
             start_info: PVH_INFO_START,
         })
     } else {
+        let layout = image::check_bzimage(&mut kernel, len, ram).map_err(unusable)?;
+        kernel.seek(SeekFrom::Start(0)).map_err(read_err)?;
         let loaded = BzImage::load(mem, None, &mut kernel, Some(GuestAddress(HIGH_RAM_START)))
             .map_err(|e| BootError::LoadBzImage {
                 path: payload.kernel.to_owned(),
@@ -181,7 +205,7 @@ pub fn load_payload(
             params.hdr = hdr;
         }
         let initrd_max = u64::from(params.hdr.initrd_addr_max);
-        let initramfs = load_initramfs(mem, mem_size, payload.initramfs, initrd_max)?;
+        let initramfs = load_initramfs(mem, ram, payload.initramfs, layout.end, initrd_max)?;
         fill_boot_params(&mut params, mem_size, &cmdline, initramfs, rsdp);
         LinuxBootConfigurator::write_bootparams(
             &BootParams::new(&params, GuestAddress(ZERO_PAGE_START)),
@@ -206,36 +230,41 @@ fn build_cmdline(text: &str) -> Result<Cmdline, BootError> {
     Ok(cmdline)
 }
 
-/// Places the initramfs at the top of low RAM (below `limit`), page aligned.
+/// Places the initramfs at the top of low RAM (below `limit`), page
+/// aligned, and above `floor`: the end of what the kernel occupies.
 fn load_initramfs(
     mem: &GuestMemory,
-    mem_size: u64,
+    ram: PayloadRam,
     path: Option<&Path>,
+    floor: u64,
     limit: u64,
 ) -> Result<Option<(u64, u64)>, BootError> {
     let Some(path) = path else { return Ok(None) };
-    let mut file = open(path)?;
+    let mut file = open("initramfs", path)?;
     let size = file
         .metadata()
         .map_err(|source| BootError::Open {
+            what: "initramfs",
             path: path.to_owned(),
-            source,
+            source: source.into(),
         })?
         .len();
-    let low_ram_end = mem_size
+    let low_ram_end = ram
+        .size()
         .min(MEM_32BIT_GAP_START)
         .min(limit.saturating_add(1));
     let too_large = || BootError::InitramfsTooLarge {
         path: path.to_owned(),
         size,
+        floor,
         limit: low_ram_end,
+        memory: ram.size_text(),
     };
     let start = low_ram_end
         .checked_sub(size)
         .map(|s| s & !(PAGE_SIZE - 1))
         .ok_or_else(too_large)?;
-    // Keep clear of the kernel (loaded from 1 MiB) by a generous margin.
-    if start < HIGH_RAM_START * 16 {
+    if start < floor {
         return Err(too_large());
     }
     mem.read_exact_volatile_from(GuestAddress(start), &mut file, size as usize)

@@ -5,5 +5,6 @@ pub mod acpi;
 pub mod boot;
 pub mod cpuid;
 pub mod gdt;
+pub mod image;
 pub mod layout;
 pub mod regs;

@@ -261,7 +261,7 @@ fn queue_sizes(#[case] queues: &str, #[case] sizes: &[u16]) {
 fn queue_count_bounds() {
     let sizes = |n| {
         format!(
-            "socket=/s,virtio_id=1000,queue_sizes=[{}]",
+            "socket=/s,virtio_id=60,queue_sizes=[{}]",
             ["8"; 65][..n].join(",")
         )
     };
@@ -417,10 +417,34 @@ fn device_type_error_is_the_source() {
     assert_eq!(source.to_string(), DeviceTypeError::Reserved.to_string());
 }
 
+/// virtio-pci carries IDs up to 63 (PCI device ID 0x107f); larger ones
+/// used to pass here and fail later, at the socket.
+#[rstest]
+#[case("63", Some(63))]
+#[case("1", Some(1))]
+#[case("64", None)]
+#[case("65535", None)]
+#[case("65536", None)]
+#[case("4294967295", None)]
+fn device_ids_beyond_virtio_pci_are_refused(#[case] id: &str, #[case] accepted: Option<u32>) {
+    let device = vhost_one(&format!("socket=/s,virtio_id={id},queue_sizes=[1,1]"));
+    match accepted {
+        Some(n) => assert_eq!(device.expect("accepted").device_type.id(), n),
+        None => {
+            let err = device.expect_err("refused");
+            assert_eq!(
+                err.to_string(),
+                format!("--generic-vhost-user: invalid virtio_id {id}: expected 1 to 63, the device IDs virtio-pci carries (PCI device IDs 0x1041 to 0x107f)")
+            );
+        }
+    }
+}
+
 #[test]
 fn ids_default_by_index_and_must_be_unique() {
     let fs = "socket=/s,virtio_id=fs,queue_sizes=[1,1]";
-    let devices = vhost(&[fs, fs]).expect("valid");
+    let other = "socket=/t,virtio_id=fs,queue_sizes=[1,1]";
+    let devices = vhost(&[fs, other]).expect("valid");
     assert_eq!(devices[0].id, "_generic_vhost_user0");
     assert_eq!(devices[1].id, "_generic_vhost_user1");
 
@@ -468,9 +492,9 @@ fn generic_vhost_user_needs_shared_memory(#[case] memory: &[&str]) {
 #[case("virtio_id=fs", None, None, 40)]
 #[case("virtio_id=block", None, None, 60)]
 #[case("virtio_id=rng", None, None, 0)]
-#[case("virtio_id=1000", None, None, 0)]
-#[case("virtio_id=1000,config_size=16", Some(16), None, 16)]
-#[case("virtio_id=1000,config=0a0B", None, Some(vec![0x0a, 0x0b]), 2)]
+#[case("virtio_id=60", None, None, 0)]
+#[case("virtio_id=60,config_size=16", Some(16), None, 16)]
+#[case("virtio_id=60,config=0a0B", None, Some(vec![0x0a, 0x0b]), 2)]
 #[case("virtio_id=block,config=0102030405060708", None, Some((1..=8).collect()), 60)]
 #[case("virtio_id=block,config_size=8", Some(8), None, 8)]
 #[case("virtio_id=fs,config_size=4096", Some(4096), None, 4096)]
@@ -496,7 +520,7 @@ fn config_longer_than_the_spec_struct_widens_the_window() {
     assert_eq!(device.config_window_len(), 70);
     let hex = "ab".repeat(4097);
     let err = vhost_one(&format!(
-        "socket=/s,virtio_id=1000,queue_sizes=[1],config={hex}"
+        "socket=/s,virtio_id=60,queue_sizes=[1],config={hex}"
     ))
     .expect_err("too long");
     assert!(

@@ -15,6 +15,10 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("vhost-user socket {path} is a {kind}, not a socket")]
+    NotASocket { path: PathBuf, kind: &'static str },
+    #[error("Stopped waiting for vhost-user socket {path}: SIGINT or SIGTERM came")]
+    Interrupted { path: PathBuf },
     #[error("Failed to watch vhost-user socket {path}")]
     Watchdog {
         path: PathBuf,
@@ -31,6 +35,10 @@ pub enum Error {
     GetConfig(#[source] get_config::Error),
     #[error("vhost-user {what}: no reply within {after:?}; connection closed")]
     NoReply { what: &'static str, after: Duration },
+    #[error("vhost-user {what}: no reply, or only part of one, within {after:?} (a malformed header announcing more than came?); connection closed")]
+    IncompleteReply { what: &'static str, after: Duration },
+    #[error("vhost-user {what}: the backend at {path} closed the connection")]
+    HungUp { path: PathBuf, what: &'static str },
     #[error("vhost-user connection to {path} is down until the device is reset")]
     Disconnected { path: PathBuf },
     #[error(
@@ -68,6 +76,14 @@ pub(super) trait RequestError: std::error::Error {
     /// out of step with our requests); a refusal from a live backend is
     /// not such a failure.
     fn breaks_connection(&self) -> bool;
+    /// Whether the reader found less than a whole message when the
+    /// deadline cut it off: no reply at all, or a malformed one (a header
+    /// announcing more than came). The vhost crate reports both as a
+    /// partial message, and only the reader sees the bytes it consumed,
+    /// so the two cannot be told apart here; the error says both.
+    fn incomplete_reply(&self) -> bool {
+        false
+    }
     fn into_error(self, what: &'static str) -> Error;
 }
 
@@ -86,6 +102,13 @@ impl RequestError for vhost::Error {
             ),
             _ => false,
         }
+    }
+
+    fn incomplete_reply(&self) -> bool {
+        matches!(
+            self,
+            vhost::Error::VhostUserProtocol(vhost::vhost_user::Error::PartialMessage)
+        )
     }
 
     fn into_error(self, what: &'static str) -> Error {

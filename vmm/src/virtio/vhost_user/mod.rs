@@ -23,7 +23,7 @@ use virtio_types::VirtioDeviceType;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 pub use self::connection::Timeouts;
-use self::connection::{connect, Connection, Link};
+use self::connection::{connect, peer_hung_up, Connection, Link};
 pub use self::error::Error;
 use self::error::RequestError;
 use self::watchdog::Watchdog;
@@ -189,6 +189,14 @@ impl GenericVhostUser {
         let path = &self.params.socket;
         let connection = match &mut self.connection {
             Some(c) if !self.broken && !c.watchdog.lost() => c,
+            // The watchdog saw the hang-up (at start-up too): say so, once.
+            Some(_) if !self.broken => {
+                self.broken = true;
+                return Err(Error::HungUp {
+                    path: path.clone(),
+                    what,
+                });
+            }
             _ => {
                 self.broken = true;
                 return Err(Error::Disconnected { path: path.clone() });
@@ -196,16 +204,26 @@ impl GenericVhostUser {
         };
         let Connection { link, watchdog } = connection;
         let (result, cut_off) = watchdog.run(self.timeouts.reply, || op(link));
+        // Whatever the vhost crate calls it ("partial message", "socket is
+        // broken"), a request that met a closed connection is a hang-up.
+        let hung_up = result.is_err() && !cut_off && peer_hung_up(&link.socket);
         result.map_err(|source| {
             if cut_off {
                 self.broken = true;
-                return Error::NoReply {
-                    what,
-                    after: self.timeouts.reply,
-                };
+                let after = self.timeouts.reply;
+                if source.incomplete_reply() {
+                    return Error::IncompleteReply { what, after };
+                }
+                return Error::NoReply { what, after };
             }
             if source.breaks_connection() {
                 self.broken = true;
+                if hung_up {
+                    return Error::HungUp {
+                        path: path.clone(),
+                        what,
+                    };
+                }
             }
             log::debug!("{}: {what}: {source}", self.params.id);
             source.into_error(what)
@@ -254,13 +272,19 @@ impl GenericVhostUser {
             // configured and see what is refused. Nothing runs until a
             // ring is kicked, and DRIVER_OK sets the sizes again.
             for (index, size) in self.params.queue_sizes.clone().into_iter().enumerate() {
-                self.request("SET_VRING_NUM", |f| f.set_vring_num(index, size))
-                    .map_err(|e| Error::QueueRefused {
-                        id: id.clone(),
-                        index,
-                        size,
-                        source: Box::new(e),
-                    })?;
+                match self.request("SET_VRING_NUM", |f| f.set_vring_num(index, size)) {
+                    Ok(()) => {}
+                    // A lost connection is no refusal.
+                    Err(e) if self.broken => return Err(e),
+                    Err(e) => {
+                        return Err(Error::QueueRefused {
+                            id: id.clone(),
+                            index,
+                            size,
+                            source: Box::new(e),
+                        })
+                    }
+                }
             }
         }
         let spec_config = self.params.device_type.spec_config_size().unwrap_or(0) > 0;

@@ -435,8 +435,20 @@ fn a_backend_hanging_up_while_the_guest_is_away_is_signalled_at_once() {
         assert!(start.elapsed() < Duration::from_secs(5), "no signal");
         std::thread::sleep(Duration::from_millis(1));
     }
-    // Known lost: a config read fails at once, without a request.
+    // Known lost: a config read fails at once, without a request, and
+    // says the backend hung up; after that, that the connection is down.
     server.take_log();
+    let err = dev.read_config(0, &mut [0u8; 4]).err().unwrap();
+    assert!(
+        matches!(
+            err,
+            Error::HungUp {
+                what: "GET_CONFIG",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     let err = dev.read_config(0, &mut [0u8; 4]).err().unwrap();
     assert!(matches!(err, Error::Disconnected { .. }), "{err:?}");
     // Reset reconnects (the transport clears the flag); the new connection
@@ -518,4 +530,93 @@ fn guest_memory_must_be_shared() {
         .unwrap();
     assert!(matches!(err, Error::NotShared { addr: 0 }));
     assert!(err.to_string().contains("shared=on"));
+}
+
+/// A path where no backend can ever listen is named for what it is at
+/// once, not after the 5 s a starting backend gets.
+#[test]
+fn a_path_that_is_no_socket_is_named_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"").unwrap();
+    for (path, kind) in [
+        (file.as_path(), "regular file"),
+        (dir.path(), "directory"),
+        (Path::new("/dev/null"), "character device"),
+    ] {
+        let start = Instant::now();
+        let err = GenericVhostUser::new(fs_config(path, &[64, 64]), &memory())
+            .err()
+            .unwrap();
+        assert!(start.elapsed() < Duration::from_secs(1), "{path:?} waited");
+        assert!(
+            matches!(err, Error::NotASocket { kind: k, .. } if k == kind),
+            "{path:?}: {err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "vhost-user socket {} is a {kind}, not a socket",
+                path.display()
+            )
+        );
+    }
+}
+
+/// A raw backend: reads SET_OWNER and GET_FEATURES (headers only), then
+/// answers GET_FEATURES with `reply` and keeps the connection open until
+/// joined.
+fn raw_backend(
+    dir: &Path,
+    reply: Vec<u8>,
+) -> (
+    std::path::PathBuf,
+    std::thread::JoinHandle<std::os::unix::net::UnixStream>,
+) {
+    use std::io::{Read, Write};
+    let path = dir.join("raw.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let thread = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut header = [0u8; 12];
+        stream.read_exact(&mut header).unwrap();
+        assert_eq!(header[0], 3, "SET_OWNER");
+        stream.read_exact(&mut header).unwrap();
+        assert_eq!(header[0], 1, "GET_FEATURES");
+        stream.write_all(&reply).unwrap();
+        stream
+    });
+    (path, thread)
+}
+
+/// A reply whose header claims 0xffffffff bytes arrived, and the frontend
+/// waited for the rest: "no reply" was wrong, the error now says a part
+/// may have come and why.
+#[test]
+fn a_reply_cut_short_is_not_called_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let header: Vec<u8> = [1u32, 0x5, 0xffff_ffff]
+        .iter()
+        .flat_map(|w| w.to_le_bytes())
+        .collect();
+    let (path, backend) = raw_backend(dir.path(), header);
+    let err = GenericVhostUser::with_timeouts(fs_config(&path, &[64, 64]), &memory(), quick())
+        .err()
+        .unwrap();
+    assert!(
+        matches!(
+            err,
+            Error::IncompleteReply {
+                what: "GET_FEATURES",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("no reply, or only part of one, within 300ms (a malformed header"),
+        "{err}"
+    );
+    drop(backend.join().unwrap());
 }

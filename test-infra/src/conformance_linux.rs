@@ -219,7 +219,9 @@ pub fn linux_tier(spec: &LinuxTierSpec, work: &Path) -> Vec<Check> {
     if let Err(e) = crate::linux::module_closure(modules) {
         return vec![skip(
             "driver",
-            &format!("the Linux tier's kernel (Debian's cloud kernel) has no driver for {name}: {e}"),
+            &format!(
+                "the Linux tier's kernel (Debian's cloud kernel) has no driver for {name}: {e}"
+            ),
         )];
     }
     match run_scenario(spec, work, modules, name) {
@@ -288,7 +290,7 @@ fn run_scenario(
             Some(port) => format!(
                 "ip link set lo up 2>/dev/null\n\
                  mkfifo $WORK/console.in\n\
-                 ( sleep 600 > $WORK/console.in & tail -f $WORK/console.in | nc 127.0.0.1 {port} > $OUT/console-peer.log 2>&1 ) &\n\
+                 ( sleep 600 > $WORK/console.in & cat $WORK/console.in | nc 127.0.0.1 {port} > $OUT/console-peer.log 2>&1 ) &\n\
                  ( wait_line $OUT/console-peer.log guest-says-{MARKER} 120 && echo host-says-{MARKER} > $WORK/console.in ) &\n"
             ),
             None => String::new(),
@@ -382,11 +384,11 @@ fn judge(spec: &LinuxTierSpec, name: &str, run: &ScenarioRun, elapsed: Duration)
             Some(code) => format!(
                 "the guest reported no device (vmm exit {code}); vmm: {}; backend: {}",
                 tail(&run.out_file("guest.vmm.log")),
-                tail(&run.out_file("backend.log"))
+                backend_story(&run.out_file("backend.log"))
             ),
             None => format!(
                 "the guest did not finish; backend: {}",
-                tail(&run.out_file("backend.log"))
+                backend_story(&run.out_file("backend.log"))
             ),
         };
         checks.push(fail("boot", &why, elapsed));
@@ -427,6 +429,19 @@ fn judge(spec: &LinuxTierSpec, name: &str, run: &ScenarioRun, elapsed: Duration)
         elapsed,
     ));
     checks
+}
+
+/// A backend's log for a failure's detail: its first panic, if it
+/// panicked (the cause; later panics are its consequences), else its end.
+fn backend_story(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    match lines.iter().position(|l| l.contains("panicked at")) {
+        Some(at) => format!(
+            "the backend panicked: {}",
+            lines[at..lines.len().min(at + 2)].join(" ")
+        ),
+        None => last_lines(text),
+    }
 }
 
 /// The end of a log, on one line, for a failure's detail.

@@ -219,7 +219,9 @@ pub fn linux_tier(spec: &LinuxTierSpec, work: &Path) -> Vec<Check> {
     if let Err(e) = crate::linux::module_closure(modules) {
         return vec![skip(
             "driver",
-            &format!("the Linux tier's kernel (Debian's cloud kernel) has no driver for {name}: {e}"),
+            &format!(
+                "the Linux tier's kernel (Debian's cloud kernel) has no driver for {name}: {e}"
+            ),
         )];
     }
     match run_scenario(spec, work, modules, name) {

@@ -1,5 +1,6 @@
-//! `vhost-user-conformance` against real virtiofsd (every check passes)
-//! and against vhost-user-mock in its failing modes (the run fails, naming
+//! `vhost-user-conformance` against real virtiofsd (every check passes),
+//! against qemu-storage-daemon (a deviation flagged, the run passes) and
+//! against vhost-user-mock in its failing modes (the run fails, naming
 //! the right check and the reason).
 
 use std::process::Command;
@@ -19,6 +20,17 @@ fn conformance(args: &[&str]) -> (Option<i32>, String, String) {
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// The check `name` in the runner's JSON report.
+fn check_in(json: &str, name: &str) -> serde_json::Value {
+    let report: serde_json::Value =
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: not JSON: {json}"));
+    report["checks"]
+        .as_array()
+        .and_then(|checks| checks.iter().find(|c| c["check"] == name))
+        .cloned()
+        .unwrap_or_else(|| panic!("no {name} check in {json}"))
 }
 
 fn mock() -> String {
@@ -52,15 +64,19 @@ fn virtiofsd_passes_every_check() {
         "--sandbox=none",
     ]);
     assert_eq!(code, Some(0), "{out}\n{err}");
+    // The backend tier's 3, the generic tier's 9, the fs tier's 5.
     assert!(
-        out.contains("14 checks: 14 passed, 0 failed, 0 skipped"),
+        out.contains("17 checks: 17 passed, 0 warned, 0 failed, 0 skipped"),
         "{out}"
     );
-    let xml = std::fs::read_to_string(&junit).expect("junit written");
     assert!(
-        xml.contains("tests=\"14\" failures=\"0\" skipped=\"0\""),
-        "{xml}"
+        out.contains("backend  config-offset            pass"),
+        "virtiofsd honours GET_CONFIG's offset: {out}"
     );
+    let xml = std::fs::read_to_string(&junit).expect("junit written");
+    for attribute in ["tests=\"17\"", "failures=\"0\"", "skipped=\"0\""] {
+        assert!(xml.contains(attribute), "{attribute} not in {xml}");
+    }
     // The fs tier wrote through the backend into the share.
     let written = std::fs::read(share.path().join(".vhost-user-conformance")).expect("file");
     assert_eq!(written.len(), 65536);
@@ -89,8 +105,13 @@ fn assert_vhost_device_rng_passes(wrapper: &[&str]) {
     args.extend([&*rng, "--socket-path", "{socket}"]);
     let (code, out, err) = conformance(&args);
     assert_eq!(code, Some(0), "{out}\n{err}");
+    // rng has no config window: nothing for config-offset to read.
     assert!(
-        out.contains("10 checks: 10 passed, 0 failed, 0 skipped"),
+        out.contains("13 checks: 12 passed, 0 warned, 0 failed, 1 skipped"),
+        "{out}"
+    );
+    assert!(
+        out.contains("backend  config-offset            skip"),
         "{out}"
     );
     assert!(
@@ -156,6 +177,141 @@ fn an_echo_mock_passes_the_echo_tier() {
         "{out}"
     );
     assert!(out.contains("4 bytes: 0a0b0c0d"), "{out}");
+    // The progress went to stderr; stdout is one JSON document.
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(err.contains("pass echo/round-trips"), "{err}");
+    let queues = check_in(&out, "queue-count");
+    assert_eq!(queues["status"], "pass", "{queues}");
+    assert_eq!(queues["evidence"]["queue_num"], "2", "{queues}");
+}
+
+/// The mock answering GET_CONFIG from offset 0 (as QEMU's libvhost-user
+/// does) is flagged, with the bytes asked for and the bytes it gave; the
+/// run still passes, since vmm reads from offset 0 and the guest sees
+/// the right config. Without the flag the same check passes.
+#[test]
+fn a_backend_ignoring_get_config_s_offset_is_flagged_and_still_passes() {
+    if !require_kvm("a_backend_ignoring_get_config_s_offset_is_flagged_and_still_passes") {
+        return;
+    }
+    let mock = mock();
+    for ignores in [true, false] {
+        let mut args = vec![
+            "--virtio-id",
+            "60",
+            "--config-size",
+            "8",
+            "--echo",
+            "--json",
+            "--",
+            &mock,
+            "--socket",
+            "{socket}",
+            "--config",
+            "0102030405060708",
+        ];
+        if ignores {
+            args.push("--config-ignores-offset");
+        }
+        let (code, out, err) = conformance(&args);
+        assert_eq!(code, Some(0), "{out}\n{err}");
+        let offset = check_in(&out, "config-offset");
+        let read = check_in(&out, "config-read");
+        assert_eq!(read["status"], "pass", "{read}");
+        assert_eq!(read["detail"], "8 bytes: 0102030405060708", "{read}");
+        if ignores {
+            assert_eq!(offset["status"], "warn", "{offset}");
+            let detail = offset["detail"].as_str().unwrap_or_default();
+            assert!(detail.contains("ignores GET_CONFIG's offset"), "{offset}");
+            let evidence = &offset["evidence"];
+            assert_eq!(evidence["offset"], "4", "{offset}");
+            assert_eq!(evidence["expected"], "05060708", "{offset}");
+            assert_eq!(evidence["returned"], "01020304", "{offset}");
+        } else {
+            assert_eq!(offset["status"], "pass", "{offset}");
+            assert_eq!(offset["evidence"]["returned"], "05060708", "{offset}");
+        }
+    }
+}
+
+/// Debian's qemu-storage-daemon exports a disk over vhost-user-blk with
+/// QEMU's libvhost-user, which answers GET_CONFIG from offset 0: flagged
+/// as the mock is. Its structure ends after the write-zeroes fields (60
+/// of VIRTIO 1.3's 96 bytes, the rest needing features it does not
+/// offer), and the guests get that window. The run passes.
+#[test]
+fn qemu_storage_daemon_is_flagged_for_ignoring_get_config_s_offset() {
+    if !require_kvm("qemu_storage_daemon_is_flagged_for_ignoring_get_config_s_offset") {
+        return;
+    }
+    let qsd = paths::find_program("qemu-storage-daemon")
+        .expect("qemu-storage-daemon (ci/setup installs qemu-system-x86)");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let image = dir.path().join("disk.img");
+    std::fs::File::create(&image)
+        .and_then(|f| f.set_len(4 << 20))
+        .expect("image");
+    let blockdev = format!("driver=file,node-name=disk,filename={}", image.display());
+    let (code, out, err) = conformance(&[
+        "--virtio-id",
+        "block",
+        "--json",
+        "--",
+        &qsd.to_string_lossy(),
+        "--blockdev",
+        &blockdev,
+        "--export",
+        "type=vhost-user-blk,id=exp,node-name=disk,addr.type=unix,addr.path={socket},writable=on",
+    ]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let offset = check_in(&out, "config-offset");
+    assert_eq!(offset["status"], "warn", "{offset}");
+    let evidence = &offset["evidence"];
+    assert_eq!(evidence["offset"], "4", "{offset}");
+    // The capacity, 8192 sectors, where the bytes at offset 4 belong.
+    let returned = evidence["returned"].as_str().unwrap_or_default();
+    assert!(returned.starts_with("0020000000000000"), "{offset}");
+    assert_ne!(evidence["expected"], evidence["returned"], "{offset}");
+    assert!(
+        offset["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("60-byte window")),
+        "{offset}"
+    );
+    let queues = check_in(&out, "queue-count");
+    assert_eq!(queues["evidence"]["queues"], "1", "{queues}");
+    let read = check_in(&out, "config-read");
+    assert_eq!(read["status"], "pass", "{read}");
+    assert!(
+        read["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("60 bytes: 0020000000000000")),
+        "{read}"
+    );
+}
+
+/// `--list-checks` runs nothing: no backend, no KVM.
+#[test]
+fn list_checks_lists_every_check_without_running_any() {
+    let (code, out, err) = conformance(&["--list-checks"]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    for line in [
+        "backend  config-offset ",
+        "backend  queue-count ",
+        "generic  reconnect ",
+        "fs       destroy ",
+        "rng      entropy ",
+        "echo     round-trips ",
+    ] {
+        assert!(out.contains(line), "{line:?} not in {out}");
+    }
+    assert!(err.is_empty(), "{err}");
+    let (code, out, _) = conformance(&["--list-checks", "--json"]);
+    assert_eq!(code, Some(0));
+    let listed: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert!(listed.as_array().is_some_and(
+        |checks| checks.len() >= 19 && checks.iter().all(|c| c["description"].is_string())
+    ));
 }
 
 /// Each failing mode fails the run, in the check it breaks, saying why.

@@ -27,10 +27,15 @@ const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
 pub struct ConfigSpace {
     pub bytes: Vec<u8>,
     pub writable: Vec<Range<u32>>,
+    /// Answer GET_CONFIG from offset 0 whatever offset is asked, as
+    /// backends on QEMU's libvhost-user do (qemu-storage-daemon's
+    /// vhost-user-blk export among them).
+    pub ignores_offset: bool,
 }
 
 impl ConfigSpace {
     fn read(&self, offset: u32, size: u32) -> Vec<u8> {
+        let offset = if self.ignores_offset { 0 } else { offset };
         let (start, len) = (offset as usize, size as usize);
         // An empty answer is the protocol's error: out of range.
         self.bytes
@@ -278,6 +283,7 @@ mod tests {
         let mut c = ConfigSpace {
             bytes: b"abcdefgh".to_vec(),
             writable: vec![Range { start: 4, end: 8 }],
+            ignores_offset: false,
         };
         assert_eq!(c.read(2, 4), b"cdef");
         assert!(c.read(6, 4).is_empty(), "past the end is the error form");
@@ -287,5 +293,17 @@ mod tests {
         assert!(c.write(3, b"XY").is_err());
         assert!(c.write(7, b"XY").is_err());
         assert_eq!(c.read(0, 8), b"abcdXYgh");
+    }
+
+    #[test]
+    fn a_config_that_ignores_the_offset_answers_from_offset_0() {
+        let c = ConfigSpace {
+            bytes: b"abcdefgh".to_vec(),
+            writable: Vec::new(),
+            ignores_offset: true,
+        };
+        assert_eq!(c.read(4, 4), b"abcd");
+        assert_eq!(c.read(0, 8), b"abcdefgh");
+        assert!(c.read(4, 12).is_empty(), "more than there is: refused");
     }
 }

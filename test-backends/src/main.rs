@@ -50,6 +50,7 @@ EXAMPLES
   vhost-user-mock --socket /tmp/m.sock --config 6d796673 --writable 2..4
   vhost-user-mock --socket /tmp/m.sock --fault GET_CONFIG#2:error --relisten
   vhost-user-mock --socket /tmp/m.sock --fault buffer#3:close --relisten
+  vhost-user-mock --socket /tmp/m.sock --config 0102030405060708 --config-ignores-offset
 
 EXIT STATUS
   0 when the (last) connection ended, 1 on errors, 2 for a bad command line,
@@ -83,6 +84,10 @@ struct Args {
     /// elsewhere is refused.
     #[arg(long, value_name = "A..B", value_parser = parse_range)]
     writable: Vec<Range<u32>>,
+    /// Answer GET_CONFIG from offset 0 whatever offset is asked, as
+    /// backends on QEMU's libvhost-user do (qemu-storage-daemon).
+    #[arg(long)]
+    config_ignores_offset: bool,
     /// Do not offer VHOST_USER_PROTOCOL_F_MQ.
     #[arg(long)]
     no_mq: bool,
@@ -211,6 +216,7 @@ fn run(args: &Args) -> Result<(), MockError> {
     let config = Arc::new(Mutex::new(ConfigSpace {
         bytes: args.config.0.clone(),
         writable: args.writable.clone(),
+        ignores_offset: args.config_ignores_offset,
     }));
     let mut hidden = vhost::vhost_user::message::VhostUserProtocolFeatures::empty();
     for (withheld, feature) in [

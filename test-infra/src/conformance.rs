@@ -1,17 +1,34 @@
 //! The conformance checks for a vhost-user backend: what the probe guest
-//! must have reported for the backend to pass, and the report formats
-//! (a table, JSON, JUnit XML). The runner (`vhost-user-conformance`) boots
-//! the guests; this module only judges what they said.
+//! must have reported for the backend to pass. The runner
+//! (`vhost-user-conformance`) boots the guests; this module only judges
+//! what they said. `preflight` talks to the backend itself before any
+//! guest, `backend` judges what it answered, `catalogue` lists every
+//! check, `report` writes the results (a table, JSON, JUnit XML) and
+//! `progress` says on stderr what is going on.
 
-use std::fmt::Write as _;
+pub mod backend;
+pub mod catalogue;
+pub mod preflight;
+pub mod progress;
+pub mod report;
+
 use std::time::Duration;
+
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
 
 use crate::probe::{ProbeReport, Record};
 use crate::vmm::GuestRun;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub use report::{json, junit, table, Summary};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Status {
     Pass,
+    /// A deviation, reported with its evidence; it does not fail the run
+    /// by itself.
+    Warn,
     Fail,
     Skip,
 }
@@ -20,21 +37,101 @@ impl Status {
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Pass => "pass",
+            Status::Warn => "warn",
             Status::Fail => "fail",
             Status::Skip => "skip",
         }
     }
 }
 
-#[derive(Debug, Clone)]
+/// What a check saw, as named values (hex bytes, counts), in the order
+/// they were added: a JSON object, JUnit properties, lines in the table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Evidence(Vec<(&'static str, String)>);
+
+impl Evidence {
+    pub fn new() -> Evidence {
+        Evidence::default()
+    }
+
+    pub fn with(mut self, key: &'static str, value: impl Into<String>) -> Evidence {
+        self.0.push((key, value.into()));
+        self
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        self.0.iter().map(|(k, v)| (*k, v.as_str()))
+    }
+}
+
+impl Serialize for Evidence {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (key, value) in &self.0 {
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
+    }
+}
+
+fn as_ms<S: Serializer>(elapsed: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_f64((elapsed.as_secs_f64() * 10_000.0).round() / 10.0)
+}
+
+/// One check's verdict. In JSON: `tier`, `check`, `status`, `ms`,
+/// `detail` and, when there is any, `evidence`.
+#[derive(Debug, Clone, Serialize)]
 pub struct Check {
     pub tier: &'static str,
+    #[serde(rename = "check")]
     pub name: &'static str,
     pub status: Status,
+    /// The boot (or the pre-flight) that decided it.
+    #[serde(rename = "ms", serialize_with = "as_ms")]
+    pub elapsed: Duration,
     /// Why it failed or was skipped; what was seen when it passed.
     pub detail: String,
-    /// The boot that decided it.
-    pub elapsed: Duration,
+    #[serde(skip_serializing_if = "Evidence::is_empty")]
+    pub evidence: Evidence,
+}
+
+impl Check {
+    pub fn new(
+        tier: &'static str,
+        name: &'static str,
+        status: Status,
+        detail: impl Into<String>,
+    ) -> Check {
+        Check {
+            tier,
+            name,
+            status,
+            elapsed: Duration::ZERO,
+            detail: detail.into(),
+            evidence: Evidence::new(),
+        }
+    }
+
+    pub fn with_evidence(mut self, evidence: Evidence) -> Check {
+        self.evidence = evidence;
+        self
+    }
+
+    pub fn after(mut self, elapsed: Duration) -> Check {
+        self.elapsed = elapsed;
+        self
+    }
 }
 
 /// What the backend should look like, from the runner's command line.
@@ -56,13 +153,8 @@ impl Judge<'_> {
             Ok(seen) => (Status::Pass, seen),
             Err(why) => (Status::Fail, why),
         };
-        self.checks.push(Check {
-            tier: self.tier,
-            name,
-            status,
-            detail,
-            elapsed: self.run.output.elapsed,
-        });
+        self.checks
+            .push(Check::new(self.tier, name, status, detail).after(self.run.output.elapsed));
     }
 
     fn report(&self) -> &ProbeReport {
@@ -347,146 +439,21 @@ pub fn reconnect_check(run: &GuestRun) -> Check {
         Ok(seen) => (Status::Pass, seen),
         Err(why) => (Status::Fail, why),
     };
-    Check {
-        tier: "generic",
-        name: "reconnect",
-        status,
-        detail,
-        elapsed: run.output.elapsed,
-    }
+    Check::new("generic", "reconnect", status, detail).after(run.output.elapsed)
 }
 
 pub fn skipped(tier: &'static str, name: &'static str, why: &str) -> Check {
-    Check {
-        tier,
-        name,
-        status: Status::Skip,
-        detail: why.to_string(),
-        elapsed: Duration::ZERO,
-    }
+    Check::new(tier, name, Status::Skip, why)
 }
 
 /// A check the runner could not even run to the end.
 pub fn failed(tier: &'static str, name: &'static str, why: &str) -> Check {
-    Check {
-        status: Status::Fail,
-        ..skipped(tier, name, why)
-    }
+    Check::new(tier, name, Status::Fail, why)
 }
 
+/// Whether the run passes: no check failed (warnings do not fail it).
 pub fn all_passed(checks: &[Check]) -> bool {
     checks.iter().all(|c| c.status != Status::Fail)
-}
-
-pub fn table(checks: &[Check]) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<8} {:<24} {:<5} {:>9}  detail",
-        "tier", "check", "", "ms"
-    );
-    for c in checks {
-        let _ = writeln!(
-            out,
-            "{:<8} {:<24} {:<5} {:>9.1}  {}",
-            c.tier,
-            c.name,
-            c.status.as_str(),
-            c.elapsed.as_secs_f64() * 1000.0,
-            c.detail
-        );
-    }
-    let failed = checks.iter().filter(|c| c.status == Status::Fail).count();
-    let skipped = checks.iter().filter(|c| c.status == Status::Skip).count();
-    let _ = writeln!(
-        out,
-        "{} checks: {} passed, {failed} failed, {skipped} skipped",
-        checks.len(),
-        checks.len() - failed - skipped
-    );
-    out
-}
-
-fn json_string(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-pub fn json(checks: &[Check]) -> String {
-    let items: Vec<String> = checks
-        .iter()
-        .map(|c| {
-            format!(
-                "{{\"tier\":{},\"check\":{},\"status\":{},\"ms\":{:.1},\"detail\":{}}}",
-                json_string(c.tier),
-                json_string(c.name),
-                json_string(c.status.as_str()),
-                c.elapsed.as_secs_f64() * 1000.0,
-                json_string(&c.detail)
-            )
-        })
-        .collect();
-    format!(
-        "{{\"passed\":{},\"checks\":[{}]}}\n",
-        all_passed(checks),
-        items.join(",")
-    )
-}
-
-fn xml(s: &str) -> String {
-    s.chars()
-        .map(|c| match c {
-            '<' => "&lt;".to_string(),
-            '>' => "&gt;".to_string(),
-            '&' => "&amp;".to_string(),
-            '"' => "&quot;".to_string(),
-            '\'' => "&apos;".to_string(),
-            c if (c as u32) < 0x20 && c != '\n' && c != '\t' => " ".to_string(),
-            c => c.to_string(),
-        })
-        .collect()
-}
-
-pub fn junit(checks: &[Check]) -> String {
-    let failures = checks.iter().filter(|c| c.status == Status::Fail).count();
-    let skipped = checks.iter().filter(|c| c.status == Status::Skip).count();
-    let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    let _ = writeln!(
-        out,
-        "<testsuite name=\"vhost-user-conformance\" tests=\"{}\" failures=\"{failures}\" skipped=\"{skipped}\">",
-        checks.len()
-    );
-    for c in checks {
-        let _ = write!(
-            out,
-            "  <testcase classname=\"{}\" name=\"{}\" time=\"{:.3}\"",
-            xml(c.tier),
-            xml(c.name),
-            c.elapsed.as_secs_f64()
-        );
-        match c.status {
-            Status::Pass => out.push_str("/>\n"),
-            Status::Fail => {
-                let _ = writeln!(out, "><failure message=\"{}\"/></testcase>", xml(&c.detail));
-            }
-            Status::Skip => {
-                let _ = writeln!(out, "><skipped message=\"{}\"/></testcase>", xml(&c.detail));
-            }
-        }
-    }
-    out.push_str("</testsuite>\n");
-    out
 }
 
 #[cfg(test)]
@@ -598,12 +565,74 @@ probe: result=fail reason=\"00:01.0: no DEVICE_NEEDS_RESET within 30000 ms\"
     fn reports_are_well_formed() {
         let mut checks = generic_tier(&run(GOOD, "", 0), &fs());
         checks.push(skipped("fs", "list", "a \"quoted\" <reason> & more"));
+        checks.push(
+            Check::new("backend", "config-offset", Status::Warn, "ignores it")
+                .with_evidence(Evidence::new().with("offset", "4").with("returned", "6d79")),
+        );
         let j = json(&checks);
         assert!(j.starts_with("{\"passed\":true,\"checks\":[{\"tier\":\"generic\""));
-        assert!(j.contains("a \\\"quoted\\\" <reason>"));
-        let x = junit(&checks);
-        assert!(x.contains("tests=\"9\" failures=\"0\" skipped=\"1\""));
-        assert!(x.contains("&quot;quoted&quot; &lt;reason&gt; &amp; more"));
-        assert!(table(&checks).contains("9 checks: 8 passed, 0 failed, 1 skipped"));
+        assert!(j.contains("\"check\":\"features\",\"status\":\"pass\",\"ms\":42.0"));
+        let value: serde_json::Value = serde_json::from_str(&j).expect("valid JSON");
+        assert_eq!(value["checks"][8]["detail"], "a \"quoted\" <reason> & more");
+        assert_eq!(value["checks"][9]["status"], "warn");
+        assert_eq!(value["checks"][9]["evidence"]["returned"], "6d79");
+        assert!(value["checks"][0].get("evidence").is_none());
+        assert_eq!(value["summary"]["warned"], 1);
+        assert_eq!(value["summary"]["skipped"], 1);
+
+        let x = junit(&checks).expect("XML");
+        assert!(x.contains("tests=\"10\""), "{x}");
+        assert!(x.contains("failures=\"0\""), "{x}");
+        assert!(x.contains("skipped=\"1\""), "{x}");
+        assert!(
+            x.contains("&quot;quoted&quot; &lt;reason&gt; &amp; more"),
+            "{x}"
+        );
+        assert!(
+            x.contains("<system-out>warn: ignores it</system-out>"),
+            "{x}"
+        );
+        assert!(
+            x.contains("<property name=\"returned\" value=\"6d79\"/>"),
+            "{x}"
+        );
+
+        let t = table(&checks);
+        assert!(
+            t.contains("10 checks: 8 passed, 1 warned, 0 failed, 1 skipped"),
+            "{t}"
+        );
+        assert!(t.contains("config-offset            warn"), "{t}");
+        assert!(t.contains("returned: 6d79"), "{t}");
+        assert!(all_passed(&checks), "a warning does not fail the run");
+        checks.push(failed("fs", "destroy", "gone"));
+        assert!(!all_passed(&checks));
+        assert!(junit(&checks).expect("XML").contains("failures=\"1\""));
+    }
+
+    #[test]
+    fn every_check_a_judge_reports_is_in_the_catalogue() {
+        use super::backend::{judge, Asked, NoAnswers};
+        let mut checks = generic_tier(&run(GOOD, "", 0), &fs());
+        let nothing = run("", "", 0);
+        checks.push(reconnect_check(&nothing));
+        checks.extend(fs_tier(&nothing));
+        checks.extend(rng_tier(&nothing));
+        checks.extend(echo_tier(&nothing));
+        let asked = Asked {
+            device_type: "fs".parse().expect("type"),
+            queue_sizes: None,
+            config_size: None,
+        };
+        checks.extend(judge(&asked, Err(&NoAnswers::UserSocket), Duration::ZERO).0);
+        for c in &checks {
+            assert!(
+                catalogue::knows(c.tier, c.name),
+                "{}/{} is not listed",
+                c.tier,
+                c.name
+            );
+        }
+        assert_eq!(checks.len(), catalogue::CHECKS.len());
     }
 }

@@ -348,13 +348,7 @@ fn check(name: &'static str, outcome: Result<String, String>, elapsed: Duration)
         Ok(seen) => (Status::Pass, seen),
         Err(why) => (Status::Fail, why),
     };
-    Check {
-        tier: TIER,
-        name,
-        status,
-        detail,
-        elapsed,
-    }
+    Check::new(TIER, name, status, detail).after(elapsed)
 }
 
 fn fail(name: &'static str, why: &str, elapsed: Duration) -> Check {
@@ -362,13 +356,7 @@ fn fail(name: &'static str, why: &str, elapsed: Duration) -> Check {
 }
 
 fn skip(name: &'static str, why: &str) -> Check {
-    Check {
-        tier: TIER,
-        name,
-        status: Status::Skip,
-        detail: why.to_string(),
-        elapsed: Duration::ZERO,
-    }
+    Check::new(TIER, name, Status::Skip, why)
 }
 
 fn judge(spec: &LinuxTierSpec, name: &str, run: &ScenarioRun, elapsed: Duration) -> Vec<Check> {

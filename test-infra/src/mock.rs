@@ -82,6 +82,13 @@ impl MockOptions {
         self
     }
 
+    /// Answer GET_CONFIG from offset 0 whatever offset is asked, as
+    /// QEMU's libvhost-user does.
+    pub fn config_ignores_offset(mut self) -> Self {
+        self.args.push("--config-ignores-offset".into());
+        self
+    }
+
     pub fn no_reply_ack(mut self) -> Self {
         self.args.push("--no-reply-ack".into());
         self

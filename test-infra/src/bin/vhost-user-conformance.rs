@@ -14,6 +14,11 @@
 //! path they are given (vhost-device-rng listens on `PATH0`) take
 //! `--socket-suffix 0`.
 //!
+//! With a command, the runner first starts the backend for a pre-flight
+//! of its own (the backend tier: the features, the queue count, whether
+//! GET_CONFIG honours its offset), stops it, and sizes the guests' queues
+//! from what it learnt unless `--queue-sizes` is given.
+//!
 //! With a command, the generic tier ends with a reconnect: the runner
 //! kills the backend while the guest has the device running, starts it
 //! again on the same socket, and the guest must see DEVICE_NEEDS_RESET,
@@ -21,33 +26,44 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
-use test_infra::conformance::{self, Check, Expectation};
+use test_infra::conformance::backend::{Asked, NoAnswers, Plan};
+use test_infra::conformance::progress::Progress;
+use test_infra::conformance::{self, catalogue, preflight, Check, Expectation};
 use test_infra::guest::quote;
 use test_infra::process::Child;
 use test_infra::vmm::{GuestRun, VmmCommand};
 use test_infra::ProbeReport;
 
 const SOCKET_DEADLINE: Duration = Duration::from_secs(10);
+/// For each request of the pre-flight.
+const PREFLIGHT_DEADLINE: Duration = Duration::from_secs(5);
 
-/// Checks a vhost-user backend: boots the probe guest under vmm with a
-/// generic vhost-user device for it and reports each check (generic tier:
-/// negotiation, PCI identity, features, queues, DRIVER_OK, config read,
-/// reset and re-initialisation, and with a command a reconnect to the
-/// backend restarted; then the tier for the device type: fs, rng, or echo
-/// with --echo). Exit status 0 only if no check failed.
+type Stderr = std::io::Stderr;
+
+/// Checks a vhost-user backend: asks it directly (backend tier, for a
+/// backend the runner starts: features, queue count, GET_CONFIG's offset),
+/// then boots the probe guest under vmm with a generic vhost-user device
+/// for it and reports each check (generic tier: negotiation, PCI identity,
+/// features, queues, DRIVER_OK, config read, reset and re-initialisation,
+/// and with a command a reconnect to the backend restarted; then the tier
+/// for the device type: fs, rng, or echo with --echo). A warning reports a
+/// deviation without failing the run. Exit status 0 only if no check
+/// failed. --list-checks lists them all.
 #[derive(Parser, Debug)]
 #[command(name = "vhost-user-conformance", version)]
 struct Args {
     /// The VIRTIO device ID, by number (1..63) or name (fs, net, block,
     /// console, rng, vsock, sound, scmi, i2c, gpio).
-    #[arg(long, value_parser = parse_virtio_id)]
-    virtio_id: u32,
-    /// Queue sizes, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "256,256")]
-    queue_sizes: Vec<u32>,
+    #[arg(long, value_parser = parse_virtio_id, required_unless_present = "list_checks")]
+    virtio_id: Option<u32>,
+    /// Queue sizes, comma-separated. Without it, queues of 256: as many as
+    /// GET_QUEUE_NUM says (with MQ) up to the type's usual count, or the
+    /// usual count (2 for a type the table does not know).
+    #[arg(long, value_delimiter = ',')]
+    queue_sizes: Option<Vec<u32>>,
     /// Length of the device config window, for types the VIRTIO
     /// specification gives no size.
     #[arg(long)]
@@ -66,6 +82,13 @@ struct Args {
     /// Print the checks as JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// List every check (tier, name, what it looks at) and exit; as JSON
+    /// with --json.
+    #[arg(long)]
+    list_checks: bool,
+    /// No progress lines on stderr.
+    #[arg(short, long)]
+    quiet: bool,
     /// Also write the checks as JUnit XML to this file.
     #[arg(long, value_name = "FILE")]
     junit: Option<PathBuf>,
@@ -99,6 +122,9 @@ struct Runner<'a> {
     args: &'a Args,
     dir: &'a Path,
     boots: usize,
+    /// The queues and config window the guests get.
+    plan: Plan,
+    progress: Progress<Stderr>,
 }
 
 impl Runner<'_> {
@@ -161,7 +187,38 @@ impl Runner<'_> {
         Ok(child)
     }
 
+    /// The backend tier: a backend of its own for the pre-flight, stopped
+    /// after it (each guest gets a backend of its own too, so one that
+    /// exits when its frontend hangs up is no trouble). Sets the plan.
+    fn preflight(&mut self, asked: &Asked) -> Result<Vec<Check>, String> {
+        let start = Instant::now();
+        let answers = if self.args.socket.is_some() {
+            self.progress
+                .stage("backend: --socket: no pre-flight (the backend is yours to run)");
+            Err(NoAnswers::UserSocket)
+        } else {
+            let given = self.next_socket();
+            self.progress
+                .stage("backend: starting the backend for the pre-flight");
+            let _backend = self.start_backend(&given, &format!("backend-{}", self.boots))?;
+            let window = |features| asked.config_window(features);
+            preflight::ask(&self.listening_at(&given), PREFLIGHT_DEADLINE, window)
+                .map_err(|e| NoAnswers::Failed(error_chain(&e)))
+        };
+        let (checks, plan) = conformance::backend::judge(asked, answers.as_ref(), start.elapsed());
+        self.progress.checks(&checks);
+        if let Some(size) = plan.config_size {
+            self.progress.stage(&format!(
+                "backend: the guests get a {size}-byte config window (config_size={size}): what the backend's features call for"
+            ));
+        }
+        self.plan = plan;
+        Ok(checks)
+    }
+
     fn boot(&mut self, cmdline: &str) -> Result<GuestRun, String> {
+        self.progress
+            .stage(&format!("booting the probe guest: {cmdline}"));
         let (socket, _backend) = self.backend()?;
         self.vmm(cmdline, &socket)?.run(self.dir)
     }
@@ -170,6 +227,9 @@ impl Runner<'_> {
     /// is `ready`, the backend is killed and started again on the same
     /// socket. Only for a backend the runner starts.
     fn boot_and_restart_backend(&mut self) -> Result<GuestRun, String> {
+        self.progress.stage(
+            "generic: booting the probe guest for the reconnect (probe.run=pci,reconnect); the backend is killed and started again under it",
+        );
         let given = self.next_socket();
         let first = self.start_backend(&given, &format!("backend-{}", self.boots))?;
         let mut vmm = self
@@ -198,14 +258,14 @@ impl Runner<'_> {
     }
 
     fn vmm(&self, cmdline: &str, socket: &Path) -> Result<VmmCommand, String> {
-        let sizes: Vec<String> = self.args.queue_sizes.iter().map(u32::to_string).collect();
+        let sizes: Vec<String> = self.plan.queue_sizes.iter().map(u32::to_string).collect();
         let mut device = format!(
             "socket={},virtio_id={},queue_sizes=[{}]",
             quote(&socket.to_string_lossy()),
-            self.args.virtio_id,
+            self.virtio_id(),
             sizes.join(",")
         );
-        if let Some(size) = self.args.config_size {
+        if let Some(size) = self.args.config_size.or(self.plan.config_size) {
             device.push_str(&format!(",config_size={size}"));
         }
         let mut cmd = VmmCommand::probe(cmdline)?;
@@ -214,22 +274,61 @@ impl Runner<'_> {
             .timeout(Duration::from_secs(self.args.timeout_secs));
         Ok(cmd)
     }
+
+    /// Reports a tier's checks as they are decided; returns them.
+    fn tier(&mut self, checks: Vec<Check>) -> Vec<Check> {
+        self.progress.checks(&checks);
+        checks
+    }
+
+    fn virtio_id(&self) -> u32 {
+        self.args.virtio_id.unwrap_or_default()
+    }
+}
+
+/// An error and its sources, one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
 }
 
 fn run(args: &Args) -> Result<Vec<Check>, String> {
+    let virtio_id = args
+        .virtio_id
+        .ok_or("give --virtio-id (or --list-checks)")?;
+    let device_type =
+        virtio_types::VirtioDeviceType::new(virtio_id).ok_or("device ID 0 is reserved")?;
     let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
     let mut runner = Runner {
         args,
         dir: dir.path(),
         boots: 0,
+        plan: Plan {
+            queue_sizes: Vec::new(),
+            config_size: None,
+        },
+        progress: Progress::new((!args.quiet).then(std::io::stderr)),
     };
+    let asked = Asked {
+        device_type,
+        queue_sizes: args.queue_sizes.as_deref(),
+        config_size: args.config_size,
+    };
+    let mut checks = runner.preflight(&asked)?;
     let want = Expectation {
-        virtio_id: args.virtio_id,
-        queue_sizes: args.queue_sizes.clone(),
+        virtio_id,
+        queue_sizes: runner.plan.queue_sizes.clone(),
     };
     let generic = runner.boot("probe.run=pci,virtio,config")?;
-    let mut checks = conformance::generic_tier(&generic, &want);
-    let usable = conformance::all_passed(&checks);
+    let generic = conformance::generic_tier(&generic, &want);
+    runner.progress.checks(&generic);
+    let usable = conformance::all_passed(&generic);
+    checks.extend(generic);
     if args.socket.is_some() {
         checks.push(conformance::skipped(
             "generic",
@@ -237,10 +336,12 @@ fn run(args: &Args) -> Result<Vec<Check>, String> {
             "the runner did not start the backend (--socket), so it cannot restart it",
         ));
     } else if usable {
-        checks.push(match runner.boot_and_restart_backend() {
+        let reconnect = match runner.boot_and_restart_backend() {
             Ok(run) => conformance::reconnect_check(&run),
             Err(why) => conformance::failed("generic", "reconnect", &why),
-        });
+        };
+        runner.progress.check(&reconnect);
+        checks.push(reconnect);
     } else {
         checks.push(conformance::skipped(
             "generic",
@@ -248,19 +349,19 @@ fn run(args: &Args) -> Result<Vec<Check>, String> {
             "the generic tier failed",
         ));
     }
-    if args.virtio_id == 26 {
+    if virtio_id == 26 {
         if usable {
             let run = runner.boot(
                 "probe.run=fs probe.fs.write=.vhost-user-conformance:65536 probe.fs.list=/ probe.fs.ops=on",
             )?;
-            checks.extend(conformance::fs_tier(&run));
+            checks.extend(runner.tier(conformance::fs_tier(&run)));
         } else {
             checks.push(conformance::skipped("fs", "all", "the generic tier failed"));
         }
-    } else if args.virtio_id == 4 {
+    } else if virtio_id == 4 {
         if usable {
             let run = runner.boot("probe.run=rng")?;
-            checks.extend(conformance::rng_tier(&run));
+            checks.extend(runner.tier(conformance::rng_tier(&run)));
         } else {
             checks.push(conformance::skipped(
                 "rng",
@@ -271,7 +372,7 @@ fn run(args: &Args) -> Result<Vec<Check>, String> {
     } else if args.echo {
         if usable {
             let run = runner.boot("probe.run=echo probe.echo.rounds=16 probe.echo.bytes=4096")?;
-            checks.extend(conformance::echo_tier(&run));
+            checks.extend(runner.tier(conformance::echo_tier(&run)));
         } else {
             checks.push(conformance::skipped(
                 "echo",
@@ -283,7 +384,7 @@ fn run(args: &Args) -> Result<Vec<Check>, String> {
         checks.push(conformance::skipped(
             "type",
             "all",
-            &format!("no type tier for device ID {} yet", args.virtio_id),
+            &format!("no type tier for device ID {virtio_id} yet"),
         ));
     }
     Ok(checks)
@@ -291,6 +392,14 @@ fn run(args: &Args) -> Result<Vec<Check>, String> {
 
 fn main() {
     let args = Args::parse();
+    if args.list_checks {
+        if args.json {
+            print!("{}", catalogue::json());
+        } else {
+            print!("{}", catalogue::table());
+        }
+        return;
+    }
     let checks = match run(&args) {
         Ok(checks) => checks,
         Err(e) => {
@@ -304,7 +413,10 @@ fn main() {
         print!("{}", conformance::table(&checks));
     }
     if let Some(path) = &args.junit {
-        if let Err(e) = std::fs::write(path, conformance::junit(&checks)) {
+        let written = conformance::junit(&checks)
+            .map_err(|e| e.to_string())
+            .and_then(|xml| std::fs::write(path, xml).map_err(|e| e.to_string()));
+        if let Err(e) = written {
             eprintln!("vhost-user-conformance: writing {}: {e}", path.display());
             std::process::exit(2);
         }

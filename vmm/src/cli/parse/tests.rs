@@ -489,13 +489,13 @@ fn generic_vhost_user_needs_shared_memory(#[case] memory: &[&str]) {
 }
 
 #[rstest]
-#[case("virtio_id=fs", None, None, 40)]
-#[case("virtio_id=block", None, None, 60)]
+#[case("virtio_id=fs", None, None, 44)]
+#[case("virtio_id=block", None, None, 96)]
 #[case("virtio_id=rng", None, None, 0)]
 #[case("virtio_id=60", None, None, 0)]
 #[case("virtio_id=60,config_size=16", Some(16), None, 16)]
 #[case("virtio_id=60,config=0a0B", None, Some(vec![0x0a, 0x0b]), 2)]
-#[case("virtio_id=block,config=0102030405060708", None, Some((1..=8).collect()), 60)]
+#[case("virtio_id=block,config=0102030405060708", None, Some((1..=8).collect()), 96)]
 #[case("virtio_id=block,config_size=8", Some(8), None, 8)]
 #[case("virtio_id=fs,config_size=4096", Some(4096), None, 4096)]
 #[case("virtio_id=fs,config_size=0", Some(0), None, 0)]
@@ -513,11 +513,11 @@ fn config_window(
 
 #[test]
 fn config_longer_than_the_spec_struct_widens_the_window() {
-    let hex = "ab".repeat(70);
+    let hex = "ab".repeat(100);
     let device = vhost_ok(&format!(
         "socket=/s,virtio_id=block,queue_sizes=[1],config={hex}"
     ));
-    assert_eq!(device.config_window_len(), 70);
+    assert_eq!(device.config_window_len(), 100);
     let hex = "ab".repeat(4097);
     let err = vhost_one(&format!(
         "socket=/s,virtio_id=60,queue_sizes=[1],config={hex}"

@@ -441,17 +441,19 @@ impl VirtioDevice for GenericVhostUser {
             data.fill(0);
             return Ok(());
         }
-        // The whole window from offset 0, sliced here, as QEMU reads it:
-        // backends on QEMU's libvhost-user (qemu-storage-daemon's
+        // The window from offset 0 up to the end of the access, sliced
+        // here: backends on QEMU's libvhost-user (qemu-storage-daemon's
         // vhost-user-blk among them) answer from offset 0 whatever offset
-        // is asked. A refusal is a failed access like any other; a
-        // backend whose config is shorter than the window needs
-        // `config_size=` to say so.
+        // is asked. Not the whole window, as QEMU reads it: the window
+        // holds the whole VIRTIO layout, and a backend whose structure
+        // stops before fields it has no feature for (qemu-storage-daemon
+        // 7.2 serves 60 of virtio-blk's 96 bytes) refuses a longer read.
+        // A refusal is a failed access like any other.
         let window = self.params.config_len.min(get_config::MAX_SIZE);
         let end = offset as usize + data.len();
         if end <= window as usize {
             let payload = self.request_on("GET_CONFIG", |link| {
-                get_config::get_config(&link.socket, 0, window)
+                get_config::get_config(&link.socket, 0, end as u32)
             })?;
             data.copy_from_slice(&payload[offset as usize..end]);
             return Ok(());

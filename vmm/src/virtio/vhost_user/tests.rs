@@ -226,12 +226,13 @@ fn config_window_goes_to_get_and_set_config() {
     assert_eq!(u32::from_le_bytes(queues), 1);
     dev.write_config(8, &[1, 2]).unwrap();
     let log = server.log();
-    // Both reads asked for the whole window at offset 0, as QEMU does.
+    // Both reads asked for the window from offset 0 to the end of the
+    // access: backends on libvhost-user ignore the offset.
     assert_eq!(
         log.iter()
             .filter(|m| m.starts_with("GET_CONFIG"))
             .collect::<Vec<_>>(),
-        ["GET_CONFIG 0 40", "GET_CONFIG 0 40"]
+        ["GET_CONFIG 0 4", "GET_CONFIG 0 40"]
     );
     assert!(log.contains(&"SET_CONFIG 8 [1, 2]".to_string()));
 }

@@ -49,6 +49,12 @@ pub struct LinuxTierSpec {
     pub timeout: Duration,
 }
 
+/// Whether Linux has a driver for the type (the runner's default is then
+/// both guests).
+pub fn has_tier(virtio_id: u32) -> bool {
+    driver(virtio_id).is_some()
+}
+
 /// The Linux driver's modules for a type, and the name of the check.
 fn driver(virtio_id: u32) -> Option<(&'static [&'static str], &'static str)> {
     Some(match virtio_id {
@@ -189,6 +195,20 @@ done"#
     }
 }
 
+/// While the guest runs: a backend that died leaves Linux's driver
+/// waiting out its own timeouts (SCSI's are minutes), so 10 s after the
+/// death the guest is stopped and the death recorded.
+const BACKEND_WATCH: &str = r#"gone=0
+while [ ! -e "$WORK/vmm-guest.rc" ]; do
+  if kill -0 "$(cat $WORK/backend.pid)" 2>/dev/null; then gone=0; else gone=$((gone + 1)); fi
+  if [ $gone -ge 100 ]; then
+    record backend-died
+    pkill -f "socket=$socks/backend.sock" 
+    break
+  fi
+  sleep 0.1
+done"#;
+
 /// Finds the device, says whether its driver bound, scans the kernel log
 /// from `$mark` (lines seen before the driver loaded are not its own).
 const COMMON_TAIL: &str = r#"dev=
@@ -305,9 +325,11 @@ fn run_scenario(
          socks=$(start_host_program backend {sock_dir} {argv})\n\
          wait_file \"$socks/backend.sock{suffix}\" 30 || record error what=\"the backend made no socket within 30s\"\n\
          {vsock_server}\
-         run_vmm guest 150 --memory size=512M,shared=on --kernel \"$VMLINUX\" \
+         start_vmm guest 150 --memory size=512M,shared=on --kernel \"$VMLINUX\" \
          --initramfs \"$IN/guest.cpio\" --cmdline 'console=ttyS0 quiet panic=-1' --console off \
          --generic-vhost-user \"socket=$socks/backend.sock{suffix},virtio_id={id},queue_sizes={queues}{config_size}\"\n\
+         {BACKEND_WATCH}\n\
+         wait_vmm guest 20\n\
          kill $(cat $WORK/backend.pid) 2>/dev/null",
         sock_dir = shell_quote(&sock_dir.display().to_string()),
         argv = quoted.join(" "),
@@ -366,6 +388,17 @@ fn judge(spec: &LinuxTierSpec, name: &str, run: &ScenarioRun, elapsed: Duration)
         let lines: Vec<&str> = text.lines().rev().take(8).collect();
         lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
     };
+    if run.records.first("backend-died").is_some() {
+        checks.push(fail(
+            "boot",
+            &format!(
+                "the backend died while the guest ran: {}",
+                backend_story(&run.out_file("backend.log"))
+            ),
+            elapsed,
+        ));
+        return checks;
+    }
     let device = guest.first("device");
     let Some(device) = device else {
         let why = match run.vmm_exit("guest") {

@@ -32,6 +32,7 @@ use clap::Parser;
 use test_infra::conformance::backend::{Asked, NoAnswers, Plan};
 use test_infra::conformance::progress::Progress;
 use test_infra::conformance::{self, catalogue, preflight, Check, Expectation};
+use test_infra::conformance_linux::{self, LinuxTierSpec};
 use test_infra::guest::quote;
 use test_infra::process::Child;
 use test_infra::vmm::{GuestRun, VmmCommand};
@@ -95,10 +96,39 @@ struct Args {
     /// How long one guest may run, in seconds (at least 1).
     #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
     timeout_secs: u64,
+    /// Which guests check the backend: the probe guest (the protocol,
+    /// precisely), Linux (Debian's own driver for the type, under vmm;
+    /// nested in an emulated L1 where this host has no hardware
+    /// virtualization), or both. Default: both where Linux has a driver
+    /// for the type, else probe.
+    #[arg(long, value_enum)]
+    guest: Option<GuestKind>,
+    /// fs, Linux tier: the tag to mount (default: the tag in the device's
+    /// config, as the probe guest read it).
+    #[arg(long, value_name = "TAG")]
+    fs_tag: Option<String>,
+    /// vsock, Linux tier: the host Unix socket the backend forwards guest
+    /// connections to (vhost-device-vsock's --uds-path); port P is PATH_P.
+    /// `{dir}` stands for a directory beside the socket.
+    #[arg(long, value_name = "PATH")]
+    vsock_host_socket: Option<String>,
+    /// console, Linux tier: the TCP port where the backend offers the
+    /// console's other side (vhost-device-console --backend network).
+    #[arg(long, value_name = "PORT")]
+    console_tcp_port: Option<u16>,
     /// The backend command; `{socket}` in its arguments is replaced by the
-    /// socket path.
+    /// socket path, `{dir}` by a scratch directory beside it (the Linux
+    /// tier needs files a backend writes, such as virtiofsd's shared
+    /// directory, there).
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum GuestKind {
+    Probe,
+    Linux,
+    Both,
 }
 
 /// A VIRTIO device ID or name from the table `vmm` uses, within the IDs
@@ -156,11 +186,17 @@ impl Runner<'_> {
         let socket = self.listening_at(given);
         let _ = std::fs::remove_file(&socket);
         let socket_text = given.to_string_lossy().to_string();
+        // `{dir}`: the directory the socket is in, as in the Linux tier.
+        let dir_text = given
+            .parent()
+            .unwrap_or(self.dir)
+            .to_string_lossy()
+            .to_string();
         let argv: Vec<String> = self
             .args
             .command
             .iter()
-            .map(|a| a.replace("{socket}", &socket_text))
+            .map(|a| a.replace("{socket}", &socket_text).replace("{dir}", &dir_text))
             .collect();
         let (program, rest) = argv
             .split_first()
@@ -324,8 +360,41 @@ fn run(args: &Args) -> Result<Vec<Check>, String> {
         virtio_id,
         queue_sizes: runner.plan.queue_sizes.clone(),
     };
-    let generic = runner.boot("probe.run=pci,virtio,config")?;
-    let generic = conformance::generic_tier(&generic, &want);
+    let linux_driver = conformance_linux::has_tier(virtio_id);
+    let guest = args.guest.unwrap_or(if linux_driver {
+        GuestKind::Both
+    } else {
+        GuestKind::Probe
+    });
+    if guest != GuestKind::Both {
+        runner.progress.stage(&format!("guests: {guest:?}"));
+    }
+    let mut config_bytes = None;
+    if guest != GuestKind::Linux {
+        let generic = runner.boot("probe.run=pci,virtio,config")?;
+        config_bytes = generic
+            .report
+            .all("virtio")
+            .find_map(|r| r.get("config"))
+            .and_then(hex_bytes);
+        let generic = conformance::generic_tier(&generic, &want);
+        probe_tiers(&mut runner, &mut checks, generic, virtio_id)?;
+    }
+    if guest != GuestKind::Probe {
+        checks.extend(linux_tier(&mut runner, virtio_id, config_bytes));
+    }
+    Ok(checks)
+}
+
+/// The probe guest's tiers after the generic one: reconnect, then the
+/// type's own.
+fn probe_tiers(
+    runner: &mut Runner<'_>,
+    checks: &mut Vec<Check>,
+    generic: Vec<Check>,
+    virtio_id: u32,
+) -> Result<(), String> {
+    let args = runner.args;
     runner.progress.checks(&generic);
     let usable = conformance::all_passed(&generic);
     checks.extend(generic);
@@ -387,7 +456,51 @@ fn run(args: &Args) -> Result<Vec<Check>, String> {
             &format!("no type tier for device ID {virtio_id} yet"),
         ));
     }
-    Ok(checks)
+    Ok(())
+}
+
+/// The Linux tier: Debian's driver for the type against the backend.
+fn linux_tier(runner: &mut Runner<'_>, virtio_id: u32, config: Option<Vec<u8>>) -> Vec<Check> {
+    let args = runner.args;
+    if args.command.is_empty() {
+        return vec![conformance::skipped(
+            conformance_linux::TIER,
+            "all",
+            "the Linux tier starts the backend itself, in the L1 when nested: give its command, not --socket",
+        )];
+    }
+    let fs_tag = args.fs_tag.clone().or_else(|| {
+        let bytes = config.as_deref()?.get(..36)?;
+        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        Some(String::from_utf8_lossy(&bytes[..end]).into_owned()).filter(|t| !t.is_empty())
+    });
+    let spec = LinuxTierSpec {
+        virtio_id,
+        queue_sizes: runner.plan.queue_sizes.clone(),
+        config_size: runner.plan.config_size,
+        backend: args.command.clone(),
+        socket_suffix: args.socket_suffix.clone(),
+        fs_tag,
+        vsock_host_socket: args.vsock_host_socket.clone(),
+        console_tcp_port: args.console_tcp_port,
+        config,
+        timeout: Duration::from_secs(args.timeout_secs.max(60) * 4),
+    };
+    runner
+        .progress
+        .stage("Linux tier: booting Debian's kernel (nested: 15-60 s under emulation)");
+    let dir = runner.dir.join("linux");
+    let checks = conformance_linux::linux_tier(&spec, &dir);
+    runner.progress.checks(&checks);
+    checks
+}
+
+/// `0a0b...` as bytes.
+fn hex_bytes(hex: &str) -> Option<Vec<u8>> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 fn main() {

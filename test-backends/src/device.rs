@@ -78,6 +78,8 @@ pub struct EchoDevice {
     /// A fault closed the connection: the rings are dead too, as they
     /// are when a real backend goes away.
     stopped: bool,
+    /// `--block FILE`: queue 0 serves virtio-blk requests from it.
+    pub block: Option<std::fs::File>,
 }
 
 type Result<T> = std::io::Result<T>;
@@ -106,6 +108,7 @@ impl EchoDevice {
             pending: None,
             echoed: 0,
             stopped: false,
+            block: None,
         }
     }
 
@@ -133,6 +136,10 @@ impl EchoDevice {
     fn process(&mut self, vrings: &[VringRwLock]) -> Result<()> {
         if self.stopped {
             return Ok(());
+        }
+        if let (Some(file), Some(memory), Some(queue)) = (&self.block, &self.memory, vrings.first())
+        {
+            return crate::block::serve(file, memory, queue);
         }
         let Some(memory) = self.memory.as_ref().map(GuestMemoryAtomic::memory) else {
             return Ok(());

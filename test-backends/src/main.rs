@@ -3,6 +3,7 @@
 //! of the test's choosing, and faults scripted from the command line. See
 //! `--help` and test-backends/README.md.
 
+mod block;
 mod device;
 mod fault;
 mod logger;
@@ -88,6 +89,11 @@ struct Args {
     /// backends on QEMU's libvhost-user do (qemu-storage-daemon).
     #[arg(long)]
     config_ignores_offset: bool,
+    /// Serve queue 0 as a virtio-blk request queue from this file (IN,
+    /// OUT, FLUSH, GET_ID) instead of echoing; the capacity the guest sees
+    /// is whatever --config says, so it may disagree with the file.
+    #[arg(long, value_name = "FILE")]
+    block: Option<PathBuf>,
     /// Do not offer VHOST_USER_PROTOCOL_F_MQ.
     #[arg(long)]
     no_mq: bool,
@@ -167,6 +173,8 @@ enum MockError {
     Inner(#[source] std::io::Error),
     #[error("starting the device: {0}")]
     Daemon(vhost_user_backend::Error),
+    #[error("cannot open the --block file {0}")]
+    Block(PathBuf, #[source] std::io::Error),
 }
 
 fn main() {
@@ -297,7 +305,7 @@ fn serve(
     let connection = Arc::new(Mutex::new(Some(
         frontend.try_clone().map_err(MockError::Accept)?,
     )));
-    let device = EchoDevice::new(
+    let mut device = EchoDevice::new(
         usize::from(args.queues),
         usize::from(args.queue_max),
         args.features,
@@ -305,6 +313,14 @@ fn serve(
         faults.clone(),
         connection,
     );
+    if let Some(path) = &args.block {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| MockError::Block(path.clone(), e))?;
+        device.block = Some(file);
+    }
     let memory = GuestMemoryAtomic::new(GuestMemoryMmap::new());
     let mut daemon = VhostUserDaemon::new(
         "vhost-user-mock".into(),

@@ -196,7 +196,10 @@ impl Runner<'_> {
             .args
             .command
             .iter()
-            .map(|a| a.replace("{socket}", &socket_text).replace("{dir}", &dir_text))
+            .map(|a| {
+                a.replace("{socket}", &socket_text)
+                    .replace("{dir}", &dir_text)
+            })
             .collect();
         let (program, rest) = argv
             .split_first()

@@ -10,8 +10,14 @@ use test_infra::host::require_kvm;
 use test_infra::paths;
 use test_infra::virtiofsd::virtiofsd_binary;
 
+/// The runner with the probe guest only: these tests are about the
+/// protocol tiers; tests/conformance_linux.rs has the Linux tier's.
 fn conformance(args: &[&str]) -> (Option<i32>, String, String) {
-    let output = Command::new(paths::conformance_binary().expect("runner built"))
+    let mut command = Command::new(paths::conformance_binary().expect("runner built"));
+    if !args.contains(&"--guest") {
+        command.args(["--guest", "probe"]);
+    }
+    let output = command
         .args(args)
         .output()
         .expect("runner starts");

@@ -17,10 +17,7 @@ fn conformance(args: &[&str]) -> (Option<i32>, String, String) {
     if !args.contains(&"--guest") {
         command.args(["--guest", "probe"]);
     }
-    let output = command
-        .args(args)
-        .output()
-        .expect("runner starts");
+    let output = command.args(args).output().expect("runner starts");
     (
         output.status.code(),
         String::from_utf8_lossy(&output.stdout).into_owned(),

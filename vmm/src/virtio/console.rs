@@ -117,10 +117,7 @@ impl VirtioDevice for Console {
     }
 
     fn read_config(&mut self, offset: u32, data: &mut [u8]) -> Result<(), ConsoleError> {
-        let start = offset as usize;
-        if let Some(bytes) = self.config.get(start..start + data.len()) {
-            data.copy_from_slice(bytes);
-        }
+        super::read_config_bytes(&self.config, offset, data);
         Ok(())
     }
 

@@ -20,6 +20,17 @@ pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 /// VIRTIO_F_RING_EVENT_IDX: used_event and avail_event in the rings.
 pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 
+/// A device's config access served from its bytes: what the transport
+/// asks for is inside the window, and a window shorter than the bytes
+/// leaves the rest zero.
+pub fn read_config_bytes(config: &[u8], offset: u32, data: &mut [u8]) {
+    let start = offset as usize;
+    match config.get(start..start + data.len()) {
+        Some(bytes) => data.copy_from_slice(bytes),
+        None => data.fill(0),
+    }
+}
+
 /// A queue the driver enabled: the ring as the driver laid it out, and the
 /// eventfds that carry its kicks (a KVM ioeventfd on the notify address)
 /// and its calls (the irqfd of the queue's MSI-X vector).

@@ -195,29 +195,37 @@ impl DiskFile {
     }
 }
 
-impl Disk for DiskFile {
-    fn read_at<B: BitmapSlice>(&self, bufs: &[VolatileSlice<B>], offset: u64) -> io::Result<()> {
+impl DiskFile {
+    /// Straight between the file and guest memory; with O_DIRECT,
+    /// through an aligned buffer when the guest's buffers do not suit the
+    /// disk (unaligned, or refused with EINVAL).
+    fn move_data<B: BitmapSlice>(
+        &self,
+        bufs: &[VolatileSlice<B>],
+        offset: u64,
+        direction: Direction,
+    ) -> io::Result<()> {
+        let bounce = |this: &Self| match direction {
+            Direction::Read => this.bounce_read(bufs, offset),
+            Direction::Write => this.bounce_write(bufs, offset),
+        };
         if self.direct && !Self::aligned(bufs) {
-            return self.bounce_read(bufs, offset);
+            return bounce(self);
         }
-        match transfer(&self.file, &iovecs(bufs), offset, Direction::Read) {
-            Err(e) if self.direct && e.raw_os_error() == Some(libc::EINVAL) => {
-                self.bounce_read(bufs, offset)
-            }
+        match transfer(&self.file, &iovecs(bufs), offset, direction) {
+            Err(e) if self.direct && e.raw_os_error() == Some(libc::EINVAL) => bounce(self),
             other => other,
         }
     }
+}
+
+impl Disk for DiskFile {
+    fn read_at<B: BitmapSlice>(&self, bufs: &[VolatileSlice<B>], offset: u64) -> io::Result<()> {
+        self.move_data(bufs, offset, Direction::Read)
+    }
 
     fn write_at<B: BitmapSlice>(&self, bufs: &[VolatileSlice<B>], offset: u64) -> io::Result<()> {
-        if self.direct && !Self::aligned(bufs) {
-            return self.bounce_write(bufs, offset);
-        }
-        match transfer(&self.file, &iovecs(bufs), offset, Direction::Write) {
-            Err(e) if self.direct && e.raw_os_error() == Some(libc::EINVAL) => {
-                self.bounce_write(bufs, offset)
-            }
-            other => other,
-        }
+        self.move_data(bufs, offset, Direction::Write)
     }
 
     fn flush(&self) -> io::Result<()> {

@@ -162,10 +162,7 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&mut self, offset: u32, data: &mut [u8]) -> Result<(), BlockError> {
-        let start = offset as usize;
-        if let Some(bytes) = self.config.get(start..start + data.len()) {
-            data.copy_from_slice(bytes);
-        }
+        crate::virtio::read_config_bytes(&self.config, offset, data);
         Ok(())
     }
 

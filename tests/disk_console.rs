@@ -265,3 +265,108 @@ fn a_pty_console_carries_both_ways() {
         out.describe()
     );
 }
+
+/// A terminal pair: `vmm` gets the far end as stdin and stdout, the test
+/// reads its settings from the near end.
+struct Terminal {
+    _near: std::fs::File,
+    far: std::fs::File,
+}
+
+impl Terminal {
+    fn open() -> Terminal {
+        let (mut near, mut far) = (0, 0);
+        // SAFETY: openpty writes two descriptors into the ints we pass; the
+        // other arguments may be null. The result is checked.
+        let rc = unsafe {
+            libc::openpty(
+                &mut near,
+                &mut far,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+        use std::os::fd::FromRawFd;
+        // SAFETY: both descriptors are new and owned by nothing else.
+        let (near, far) = unsafe {
+            (
+                std::fs::File::from_raw_fd(near),
+                std::fs::File::from_raw_fd(far),
+            )
+        };
+        Terminal { _near: near, far }
+    }
+
+    /// ICANON and ECHO: a terminal in its usual (cooked) mode has both.
+    fn cooked(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        // SAFETY: termios is plain data that tcgetattr fills; checked.
+        let mut t: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::tcgetattr(self.far.as_raw_fd(), &mut t) }, 0);
+        t.c_lflag & (libc::ICANON | libc::ECHO) == (libc::ICANON | libc::ECHO)
+    }
+
+    fn spawn(&self, dir: &Path, args: &[&str]) -> std::process::Child {
+        std::process::Command::new(test_infra::paths::vmm_binary().expect("vmm"))
+            .arg("--kernel")
+            .arg(test_infra::paths::probe_guest().expect("probe"))
+            .args(["--serial", "null"])
+            .args(args)
+            .current_dir(dir)
+            .stdin(self.far.try_clone().expect("dup"))
+            .stdout(self.far.try_clone().expect("dup"))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("vmm starts")
+    }
+}
+
+fn wait(child: &mut std::process::Child) -> Option<i32> {
+    use std::os::unix::process::ExitStatusExt;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status.code().or(status.signal().map(|s| 128 + s));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    None
+}
+
+/// `--console tty` (the default) puts the terminal in raw mode while the
+/// guest runs and puts it back however `vmm` ends: the guest powering
+/// off, SIGTERM, and a start-up error after the terminal was taken.
+#[test]
+fn the_terminal_is_given_back_on_every_way_out() {
+    if !require_kvm("the_terminal_is_given_back_on_every_way_out") {
+        return;
+    }
+    let dir = tempdir();
+    let terminal = Terminal::open();
+    assert!(terminal.cooked());
+
+    let mut vmm = terminal.spawn(dir.path(), &["--cmdline", "probe.run=boot"]);
+    assert_eq!(wait(&mut vmm), Some(0));
+    assert!(terminal.cooked(), "not restored after power-off");
+
+    let mut vmm = terminal.spawn(dir.path(), &["--cmdline", "probe.run=spin"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while terminal.cooked() {
+        assert!(Instant::now() < deadline, "the terminal never went raw");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: kill sends a signal to our own child; the result is checked.
+    assert_eq!(unsafe { libc::kill(vmm.id() as i32, libc::SIGTERM) }, 0);
+    assert_eq!(wait(&mut vmm), Some(128 + libc::SIGTERM));
+    assert!(terminal.cooked(), "not restored after SIGTERM");
+
+    let missing = dir.path().join("missing.img");
+    let disk = format!("path={}", missing.display());
+    let mut vmm = terminal.spawn(dir.path(), &["--disk", &disk]);
+    assert_eq!(wait(&mut vmm), Some(1));
+    assert!(terminal.cooked(), "not restored after a start-up error");
+}

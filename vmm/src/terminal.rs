@@ -5,7 +5,7 @@
 use std::ffi::CStr;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -34,7 +34,9 @@ pub fn pollable(fd: RawFd) -> bool {
 /// A terminal in raw mode until this is dropped: keys go to the guest as
 /// they are typed, Ctrl-C included, and nothing is echoed twice.
 pub struct RawMode {
-    fd: RawFd,
+    /// Our own descriptor for the terminal: whoever else reads it may
+    /// close theirs first (a device dropped before us on an error path).
+    terminal: File,
 }
 
 impl RawMode {
@@ -43,7 +45,10 @@ impl RawMode {
         if !is_terminal(fd) {
             return Ok(None);
         }
-        let original = get_attrs(fd)?;
+        // SAFETY: `fd` is open for the duration of this call; the borrow
+        // only lives to make an owned duplicate.
+        let terminal = File::from(unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?);
+        let original = get_attrs(terminal.as_raw_fd())?;
         let mut raw = original;
         // SAFETY: cfmakeraw only edits the struct it is given.
         unsafe { libc::cfmakeraw(&mut raw) };
@@ -51,17 +56,17 @@ impl RawMode {
         // the carriage on our side as it did before.
         raw.c_oflag |= libc::OPOST;
         if let Ok(mut saved) = SAVED.lock() {
-            *saved = Some((fd, original));
+            *saved = Some((terminal.as_raw_fd(), original));
         }
         install_panic_hook();
-        set_attrs(fd, &raw)?;
-        Ok(Some(RawMode { fd }))
+        set_attrs(terminal.as_raw_fd(), &raw)?;
+        Ok(Some(RawMode { terminal }))
     }
 }
 
 impl Drop for RawMode {
     fn drop(&mut self) {
-        restore(Some(self.fd));
+        restore(Some(self.terminal.as_raw_fd()));
     }
 }
 

@@ -370,3 +370,51 @@ fn the_terminal_is_given_back_on_every_way_out() {
     assert_eq!(wait(&mut vmm), Some(1));
     assert!(terminal.cooked(), "not restored after a start-up error");
 }
+
+/// `--serial pty`: the UART on a pseudo-terminal, found by the path vmm
+/// prints; the probe's records come out of it.
+#[test]
+fn a_pty_serial_port_carries_the_guest_s_output() {
+    if !require_kvm("a_pty_serial_port_carries_the_guest_s_output") {
+        return;
+    }
+    let dir = tempdir();
+    let mut cmd = VmmCommand::bare();
+    cmd.arg("--kernel")
+        .arg(test_infra::paths::probe_guest().expect("probe"))
+        .args([
+            "--cmdline",
+            "probe.run=spin",
+            "--serial",
+            "pty",
+            "--console",
+            "off",
+        ]);
+    let mut vmm = cmd.spawn(dir.path()).expect("vmm starts");
+    assert!(
+        vmm.wait_until(Duration::from_secs(20), |c| c
+            .stderr_so_far()
+            .contains("--serial pty: /dev/pts/")),
+        "no pty path: {}",
+        vmm.stderr_so_far()
+    );
+    let stderr = vmm.stderr_so_far();
+    let path = stderr
+        .lines()
+        .find_map(|l| l.split("pty: ").nth(1))
+        .expect("pty path")
+        .trim()
+        .to_string();
+    let mut pty = std::fs::File::open(&path).expect("open the pty");
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !String::from_utf8_lossy(&seen).contains("probe: start") {
+        assert!(Instant::now() < deadline, "pty gave only {seen:?}");
+        let mut buf = [0u8; 256];
+        let n = pty.read(&mut buf).expect("read the pty");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    vmm.signal(libc::SIGTERM);
+    let out = vmm.wait(Duration::from_secs(20)).expect("vmm exits");
+    assert_eq!(out.code(), Some(128 + libc::SIGTERM), "{}", out.describe());
+}

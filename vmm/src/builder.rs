@@ -188,6 +188,7 @@ fn add_disk(
                 device_type,
                 queue_sizes: vec![disk.queue_size; usize::from(disk.num_queues)],
                 config_len: device_type.spec_config_size().unwrap_or(0),
+                config_len_by_features: true,
                 config: None,
             };
             add_vhost_user(devices, params, memory)
@@ -294,6 +295,7 @@ fn vhost_user_params(config: &GenericVhostUserConfig) -> VhostUserParams {
         device_type: config.device_type,
         queue_sizes: config.queue_sizes.clone(),
         config_len: config.config_window_len(),
+        config_len_by_features: config.config_size.is_none(),
         config: config.config.clone(),
     }
 }

@@ -59,6 +59,11 @@ pub struct VhostUserParams {
     pub queue_sizes: Vec<u16>,
     /// Length of the device config window the guest sees.
     pub config_len: u32,
+    /// The window is the spec's layout for the type, not a size the user
+    /// gave: once the backend's features are known it shrinks to the
+    /// fields those features bring (QEMU sizes a device's config so), and
+    /// a backend whose structure ends there is never asked past its end.
+    pub config_len_by_features: bool,
     /// Config bytes served instead of GET_CONFIG (backends without the
     /// CONFIG protocol feature).
     pub config: Option<Vec<u8>>,
@@ -127,6 +132,21 @@ impl GenericVhostUser {
             interrupt: None,
         };
         device.connect()?;
+        if device.params.config_len_by_features {
+            let features = device.negotiated.backend_features;
+            if let Some(len) = device.params.device_type.config_size_for(features) {
+                let given = device.config_bytes.as_ref().map_or(0, Vec::len);
+                let len = len.max(u32::try_from(given).unwrap_or(u32::MAX));
+                if len != device.params.config_len {
+                    log::info!(
+                        "{}: config window of {len} bytes for the features the backend offers ({features:#x}; the full layout is {})",
+                        device.params.id,
+                        device.params.config_len
+                    );
+                    device.params.config_len = len;
+                }
+            }
+        }
         Ok(device)
     }
 

@@ -34,6 +34,7 @@ fn fs_config(path: &Path, queues: &[u16]) -> VhostUserParams {
         device_type: "fs".parse().unwrap(),
         queue_sizes: queues.to_vec(),
         config_len: 40,
+        config_len_by_features: false,
         config: None,
     }
 }

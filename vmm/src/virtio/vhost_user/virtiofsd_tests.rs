@@ -84,6 +84,7 @@ fn real_virtiofsd_negotiates_serves_its_tag_and_survives_a_restart() {
         device_type: "fs".parse().unwrap(),
         queue_sizes: vec![256, 256],
         config_len: 40,
+        config_len_by_features: false,
         config: None,
     };
     let mut dev = GenericVhostUser::new(params, &memory).unwrap();

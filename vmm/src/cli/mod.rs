@@ -133,7 +133,8 @@ pub struct Args {
     /// id=NAME           unique name, default _generic_vhost_user<I> with I
     ///                   counting these options from 0
     /// config_size=N     length of the device config window, 0 to 4096;
-    ///                   default: the spec's config size for the type, or the
+    ///                   default: the spec's layout for the type, as far as
+    ///                   the features the backend offers reach, or the
     ///                   length of config= if longer, or 0 for types whose
     ///                   config the spec does not define
     /// config=HEX        the device config bytes (an even number of hex

@@ -625,6 +625,7 @@ probe: result=fail reason=\"00:01.0: no DEVICE_NEEDS_RESET within 30000 ms\"
             config_size: None,
         };
         checks.extend(judge(&asked, Err(&NoAnswers::UserSocket), Duration::ZERO).0);
+        checks.extend(crate::conformance_linux::every_check());
         for c in &checks {
             assert!(
                 catalogue::knows(c.tier, c.name),

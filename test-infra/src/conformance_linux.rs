@@ -465,6 +465,21 @@ fn backend_story(text: &str) -> String {
     }
 }
 
+/// One check of every name the Linux tier can report, for the catalogue's
+/// test: the fixed ones and each type's.
+pub fn every_check() -> Vec<Check> {
+    let mut names = vec!["boot", "driver", "kernel-log"];
+    for id in 1..=63 {
+        if let Some((_, name)) = driver(id) {
+            names.push(name_static(name));
+        }
+    }
+    names.push(name_static("other"));
+    names.sort_unstable();
+    names.dedup();
+    names.into_iter().map(|n| skip(n, "listed")).collect()
+}
+
 /// The end of a log, on one line, for a failure's detail.
 fn last_lines(text: &str) -> String {
     let lines: Vec<&str> = text.lines().rev().take(6).collect();

@@ -1,29 +1,10 @@
 //! `vmm`: command line -> configuration -> VM -> run -> exit status.
 
-mod arch;
-mod builder;
-mod bus;
-mod cli;
-mod config;
-mod device_manager;
-mod devices;
-mod files;
-mod interrupt;
-mod logger;
-mod pci;
-mod signals;
-mod terminal;
-mod util;
-mod virtio;
-mod vm_exit;
-mod vmm;
-mod vstate;
-
 use std::process::ExitCode;
 
 use clap::Parser;
-
-use crate::util::{error_chain, escape_controls};
+use vmm::util::{error_chain, escape_controls};
+use vmm::{builder, cli, config, logger, signals, vm_exit};
 
 /// Exit status for start-up failures (bad configuration is 2, from the CLI).
 const EXIT_START_FAILED: u8 = 1;

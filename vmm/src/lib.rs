@@ -1,0 +1,23 @@
+//! `vmm` as a library: the rooms of the program, so that `main.rs` stays
+//! the process (arguments -> configuration -> build -> run -> status) and
+//! the fuzz targets in `fuzz/` can drive the device models and parsers
+//! without KVM. Public are only the modules `main` uses.
+
+mod arch;
+pub mod builder;
+mod bus;
+pub mod cli;
+pub mod config;
+mod device_manager;
+mod devices;
+mod files;
+mod interrupt;
+pub mod logger;
+mod pci;
+pub mod signals;
+mod terminal;
+pub mod util;
+mod virtio;
+pub mod vm_exit;
+mod vmm;
+mod vstate;

@@ -88,13 +88,17 @@ pub trait IoEventRegistry: Send + Sync {
     fn unregister(&self, event: &EventFd, addr: u64) -> Result<(), IoEventError>;
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fake {
-    //! What KVM would do, observable, for tests of MSI-X and the transport.
+    //! What KVM would do, observable, for tests and fuzz targets of MSI-X
+    //! and the transport.
 
+    use std::collections::BTreeSet;
+    use std::os::fd::AsRawFd;
     use std::sync::{Arc, Mutex};
 
     use super::*;
+    use crate::util::lock;
 
     /// Routes, arming, and deliveries (a signal on an armed vector, or one
     /// kept while masked and delivered when armed).
@@ -121,7 +125,7 @@ pub mod fake {
                 delivered: Vec::new(),
             }));
             let fds = (0..count)
-                .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
+                .map(|_| EventFd::new(libc::EFD_NONBLOCK).expect("an eventfd for a fake vector"))
                 .collect();
             FakeMsiGroup {
                 fds: Arc::new(fds),
@@ -131,10 +135,10 @@ pub mod fake {
 
         /// Delivers what is waiting on armed vectors, as KVM's irqfd would.
         pub fn poll(&self) {
-            let mut log = self.log.lock().unwrap();
+            let mut log = lock(&self.log);
             for (i, fd) in self.fds.iter().enumerate() {
                 if log.armed[i] && fd.read().is_ok() {
-                    let (addr, data) = log.routes[i].unwrap();
+                    let (addr, data) = log.routes[i].expect("an armed vector has a route");
                     log.delivered.push((i, addr, data));
                 }
             }
@@ -142,15 +146,15 @@ pub mod fake {
 
         pub fn delivered(&self) -> Vec<(usize, u64, u32)> {
             self.poll();
-            self.log.lock().unwrap().delivered.clone()
+            lock(&self.log).delivered.clone()
         }
 
         pub fn armed(&self, vector: usize) -> bool {
-            self.log.lock().unwrap().armed[vector]
+            lock(&self.log).armed[vector]
         }
 
         pub fn route(&self, vector: usize) -> Option<(u64, u32)> {
-            self.log.lock().unwrap().routes[vector]
+            lock(&self.log).routes[vector]
         }
     }
 
@@ -162,7 +166,7 @@ pub mod fake {
             masked: bool,
         ) -> Result<(), InterruptError> {
             {
-                let mut log = self.log.lock().unwrap();
+                let mut log = lock(&self.log);
                 if !masked {
                     log.routes[vector] = Some((message.address, message.data));
                 }
@@ -176,7 +180,8 @@ pub mod fake {
             let fd = &self.fds[vector];
             match fd.read() {
                 Ok(n) => {
-                    fd.write(n).unwrap();
+                    fd.write(n)
+                        .expect("a fake vector's eventfd takes back its count");
                     true
                 }
                 Err(_) => false,
@@ -185,6 +190,31 @@ pub mod fake {
 
         fn notifier(&self, vector: usize) -> Option<&EventFd> {
             self.fds.get(vector)
+        }
+    }
+
+    /// Registered ioeventfds by address. Registering a pair twice, or
+    /// unregistering one that is not there, is a transport bug: it panics.
+    #[derive(Clone, Default)]
+    pub struct FakeIoEvents(Arc<Mutex<BTreeSet<(u64, i32)>>>);
+
+    impl IoEventRegistry for FakeIoEvents {
+        fn register(&self, event: &EventFd, addr: u64) -> Result<(), IoEventError> {
+            let added = lock(&self.0).insert((addr, event.as_raw_fd()));
+            assert!(added, "ioeventfd registered twice at {addr:#x}");
+            Ok(())
+        }
+        fn unregister(&self, event: &EventFd, addr: u64) -> Result<(), IoEventError> {
+            let removed = lock(&self.0).remove(&(addr, event.as_raw_fd()));
+            assert!(removed, "no ioeventfd to unregister at {addr:#x}");
+            Ok(())
+        }
+    }
+
+    impl FakeIoEvents {
+        /// The addresses with an ioeventfd, in order.
+        pub fn addrs(&self) -> Vec<u64> {
+            lock(&self.0).iter().map(|(a, _)| *a).collect()
         }
     }
 }

@@ -1,7 +1,8 @@
 //! `vmm` as a library: the rooms of the program, so that `main.rs` stays
 //! the process (arguments -> configuration -> build -> run -> status) and
 //! the fuzz targets in `fuzz/` can drive the device models and parsers
-//! without KVM. Public are only the modules `main` uses.
+//! without KVM. Public are only the modules `main` uses and, with the
+//! `fuzzing` feature, `fuzzing`: what the fuzz targets need.
 
 mod arch;
 pub mod builder;
@@ -21,3 +22,6 @@ mod virtio;
 pub mod vm_exit;
 mod vmm;
 mod vstate;
+
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;

@@ -6,7 +6,7 @@
 
 pub mod disk;
 mod queue;
-mod request;
+pub(crate) mod request;
 
 use std::sync::Arc;
 

@@ -1,16 +1,13 @@
 //! The transport driven the way a guest driver drives it, against a fake
 //! device, fake MSI vectors and fake ioeventfds: no KVM, no backend.
 
-use std::collections::BTreeSet;
-use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 
 use super::common::{
     STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK, STATUS_NEEDS_RESET,
 };
 use super::*;
-use crate::interrupt::fake::FakeMsiGroup;
-use crate::interrupt::IoEventError;
+use crate::interrupt::fake::{FakeIoEvents, FakeMsiGroup};
 use crate::pci::config::BAR0;
 use crate::virtio::interrupt::ISR_CONFIG;
 
@@ -101,27 +98,6 @@ impl VirtioDevice for FakeDevice {
     fn reset(&mut self) -> Result<(), Gone> {
         self.calls.lock().unwrap().resets += 1;
         Ok(())
-    }
-}
-
-/// Registered ioeventfds by address.
-#[derive(Clone, Default)]
-struct FakeIoEvents(Arc<Mutex<BTreeSet<(u64, i32)>>>);
-
-impl IoEventRegistry for FakeIoEvents {
-    fn register(&self, event: &EventFd, addr: u64) -> Result<(), IoEventError> {
-        assert!(self.0.lock().unwrap().insert((addr, event.as_raw_fd())));
-        Ok(())
-    }
-    fn unregister(&self, event: &EventFd, addr: u64) -> Result<(), IoEventError> {
-        assert!(self.0.lock().unwrap().remove(&(addr, event.as_raw_fd())));
-        Ok(())
-    }
-}
-
-impl FakeIoEvents {
-    fn addrs(&self) -> Vec<u64> {
-        self.0.lock().unwrap().iter().map(|(a, _)| *a).collect()
     }
 }
 

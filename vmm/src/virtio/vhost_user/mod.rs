@@ -10,7 +10,7 @@
 
 mod connection;
 mod error;
-mod get_config;
+pub(crate) mod get_config;
 mod watchdog;
 
 use std::path::PathBuf;

@@ -10,7 +10,10 @@ pub mod pci;
 pub mod vhost_user;
 pub mod worker;
 
-use vm_memory::GuestMemoryMmap;
+use std::sync::atomic::Ordering;
+
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::{GuestMemory, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 pub use self::interrupt::VirtioInterrupt;
@@ -28,6 +31,30 @@ pub fn read_config_bytes(config: &[u8], offset: u32, data: &mut [u8]) {
     match config.get(start..start + data.len()) {
         Some(bytes) => data.copy_from_slice(bytes),
         None => data.fill(0),
+    }
+}
+
+/// The next chain the driver made available, if any. Unlike
+/// `QueueT::pop_descriptor_chain`, which logs and says "none", a ring
+/// that says there is a chain but cannot give it is an error: an
+/// available index no ring can hold (more entries than the queue has), or
+/// an entry outside guest memory. A worker that took those for "none
+/// yet" while `enable_notification` says "more" would spin forever.
+pub fn pop_chain<'m, M: GuestMemory>(
+    queue: &mut Queue,
+    mem: &'m M,
+) -> Result<Option<DescriptorChain<&'m M>>, virtio_queue::Error> {
+    let available = queue
+        .avail_idx(mem, Ordering::Acquire)?
+        .0
+        .wrapping_sub(queue.next_avail());
+    if available == 0 {
+        return Ok(None);
+    }
+    // `iter` reads the index again and refuses more than the queue holds.
+    match queue.iter(mem)?.next() {
+        Some(chain) => Ok(Some(chain)),
+        None => Err(virtio_queue::Error::FindMemoryRegion),
     }
 }
 

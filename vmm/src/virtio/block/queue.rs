@@ -22,7 +22,7 @@ use super::disk::DiskFile;
 use super::request::{self, Completion, DiskInfo, Refusal};
 use crate::util::lock;
 use crate::virtio::worker::{EventHandler, Source};
-use crate::virtio::VirtioInterrupt;
+use crate::virtio::{pop_chain, VirtioInterrupt};
 
 /// Bad requests logged per queue before the log goes quiet, so a hostile
 /// driver cannot flood it.
@@ -122,7 +122,7 @@ impl QueueHandler {
         let mem = &self.mem;
         loop {
             self.ring.queue.disable_notification(mem)?;
-            while let Some(chain) = self.ring.queue.pop_descriptor_chain(mem) {
+            while let Some(chain) = pop_chain(&mut self.ring.queue, mem)? {
                 let head = chain.head_index();
                 match &self.pool {
                     Some(pool) => pool.submit(head, chain.collect()),
@@ -290,5 +290,80 @@ impl Drop for Pool {
                 log::error!("A block I/O thread panicked");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+    use crate::interrupt::fake::FakeMsiGroup;
+    use crate::virtio::block::request::ID_BYTES;
+
+    const MEM: u64 = 1 << 20;
+
+    /// A driver whose ring says there are chains it cannot give: more
+    /// available entries than the queue holds (avail.idx 17 on a 16-entry
+    /// queue), or an entry outside guest memory (the available ring's
+    /// header in the last 4 bytes). The ring is broken and the device
+    /// needs a reset. The worker used to take "no chain" for "none yet"
+    /// while `enable_notification` said "more", and spun forever: a host
+    /// CPU gone, and a reset that never returned. Either way the requests
+    /// are carried out: on the worker, or through the I/O threads.
+    #[rstest::rstest]
+    fn a_ring_that_cannot_give_its_chains_fails_the_queue_instead_of_spinning(
+        #[values((0x2000, 17), (MEM - 4, 1))] ring: (u64, u16),
+        #[values(0, 2)] io_threads: usize,
+    ) {
+        let (avail, idx) = ring;
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap();
+        mem.write_obj(idx, GuestAddress(avail + 2)).unwrap();
+        let mut queue = Queue::new(16).unwrap();
+        queue
+            .try_set_desc_table_address(GuestAddress(0x1000))
+            .unwrap();
+        queue
+            .try_set_avail_ring_address(GuestAddress(avail))
+            .unwrap();
+        queue
+            .try_set_used_ring_address(GuestAddress(0x3000))
+            .unwrap();
+        queue.set_ready(true);
+        let image = tempfile::NamedTempFile::new().unwrap();
+        image.as_file().set_len(4096).unwrap();
+        let disk = DiskFile::open(image.path(), false, false).unwrap();
+        let interrupt = VirtioInterrupt::new(Arc::new(FakeMsiGroup::new(2)));
+        let mut handler = QueueHandler::new(QueueParams {
+            id: "disk".to_owned(),
+            index: 0,
+            mem,
+            queue,
+            kick: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            call: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            disk: Arc::new(disk),
+            info: Arc::new(DiskInfo {
+                capacity: 8,
+                readonly: false,
+                id: [0; ID_BYTES],
+                discard: false,
+            }),
+            interrupt: interrupt.clone(),
+            io_threads,
+        })
+        .unwrap();
+        let (done, finished) = mpsc::channel();
+        std::thread::spawn(move || {
+            handler.ready(TOKEN_KICK, EventSet::IN);
+            let _ = done.send(handler.failed);
+        });
+        let failed = finished
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the worker is still spinning on the broken ring");
+        assert!(failed, "the queue is marked broken");
+        assert!(interrupt.needs_reset(), "and the driver told");
     }
 }

@@ -15,7 +15,9 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::worker::{Control, EventHandler, Source, Worker};
-use super::{ActivateContext, ActiveQueue, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
+use super::{
+    pop_chain, ActivateContext, ActiveQueue, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1,
+};
 use crate::terminal;
 use crate::util::lock;
 
@@ -232,7 +234,7 @@ impl ConsoleHandler {
     fn transmit(&mut self) -> Result<(), virtio_queue::Error> {
         let mem = &self.mem;
         let mut out = Vec::new();
-        while let Some(chain) = self.tx.pop_descriptor_chain(mem) {
+        while let Some(chain) = pop_chain(&mut self.tx, mem)? {
             let head = chain.head_index();
             for desc in chain.readable() {
                 let start = out.len();
@@ -265,7 +267,7 @@ impl ConsoleHandler {
         let mut pending = lock(&self.pending);
         let mut used = false;
         while !pending.is_empty() {
-            let Some(chain) = self.rx.pop_descriptor_chain(mem) else {
+            let Some(chain) = pop_chain(&mut self.rx, mem)? else {
                 break;
             };
             let head = chain.head_index();
@@ -471,5 +473,63 @@ pub mod fuzzing {
         pub fn failed(&self) -> bool {
             self.handler.failed
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+    use crate::interrupt::fake::FakeMsiGroup;
+
+    fn queue(mem: &GuestMemoryMmap, base: u64, avail_idx: u16) -> Queue {
+        mem.write_obj(avail_idx, GuestAddress(base + 0x1002))
+            .unwrap();
+        let mut queue = Queue::new(QUEUE_SIZE).unwrap();
+        queue
+            .try_set_desc_table_address(GuestAddress(base))
+            .unwrap();
+        queue
+            .try_set_avail_ring_address(GuestAddress(base + 0x1000))
+            .unwrap();
+        queue
+            .try_set_used_ring_address(GuestAddress(base + 0x2000))
+            .unwrap();
+        queue.set_ready(true);
+        queue
+    }
+
+    /// A transmit ring announcing more chains than it holds is broken:
+    /// the device asks for a reset instead of ignoring it for ever after.
+    #[test]
+    fn a_ring_announcing_more_than_it_holds_needs_a_reset() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let rx = queue(&mem, 0x10000, 0);
+        let tx = queue(&mem, 0x20000, QUEUE_SIZE + 1);
+        let interrupt = VirtioInterrupt::new(Arc::new(FakeMsiGroup::new(3)));
+        let eventfd = || EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut handler = ConsoleHandler {
+            id: "console".to_owned(),
+            mem,
+            rx,
+            rx_kick: eventfd(),
+            rx_call: eventfd(),
+            tx,
+            tx_kick: eventfd(),
+            tx_call: eventfd(),
+            sink: Arc::new(Mutex::new(Box::new(io::sink()))),
+            input: None,
+            input_paused: false,
+            pending: Arc::new(Mutex::new(VecDeque::new())),
+            interrupt: interrupt.clone(),
+            control: None,
+            failed: false,
+        };
+        handler.ready(TOKEN_RX_KICK, EventSet::IN);
+        assert!(!handler.failed, "an empty receive ring is fine");
+        handler.ready(TOKEN_TX_KICK, EventSet::IN);
+        assert!(handler.failed);
+        assert!(interrupt.needs_reset());
     }
 }

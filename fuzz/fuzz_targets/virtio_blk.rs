@@ -1,7 +1,9 @@
 //! virtio-blk requests from a hostile driver: whatever descriptor table,
-//! available ring and request bytes it leaves in memory, each chain is
-//! popped and carried out as the queue's worker does, against a disk in
-//! memory that fails the run if it is touched past its end.
+//! available ring and request bytes it leaves in memory, the queue's
+//! worker loop serves its kicks against a disk in memory that fails the
+//! run if it is touched past its end. A kick must return (it once spun
+//! forever), complete no more chains than the queue holds, and leave a
+//! read-only disk as it was.
 
 #![no_main]
 
@@ -10,10 +12,13 @@ use std::sync::Mutex;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use virtio_queue::QueueT;
+use std::sync::Arc;
+
 use vm_memory::bitmap::BitmapSlice;
 use vm_memory::VolatileSlice;
-use vmm::fuzzing::{process_blk_request, Disk, DiskInfo, ID_BYTES, SECTOR_SIZE};
+use vmm::fuzzing::{
+    BlockQueue, Disk, DiskInfo, FakeMsiGroup, VirtioInterrupt, ID_BYTES, SECTOR_SIZE,
+};
 use vmm_fuzz::{fill_data, guest_memory, Ring};
 
 #[derive(Arbitrary, Debug)]
@@ -87,13 +92,14 @@ impl Disk for MemDisk {
 fuzz_target!(|input: Input| {
     let mem = guest_memory();
     fill_data(&mem, &input.data);
-    let Some(mut queue) = input.ring.install(&mem, 0) else {
+    let size = input.ring.size();
+    let Some(queue) = input.ring.install(&mem, 0) else {
         return;
     };
     let sectors = u64::from(input.sectors);
-    let disk = MemDisk {
+    let disk = Arc::new(MemDisk {
         bytes: Mutex::new(vec![0x5a; (sectors * SECTOR_SIZE) as usize]),
-    };
+    });
     let info = DiskInfo {
         capacity: sectors,
         readonly: input.readonly,
@@ -101,37 +107,23 @@ fuzz_target!(|input: Input| {
         discard: input.discard,
     };
     let before = disk.bytes.lock().expect("disk lock").clone();
-    // The worker's loop (virtio::block::QueueHandler::process): a broken
-    // ring ends it with an error, which makes the device need a reset.
+    let interrupt = VirtioInterrupt::new(Arc::new(FakeMsiGroup::new(2)));
+    let Ok(mut worker) = BlockQueue::new(mem, queue, disk.clone(), info, interrupt.clone()) else {
+        return;
+    };
     for _ in 0..=input.kicks % 4 {
-        let served: Result<(), virtio_queue::Error> = (|| {
-            loop {
-                queue.disable_notification(&mem)?;
-                while let Some(chain) = queue.pop_descriptor_chain(&mem) {
-                    let head = chain.head_index();
-                    let writable: u64 = chain
-                        .clone()
-                        .filter(|d| d.is_write_only())
-                        .map(|d| u64::from(d.len()))
-                        .sum();
-                    let done = process_blk_request(&mem, chain, &disk, &info);
-                    assert!(
-                        u64::from(done.used_len) <= writable,
-                        "used_len {} but only {writable} writable bytes",
-                        done.used_len
-                    );
-                    queue.add_used(&mem, head, done.used_len)?;
-                }
-                if !queue.enable_notification(&mem)? {
-                    break;
-                }
-            }
-            queue.needs_notification(&mem)?;
-            Ok(())
-        })();
-        if served.is_err() {
-            break;
-        }
+        let used = worker.next_used();
+        worker.kick();
+        let completed = worker.next_used().wrapping_sub(used);
+        assert!(
+            completed <= size,
+            "{completed} completions from a queue of {size}"
+        );
+        assert_eq!(
+            worker.failed(),
+            interrupt.needs_reset(),
+            "a broken ring asks for a reset"
+        );
     }
     if input.readonly {
         assert!(

@@ -14,6 +14,7 @@ pub use crate::pci::msix::{Msix, ENTRY_SIZE as MSIX_ENTRY_SIZE};
 pub use crate::pci::segment::{Bdf, PciConfigIo, PciEcam, PciSegment, SharedPciDevice};
 pub use crate::pci::{BarMapping, BarReprogram, PciDevice};
 pub use crate::virtio::block::disk::{Disk, SECTOR_SIZE};
+pub use crate::virtio::block::fuzzing::BlockQueue;
 pub use crate::virtio::block::request::{
     process as process_blk_request, Completion, DiskInfo, Refusal, ID_BYTES,
 };

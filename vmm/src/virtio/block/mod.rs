@@ -8,6 +8,9 @@ pub mod disk;
 mod queue;
 pub(crate) mod request;
 
+#[cfg(feature = "fuzzing")]
+pub use self::queue::fuzzing;
+
 use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::*;

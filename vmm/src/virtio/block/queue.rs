@@ -18,7 +18,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::disk::DiskFile;
+use super::disk::{Disk, DiskFile};
 use super::request::{self, Completion, DiskInfo, Refusal};
 use crate::util::lock;
 use crate::virtio::worker::{EventHandler, Source};
@@ -32,11 +32,13 @@ pub const DIRECT_IO_THREADS: usize = 16;
 const TOKEN_KICK: u64 = 0;
 const TOKEN_DONE: u64 = 1;
 
-pub struct QueueHandler {
+/// Generic over the disk so that the fuzz targets run this very loop
+/// against a disk in memory.
+pub struct QueueHandler<D: Disk = DiskFile> {
     mem: GuestMemoryMmap,
     ring: Ring,
     kick: EventFd,
-    disk: Arc<DiskFile>,
+    disk: Arc<D>,
     info: Arc<DiskInfo>,
     interrupt: VirtioInterrupt,
     /// The ring itself is broken: the device waits for a reset.
@@ -56,22 +58,22 @@ struct Ring {
 }
 
 /// What a queue needs to run.
-pub struct QueueParams {
+pub struct QueueParams<D: Disk = DiskFile> {
     pub id: String,
     pub index: usize,
     pub mem: GuestMemoryMmap,
     pub queue: Queue,
     pub kick: EventFd,
     pub call: EventFd,
-    pub disk: Arc<DiskFile>,
+    pub disk: Arc<D>,
     pub info: Arc<DiskInfo>,
     pub interrupt: VirtioInterrupt,
     /// 0: every request on the worker thread.
     pub io_threads: usize,
 }
 
-impl QueueHandler {
-    pub fn new(p: QueueParams) -> std::io::Result<QueueHandler> {
+impl<D: Disk + 'static> QueueHandler<D> {
+    pub fn new(p: QueueParams<D>) -> std::io::Result<QueueHandler<D>> {
         let pool = match p.io_threads {
             0 => None,
             n => Some(Pool::new(
@@ -197,7 +199,7 @@ impl Ring {
     }
 }
 
-impl EventHandler for QueueHandler {
+impl<D: Disk + 'static> EventHandler for QueueHandler<D> {
     fn ready(&mut self, token: u64, _events: EventSet) {
         let result = match token {
             TOKEN_DONE => self.collect(),
@@ -233,11 +235,11 @@ struct Pool {
 }
 
 impl Pool {
-    fn new(
+    fn new<D: Disk + 'static>(
         name: &str,
         count: usize,
         mem: &GuestMemoryMmap,
-        disk: &Arc<DiskFile>,
+        disk: &Arc<D>,
         info: &Arc<DiskInfo>,
     ) -> std::io::Result<Pool> {
         let (jobs, queue) = mpsc::channel::<(u16, Vec<Descriptor>)>();
@@ -289,6 +291,57 @@ impl Drop for Pool {
             if thread.join().is_err() {
                 log::error!("A block I/O thread panicked");
             }
+        }
+    }
+}
+
+/// One queue's request processing without its thread, for the fuzz
+/// targets: the worker's loop over a hostile driver's ring, every request
+/// carried out on the caller's thread.
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing {
+    use super::*;
+
+    pub struct BlockQueue<D: Disk + 'static> {
+        handler: QueueHandler<D>,
+    }
+
+    impl<D: Disk + 'static> BlockQueue<D> {
+        pub fn new(
+            mem: GuestMemoryMmap,
+            queue: Queue,
+            disk: Arc<D>,
+            info: DiskInfo,
+            interrupt: VirtioInterrupt,
+        ) -> std::io::Result<BlockQueue<D>> {
+            let handler = QueueHandler::new(QueueParams {
+                id: "fuzz-disk".to_owned(),
+                index: 0,
+                mem,
+                queue,
+                kick: EventFd::new(libc::EFD_NONBLOCK)?,
+                call: EventFd::new(libc::EFD_NONBLOCK)?,
+                disk,
+                info: Arc::new(info),
+                interrupt,
+                io_threads: 0,
+            })?;
+            Ok(BlockQueue { handler })
+        }
+
+        /// The driver notified the queue.
+        pub fn kick(&mut self) {
+            self.handler.ready(TOKEN_KICK, EventSet::IN);
+        }
+
+        /// The ring turned out unusable: the device waits for a reset.
+        pub fn failed(&self) -> bool {
+            self.handler.failed
+        }
+
+        /// The used ring's index as the device last wrote it.
+        pub fn next_used(&self) -> u16 {
+            self.handler.ring.queue.next_used()
         }
     }
 }

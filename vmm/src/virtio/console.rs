@@ -10,7 +10,7 @@ use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestMemory, GuestMemoryMmap, Permissions};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -31,6 +31,9 @@ const RECEIVEQ: usize = 0;
 const TRANSMITQ: usize = 1;
 /// Input held for a guest that is not reading, before we stop reading.
 const INPUT_BUFFER: usize = 64 << 10;
+/// Output is passed on in pieces of at most this much: a descriptor may
+/// claim 4 GiB.
+const OUTPUT_CHUNK: usize = 64 << 10;
 
 const TOKEN_RX_KICK: u64 = 0;
 const TOKEN_TX_KICK: u64 = 1;
@@ -230,34 +233,59 @@ struct ConsoleHandler {
 }
 
 impl ConsoleHandler {
-    /// Guest output: every readable byte of every chain, in order.
+    /// Guest output: every readable byte of every chain, in order, passed
+    /// on in pieces of at most `OUTPUT_CHUNK` bytes. A descriptor that
+    /// does not lie wholly in guest memory ends its chain's output.
     fn transmit(&mut self) -> Result<(), virtio_queue::Error> {
         let mem = &self.mem;
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(OUTPUT_CHUNK);
         while let Some(chain) = pop_chain(&mut self.tx, mem)? {
             let head = chain.head_index();
-            for desc in chain.readable() {
-                let start = out.len();
-                out.resize(start + desc.len() as usize, 0);
-                if mem.read_slice(&mut out[start..], desc.addr()).is_err() {
-                    out.truncate(start);
+            'chain: for desc in chain.readable() {
+                let len = desc.len() as usize;
+                if !mem.check_range(desc.addr(), len, Permissions::Read) {
                     log::warn!("{}: an output buffer lies outside guest memory", self.id);
                     break;
+                }
+                let mut done = 0;
+                while done < len {
+                    let start = out.len();
+                    let n = (len - done).min(OUTPUT_CHUNK - start);
+                    out.resize(start + n, 0);
+                    let read = desc
+                        .addr()
+                        .checked_add(done as u64)
+                        .map(|addr| mem.read_slice(&mut out[start..], addr));
+                    if !matches!(read, Some(Ok(()))) {
+                        out.truncate(start);
+                        break 'chain;
+                    }
+                    done += n;
+                    if out.len() == OUTPUT_CHUNK {
+                        self.output(&mut out);
+                    }
                 }
             }
             self.tx.add_used(mem, head, 0)?;
         }
-        if !out.is_empty() {
-            let mut sink = lock(&self.sink);
-            if let Err(e) = sink.write_all(&out).and_then(|()| sink.flush()) {
-                // A pty no one reads fills up; the guest must not stall.
-                log::debug!("{}: {} bytes of output lost: {e}", self.id, out.len());
-            }
-        }
+        self.output(&mut out);
         if self.tx.needs_notification(mem)? {
             let _ = self.tx_call.write(1);
         }
         Ok(())
+    }
+
+    /// Hands `out` to the sink and empties it.
+    fn output(&self, out: &mut Vec<u8>) {
+        if out.is_empty() {
+            return;
+        }
+        let mut sink = lock(&self.sink);
+        if let Err(e) = sink.write_all(out).and_then(|()| sink.flush()) {
+            // A pty no one reads fills up; the guest must not stall.
+            log::debug!("{}: {} bytes of output lost: {e}", self.id, out.len());
+        }
+        out.clear();
     }
 
     /// Pending input into the guest's receive buffers.
@@ -478,7 +506,7 @@ pub mod fuzzing {
 
 #[cfg(test)]
 mod tests {
-    use vm_memory::{Bytes, GuestAddress};
+    use vm_memory::{Address, Bytes, GuestAddress};
 
     use super::*;
     use crate::interrupt::fake::FakeMsiGroup;
@@ -500,16 +528,16 @@ mod tests {
         queue
     }
 
-    /// A transmit ring announcing more chains than it holds is broken:
-    /// the device asks for a reset instead of ignoring it for ever after.
-    #[test]
-    fn a_ring_announcing_more_than_it_holds_needs_a_reset() {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    fn handler(
+        mem: GuestMemoryMmap,
+        tx_avail_idx: u16,
+        sink: Box<dyn Write + Send>,
+    ) -> (ConsoleHandler, VirtioInterrupt) {
         let rx = queue(&mem, 0x10000, 0);
-        let tx = queue(&mem, 0x20000, QUEUE_SIZE + 1);
+        let tx = queue(&mem, 0x20000, tx_avail_idx);
         let interrupt = VirtioInterrupt::new(Arc::new(FakeMsiGroup::new(3)));
         let eventfd = || EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let mut handler = ConsoleHandler {
+        let handler = ConsoleHandler {
             id: "console".to_owned(),
             mem,
             rx,
@@ -518,7 +546,7 @@ mod tests {
             tx,
             tx_kick: eventfd(),
             tx_call: eventfd(),
-            sink: Arc::new(Mutex::new(Box::new(io::sink()))),
+            sink: Arc::new(Mutex::new(sink)),
             input: None,
             input_paused: false,
             pending: Arc::new(Mutex::new(VecDeque::new())),
@@ -526,10 +554,69 @@ mod tests {
             control: None,
             failed: false,
         };
+        (handler, interrupt)
+    }
+
+    /// A transmit ring announcing more chains than it holds is broken:
+    /// the device asks for a reset instead of ignoring it for ever after.
+    #[test]
+    fn a_ring_announcing_more_than_it_holds_needs_a_reset() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let (mut handler, interrupt) = handler(mem, QUEUE_SIZE + 1, Box::new(io::sink()));
         handler.ready(TOKEN_RX_KICK, EventSet::IN);
         assert!(!handler.failed, "an empty receive ring is fine");
         handler.ready(TOKEN_TX_KICK, EventSet::IN);
         assert!(handler.failed);
         assert!(interrupt.needs_reset());
+    }
+
+    /// Records the size of every write.
+    struct Writes(Arc<Mutex<Vec<usize>>>);
+
+    impl Write for Writes {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().push(buf.len());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The guest's output reaches the sink in bounded pieces, however long
+    /// the descriptors: it was gathered whole first, so one descriptor
+    /// claiming 4 GiB made `vmm` allocate (and zero) 4 GiB, and a ring of
+    /// large ones exhausted the host's memory. Found by the virtio_console
+    /// fuzz target.
+    #[test]
+    fn output_goes_out_in_bounded_pieces() {
+        const MEM: usize = 8 << 20;
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM)]).unwrap();
+        let descs: [(u64, u32, u16); 2] = [
+            // 3 MiB of guest RAM, then a descriptor running past its end.
+            (0x10_0000, 3 << 20, 1),
+            (MEM as u64 - 0x1000, u32::MAX, 0),
+        ];
+        for (i, (addr, len, flags)) in descs.into_iter().enumerate() {
+            let at = GuestAddress(0x20000 + 16 * i as u64);
+            mem.write_obj(addr, at).unwrap();
+            mem.write_obj(len, at.unchecked_add(8)).unwrap();
+            mem.write_obj(flags, at.unchecked_add(12)).unwrap();
+            mem.write_obj(1u16, at.unchecked_add(14)).unwrap();
+        }
+        mem.write_slice(&[b'x'; 3 << 20], GuestAddress(0x10_0000))
+            .unwrap();
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        let (mut handler, interrupt) = handler(mem, 1, Box::new(Writes(writes.clone())));
+        handler.ready(TOKEN_TX_KICK, EventSet::IN);
+        assert!(!interrupt.needs_reset());
+        let writes = writes.lock().unwrap();
+        assert_eq!(writes.iter().sum::<usize>(), 3 << 20, "the part in RAM");
+        assert!(
+            writes.iter().all(|&n| n <= OUTPUT_CHUNK),
+            "{} writes, the largest {:?}",
+            writes.len(),
+            writes.iter().max()
+        );
     }
 }

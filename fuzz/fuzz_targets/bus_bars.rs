@@ -2,8 +2,10 @@
 //! a guest sizes, moves, stacks on one another and on ECAM, and switches
 //! on and off through configuration space. Checked: the bus accepts
 //! exactly the ranges that fit and routes every address to the range that
-//! covers it with the right offset; and an access that reaches a BAR
-//! reaches one that its device decodes there, never a stale range.
+//! covers it with the right offset; an access that reaches a BAR reaches
+//! one that its device decodes there, never a stale range; and a BAR that
+//! overlaps nothing (no other BAR, not ECAM) is reached, whatever
+//! overlapped it before.
 
 #![no_main]
 
@@ -254,6 +256,24 @@ fuzz_target!(|input: Input| {
                 bars.into_iter().map(move |m| (i, m))
             })
             .collect();
+        for (i, m) in &decoded {
+            let end = m.addr + m.len;
+            let alone = decoded
+                .iter()
+                .filter(|(j, n)| (j, n.bar) != (i, m.bar))
+                .all(|(_, n)| end <= n.addr || n.addr + n.len <= m.addr)
+                && (end <= ECAM || ECAM + ECAM_SIZE <= m.addr);
+            if alone {
+                let mut sig = [0u8; 8];
+                assert!(
+                    mmio.read(m.addr, &mut sig),
+                    "device {i} BAR {} at {:#x} overlaps nothing but is not decoded",
+                    m.bar,
+                    m.addr
+                );
+                assert_eq!(sig[..2], [0xc0 | *i as u8, m.bar], "{:#x}", m.addr);
+            }
+        }
         let mut probes: Vec<u64> = decoded
             .iter()
             .flat_map(|(_, m)| [m.addr, m.addr + m.len - 1, m.addr + m.len])

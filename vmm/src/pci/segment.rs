@@ -58,14 +58,23 @@ impl BusDevice for BarRegion {
     }
 }
 
+/// Where the BARs the devices decode are, by (slot, BAR).
+#[derive(Default)]
+struct Mappings {
+    /// On the MMIO bus, at this address.
+    mapped: BTreeMap<(u8, u8), u64>,
+    /// Decoded at (address, length) but refused by the bus, because the
+    /// range overlaps another: put on the bus once the other is gone.
+    waiting: BTreeMap<(u8, u8), (u64, u64)>,
+}
+
 /// Bus 0 with single-function devices in slots 0..32.
 pub struct PciSegment {
     slots: [Option<SharedPciDevice>; DEVICES_PER_BUS],
     mmio: Bus,
-    /// What we actually put on the MMIO bus, by (slot, BAR). Also serialises
-    /// configuration writes, so that two vCPUs moving BARs at once apply
-    /// their changes in the order the device saw them.
-    mapped: Mutex<BTreeMap<(u8, u8), u64>>,
+    /// Also serialises configuration writes, so that two vCPUs moving
+    /// BARs at once apply their changes in the order the device saw them.
+    mappings: Mutex<Mappings>,
 }
 
 impl PciSegment {
@@ -74,7 +83,7 @@ impl PciSegment {
         Self {
             slots: Default::default(),
             mmio,
-            mapped: Mutex::new(BTreeMap::new()),
+            mappings: Mutex::new(Mappings::default()),
         }
     }
 
@@ -105,7 +114,7 @@ impl PciSegment {
                     addr,
                     source,
                 })?;
-            lock(&self.mapped).insert((bdf.device, bar), addr);
+            lock(&self.mappings).mapped.insert((bdf.device, bar), addr);
             log::debug!("{bdf}: BAR {bar} at {addr:#x}+{len:#x}");
         }
         self.slots[slot] = Some(device);
@@ -132,54 +141,85 @@ impl PciSegment {
         let Some(dev) = self.device(bdf) else {
             return;
         };
-        let mut mapped = lock(&self.mapped);
+        let mut mappings = lock(&self.mappings);
         // The device lock is released before the bus changes: a vCPU may be
         // waiting for it inside a BAR access.
         let changes = lock(dev).config_write(offset, data);
         if !changes.is_empty() {
-            self.apply(&mut mapped, bdf, dev, &changes);
+            self.apply(&mut mappings, bdf, &changes);
         }
     }
 
-    /// Removals first, so that a guest swapping two BARs' addresses works.
-    fn apply(
-        &self,
-        mapped: &mut BTreeMap<(u8, u8), u64>,
-        bdf: Bdf,
-        device: &SharedPciDevice,
-        changes: &[BarReprogram],
-    ) {
+    /// Removals first, so that a guest swapping two BARs' addresses works;
+    /// then the new places; then whatever was waiting for a range this
+    /// write freed.
+    fn apply(&self, mappings: &mut Mappings, bdf: Bdf, changes: &[BarReprogram]) {
+        let mut freed = false;
         for change in changes {
+            let key = (bdf.device, change.bar);
             // Only what we inserted is removed: a BAR the guest had placed
             // over another device was never on the bus.
-            if let Some(addr) = mapped.remove(&(bdf.device, change.bar)) {
+            if let Some(addr) = mappings.mapped.remove(&key) {
                 self.mmio.remove(addr);
+                freed = true;
             }
+            mappings.waiting.remove(&key);
         }
         for change in changes {
             let Some(addr) = change.new else {
                 log::debug!("{bdf}: BAR {} unmapped", change.bar);
                 continue;
             };
-            let region = Arc::new(Mutex::new(BarRegion {
-                device: device.clone(),
-                bar: change.bar,
-            }));
-            match self.mmio.insert(region, addr, change.len) {
-                Ok(()) => {
-                    mapped.insert((bdf.device, change.bar), addr);
-                    log::debug!(
-                        "{bdf}: BAR {} at {addr:#x}+{:#x} (was {:x?})",
-                        change.bar,
-                        change.len,
-                        change.old
-                    );
-                }
+            match self.map(mappings, bdf.device, change.bar, addr, change.len) {
+                Ok(()) => log::debug!(
+                    "{bdf}: BAR {} at {addr:#x}+{:#x} (was {:x?})",
+                    change.bar,
+                    change.len,
+                    change.old
+                ),
                 Err(e) => log::warn!(
-                    "{bdf}: guest placed BAR {} at {addr:#x}+{:#x}; not decoded: {e}",
+                    "{bdf}: guest placed BAR {} at {addr:#x}+{:#x}; not decoded while it overlaps: {e}",
                     change.bar,
                     change.len
                 ),
+            }
+        }
+        if freed {
+            let waiting: Vec<_> = mappings.waiting.iter().map(|(k, v)| (*k, *v)).collect();
+            for ((slot, bar), (addr, len)) in waiting {
+                if self.map(mappings, slot, bar, addr, len).is_ok() {
+                    log::debug!("slot {slot}: BAR {bar} at {addr:#x}+{len:#x} decoded now");
+                }
+            }
+        }
+    }
+
+    /// Puts BAR `bar` of `slot` on the bus, or in the waiting list if the
+    /// range is taken.
+    fn map(
+        &self,
+        mappings: &mut Mappings,
+        slot: u8,
+        bar: u8,
+        addr: u64,
+        len: u64,
+    ) -> Result<(), BusError> {
+        let Some(device) = self.slots.get(usize::from(slot)).and_then(Option::as_ref) else {
+            return Ok(());
+        };
+        let region = Arc::new(Mutex::new(BarRegion {
+            device: device.clone(),
+            bar,
+        }));
+        match self.mmio.insert(region, addr, len) {
+            Ok(()) => {
+                mappings.waiting.remove(&(slot, bar));
+                mappings.mapped.insert((slot, bar), addr);
+                Ok(())
+            }
+            Err(e) => {
+                mappings.waiting.insert((slot, bar), (addr, len));
+                Err(e)
             }
         }
     }
@@ -442,5 +482,35 @@ mod tests {
         ecam_write32(&mut ecam, 1, 0x10, 0xc000_2000);
         assert_eq!(read_at(&mmio, 0xc000_2008), Some([0, 8]));
         assert_eq!(read_at(&mmio, 0xc000_0000), Some([0, 0]), "slot 0 kept");
+    }
+
+    /// Decoding follows the registers, as on hardware: a BAR the bus
+    /// refused because another range was there is decoded as soon as that
+    /// range is gone. It used to stay dead until the guest wrote it again,
+    /// so a guest that swapped two devices' BARs, or moved one BAR of a
+    /// device off another, lost a device. Found by the bus_bars fuzz target.
+    #[test]
+    fn a_bar_stacked_on_another_is_decoded_once_that_one_moves_away() {
+        let mmio = Bus::new();
+        let mut seg = PciSegment::new(mmio.clone());
+        seg.add(Arc::new(Mutex::new(BarDevice::new(0xc000_0000, true))))
+            .unwrap();
+        seg.add(Arc::new(Mutex::new(BarDevice::new(0xc000_1000, true))))
+            .unwrap();
+        let mut ecam = PciEcam::new(Arc::new(seg));
+        // Slot 1 onto slot 0: refused for now.
+        ecam_write32(&mut ecam, 1, 0x10, 0xc000_0000);
+        assert_eq!(read_at(&mmio, 0xc000_0008), Some([0, 8]));
+        // Slot 0 moves away: slot 1 is reached where the guest put it.
+        ecam_write32(&mut ecam, 0, 0x10, 0xc000_4000);
+        assert_eq!(read_at(&mmio, 0xc000_4008), Some([0, 8]));
+        let mut seen = [0u8; 2];
+        assert!(mmio.read(0xc000_0008, &mut seen), "slot 1 decoded");
+        // And likewise when the one in the way stops decoding: swap them
+        // back through a moment where both want 0xc000_4000.
+        ecam_write32(&mut ecam, 1, 0x10, 0xc000_4000);
+        ecam_write32(&mut ecam, 0, COMMAND as u64, 0);
+        assert_eq!(read_at(&mmio, 0xc000_4008), Some([0, 8]), "slot 1 now");
+        assert_eq!(read_at(&mmio, 0xc000_0008), None);
     }
 }

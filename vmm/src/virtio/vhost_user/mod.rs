@@ -46,7 +46,8 @@ const RING_FEATURES: u64 = VIRTIO_RING_F_INDIRECT_DESC | VIRTIO_RING_F_EVENT_IDX
 const WANTED_PROTOCOL: VhostUserProtocolFeatures = VhostUserProtocolFeatures::MQ
     .union(VhostUserProtocolFeatures::REPLY_ACK)
     .union(VhostUserProtocolFeatures::CONFIG)
-    .union(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS);
+    .union(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS)
+    .union(VhostUserProtocolFeatures::RESET_DEVICE);
 
 /// What the device is, as plain values; the configuration step has checked
 /// them (queue sizes and count, the window and the bytes in it).
@@ -402,6 +403,21 @@ impl GenericVhostUser {
         Ok(())
     }
 
+    /// The guest's reset reaches the backend's device state (a request it
+    /// holds back, a FUSE session) through RESET_DEVICE, when it has it.
+    fn reset_backend_device(&mut self) {
+        if !self
+            .negotiated
+            .protocol
+            .contains(VhostUserProtocolFeatures::RESET_DEVICE)
+        {
+            return;
+        }
+        if let Err(e) = self.request("RESET_DEVICE", |f| f.reset_device()) {
+            log::warn!("{}: {}", self.params.id, error_chain(&e));
+        }
+    }
+
     /// Stops the rings the backend runs.
     fn stop_queues(&mut self) {
         for q in std::mem::take(&mut self.started) {
@@ -562,6 +578,9 @@ impl VirtioDevice for GenericVhostUser {
             }
         }
         self.started.clear();
+        if !self.broken {
+            self.reset_backend_device();
+        }
         if !self.broken {
             return Ok(());
         }

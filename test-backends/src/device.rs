@@ -230,6 +230,7 @@ impl VhostUserBackendMut for EchoDevice {
             | VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | VhostUserProtocolFeatures::RESET_DEVICE
     }
 
     fn reset_device(&mut self) {

@@ -107,6 +107,16 @@ pub struct Args {
     pub console_emerg: Option<&'static str>,
     /// How long `console` waits for its input.
     pub console_timeout_ms: u64,
+    /// Seeds the `chaos` test's choices: the same seed, the same accesses.
+    pub chaos_seed: u64,
+    /// How many accesses `chaos` makes.
+    pub chaos_ops: u64,
+    /// The devices (numbers on bus 0) `chaos` targets, as a bit mask;
+    /// 0: every function.
+    pub chaos_devices: u32,
+    /// The rings chaos starts hold no requests (`probe.chaos.rings=empty`)
+    /// instead of garbage.
+    pub chaos_empty_rings: bool,
     unknown: List,
 }
 
@@ -165,6 +175,16 @@ fn ranges(list: &mut List, value: &'static str) -> bool {
     true
 }
 
+/// Comma-separated device numbers (0 to 31) as a bit mask.
+fn device_mask(value: &str) -> Option<u32> {
+    let mut mask = 0u32;
+    for item in value.split(',') {
+        let dev: u32 = item.parse().ok().filter(|&d| d < 32)?;
+        mask |= 1 << dev;
+    }
+    Some(mask)
+}
+
 /// A positive number of milliseconds.
 fn millis(value: &str) -> Option<u64> {
     value.parse().ok().filter(|&v| v > 0)
@@ -208,6 +228,10 @@ impl Args {
             console_rx_end: None,
             console_emerg: None,
             console_timeout_ms: 10_000,
+            chaos_seed: 1,
+            chaos_ops: 10_000,
+            chaos_devices: 0,
+            chaos_empty_rings: false,
             unknown: List::new(),
         };
         for word in line.split_ascii_whitespace() {
@@ -321,6 +345,12 @@ impl Args {
                     !value.is_empty()
                 }
                 "console.timeout_ms" => millis(value).map(|v| a.console_timeout_ms = v).is_some(),
+                "chaos.seed" => value.parse().map(|v| a.chaos_seed = v).is_ok(),
+                "chaos.ops" => value.parse().map(|v| a.chaos_ops = v).is_ok(),
+                "chaos.devices" => device_mask(value).map(|m| a.chaos_devices = m).is_some(),
+                "chaos.rings" => choose(value, &[("garbage", false), ("empty", true)])
+                    .map(|v| a.chaos_empty_rings = v)
+                    .is_some(),
                 _ => false,
             };
             if !good {

@@ -118,7 +118,7 @@ pub fn echo_test(ctx: &mut Ctx) -> Result<(), Failure> {
     Ok(())
 }
 
-fn echo_device(f: crate::pci::Function, slot: usize, ctx: &mut Ctx) -> Result<(), Failure> {
+pub fn echo_device(f: crate::pci::Function, slot: usize, ctx: &mut Ctx) -> Result<(), Failure> {
     let mut dev = Device::new(f, slot, ctx.args.virtio_mode)?;
     let mut recoveries = 0u32;
     if let Err(e) = bring_up(&mut dev, ctx) {

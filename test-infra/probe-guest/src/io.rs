@@ -26,6 +26,20 @@ pub fn outl(port: u16, value: u32) {
     unsafe { asm!("out dx, eax", in("dx") port, in("eax") value, options(nostack)) };
 }
 
+pub fn inb(port: u16) -> u8 {
+    let value: u8;
+    // SAFETY: as outb; the handler writes the result into the saved rax.
+    unsafe { asm!("in al, dx", in("dx") port, out("al") value, options(nostack)) };
+    value
+}
+
+pub fn inw(port: u16) -> u16 {
+    let value: u16;
+    // SAFETY: as inb.
+    unsafe { asm!("in ax, dx", in("dx") port, out("ax") value, options(nostack)) };
+    value
+}
+
 pub fn inl(port: u16) -> u32 {
     let value: u32;
     // SAFETY: as outb; the handler writes the result into the saved rax.
@@ -146,5 +160,52 @@ pub mod mmio {
     pub fn write64(addr: u64, v: u64) {
         write32(addr, v as u32);
         write32(addr + 4, (v >> 32) as u32);
+    }
+
+    /// One read of `width` bytes (1, 2, 4, else 8) at any alignment, as a
+    /// single instruction: the device sees exactly this access.
+    pub fn read(addr: u64, width: u8) -> u64 {
+        let value: u64;
+        // SAFETY: the caller passes a mapped device or RAM address; a
+        // plain `mov` has no alignment requirement.
+        unsafe {
+            match width {
+                1 => {
+                    core::arch::asm!("movzx {v:e}, byte ptr [{a}]", a = in(reg) addr, v = out(reg) value, options(nostack))
+                }
+                2 => {
+                    core::arch::asm!("movzx {v:e}, word ptr [{a}]", a = in(reg) addr, v = out(reg) value, options(nostack))
+                }
+                4 => {
+                    core::arch::asm!("mov {v:e}, dword ptr [{a}]", a = in(reg) addr, v = out(reg) value, options(nostack))
+                }
+                _ => {
+                    core::arch::asm!("mov {v}, qword ptr [{a}]", a = in(reg) addr, v = out(reg) value, options(nostack))
+                }
+            }
+        }
+        value
+    }
+
+    /// One write of the low `width` bytes (1, 2, 4, else 8) of `value` at
+    /// any alignment, as a single instruction.
+    pub fn write(addr: u64, width: u8, value: u64) {
+        // SAFETY: as `read`.
+        unsafe {
+            match width {
+                1 => {
+                    core::arch::asm!("mov byte ptr [{a}], {v:l}", a = in(reg) addr, v = in(reg) value, options(nostack))
+                }
+                2 => {
+                    core::arch::asm!("mov word ptr [{a}], {v:x}", a = in(reg) addr, v = in(reg) value, options(nostack))
+                }
+                4 => {
+                    core::arch::asm!("mov dword ptr [{a}], {v:e}", a = in(reg) addr, v = in(reg) value, options(nostack))
+                }
+                _ => {
+                    core::arch::asm!("mov qword ptr [{a}], {v}", a = in(reg) addr, v = in(reg) value, options(nostack))
+                }
+            }
+        }
     }
 }

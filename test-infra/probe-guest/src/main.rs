@@ -11,6 +11,7 @@
 mod apic;
 mod blk;
 mod boot;
+mod chaos;
 mod cmdline;
 mod console;
 mod fuse;

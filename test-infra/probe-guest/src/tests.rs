@@ -21,6 +21,7 @@ pub fn run(name: &str, ctx: &mut Ctx) -> Result<(), Failure> {
         "reconnect" => crate::generic::reconnect_test(ctx),
         "blk" => crate::blk::blk_test(ctx),
         "console" => crate::console::console_test(ctx),
+        "chaos" => crate::chaos::chaos_test(ctx),
         "fail" => bail!("requested"),
         "spin" => {
             record!("spin");
@@ -61,7 +62,7 @@ fn boot_test(ctx: &mut Ctx) -> Result<(), Failure> {
     Ok(())
 }
 
-fn ensure_pci(ctx: &mut Ctx) -> Result<&pci::Bus, Failure> {
+pub fn ensure_pci(ctx: &mut Ctx) -> Result<&pci::Bus, Failure> {
     if ctx.pci.is_none() {
         let access = ctx
             .platform

@@ -80,7 +80,16 @@ pub struct EchoDevice {
     stopped: bool,
     /// `--block FILE`: queue 0 serves virtio-blk requests from it.
     pub block: Option<std::fs::File>,
+    /// A ring turned out unusable (a buffer outside guest memory, a
+    /// message too large): nothing is served until the device is reset,
+    /// as a device that needs a reset behaves. An error returned to
+    /// vhost-user-backend would instead end the ring thread for good.
+    broken: bool,
 }
+
+/// The largest message the echo device takes (the probe sends at most
+/// 1 MiB).
+const MAX_MESSAGE: usize = 1 << 20;
 
 type Result<T> = std::io::Result<T>;
 
@@ -109,6 +118,7 @@ impl EchoDevice {
             echoed: 0,
             stopped: false,
             block: None,
+            broken: false,
         }
     }
 
@@ -133,10 +143,20 @@ impl EchoDevice {
         }
     }
 
+    /// Serves the rings; a ring that fails leaves the device broken until
+    /// the next reset, and the ring thread alive.
     fn process(&mut self, vrings: &[VringRwLock]) -> Result<()> {
-        if self.stopped {
+        if self.stopped || self.broken {
             return Ok(());
         }
+        if let Err(e) = self.serve(vrings) {
+            log::warn!("a ring is unusable; nothing is served until a reset: {e}");
+            self.broken = true;
+        }
+        Ok(())
+    }
+
+    fn serve(&mut self, vrings: &[VringRwLock]) -> Result<()> {
         if let (Some(file), Some(memory), Some(queue)) = (&self.block, &self.memory, vrings.first())
         {
             return crate::block::serve(file, memory, queue);
@@ -172,7 +192,11 @@ impl EchoDevice {
                 let mut data = Vec::new();
                 for desc in chain.clone().readable() {
                     let start = data.len();
-                    data.resize(start + desc.len() as usize, 0);
+                    let len = desc.len() as usize;
+                    if start + len > MAX_MESSAGE {
+                        return Err(std::io::Error::other("a message over 1 MiB"));
+                    }
+                    data.resize(start + len, 0);
                     memory
                         .read_slice(&mut data[start..], desc.addr())
                         .map_err(queue_error)?;
@@ -235,6 +259,7 @@ impl VhostUserBackendMut for EchoDevice {
 
     fn reset_device(&mut self) {
         self.pending = None;
+        self.broken = false;
     }
 
     fn set_event_idx(&mut self, _enabled: bool) {

@@ -11,8 +11,6 @@
 //! stop the guest's own CPU) and the common config's ring addresses (a
 //! backend would write into whatever RAM they name). The probe guest's
 //! `chaos` test (tests/chaos.rs) covers those, keeping itself alive.
-//!
-//! Written without a nested runner at hand: not yet run.
 
 use std::time::Duration;
 

@@ -295,9 +295,10 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
             }
             o if o < ISR_OFFSET + ISR_LEN => {
                 data.fill(0);
-                // Reading the ISR acknowledges it.
-                if o == ISR_OFFSET {
-                    data[0] = self.interrupt.take_isr();
+                // Reading the ISR acknowledges it (an empty read reads
+                // nothing, and acknowledges nothing).
+                if let (ISR_OFFSET, Some(first)) = (o, data.first_mut()) {
+                    *first = self.interrupt.take_isr();
                 }
             }
             o if (DEVICE_CFG_OFFSET..DEVICE_CFG_OFFSET + DEVICE_CFG_MAX).contains(&o) => {

@@ -198,6 +198,38 @@ fn console_output_that_cannot_be_created_is_named() {
     );
 }
 
+/// The pty `vmm` created for `option`, from the line it prints:
+/// `vmm: OPTION pty: /dev/pts/N`.
+fn pty_path(vmm: &mut Child, option: &str) -> String {
+    let line = format!("{option} pty: /dev/pts/");
+    assert!(
+        vmm.wait_until(Duration::from_secs(20), |c| c
+            .stderr_so_far()
+            .contains(&line)),
+        "no {option} pty path: {}",
+        vmm.stderr_so_far()
+    );
+    let stderr = vmm.stderr_so_far();
+    stderr
+        .lines()
+        .find_map(|l| l.split_once(&format!("{option} pty: ")).map(|(_, p)| p))
+        .expect("pty path")
+        .trim()
+        .to_string()
+}
+
+/// Reads `pty` until what came holds `needle`, for 20 s at most.
+fn read_until(pty: &mut std::fs::File, needle: &str) {
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !String::from_utf8_lossy(&seen).contains(needle) {
+        assert!(Instant::now() < deadline, "pty gave only {seen:?}");
+        let mut buf = [0u8; 256];
+        let n = pty.read(&mut buf).expect("read the pty");
+        seen.extend_from_slice(&buf[..n]);
+    }
+}
+
 /// `--console pty`: vmm says where the pty is; what the guest writes comes
 /// out of it and what we type there reaches the guest.
 #[test]
@@ -219,35 +251,14 @@ fn a_pty_console_carries_both_ways() {
             "tty",
         ]);
     let mut vmm = cmd.spawn(dir.path()).expect("vmm starts");
-    assert!(
-        vmm.wait_until(Duration::from_secs(20), |c| c
-            .stderr_so_far()
-            .contains("pty: /dev/pts/")),
-        "no pty path: {}",
-        vmm.stderr_so_far()
-    );
-    let stderr = vmm.stderr_so_far();
-    let path = stderr
-        .lines()
-        .find_map(|l| l.split("pty: ").nth(1))
-        .expect("pty path")
-        .trim()
-        .to_string();
-    assert!(stderr.contains("--console pty: /dev/pts/"), "{stderr}");
+    let path = pty_path(&mut vmm, "--console");
     let mut pty = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(&path)
         .expect("open the pty");
     // The guest's output arrives first...
-    let mut seen = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !String::from_utf8_lossy(&seen).contains("hello-from-the-guest") {
-        assert!(Instant::now() < deadline, "pty gave only {seen:?}");
-        let mut buf = [0u8; 256];
-        let n = pty.read(&mut buf).expect("read the pty");
-        seen.extend_from_slice(&buf[..n]);
-    }
+    read_until(&mut pty, "hello-from-the-guest");
     // ...then our input reaches it.
     pty.write_all(b"typed at the pty\nEND\n")
         .expect("write the pty");
@@ -391,29 +402,9 @@ fn a_pty_serial_port_carries_the_guest_s_output() {
             "off",
         ]);
     let mut vmm = cmd.spawn(dir.path()).expect("vmm starts");
-    assert!(
-        vmm.wait_until(Duration::from_secs(20), |c| c
-            .stderr_so_far()
-            .contains("--serial pty: /dev/pts/")),
-        "no pty path: {}",
-        vmm.stderr_so_far()
-    );
-    let stderr = vmm.stderr_so_far();
-    let path = stderr
-        .lines()
-        .find_map(|l| l.split("pty: ").nth(1))
-        .expect("pty path")
-        .trim()
-        .to_string();
+    let path = pty_path(&mut vmm, "--serial");
     let mut pty = std::fs::File::open(&path).expect("open the pty");
-    let mut seen = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !String::from_utf8_lossy(&seen).contains("probe: start") {
-        assert!(Instant::now() < deadline, "pty gave only {seen:?}");
-        let mut buf = [0u8; 256];
-        let n = pty.read(&mut buf).expect("read the pty");
-        seen.extend_from_slice(&buf[..n]);
-    }
+    read_until(&mut pty, "probe: start");
     vmm.signal(libc::SIGTERM);
     let out = vmm.wait(Duration::from_secs(20)).expect("vmm exits");
     assert_eq!(out.code(), Some(128 + libc::SIGTERM), "{}", out.describe());

@@ -4,13 +4,20 @@
 //! is pinned, the failures of real deviations with their evidence:
 //! docs/conformance.md has each backend's table.
 
+use std::path::Path;
 use std::process::Command;
 
 use test_infra::paths;
 
 /// The runner's exit status and JSON report.
 fn run(args: &[&str]) -> (Option<i32>, serde_json::Value, String) {
+    run_in(Path::new("."), args)
+}
+
+/// The same, started in `cwd`, as a user runs it beside their backend.
+fn run_in(cwd: &Path, args: &[&str]) -> (Option<i32>, serde_json::Value, String) {
     let output = Command::new(paths::conformance_binary().expect("runner built"))
+        .current_dir(cwd)
         .args(["--json", "--quiet"])
         .args(args)
         .output()
@@ -83,18 +90,21 @@ fn virtiofsd_passes_both_guests() {
 #[test]
 fn vhost_device_rng_feeds_dev_hwrng() {
     let rng = paths::find_or_install("VHOST_DEVICE_RNG", "vhost-device-rng", "vhost-device-rng")
-        .expect("vhost-device-rng")
-        .display()
-        .to_string();
-    let (code, report, stderr) = run(&[
-        "--virtio-id",
-        "rng",
-        "--socket-suffix",
-        "0",
-        "--",
-        &rng,
-        "--socket-path={socket}",
-    ]);
+        .expect("vhost-device-rng");
+    // Named relative to the directory the runner starts in: the Linux
+    // tier, which runs the backend chrooted in L1, must find it as given.
+    let (code, report, stderr) = run_in(
+        rng.parent().expect("a directory"),
+        &[
+            "--virtio-id",
+            "rng",
+            "--socket-suffix",
+            "0",
+            "--",
+            &format!("./{}", rng.file_name().expect("a name").to_string_lossy()),
+            "--socket-path={socket}",
+        ],
+    );
     assert_eq!(code, Some(0), "{report:#}\n{stderr}");
     assert_status(&report, "linux", "rng-hwrng", "pass");
     assert_status(&report, "rng", "entropy", "pass");
@@ -150,9 +160,13 @@ fn vhost_device_vsock_carries_a_guest_connection_to_the_host() {
 }
 
 /// vhost-device-console 0.1.0, network backend: the guest's hvc0 output
-/// reaches the TCP peer, but a line sent from there reaches the guest as
-/// the concatenation of its own prefixes ("hhohos..."): a real deviation,
-/// which the Linux tier reports with what the guest read.
+/// reaches the TCP peer, but the receive path is broken. It writes a
+/// line into one buffer a byte at a time and returns that buffer once per
+/// byte (lengths 1, 2, 3...), and it takes every other available buffer
+/// without ever returning it. Linux reads the line as the concatenation
+/// of its own prefixes ("hhohos..."), or (in one CI run, and once in
+/// seven runs here beside two busy loops) no whole line within 30 s.
+/// Which one is timing; the verdict is not.
 #[test]
 fn vhost_device_console_garbles_input_and_the_linux_tier_says_so() {
     let (code, report, stderr) = run(&[
@@ -173,7 +187,11 @@ fn vhost_device_console_garbles_input_and_the_linux_tier_says_so() {
     assert_eq!(code, Some(1), "{report:#}\n{stderr}");
     assert_status(&report, "linux", "driver", "pass");
     let detail = assert_status(&report, "linux", "console-port", "fail");
-    assert!(detail.contains("the guest read \"hhoho"), "{detail}");
+    assert!(
+        detail.contains("the guest read \"hhoho")
+            || detail.contains("the guest read nothing from hvc0 in 30."),
+        "{detail}"
+    );
     assert_status(&report, "generic", "config-read", "pass");
 }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crate::conformance::{Check, Status};
 use crate::linux::GuestInit;
 use crate::probe::ProbeReport;
-use crate::scenario::{Scenario, ScenarioRun};
+use crate::scenario::{shell_quote, Scenario, ScenarioRun};
 
 pub const TIER: &str = "linux";
 
@@ -144,10 +144,11 @@ if [ -c /dev/hvc0 ]; then
   report console port=hvc0
   echo "guest-says-{MARKER}" > /dev/hvc0
   report console wrote=1
+  t0=$(cut -d' ' -f1 /proc/uptime)
   if read -t 30 line < /dev/hvc0; then
-    report console read=\"$line\"
+    report console read=\"$line\" from=$t0 to=$(cut -d' ' -f1 /proc/uptime)
   else
-    report console read=none
+    report console read=none from=$t0 to=$(cut -d' ' -f1 /proc/uptime)
   fi
 else
   report console port=none
@@ -311,7 +312,7 @@ fn run_scenario(
                 "ip link set lo up 2>/dev/null\n\
                  mkfifo $WORK/console.in\n\
                  ( sleep 600 > $WORK/console.in & cat $WORK/console.in | nc 127.0.0.1 {port} > $OUT/console-peer.log 2>&1 ) &\n\
-                 ( wait_line $OUT/console-peer.log guest-says-{MARKER} 120 && echo host-says-{MARKER} > $WORK/console.in ) &\n"
+                 ( wait_line $OUT/console-peer.log guest-says-{MARKER} 120 && echo host-says-{MARKER} > $WORK/console.in && record console-reply sent_ms=$(now_ms) ) &\n"
             ),
             None => String::new(),
         },
@@ -337,10 +338,6 @@ fn run_scenario(
         suffix = spec.socket_suffix,
     ));
     s.run()
-}
-
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 /// `vsock-echo` built static with the installed C compiler, once.
@@ -599,10 +596,26 @@ fn type_outcome(
                     last_lines(&peer)
                 ));
             }
-            let read = guest
-                .all("console")
-                .find_map(|r| r.get("read"))
-                .unwrap_or("none");
+            let reading = guest.all("console").find(|r| r.get("read").is_some());
+            let read = reading.and_then(|r| r.get("read")).unwrap_or("none");
+            if read == "none" {
+                let waited = reading
+                    .and_then(|r| {
+                        let at = |k| r.get(k)?.parse::<f64>().ok();
+                        Some(at("to")? - at("from")?)
+                    })
+                    .map_or(String::new(), |s| format!(" in {s:.1} s"));
+                let sent = if run.records.first("console-reply").is_some() {
+                    "the host sent its line to port {port}"
+                } else {
+                    "the host never saw the guest's line to answer it"
+                };
+                return Err(format!(
+                    "the guest read nothing from hvc0{waited} ({}); backend: {}",
+                    sent.replace("{port}", &port.to_string()),
+                    last_lines(&run.out_file("backend.log"))
+                ));
+            }
             if read != format!("host-says-{MARKER}") {
                 return Err(format!(
                     "the guest read {read:?} from hvc0, not the line sent to port {port}"

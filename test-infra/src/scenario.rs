@@ -76,8 +76,9 @@ start_vmm_as_given() {
 }
 run_vmm_as_given() { start_vmm_as_given "$@"; wait_vmm "$1" $(( $2 + 5 )); }
 # start_host_program NAME DIR ARGV...: a program of the host, run as on the
-# host (nested: chrooted into the host's root, which Scenario::host_programs
-# shares), with the host directory DIR on L1's own memory so that sockets it
+# host, from the directory the harness was started in, so relative paths
+# mean what the user meant (nested: chrooted into the host's root, which
+# Scenario::host_programs shares), with the host directory DIR on L1's own memory so that sockets it
 # makes there can be reached; prints where the script finds DIR. Output
 # goes to $OUT/NAME.log, the pid to $WORK/NAME.pid.
 start_host_program() {
@@ -90,12 +91,12 @@ start_host_program() {
       fi
     done
     mount --bind "$WORK/$name.d" "$HOSTROOT$dir"
-    chroot "$HOSTROOT" "$@" >>"$OUT/$name.log" 2>&1 </dev/null &
+    chroot "$HOSTROOT" /bin/sh -c 'cd "$0" && exec "$@"' "$HOSTCWD" "$@" >>"$OUT/$name.log" 2>&1 </dev/null &
     echo $! >"$WORK/$name.pid"
     echo "$WORK/$name.d"
   else
     mkdir -p "$dir"
-    "$@" >>"$OUT/$name.log" 2>&1 </dev/null &
+    ( cd "$HOSTCWD" && exec "$@" ) >>"$OUT/$name.log" 2>&1 </dev/null &
     echo $! >"$WORK/$name.pid"
     echo "$dir"
   fi
@@ -222,7 +223,12 @@ impl Scenario {
 
     pub fn run(self) -> Result<ScenarioRun, String> {
         let tier = LinuxTier::detect();
-        let script = format!("{PRELUDE}\n{}", self.script);
+        let cwd = std::env::current_dir().map_err(|e| format!("the current directory: {e}"))?;
+        let script = format!(
+            "HOSTCWD={}\n{PRELUDE}\n{}",
+            shell_quote(&cwd.display().to_string()),
+            self.script
+        );
         let script_path = self.input_path("scenario.sh");
         std::fs::write(&script_path, script)
             .map_err(|e| format!("{}: {e}", script_path.display()))?;
@@ -402,4 +408,9 @@ fn tail(text: &str, lines: usize) -> String {
     }
     out.push_str(&all[from..].join("\n"));
     out
+}
+
+/// `s` as one word of a POSIX shell command line.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }

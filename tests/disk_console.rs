@@ -321,17 +321,39 @@ impl Terminal {
     }
 
     fn spawn(&self, dir: &Path, args: &[&str]) -> std::process::Child {
-        std::process::Command::new(test_infra::paths::vmm_binary().expect("vmm"))
+        self.command(dir, &["--serial", "null"], args)
+            .spawn()
+            .expect("vmm starts")
+    }
+
+    /// `vmm` with the terminal as stdin and stdout; `serial` first.
+    fn command(&self, dir: &Path, serial: &[&str], args: &[&str]) -> std::process::Command {
+        let mut command = std::process::Command::new(test_infra::paths::vmm_binary().expect("vmm"));
+        command
             .arg("--kernel")
             .arg(test_infra::paths::probe_guest().expect("probe"))
-            .args(["--serial", "null"])
+            .args(serial)
             .args(args)
             .current_dir(dir)
             .stdin(self.far.try_clone().expect("dup"))
             .stdout(self.far.try_clone().expect("dup"))
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("vmm starts")
+            .stderr(std::process::Stdio::null());
+        command
+    }
+
+    /// Columns and rows, as a user's terminal emulator sets them: the
+    /// kernel sends SIGWINCH to the terminal's foreground process group.
+    fn resize(&self, cols: u16, rows: u16) {
+        use std::os::fd::AsRawFd;
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads the winsize we pass; checked.
+        let rc = unsafe { libc::ioctl(self._near.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+        assert_eq!(rc, 0, "TIOCSWINSZ: {}", std::io::Error::last_os_error());
     }
 }
 
@@ -380,6 +402,87 @@ fn the_terminal_is_given_back_on_every_way_out() {
     let mut vmm = terminal.spawn(dir.path(), &["--disk", &disk]);
     assert_eq!(wait(&mut vmm), Some(1));
     assert!(terminal.cooked(), "not restored after a start-up error");
+}
+
+/// The console on the user's terminal follows its size. The guest reads
+/// the size at start; when the user resizes the terminal, vmm (the
+/// terminal's foreground process, as in a shell) gets SIGWINCH and the
+/// guest the new size, with a config interrupt and a new
+/// config_generation. QEMU's virtconsole offers no size, so the probe's
+/// facts here have no QEMU counterpart.
+#[test]
+fn the_console_follows_the_terminal_s_size() {
+    if !require_kvm("the_console_follows_the_terminal_s_size") {
+        return;
+    }
+    let dir = tempdir();
+    let terminal = Terminal::open();
+    terminal.resize(100, 30);
+    let serial = dir.path().join("serial.out");
+    let serial_arg = format!("file={}", serial.display());
+    let mut command = terminal.command(
+        dir.path(),
+        &["--serial", &serial_arg],
+        &[
+            "--cmdline",
+            "probe.run=console probe.console.resize=on probe.console.tx_bytes=0 probe.console.timeout_ms=20000",
+        ],
+    );
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec the closure calls only setsid and
+    // ioctl, which are async-signal-safe, and allocates nothing.
+    unsafe {
+        command.pre_exec(|| {
+            // A session of its own with the terminal as its controlling
+            // terminal, as a login shell's child in the foreground.
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut vmm = command.spawn().expect("vmm starts");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let waiting = loop {
+        let report = ProbeReport::parse(&std::fs::read_to_string(&serial).unwrap_or_default());
+        if let Some(r) = report.first_at("console", "resize-wait") {
+            break r.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the probe never waited for a resize:\n{}",
+            std::fs::read_to_string(&serial).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    terminal.resize(132, 43);
+    assert_eq!(wait(&mut vmm), Some(0));
+    let text = std::fs::read_to_string(&serial).expect("serial output");
+    let report = ProbeReport::parse(&text);
+    assert!(report.passed(), "{text}");
+    let config = report
+        .first_at("console", "config")
+        .expect("console config");
+    assert_eq!(config.get("f_size"), Some("1"), "{text}");
+    assert_eq!(
+        (config.get("cols"), config.get("rows")),
+        (Some("100"), Some("30")),
+        "{text}"
+    );
+    let resized = report
+        .first_at("console", "resize")
+        .expect("console resize");
+    assert_eq!(
+        (resized.get("cols"), resized.get("rows")),
+        (Some("132"), Some("43")),
+        "{text}"
+    );
+    assert_eq!(resized.get("generation_moved"), Some("1"), "{text}");
+    assert!(
+        resized.number("config_irqs").is_some_and(|n| n >= 1),
+        "{text}"
+    );
+    assert!(waiting.number("generation").is_some(), "{text}");
 }
 
 /// `--serial pty`: the UART on a pseudo-terminal, found by the path vmm

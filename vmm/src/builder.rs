@@ -14,7 +14,7 @@ use crate::arch::x86_64::{acpi, boot, regs};
 use crate::config::{ConsoleOutput, DiskBackend, DiskConfig, GenericVhostUserConfig, VmConfig};
 use crate::device_manager::{DeviceManager, DeviceManagerError};
 use crate::files::{open_output, FileError};
-use crate::terminal::{self, Pty, RawMode};
+use crate::terminal::{Pty, RawMode, WindowSize};
 use crate::virtio::block::disk::{DiskError, DiskFile};
 use crate::virtio::block::{self, Block, BlockParams};
 use crate::virtio::console::{Console, ConsoleParams};
@@ -103,7 +103,7 @@ pub fn build_vm(config: &VmConfig) -> Result<Vmm, BuildError> {
             id: "_console".into(),
             output: end.output,
             input: end.input,
-            size: end.size,
+            window: end.window,
         }))?;
     }
     let buses = devices.into_buses()?;
@@ -197,11 +197,11 @@ fn add_disk(
 }
 
 /// One end of a console: where the guest's output goes, where its input
-/// comes from, and the size of the terminal it is on.
+/// comes from, and the terminal it is on (for its size).
 struct ConsoleEnd {
     output: Box<dyn Write + Send>,
     input: Option<File>,
-    size: Option<(u16, u16)>,
+    window: Option<WindowSize>,
 }
 
 /// What the consoles hold for the VM's life: the user's terminal in raw
@@ -224,7 +224,7 @@ impl Terminals {
             ConsoleOutput::Null => ConsoleEnd {
                 output: Box::new(std::io::sink()),
                 input: None,
-                size: None,
+                window: None,
             },
             ConsoleOutput::Tty => {
                 let stdin = stdin_file().map_err(terminal_error)?;
@@ -232,8 +232,10 @@ impl Terminals {
                 ConsoleEnd {
                     output: Box::new(std::io::stdout()),
                     input: Some(stdin),
-                    size: terminal::window_size(libc::STDOUT_FILENO)
-                        .or_else(|| terminal::window_size(libc::STDIN_FILENO)),
+                    window: match WindowSize::watch(libc::STDOUT_FILENO).map_err(terminal_error)? {
+                        Some(window) => Some(window),
+                        None => WindowSize::watch(libc::STDIN_FILENO).map_err(terminal_error)?,
+                    },
                 }
             }
             ConsoleOutput::Pty => {
@@ -245,7 +247,7 @@ impl Terminals {
                 ConsoleEnd {
                     output: Box::new(pty.controller),
                     input: Some(input),
-                    size: None,
+                    window: None,
                 }
             }
             ConsoleOutput::File(path) => ConsoleEnd {
@@ -257,7 +259,7 @@ impl Terminals {
                     }
                 })?),
                 input: None,
-                size: None,
+                window: None,
             },
         }))
     }

@@ -1,15 +1,17 @@
-//! SIGINT and SIGTERM. `main` blocks them before anything else happens, so
-//! every thread vmm starts inherits the mask and the default action (death
-//! without teardown) never runs: the signals wait until vmm looks for them,
-//! through a signalfd in the run loop, or with `pending()` in the start-up
-//! steps that wait (a backend's socket).
+//! SIGINT and SIGTERM, and SIGWINCH. `main` blocks them before anything
+//! else happens, so every thread vmm starts inherits the mask and the
+//! default action (death without teardown) never runs: the signals wait
+//! until vmm looks for them, through a signalfd in the run loop, or with
+//! `pending()` in the start-up steps that wait (a backend's socket).
+//! SIGWINCH, whose default is to be discarded, is kept for the console on
+//! the user's terminal, which reads it through a signalfd of its own.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SignalError {
-    #[error("Failed to block SIGINT and SIGTERM")]
+    #[error("Failed to block SIGINT, SIGTERM and SIGWINCH")]
     Block(#[source] io::Error),
 }
 
@@ -19,40 +21,52 @@ pub struct TerminationSignals {
 }
 
 impl TerminationSignals {
-    /// Blocks SIGINT and SIGTERM in the calling thread and opens a
-    /// signalfd for them. Call it before any other thread starts: threads
-    /// started earlier keep the default action.
+    /// Blocks SIGINT, SIGTERM and SIGWINCH in the calling thread and opens
+    /// a signalfd for the first two. Call it before any other thread
+    /// starts: threads started earlier keep the default action.
     pub fn block() -> Result<Self, SignalError> {
-        let set = termination_set();
+        let set = signal_set(&[libc::SIGINT, libc::SIGTERM, libc::SIGWINCH]);
         // SAFETY: `set` is an initialised sigset_t that outlives the call.
         let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
         if rc != 0 {
             return Err(SignalError::Block(io::Error::from_raw_os_error(rc)));
         }
-        // SAFETY: as above; the result is checked before use.
-        let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(SignalError::Block(io::Error::last_os_error()));
-        }
-        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = signalfd(&[libc::SIGINT, libc::SIGTERM]).map_err(SignalError::Block)?;
         Ok(Self { fd })
     }
 
     /// Takes the next waiting signal, if any (never blocks).
     pub fn read(&self) -> Option<i32> {
-        let mut info = std::mem::MaybeUninit::<libc::signalfd_siginfo>::uninit();
-        let size = std::mem::size_of::<libc::signalfd_siginfo>();
-        // SAFETY: `info` is a buffer of exactly `size` bytes; we read it
-        // only when the kernel filled all of it.
-        let n = unsafe { libc::read(self.fd.as_raw_fd(), info.as_mut_ptr().cast(), size) };
-        if usize::try_from(n).ok() != Some(size) {
-            return None;
-        }
-        // SAFETY: the kernel wrote a whole signalfd_siginfo above.
-        let info = unsafe { info.assume_init() };
-        i32::try_from(info.ssi_signo).ok()
+        read_signal(self.fd.as_raw_fd())
     }
+}
+
+/// A non-blocking signalfd for `signals`, which the caller has blocked.
+pub fn signalfd(signals: &[i32]) -> io::Result<OwnedFd> {
+    let set = signal_set(signals);
+    // SAFETY: `set` is an initialised sigset_t that outlives the call; the
+    // result is checked before use.
+    let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Takes the next signal waiting on the signalfd `fd`, if any.
+pub fn read_signal(fd: RawFd) -> Option<i32> {
+    let mut info = std::mem::MaybeUninit::<libc::signalfd_siginfo>::uninit();
+    let size = std::mem::size_of::<libc::signalfd_siginfo>();
+    // SAFETY: `info` is a buffer of exactly `size` bytes; we read it only
+    // when the kernel filled all of it.
+    let n = unsafe { libc::read(fd, info.as_mut_ptr().cast(), size) };
+    if usize::try_from(n).ok() != Some(size) {
+        return None;
+    }
+    // SAFETY: the kernel wrote a whole signalfd_siginfo above.
+    let info = unsafe { info.assume_init() };
+    i32::try_from(info.ssi_signo).ok()
 }
 
 impl AsRawFd for TerminationSignals {
@@ -77,14 +91,15 @@ pub fn pending() -> Option<i32> {
     }
 }
 
-fn termination_set() -> libc::sigset_t {
+fn signal_set(signals: &[i32]) -> libc::sigset_t {
     // SAFETY: sigemptyset initialises the zeroed set before sigaddset
     // changes it; both only touch the local set.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
+        for &signo in signals {
+            libc::sigaddset(&mut set, signo);
+        }
         set
     }
 }
@@ -107,6 +122,13 @@ mod tests {
             assert_eq!(pending(), Some(libc::SIGTERM));
             assert_eq!(signals.read(), Some(libc::SIGTERM));
             assert_eq!(pending(), None);
+            // SIGWINCH waits too, for its own signalfd, not this one.
+            let resize = signalfd(&[libc::SIGWINCH]).unwrap();
+            // SAFETY: as above.
+            let rc = unsafe { libc::pthread_kill(libc::pthread_self(), libc::SIGWINCH) };
+            assert_eq!(rc, 0);
+            assert_eq!(signals.read(), None);
+            assert_eq!(read_signal(resize.as_raw_fd()), Some(libc::SIGWINCH));
         })
         .join()
         .unwrap();
@@ -124,6 +146,7 @@ mod tests {
                     libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut set);
                     libc::sigismember(&set, libc::SIGTERM) == 1
                         && libc::sigismember(&set, libc::SIGINT) == 1
+                        && libc::sigismember(&set, libc::SIGWINCH) == 1
                 };
                 assert!(blocked);
             })

@@ -5,7 +5,7 @@
 use std::ffi::CStr;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -113,6 +113,46 @@ fn set_attrs(fd: RawFd, attrs: &libc::termios) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The size of the user's terminal, and word when it changes (SIGWINCH,
+/// which `main` blocked for us to read here).
+pub struct WindowSize {
+    terminal: File,
+    resized: OwnedFd,
+}
+
+impl WindowSize {
+    /// None when `fd` is not a terminal with a size.
+    pub fn watch(fd: RawFd) -> io::Result<Option<WindowSize>> {
+        if window_size(fd).is_none() {
+            return Ok(None);
+        }
+        // SAFETY: `fd` is open for the duration of this call; the borrow
+        // only lives to make an owned duplicate.
+        let terminal = File::from(unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?);
+        let resized = crate::signals::signalfd(&[libc::SIGWINCH])?;
+        Ok(Some(WindowSize { terminal, resized }))
+    }
+
+    /// Columns and rows now.
+    pub fn get(&self) -> Option<(u16, u16)> {
+        window_size(self.terminal.as_raw_fd())
+    }
+
+    /// Takes the resize signals waiting: true if there was one.
+    pub fn take_resized(&self) -> bool {
+        let mut any = false;
+        while crate::signals::read_signal(self.resized.as_raw_fd()).is_some() {
+            any = true;
+        }
+        any
+    }
+
+    /// Readable when the terminal was resized.
+    pub fn resized_fd(&self) -> RawFd {
+        self.resized.as_raw_fd()
+    }
 }
 
 /// Columns and rows of the terminal on `fd`, if it is one.
@@ -236,6 +276,41 @@ mod tests {
         let f = tempfile::tempfile().unwrap();
         assert!(RawMode::enable(f.as_raw_fd()).unwrap().is_none());
         assert_eq!(window_size(f.as_raw_fd()), None);
+    }
+
+    #[test]
+    fn a_window_size_follows_the_terminal() {
+        let pty = Pty::open().unwrap();
+        let user = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&pty.path)
+            .unwrap();
+        let set = |cols: u16, rows: u16| {
+            let ws = libc::winsize {
+                ws_row: rows,
+                ws_col: cols,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            };
+            // SAFETY: TIOCSWINSZ reads the winsize we pass; checked.
+            let rc = unsafe { libc::ioctl(pty.controller.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+            assert_eq!(rc, 0);
+        };
+        set(0, 0);
+        assert!(
+            WindowSize::watch(user.as_raw_fd()).unwrap().is_none(),
+            "no size yet"
+        );
+        set(100, 30);
+        let size = WindowSize::watch(user.as_raw_fd())
+            .unwrap()
+            .expect("a size");
+        assert_eq!(size.get(), Some((100, 30)));
+        set(132, 43);
+        assert_eq!(size.get(), Some((132, 43)));
+        let null = File::open("/dev/null").unwrap();
+        assert!(WindowSize::watch(null.as_raw_fd()).unwrap().is_none());
     }
 
     #[test]

@@ -107,6 +107,8 @@ pub struct Args {
     pub console_emerg: Option<&'static str>,
     /// How long `console` waits for its input.
     pub console_timeout_ms: u64,
+    /// `console` waits for the device to announce a new size first.
+    pub console_resize: bool,
     /// Seeds the `chaos` test's choices: the same seed, the same accesses.
     pub chaos_seed: u64,
     /// How many accesses `chaos` makes.
@@ -228,6 +230,7 @@ impl Args {
             console_rx_end: None,
             console_emerg: None,
             console_timeout_ms: 10_000,
+            console_resize: false,
             chaos_seed: 1,
             chaos_ops: 10_000,
             chaos_devices: 0,
@@ -345,6 +348,9 @@ impl Args {
                     !value.is_empty()
                 }
                 "console.timeout_ms" => millis(value).map(|v| a.console_timeout_ms = v).is_some(),
+                "console.resize" => choose(value, &[("on", true), ("off", false)])
+                    .map(|v| a.console_resize = v)
+                    .is_some(),
                 "chaos.seed" => value.parse().map(|v| a.chaos_seed = v).is_ok(),
                 "chaos.ops" => value.parse().map(|v| a.chaos_ops = v).is_ok(),
                 "chaos.devices" => device_mask(value).map(|m| a.chaos_devices = m).is_some(),

@@ -57,6 +57,9 @@ pub fn console_test(ctx: &mut Ctx) -> Result<(), Failure> {
     };
     let mut dev = bring_up(*f, slot, ctx)?;
     report_config(&dev)?;
+    if ctx.args.console_resize {
+        wait_for_resize(&dev, ctx)?;
+    }
     if let Some(text) = ctx.args.console_emerg {
         emergency_write(&dev, text.as_bytes())?;
     }
@@ -120,6 +123,48 @@ fn report_config(dev: &Device) -> Result<(), Failure> {
         offered(F_MULTIPORT),
         offered(F_EMERG_WRITE),
         size
+    );
+    Ok(())
+}
+
+/// `console resize-wait`, then `console resize` once the device announces
+/// a config change (a config interrupt, config_generation moved): the
+/// new cols and rows, and what announced it.
+fn wait_for_resize(dev: &Device, ctx: &Ctx) -> Result<(), Failure> {
+    let bdf = dev.f.bdf;
+    let generation = dev.config_generation();
+    let irqs = dev.config_irqs();
+    record!("console resize-wait {bdf} generation={generation} config_irqs={irqs}");
+    let deadline = ctx.clock.deadline_ms(ctx.args.console_timeout_ms);
+    // The generation is an MMIO read (an exit); the interrupt count is
+    // memory: look at the generation once a millisecond.
+    let mut next_look = 0;
+    loop {
+        if dev.config_irqs() != irqs {
+            break;
+        }
+        if ctx.clock.expired(next_look) {
+            if dev.config_generation() != generation {
+                break;
+            }
+            next_look = ctx.clock.deadline_ms(1);
+        }
+        if ctx.clock.expired(deadline) {
+            bail!(
+                "{bdf}: no config change within {} ms",
+                ctx.args.console_timeout_ms
+            );
+        }
+        crate::io::pause();
+    }
+    let mut b = [0u8; 4];
+    dev.read_config(0, &mut b)?;
+    record!(
+        "console resize {bdf} cols={} rows={} generation_moved={} config_irqs={}",
+        u16::from_le_bytes([b[0], b[1]]),
+        u16::from_le_bytes([b[2], b[3]]),
+        u8::from(dev.config_generation() != generation),
+        dev.config_irqs() - irqs
     );
     Ok(())
 }

@@ -107,7 +107,8 @@ pub struct Args {
     /// The virtio console (port 0, hvc0 in Linux): off, null, tty, pty or file=PATH
     ///
     /// Same forms as --serial; off means no device. At most one of --serial
-    /// and --console may be tty. On a terminal the guest gets its size.
+    /// and --console may be tty. On a terminal the guest gets its size, and
+    /// the new size whenever the terminal is resized.
     #[arg(
         long,
         value_name = "off|null|tty|pty|file=PATH",

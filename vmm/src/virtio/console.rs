@@ -2,11 +2,14 @@
 //! guest's hvc0. Output from transmitq0 goes to a sink; input read from a
 //! source fills receiveq0's buffers. Both queues are served on one worker
 //! thread, which stops reading the source while the guest has no room.
+//! On a terminal the guest is told its size, and told again when the
+//! user resizes it.
 
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use virtio_queue::{Queue, QueueT};
@@ -18,7 +21,7 @@ use super::worker::{Control, EventHandler, Source, Worker};
 use super::{
     pop_chain, ActivateContext, ActiveQueue, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1,
 };
-use crate::terminal;
+use crate::terminal::{self, WindowSize};
 use crate::util::lock;
 
 pub const DEVICE_TYPE: u32 = 3;
@@ -38,6 +41,7 @@ const OUTPUT_CHUNK: usize = 64 << 10;
 const TOKEN_RX_KICK: u64 = 0;
 const TOKEN_TX_KICK: u64 = 1;
 const TOKEN_INPUT: u64 = 2;
+const TOKEN_RESIZE: u64 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConsoleError {
@@ -58,8 +62,24 @@ pub struct ConsoleParams {
     /// Read only when the epoll says there is something to read, so a
     /// blocking descriptor (the user's stdin) never blocks the worker.
     pub input: Option<File>,
-    /// Columns and rows, when the console is a terminal.
-    pub size: Option<(u16, u16)>,
+    /// The terminal the console is on, for its size.
+    pub window: Option<WindowSize>,
+}
+
+/// Columns and rows, as the config's first four bytes hold them, shared
+/// by the worker (which learns of resizes) and config reads.
+#[derive(Clone, Default)]
+struct Size(Arc<AtomicU32>);
+
+impl Size {
+    fn set(&self, (cols, rows): (u16, u16)) -> bool {
+        let packed = u32::from(cols) | u32::from(rows) << 16;
+        self.0.swap(packed, Ordering::SeqCst) != packed
+    }
+
+    fn bytes(&self) -> [u8; 4] {
+        self.0.load(Ordering::SeqCst).to_le_bytes()
+    }
 }
 
 pub struct Console {
@@ -70,7 +90,8 @@ pub struct Console {
     /// next driver.
     pending: Arc<Mutex<VecDeque<u8>>>,
     features: u64,
-    config: [u8; CONFIG_LEN],
+    window: Option<Arc<WindowSize>>,
+    size: Size,
     queue_sizes: [u16; 2],
     worker: Option<Worker>,
 }
@@ -78,20 +99,19 @@ pub struct Console {
 impl Console {
     pub fn new(params: ConsoleParams) -> Console {
         let mut features = VIRTIO_F_VERSION_1 | VIRTIO_CONSOLE_F_EMERG_WRITE;
-        let mut config = [0u8; CONFIG_LEN];
-        if let Some((cols, rows)) = params.size {
+        let size = Size::default();
+        if let Some(now) = params.window.as_ref().and_then(WindowSize::get) {
             features |= VIRTIO_CONSOLE_F_SIZE;
-            config[0..2].copy_from_slice(&cols.to_le_bytes());
-            config[2..4].copy_from_slice(&rows.to_le_bytes());
+            size.set(now);
         }
-        config[4..8].copy_from_slice(&1u32.to_le_bytes());
         Console {
             id: params.id,
             sink: Arc::new(Mutex::new(params.output)),
             input: params.input.map(Arc::new),
             pending: Arc::new(Mutex::new(VecDeque::new())),
             features,
-            config,
+            window: params.window.map(Arc::new),
+            size,
             queue_sizes: [QUEUE_SIZE; 2],
             worker: None,
         }
@@ -122,7 +142,13 @@ impl VirtioDevice for Console {
     }
 
     fn read_config(&mut self, offset: u32, data: &mut [u8]) -> Result<(), ConsoleError> {
-        super::read_config_bytes(&self.config, offset, data);
+        let mut config = [0u8; CONFIG_LEN];
+        if self.features & VIRTIO_CONSOLE_F_SIZE != 0 {
+            config[0..4].copy_from_slice(&self.size.bytes());
+        }
+        // max_nr_ports: 1; emerg_wr reads as 0.
+        config[4..8].copy_from_slice(&1u32.to_le_bytes());
+        super::read_config_bytes(&config, offset, data);
         Ok(())
     }
 
@@ -175,6 +201,22 @@ impl VirtioDevice for Console {
                 polled,
             }
         });
+        let window = self
+            .window
+            .clone()
+            .filter(|_| self.features & VIRTIO_CONSOLE_F_SIZE != 0);
+        if let Some(window) = &window {
+            // Resized while no driver was listening: the new one reads it.
+            window.take_resized();
+            if let Some(now) = window.get() {
+                self.size.set(now);
+            }
+            sources.push(Source {
+                fd: window.resized_fd(),
+                token: TOKEN_RESIZE,
+                events: EventSet::IN,
+            });
+        }
         let handler = ConsoleHandler {
             id: self.id.clone(),
             mem: context.mem,
@@ -188,6 +230,8 @@ impl VirtioDevice for Console {
             input,
             input_paused: false,
             pending: self.pending.clone(),
+            window,
+            size: self.size.clone(),
             interrupt: context.interrupt,
             control: None,
             failed: false,
@@ -227,6 +271,8 @@ struct ConsoleHandler {
     input: Option<Input>,
     input_paused: bool,
     pending: Arc<Mutex<VecDeque<u8>>>,
+    window: Option<Arc<WindowSize>>,
+    size: Size,
     interrupt: VirtioInterrupt,
     control: Option<Control>,
     failed: bool,
@@ -393,8 +439,28 @@ impl ConsoleHandler {
         log::info!("{}: input closed: {why}", self.id);
     }
 
+    /// The user resized the terminal: tell the driver if the size moved.
+    fn resized(&self) {
+        let Some(window) = &self.window else {
+            return;
+        };
+        if !window.take_resized() {
+            return;
+        }
+        if let Some(now) = window.get() {
+            if self.size.set(now) {
+                log::debug!("{}: resized to {}x{}", self.id, now.0, now.1);
+                self.interrupt.config_changed();
+            }
+        }
+    }
+
     fn serve(&mut self, token: u64) -> Result<(), virtio_queue::Error> {
         match token {
+            TOKEN_RESIZE => {
+                self.resized();
+                Ok(())
+            }
             TOKEN_TX_KICK => {
                 let _ = self.tx_kick.read();
                 self.transmit()
@@ -436,6 +502,41 @@ impl EventHandler for ConsoleHandler {
     }
 }
 
+#[cfg(any(test, feature = "fuzzing"))]
+impl ConsoleHandler {
+    /// A handler of its own, with no thread, no input and no terminal:
+    /// the unit tests and fuzz targets call it directly.
+    fn detached(
+        id: &str,
+        mem: GuestMemoryMmap,
+        rx: Queue,
+        tx: Queue,
+        output: Box<dyn Write + Send>,
+        interrupt: VirtioInterrupt,
+    ) -> io::Result<ConsoleHandler> {
+        let eventfd = || EventFd::new(libc::EFD_NONBLOCK);
+        Ok(ConsoleHandler {
+            id: id.to_owned(),
+            mem,
+            rx,
+            rx_kick: eventfd()?,
+            rx_call: eventfd()?,
+            tx,
+            tx_kick: eventfd()?,
+            tx_call: eventfd()?,
+            sink: Arc::new(Mutex::new(output)),
+            input: None,
+            input_paused: false,
+            pending: Arc::new(Mutex::new(VecDeque::new())),
+            window: None,
+            size: Size::default(),
+            interrupt,
+            control: None,
+            failed: false,
+        })
+    }
+}
+
 /// The console's queue processing without its thread, for the fuzz
 /// targets: a hostile driver's chains on both queues, input as bytes.
 #[cfg(feature = "fuzzing")]
@@ -456,25 +557,8 @@ pub mod fuzzing {
             output: Box<dyn Write + Send>,
             interrupt: VirtioInterrupt,
         ) -> io::Result<ConsoleQueues> {
-            let eventfd = || EventFd::new(libc::EFD_NONBLOCK);
             Ok(ConsoleQueues {
-                handler: ConsoleHandler {
-                    id: "fuzz-console".to_owned(),
-                    mem,
-                    rx,
-                    rx_kick: eventfd()?,
-                    rx_call: eventfd()?,
-                    tx,
-                    tx_kick: eventfd()?,
-                    tx_call: eventfd()?,
-                    sink: Arc::new(Mutex::new(output)),
-                    input: None,
-                    input_paused: false,
-                    pending: Arc::new(Mutex::new(VecDeque::new())),
-                    interrupt,
-                    control: None,
-                    failed: false,
-                },
+                handler: ConsoleHandler::detached("fuzz-console", mem, rx, tx, output, interrupt)?,
             })
         }
 
@@ -536,24 +620,8 @@ mod tests {
         let rx = queue(&mem, 0x10000, 0);
         let tx = queue(&mem, 0x20000, tx_avail_idx);
         let interrupt = VirtioInterrupt::new(Arc::new(FakeMsiGroup::new(3)));
-        let eventfd = || EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let handler = ConsoleHandler {
-            id: "console".to_owned(),
-            mem,
-            rx,
-            rx_kick: eventfd(),
-            rx_call: eventfd(),
-            tx,
-            tx_kick: eventfd(),
-            tx_call: eventfd(),
-            sink: Arc::new(Mutex::new(sink)),
-            input: None,
-            input_paused: false,
-            pending: Arc::new(Mutex::new(VecDeque::new())),
-            interrupt: interrupt.clone(),
-            control: None,
-            failed: false,
-        };
+        let handler =
+            ConsoleHandler::detached("console", mem, rx, tx, sink, interrupt.clone()).unwrap();
         (handler, interrupt)
     }
 

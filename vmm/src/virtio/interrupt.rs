@@ -20,6 +20,9 @@ struct State {
     config_vector: AtomicU16,
     isr: AtomicU8,
     needs_reset: AtomicBool,
+    /// Changes the device made to its config since the transport last
+    /// looked: each bumps config_generation.
+    config_changes: AtomicU8,
 }
 
 /// Shared by the transport and the device it activated; clones are handles
@@ -37,6 +40,7 @@ impl VirtioInterrupt {
                 config_vector: AtomicU16::new(NO_VECTOR),
                 isr: AtomicU8::new(0),
                 needs_reset: AtomicBool::new(false),
+                config_changes: AtomicU8::new(0),
             }),
         }
     }
@@ -51,6 +55,19 @@ impl VirtioInterrupt {
                 log::error!("Config interrupt: {}", error_chain(&e));
             }
         }
+    }
+
+    /// The device changed its config on its own (a console resized): the
+    /// generation moves, so a driver reading several fields sees one
+    /// state, and the driver is told.
+    pub fn config_changed(&self) {
+        self.state.config_changes.fetch_add(1, Ordering::SeqCst);
+        self.trigger_config();
+    }
+
+    /// How many changes `config_changed` announced since the last call.
+    pub(super) fn take_config_changes(&self) -> u8 {
+        self.state.config_changes.swap(0, Ordering::SeqCst)
     }
 
     /// Sets DEVICE_NEEDS_RESET and tells the driver by a config interrupt,
@@ -112,5 +129,25 @@ mod tests {
         interrupt.trigger_config();
         assert_eq!(msi.delivered().len(), 1, "no vector after reset");
         assert_eq!(interrupt.take_isr(), ISR_CONFIG);
+    }
+
+    #[test]
+    fn a_config_change_is_counted_and_signalled() {
+        let msi = FakeMsiGroup::new(1);
+        let message = MsiMessage {
+            address: 0xfee0_0000,
+            data: 0x42,
+        };
+        msi.update(0, message, false).unwrap();
+        let interrupt = VirtioInterrupt::new(Arc::new(msi.clone()));
+        interrupt.set_config_vector(0);
+        interrupt.config_changed();
+        assert_eq!(msi.delivered(), vec![(0, 0xfee0_0000, 0x42)]);
+        interrupt.config_changed();
+        assert_eq!(msi.delivered().len(), 2);
+        assert_eq!(interrupt.take_isr(), ISR_CONFIG);
+        assert_eq!(interrupt.take_config_changes(), 2);
+        assert_eq!(interrupt.take_config_changes(), 0, "taken");
+        assert!(!interrupt.needs_reset());
     }
 }

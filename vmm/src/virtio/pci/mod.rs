@@ -290,7 +290,7 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
     fn region_read(&mut self, offset: u64, data: &mut [u8]) {
         match offset {
             o if o < ISR_OFFSET => {
-                self.sync_needs_reset();
+                self.sync_device_state();
                 self.common.read(o - COMMON_OFFSET, data)
             }
             o if o < ISR_OFFSET + ISR_LEN => {
@@ -317,7 +317,7 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
     fn region_write(&mut self, offset: u64, data: &[u8]) {
         match offset {
             o if o < ISR_OFFSET => {
-                self.sync_needs_reset();
+                self.sync_device_state();
                 let action = self.common.write(o - COMMON_OFFSET, data);
                 self.interrupt.set_config_vector(self.common.msix_config);
                 match action {
@@ -398,15 +398,18 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
 
     fn needs_reset(&mut self) {
         self.interrupt.set_needs_reset();
-        self.sync_needs_reset();
+        self.sync_device_state();
     }
 
-    /// The device may have asked for a reset from a thread of its own:
-    /// the driver sees it in device_status.
-    fn sync_needs_reset(&mut self) {
+    /// What the device said from a thread of its own since the driver
+    /// last looked: a reset it needs (device_status shows it) and changes
+    /// to its config (config_generation moves).
+    fn sync_device_state(&mut self) {
         if self.interrupt.needs_reset() {
             self.common.set_needs_reset();
         }
+        let changes = self.interrupt.take_config_changes();
+        self.common.generation = self.common.generation.wrapping_add(changes);
     }
 
     fn activate(&mut self) {

@@ -563,3 +563,30 @@ fn a_device_failing_on_its_own_asks_for_reset_once() {
     interrupt.trigger_config();
     // After the VM is gone the handle is harmless.
 }
+
+#[test]
+fn a_config_change_from_the_device_moves_the_generation_and_interrupts() {
+    let mut r = rig(&[64, 64], 40);
+    r.dev.place_bar(0xc000_0000);
+    r.enable_msix_vector(0);
+    r.bring_up(1 << 32);
+    let generation = |dev: &mut VirtioPciDevice<FakeDevice>| {
+        let mut g = [0u8];
+        dev.bar_read(0, 21, &mut g);
+        g[0]
+    };
+    let before = generation(&mut r.dev);
+    let delivered_before = r.irq.delivered().len();
+    let interrupt = r.calls.lock().unwrap().interrupt.clone().unwrap();
+    interrupt.config_changed();
+    assert_eq!(generation(&mut r.dev), before.wrapping_add(1));
+    assert_eq!(generation(&mut r.dev), before.wrapping_add(1), "once");
+    assert_eq!(
+        r.irq.delivered()[delivered_before..].to_vec(),
+        vec![(0, 0xfee0_0000, 0x40)],
+        "one config interrupt"
+    );
+    let mut status = [0u8];
+    r.dev.bar_read(0, 20, &mut status);
+    assert_eq!(status[0] & STATUS_NEEDS_RESET, 0, "a change is no failure");
+}

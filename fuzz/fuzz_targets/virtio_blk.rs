@@ -7,17 +7,13 @@
 
 #![no_main]
 
-use std::io;
-use std::sync::Mutex;
+use std::sync::Arc;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use std::sync::Arc;
 
-use vm_memory::bitmap::BitmapSlice;
-use vm_memory::VolatileSlice;
 use vmm::fuzzing::{
-    BlockQueue, Disk, DiskInfo, FakeMsiGroup, VirtioInterrupt, ID_BYTES, SECTOR_SIZE,
+    BlockQueue, DiskInfo, FakeMsiGroup, MemoryDisk, VirtioInterrupt, ID_BYTES, SECTOR_SIZE,
 };
 use vmm_fuzz::{fill_data, guest_memory, Ring};
 
@@ -35,60 +31,6 @@ struct Input {
     kicks: u8,
 }
 
-/// A disk in memory; any access outside it is a bug in the request code.
-struct MemDisk {
-    bytes: Mutex<Vec<u8>>,
-}
-
-impl MemDisk {
-    fn range(&self, offset: u64, len: u64) -> std::ops::Range<usize> {
-        let size = self.bytes.lock().expect("disk lock").len() as u64;
-        let end = offset.checked_add(len).expect("range wraps around");
-        assert!(end <= size, "touched {offset}+{len} of a {size}-byte disk");
-        offset as usize..end as usize
-    }
-}
-
-impl Disk for MemDisk {
-    fn read_at<B: BitmapSlice>(&self, bufs: &[VolatileSlice<B>], offset: u64) -> io::Result<()> {
-        let len = bufs.iter().map(|b| b.len() as u64).sum();
-        let range = self.range(offset, len);
-        let bytes = self.bytes.lock().expect("disk lock");
-        let mut at = range.start;
-        for b in bufs {
-            b.copy_from(&bytes[at..at + b.len()]);
-            at += b.len();
-        }
-        Ok(())
-    }
-
-    fn write_at<B: BitmapSlice>(&self, bufs: &[VolatileSlice<B>], offset: u64) -> io::Result<()> {
-        let len = bufs.iter().map(|b| b.len() as u64).sum();
-        let range = self.range(offset, len);
-        let mut bytes = self.bytes.lock().expect("disk lock");
-        let mut at = range.start;
-        for b in bufs {
-            b.copy_to(&mut bytes[at..at + b.len()]);
-            at += b.len();
-        }
-        Ok(())
-    }
-
-    fn flush(&self) -> io::Result<()> {
-        Ok(())
-    }
-
-    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.write_zeroes(offset, len, true)
-    }
-
-    fn write_zeroes(&self, offset: u64, len: u64, _unmap: bool) -> io::Result<()> {
-        let range = self.range(offset, len);
-        self.bytes.lock().expect("disk lock")[range].fill(0);
-        Ok(())
-    }
-}
-
 fuzz_target!(|input: Input| {
     let mem = guest_memory();
     fill_data(&mem, &input.data);
@@ -97,16 +39,14 @@ fuzz_target!(|input: Input| {
         return;
     };
     let sectors = u64::from(input.sectors);
-    let disk = Arc::new(MemDisk {
-        bytes: Mutex::new(vec![0x5a; (sectors * SECTOR_SIZE) as usize]),
-    });
+    let disk = Arc::new(MemoryDisk::new(vec![0x5a; (sectors * SECTOR_SIZE) as usize]));
     let info = DiskInfo {
         capacity: sectors,
         readonly: input.readonly,
         id: [b'f'; ID_BYTES],
         discard: input.discard,
     };
-    let before = disk.bytes.lock().expect("disk lock").clone();
+    let before = disk.bytes();
     let interrupt = VirtioInterrupt::new(Arc::new(FakeMsiGroup::new(2)));
     let Ok(mut worker) = BlockQueue::new(mem, queue, disk.clone(), info, interrupt.clone()) else {
         return;
@@ -127,7 +67,7 @@ fuzz_target!(|input: Input| {
     }
     if input.readonly {
         assert!(
-            *disk.bytes.lock().expect("disk lock") == before,
+            disk.bytes() == before,
             "a read-only disk changed"
         );
     }

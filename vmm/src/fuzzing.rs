@@ -15,6 +15,7 @@ pub use crate::pci::segment::{Bdf, PciConfigIo, PciEcam, PciSegment, SharedPciDe
 pub use crate::pci::{BarMapping, BarReprogram, PciDevice};
 pub use crate::virtio::block::disk::{Disk, SECTOR_SIZE};
 pub use crate::virtio::block::fuzzing::BlockQueue;
+pub use crate::virtio::block::memory_disk::MemoryDisk;
 pub use crate::virtio::block::request::{
     process as process_blk_request, Completion, DiskInfo, Refusal, ID_BYTES,
 };

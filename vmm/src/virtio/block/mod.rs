@@ -5,6 +5,8 @@
 //! through the queue's irqfd. vCPU threads never touch the disk.
 
 pub mod disk;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod memory_disk;
 mod queue;
 pub(crate) mod request;
 

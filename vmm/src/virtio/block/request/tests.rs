@@ -1,9 +1,6 @@
 //! Requests as a driver lays them out, and as a hostile one might: each
 //! gets the status the spec asks for, and none reaches past the disk.
 
-use std::io;
-use std::sync::Mutex;
-
 use proptest::prelude::*;
 use rstest::rstest;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
@@ -13,6 +10,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;
+use crate::virtio::block::memory_disk::MemoryDisk;
 
 const SECTORS: u64 = 64;
 const HEADER: u64 = 0x10000;
@@ -20,75 +18,13 @@ const DATA: u64 = 0x20000;
 const STATUS: u64 = 0x30000;
 const MEM_SIZE: usize = 1 << 20;
 
-/// A disk in memory that records every range it was asked to touch.
-struct MemDisk {
-    bytes: Mutex<Vec<u8>>,
-    touched: Mutex<Vec<(u64, u64)>>,
-    flushes: Mutex<u32>,
-}
-
-impl MemDisk {
-    fn new() -> Self {
-        let bytes = (0..SECTORS * SECTOR_SIZE)
+/// The disk every test starts from: sector contents that differ.
+fn disk() -> MemoryDisk {
+    MemoryDisk::new(
+        (0..SECTORS * SECTOR_SIZE)
             .map(|i| (i % 251) as u8)
-            .collect();
-        MemDisk {
-            bytes: Mutex::new(bytes),
-            touched: Mutex::new(Vec::new()),
-            flushes: Mutex::new(0),
-        }
-    }
-
-    fn range(&self, offset: u64, len: u64) -> io::Result<std::ops::Range<usize>> {
-        self.touched.lock().unwrap().push((offset, len));
-        let end = offset + len;
-        assert!(
-            end <= SECTORS * SECTOR_SIZE,
-            "touched {offset}+{len}, past the disk"
-        );
-        Ok(offset as usize..end as usize)
-    }
-}
-
-impl Disk for MemDisk {
-    fn read_at<B: BitmapSlice>(&self, bufs: &[VolatileSlice<B>], offset: u64) -> io::Result<()> {
-        let len = bufs.iter().map(|b| b.len() as u64).sum();
-        let range = self.range(offset, len)?;
-        let bytes = self.bytes.lock().unwrap();
-        let mut at = range.start;
-        for b in bufs {
-            b.copy_from(&bytes[at..at + b.len()]);
-            at += b.len();
-        }
-        Ok(())
-    }
-
-    fn write_at<B: BitmapSlice>(&self, bufs: &[VolatileSlice<B>], offset: u64) -> io::Result<()> {
-        let len = bufs.iter().map(|b| b.len() as u64).sum();
-        let range = self.range(offset, len)?;
-        let mut bytes = self.bytes.lock().unwrap();
-        let mut at = range.start;
-        for b in bufs {
-            b.copy_to(&mut bytes[at..at + b.len()]);
-            at += b.len();
-        }
-        Ok(())
-    }
-
-    fn flush(&self) -> io::Result<()> {
-        *self.flushes.lock().unwrap() += 1;
-        Ok(())
-    }
-
-    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.write_zeroes(offset, len, true)
-    }
-
-    fn write_zeroes(&self, offset: u64, len: u64, _unmap: bool) -> io::Result<()> {
-        let range = self.range(offset, len)?;
-        self.bytes.lock().unwrap()[range].fill(0);
-        Ok(())
-    }
+            .collect(),
+    )
 }
 
 fn info(readonly: bool) -> DiskInfo {
@@ -121,7 +57,7 @@ fn desc(addr: u64, len: u32, flags: u32) -> RawDescriptor {
 /// and the status byte.
 fn run(
     mem: &GuestMemoryMmap,
-    disk: &MemDisk,
+    disk: &MemoryDisk,
     info: &DiskInfo,
     descs: &[RawDescriptor],
 ) -> (Completion, u8) {
@@ -152,7 +88,7 @@ fn status() -> RawDescriptor {
 
 #[test]
 fn read_fills_the_buffers_and_counts_them() {
-    let (mem, disk) = (memory(), MemDisk::new());
+    let (mem, disk) = (memory(), disk());
     header(&mem, VIRTIO_BLK_T_IN, 2);
     let descs = [
         desc(HEADER, 16, 0),
@@ -165,43 +101,41 @@ fn read_fills_the_buffers_and_counts_them() {
     let mut got = vec![0u8; 512];
     mem.read_slice(&mut got, GuestAddress(DATA + 0x1000))
         .unwrap();
-    assert_eq!(got, disk.bytes.lock().unwrap()[3 * 512..4 * 512]);
+    assert_eq!(got, disk.bytes()[3 * 512..4 * 512]);
 }
 
 #[test]
 fn write_reaches_the_disk_and_flush_syncs() {
-    let (mem, disk) = (memory(), MemDisk::new());
+    let (mem, disk) = (memory(), disk());
     header(&mem, VIRTIO_BLK_T_OUT, 5);
     mem.write_slice(&[0xaa; 1024], GuestAddress(DATA)).unwrap();
     let descs = [desc(HEADER, 16, 0), desc(DATA, 1024, 0), status()];
     let (done, code) = run(&mem, &disk, &info(false), &descs);
     assert_eq!((done.used_len, code), (1, 0));
-    assert!(disk.bytes.lock().unwrap()[5 * 512..7 * 512]
-        .iter()
-        .all(|&b| b == 0xaa));
+    assert!(disk.bytes()[5 * 512..7 * 512].iter().all(|&b| b == 0xaa));
 
     header(&mem, VIRTIO_BLK_T_FLUSH, 0);
     let (_, code) = run(&mem, &disk, &info(false), &[desc(HEADER, 16, 0), status()]);
     assert_eq!(code, 0);
-    assert_eq!(*disk.flushes.lock().unwrap(), 1);
+    assert_eq!(disk.flushes(), 1);
 }
 
 #[test]
 fn a_header_and_data_in_one_descriptor_work_too() {
     // ANY_LAYOUT: the split is by bytes, not by descriptors.
-    let (mem, disk) = (memory(), MemDisk::new());
+    let (mem, disk) = (memory(), disk());
     header(&mem, VIRTIO_BLK_T_OUT, 0);
     mem.write_slice(&[0x11; 512], GuestAddress(HEADER + 16))
         .unwrap();
     let descs = [desc(HEADER, 16 + 512, 0), status()];
     let (_, code) = run(&mem, &disk, &info(false), &descs);
     assert_eq!(code, 0);
-    assert!(disk.bytes.lock().unwrap()[..512].iter().all(|&b| b == 0x11));
+    assert!(disk.bytes()[..512].iter().all(|&b| b == 0x11));
 }
 
 #[test]
 fn get_id_answers_the_serial() {
-    let (mem, disk) = (memory(), MemDisk::new());
+    let (mem, disk) = (memory(), disk());
     header(&mem, VIRTIO_BLK_T_GET_ID, 0);
     mem.write_slice(&[0xff; 20], GuestAddress(DATA)).unwrap();
     let descs = [
@@ -233,19 +167,19 @@ fn bad_requests_get_the_status_the_spec_asks(
     #[case] into_guest: bool,
     #[case] expected: u32,
 ) {
-    let (mem, disk) = (memory(), MemDisk::new());
+    let (mem, disk) = (memory(), disk());
     header(&mem, request_type, sector);
     let flags = if into_guest { VRING_DESC_F_WRITE } else { 0 };
     let descs = [desc(HEADER, 16, 0), desc(DATA, 1024, flags), status()];
     let (_, code) = run(&mem, &disk, &info(false), &descs);
     assert_eq!(u32::from(code), expected);
-    assert!(disk.touched.lock().unwrap().is_empty());
+    assert!(disk.touched().is_empty());
 }
 
 #[test]
 fn a_read_only_disk_refuses_writes_and_discards() {
-    let (mem, disk) = (memory(), MemDisk::new());
-    let before = disk.bytes.lock().unwrap().clone();
+    let (mem, disk) = (memory(), disk());
+    let before = disk.bytes();
     for t in [
         VIRTIO_BLK_T_OUT,
         VIRTIO_BLK_T_DISCARD,
@@ -256,7 +190,7 @@ fn a_read_only_disk_refuses_writes_and_discards() {
         let (done, code) = run(&mem, &disk, &info(true), &descs);
         assert_eq!((u32::from(code), done.problem), (VIRTIO_BLK_S_IOERR, None));
     }
-    assert_eq!(*disk.bytes.lock().unwrap(), before);
+    assert_eq!(disk.bytes(), before);
 }
 
 fn segment(mem: &GuestMemoryMmap, sector: u64, sectors: u32, flags: u32) {
@@ -282,21 +216,19 @@ fn discard_and_write_zeroes(
     #[case] flags: u32,
     #[case] expected: u32,
 ) {
-    let (mem, disk) = (memory(), MemDisk::new());
+    let (mem, disk) = (memory(), disk());
     header(&mem, request_type, 0);
     segment(&mem, sector, sectors, flags);
     let descs = [desc(HEADER, 16, 0), desc(DATA, 16, 0), status()];
     let (_, code) = run(&mem, &disk, &info(false), &descs);
     assert_eq!(u32::from(code), expected);
-    let zeroed = disk.bytes.lock().unwrap()[4 * 512..6 * 512]
-        .iter()
-        .all(|&b| b == 0);
+    let zeroed = disk.bytes()[4 * 512..6 * 512].iter().all(|&b| b == 0);
     assert_eq!(zeroed, expected == VIRTIO_BLK_S_OK);
 }
 
 #[test]
 fn discard_is_unsupported_unless_negotiated() {
-    let (mem, disk) = (memory(), MemDisk::new());
+    let (mem, disk) = (memory(), disk());
     header(&mem, VIRTIO_BLK_T_DISCARD, 0);
     segment(&mem, 0, 1, 0);
     let info = DiskInfo {
@@ -318,7 +250,7 @@ fn discard_is_unsupported_unless_negotiated() {
 #[case::partial_sector(
     &[desc(HEADER, 16, 0), desc(DATA, 100, VRING_DESC_F_WRITE), status()], Some(VIRTIO_BLK_S_IOERR))]
 fn malformed_chains_are_refused(#[case] descs: &[RawDescriptor], #[case] expected: Option<u32>) {
-    let (mem, disk) = (memory(), MemDisk::new());
+    let (mem, disk) = (memory(), disk());
     header(&mem, VIRTIO_BLK_T_IN, 0);
     let (done, code) = run(&mem, &disk, &info(false), descs);
     assert!(
@@ -331,12 +263,12 @@ fn malformed_chains_are_refused(#[case] descs: &[RawDescriptor], #[case] expecte
         // No status byte could be trusted: none is written.
         None => assert_eq!((code, done.used_len), (0xff, 0)),
     }
-    assert!(disk.touched.lock().unwrap().is_empty());
+    assert!(disk.touched().is_empty());
 }
 
 proptest! {
     /// Any chain a driver can build completes without a panic and never
-    /// touches the disk past its end (MemDisk asserts that).
+    /// touches the disk past its end (MemoryDisk asserts that).
     #[test]
     fn any_chain_is_safe(
         request_type in prop_oneof![0u32..16, any::<u32>()],
@@ -344,7 +276,7 @@ proptest! {
         descs in prop::collection::vec(
             (prop_oneof![0u64..0x40000, any::<u64>()], 0u32..4096, any::<bool>()), 1..6),
     ) {
-        let (mem, disk) = (memory(), MemDisk::new());
+        let (mem, disk) = (memory(), disk());
         header(&mem, request_type, sector);
         segment(&mem, sector, (sector % 7) as u32, 0);
         let mut chain = vec![desc(HEADER, 16, 0)];

@@ -73,9 +73,6 @@ fn driver(virtio_id: u32) -> Option<(&'static [&'static str], &'static str)> {
     })
 }
 
-/// The static helper the vsock check runs in the guest and on the host.
-const VSOCK_PROGRAM: &str = include_str!("conformance_linux/vsock-echo.c");
-
 /// A marker each direction of I/O carries, unlikely in any log.
 const MARKER: &str = "conformance-7f3a";
 
@@ -340,26 +337,9 @@ fn run_scenario(
     s.run()
 }
 
-/// `vsock-echo` built static with the installed C compiler, once.
+/// `vsock-echo`, built once.
 fn build_vsock_program(work: &Path) -> Result<Vec<u8>, String> {
-    let src = work.join("vsock-echo.c");
-    let bin = work.join("vsock-echo");
-    if !bin.exists() {
-        std::fs::write(&src, VSOCK_PROGRAM).map_err(|e| format!("{}: {e}", src.display()))?;
-        let out = std::process::Command::new("cc")
-            .args(["-static", "-O2", "-o"])
-            .arg(&bin)
-            .arg(&src)
-            .output()
-            .map_err(|e| format!("cc: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "building vsock-echo: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-    }
-    std::fs::read(&bin).map_err(|e| format!("{}: {e}", bin.display()))
+    crate::static_c::build("vsock-echo", crate::static_c::VSOCK_ECHO, work)
 }
 
 fn check(name: &'static str, outcome: Result<String, String>, elapsed: Duration) -> Check {

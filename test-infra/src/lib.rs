@@ -18,6 +18,7 @@ pub mod process;
 pub mod qemu;
 pub mod scenario;
 pub mod seed;
+pub mod static_c;
 pub mod virtiofsd;
 pub mod vmm;
 

@@ -79,6 +79,7 @@ export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
+mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
 say() {{ echo "{L1_PREFIX}$*"; }}
 for m in {modules}; do
   insmod /lib/modules/$m.ko || say error what="insmod $m failed"

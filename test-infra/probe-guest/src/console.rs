@@ -128,41 +128,55 @@ fn report_config(dev: &Device) -> Result<(), Failure> {
 }
 
 /// `console resize-wait`, then `console resize` once the device announces
-/// a config change (a config interrupt, config_generation moved): the
-/// new cols and rows, and what announced it.
+/// a config change (a config interrupt, config_generation moved) that
+/// brings a new size: the new cols and rows, and what announced it. An
+/// announcement of the size it already had (vmm makes one after
+/// DRIVER_OK, for Linux) is waited past.
 fn wait_for_resize(dev: &Device, ctx: &Ctx) -> Result<(), Failure> {
     let bdf = dev.f.bdf;
+    let size = || -> Result<(u16, u16), Failure> {
+        let mut b = [0u8; 4];
+        dev.read_config(0, &mut b)?;
+        Ok((
+            u16::from_le_bytes([b[0], b[1]]),
+            u16::from_le_bytes([b[2], b[3]]),
+        ))
+    };
+    let old = size()?;
     let generation = dev.config_generation();
     let irqs = dev.config_irqs();
     record!("console resize-wait {bdf} generation={generation} config_irqs={irqs}");
     let deadline = ctx.clock.deadline_ms(ctx.args.console_timeout_ms);
+    let (mut seen_generation, mut seen_irqs) = (generation, irqs);
     // The generation is an MMIO read (an exit); the interrupt count is
     // memory: look at the generation once a millisecond.
     let mut next_look = 0;
-    loop {
-        if dev.config_irqs() != irqs {
-            break;
-        }
-        if ctx.clock.expired(next_look) {
-            if dev.config_generation() != generation {
-                break;
-            }
+    let new = loop {
+        let mut changed = dev.config_irqs() != seen_irqs;
+        if !changed && ctx.clock.expired(next_look) {
+            changed = dev.config_generation() != seen_generation;
             next_look = ctx.clock.deadline_ms(1);
+        }
+        if changed {
+            seen_irqs = dev.config_irqs();
+            seen_generation = dev.config_generation();
+            let now = size()?;
+            if now != old {
+                break now;
+            }
         }
         if ctx.clock.expired(deadline) {
             bail!(
-                "{bdf}: no config change within {} ms",
+                "{bdf}: no new size within {} ms",
                 ctx.args.console_timeout_ms
             );
         }
         crate::io::pause();
-    }
-    let mut b = [0u8; 4];
-    dev.read_config(0, &mut b)?;
+    };
     record!(
         "console resize {bdf} cols={} rows={} generation_moved={} config_irqs={}",
-        u16::from_le_bytes([b[0], b[1]]),
-        u16::from_le_bytes([b[2], b[3]]),
+        new.0,
+        new.1,
         u8::from(dev.config_generation() != generation),
         dev.config_irqs() - irqs
     );

@@ -1,4 +1,4 @@
-/* The Linux tier's vsock helper, built static by the conformance runner.
+/* The Linux tier's vsock helper, built static by the harness (static_c).
  *   vsock-echo cid                   print this guest's CID
  *   vsock-echo connect CID PORT MSG  send MSG over AF_VSOCK, print the reply
  *   vsock-echo serve PATH            echo one connection on a Unix socket

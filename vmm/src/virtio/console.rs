@@ -204,7 +204,7 @@ impl VirtioDevice for Console {
         let window = self
             .window
             .clone()
-            .filter(|_| self.features & VIRTIO_CONSOLE_F_SIZE != 0);
+            .filter(|_| context.features & VIRTIO_CONSOLE_F_SIZE != 0);
         if let Some(window) = &window {
             // Resized while no driver was listening: the new one reads it.
             window.take_resized();
@@ -230,6 +230,7 @@ impl VirtioDevice for Console {
             input,
             input_paused: false,
             pending: self.pending.clone(),
+            announce_size: window.is_some(),
             window,
             size: self.size.clone(),
             interrupt: context.interrupt,
@@ -273,6 +274,11 @@ struct ConsoleHandler {
     pending: Arc<Mutex<VecDeque<u8>>>,
     window: Option<Arc<WindowSize>>,
     size: Size,
+    /// The size still has to be announced once the guest's port exists:
+    /// Linux takes cols and rows only from a config change (for port 0
+    /// without MULTIPORT), never at probe, and its port 0 exists only
+    /// after DRIVER_OK; its first output shows that it does.
+    announce_size: bool,
     interrupt: VirtioInterrupt,
     control: Option<Control>,
     failed: bool,
@@ -463,6 +469,9 @@ impl ConsoleHandler {
             }
             TOKEN_TX_KICK => {
                 let _ = self.tx_kick.read();
+                if std::mem::take(&mut self.announce_size) {
+                    self.interrupt.config_changed();
+                }
                 self.transmit()
             }
             TOKEN_RX_KICK => {
@@ -480,6 +489,12 @@ impl ConsoleHandler {
 impl EventHandler for ConsoleHandler {
     fn start(&mut self, control: Control) {
         self.control = Some(control);
+        if self.announce_size {
+            // Soon after DRIVER_OK: usually the port exists by the time
+            // the driver's work reads the config. The first output makes
+            // sure.
+            self.interrupt.config_changed();
+        }
         // Input typed before the driver was ready.
         if let Err(e) = self.receive() {
             log::error!("{}: receive queue unusable: {e}", self.id);
@@ -530,6 +545,7 @@ impl ConsoleHandler {
             pending: Arc::new(Mutex::new(VecDeque::new())),
             window: None,
             size: Size::default(),
+            announce_size: false,
             interrupt,
             control: None,
             failed: false,

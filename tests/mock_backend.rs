@@ -676,12 +676,51 @@ mod fault_schedules {
     }
 
     /// Hundreds, so that rare pairs of faults come up in every run:
-    /// 256 take about 160 s here (FAULT_SCHEDULE_CASES changes it).
+    /// 256 in all take about 160 s here (FAULT_SCHEDULE_CASES changes
+    /// it), in two tests of half as many each, which run side by side.
     fn cases() -> u32 {
-        std::env::var("FAULT_SCHEDULE_CASES")
+        let all = std::env::var("FAULT_SCHEDULE_CASES")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(256)
+            .unwrap_or(256u32);
+        all.div_ceil(2)
+    }
+
+    fn check(faults: &[String]) -> Result<(), TestCaseError> {
+        let dir = tempdir();
+        let mut options = MockOptions::new("sched")
+            .config(CONFIG)
+            .writable(4, 8)
+            .relisten();
+        for f in faults {
+            options = options.fault(f);
+        }
+        let mock = options.start(dir.path()).expect("mock");
+        let run = run_with(
+            dir.path(),
+            "probe.run=config,echo probe.config.write=4:a1b2 probe.echo.rounds=4 probe.echo.recover=3 probe.echo.timeout_ms=8000",
+            &[custom_device(&mock, &[256, 256])],
+        );
+        let context = format!(
+            "faults {faults:?}\n{}\n--- mock:\n{}",
+            run.output.describe(),
+            mock.log()
+        );
+        prop_assert!(run.output.code().is_some(), "killed or hung: {context}");
+        prop_assert!(!run.output.stderr.contains("panicked"), "{context}");
+        match run.output.code() {
+            // Start-up refused the backend: no guest, one clear error.
+            Some(1) => {
+                prop_assert!(run.report.records.is_empty(), "{context}");
+                prop_assert!(run.output.stderr.contains("vmm: error:"), "{context}");
+            }
+            // Pass, or the guest's own failure report.
+            Some(0) | Some(3) => {
+                prop_assert!(run.report.result().is_some(), "no report: {context}");
+            }
+            other => prop_assert!(false, "exit status {other:?}: {context}"),
+        }
+        Ok(())
     }
 
     proptest! {
@@ -693,34 +732,15 @@ mod fault_schedules {
 
         #[test]
         fn vmm_never_panics_nor_hangs(faults in proptest::collection::vec(fault(), 1..3)) {
-            if !require_kvm("vmm_never_panics_nor_hangs") {
-                return Ok(());
+            if require_kvm("vmm_never_panics_nor_hangs") {
+                check(&faults)?;
             }
-            let dir = tempdir();
-            let mut options = MockOptions::new("sched").config(CONFIG).writable(4, 8).relisten();
-            for f in &faults {
-                options = options.fault(f);
-            }
-            let mock = options.start(dir.path()).expect("mock");
-            let run = run_with(
-                dir.path(),
-                "probe.run=config,echo probe.config.write=4:a1b2 probe.echo.rounds=4 probe.echo.recover=3 probe.echo.timeout_ms=8000",
-                &[custom_device(&mock, &[256, 256])],
-            );
-            let context = format!("faults {faults:?}\n{}\n--- mock:\n{}", run.output.describe(), mock.log());
-            prop_assert!(run.output.code().is_some(), "killed or hung: {context}");
-            prop_assert!(!run.output.stderr.contains("panicked"), "{context}");
-            match run.output.code() {
-                // Start-up refused the backend: no guest, one clear error.
-                Some(1) => {
-                    prop_assert!(run.report.records.is_empty(), "{context}");
-                    prop_assert!(run.output.stderr.contains("vmm: error:"), "{context}");
-                }
-                // Pass, or the guest's own failure report.
-                Some(0) | Some(3) => {
-                    prop_assert!(run.report.result().is_some(), "no report: {context}");
-                }
-                other => prop_assert!(false, "exit status {other:?}: {context}"),
+        }
+
+        #[test]
+        fn vmm_never_panics_nor_hangs_second_half(faults in proptest::collection::vec(fault(), 1..3)) {
+            if require_kvm("vmm_never_panics_nor_hangs_second_half") {
+                check(&faults)?;
             }
         }
     }

@@ -278,14 +278,20 @@ mod tests {
         assert_eq!(window_size(f.as_raw_fd()), None);
     }
 
-    #[test]
-    fn a_window_size_follows_the_terminal() {
+    /// A new pty and the end a user's program would open.
+    fn pty_and_user_end() -> (Pty, File) {
         let pty = Pty::open().unwrap();
         let user = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(&pty.path)
             .unwrap();
+        (pty, user)
+    }
+
+    #[test]
+    fn a_window_size_follows_the_terminal() {
+        let (pty, user) = pty_and_user_end();
         let set = |cols: u16, rows: u16| {
             let ws = libc::winsize {
                 ws_row: rows,
@@ -315,12 +321,7 @@ mod tests {
 
     #[test]
     fn raw_mode_is_restored_on_drop() {
-        let pty = Pty::open().unwrap();
-        let user = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&pty.path)
-            .unwrap();
+        let (_pty, user) = pty_and_user_end();
         let mut cooked = get_attrs(user.as_raw_fd()).unwrap();
         cooked.c_lflag |= libc::ICANON | libc::ECHO;
         set_attrs(user.as_raw_fd(), &cooked).unwrap();

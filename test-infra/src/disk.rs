@@ -66,10 +66,11 @@ impl Disk {
         &self.path
     }
 
-    /// The value of one `--disk` option.
+    /// The value of one `--disk` option, for `vmm` and Cloud Hypervisor
+    /// alike (which writes sector 0 of a raw image only when told raw).
     pub fn vmm_arg(&self) -> String {
         let mut arg = format!(
-            "path={},readonly={},direct={},num_queues={},queue_size={}",
+            "path={},readonly={},direct={},num_queues={},queue_size={},image_type=raw",
             quote(&self.path.to_string_lossy()),
             on_off(self.readonly),
             on_off(self.direct),
@@ -168,7 +169,7 @@ mod tests {
             .serial("disk0");
         assert_eq!(
             disk.vmm_arg(),
-            "path=\"/tmp/a,b.img\",readonly=on,direct=off,num_queues=4,queue_size=128,serial=disk0"
+            "path=\"/tmp/a,b.img\",readonly=on,direct=off,num_queues=4,queue_size=128,image_type=raw,serial=disk0"
         );
         assert!(Disk::new("d.img")
             .direct()

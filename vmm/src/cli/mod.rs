@@ -163,6 +163,8 @@ pub struct Args {
     ///                   20 bytes at most reach the guest)
     /// id=NAME           unique name, default _disk<I> with I counting these
     ///                   options from 0
+    /// image_type=raw    the image's format, as Cloud Hypervisor takes it:
+    ///                   raw is the one vmm serves (qcow2, vhd, vhdx refused)
     /// vhost_user=on,socket=PATH
     ///                   a vhost-user-blk backend instead of path=: served by
     ///                   the generic vhost-user device (virtio_id=block), so
@@ -172,7 +174,7 @@ pub struct Args {
     /// take): shared with readonly=on, exclusive otherwise.
     #[arg(
         long,
-        value_name = "path=PATH[,readonly=on|off][,direct=on|off][,num_queues=N][,queue_size=N][,serial=STR][,id=NAME]",
+        value_name = "path=PATH[,readonly=on|off][,direct=on|off][,num_queues=N][,queue_size=N][,serial=STR][,id=NAME][,image_type=raw]",
         action = ArgAction::Append,
         value_parser = Utf8,
         verbatim_doc_comment

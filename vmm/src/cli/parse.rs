@@ -91,10 +91,11 @@ const DISK: OptionForm = OptionForm {
         "queue_size",
         "serial",
         "id",
+        "image_type",
         "vhost_user",
         "socket",
     ],
-    form: "path=PATH[,readonly=on|off][,direct=on|off][,num_queues=N][,queue_size=N][,serial=STR][,id=NAME], or vhost_user=on,socket=PATH",
+    form: "path=PATH[,readonly=on|off][,direct=on|off][,num_queues=N][,queue_size=N][,serial=STR][,id=NAME][,image_type=raw], or vhost_user=on,socket=PATH",
 };
 
 impl TryFrom<&Args> for VmConfig {
@@ -357,7 +358,7 @@ fn parse_disk(index: usize, value: &str) -> Result<DiskConfig, OptionError> {
     };
     let backend = if options.toggle("vhost_user")?.unwrap_or(false) {
         // The backend owns the image: what it is and how it is opened.
-        for key in ["path", "readonly", "direct", "serial"] {
+        for key in ["path", "readonly", "direct", "serial", "image_type"] {
             if options.get(key).is_some() {
                 return Err(DISK.error(format!(
                     "{key}= is the backend's business with vhost_user=on"
@@ -370,6 +371,24 @@ fn parse_disk(index: usize, value: &str) -> Result<DiskConfig, OptionError> {
     } else {
         if options.get("socket").is_some() {
             return Err(DISK.error("socket= needs vhost_user=on"));
+        }
+        // Cloud Hypervisor's formats: we serve raw images (an ISO is one),
+        // so saying so is welcome and any other format is refused.
+        match options.get("image_type") {
+            None | Some("raw") => {}
+            Some(other @ ("qcow2" | "vhd" | "vhdx")) => {
+                return Err(DISK.error(format!(
+                    "image_type={other}: vmm serves raw images only (convert with qemu-img convert -O raw)"
+                )))
+            }
+            Some(other) => {
+                return Err(DISK.invalid(
+                    "image_type",
+                    other,
+                    "raw (or Cloud Hypervisor's qcow2, vhd, vhdx, which vmm does not serve)",
+                    None,
+                ))
+            }
         }
         DiskBackend::Image {
             path: non_empty_path("--disk path=", Path::new(options.require("path")?))?,

@@ -550,6 +550,7 @@ fn image(path: &str, readonly: bool, direct: bool, serial: Option<&str>) -> Disk
     "path=/d,direct=on,serial=\"SN 1\"",
     image("/d", false, true, Some("SN 1"))
 )]
+#[case("path=/d.img,image_type=raw", image("/d.img", false, false, None))]
 #[case("vhost_user=on,socket=/s.sock", DiskBackend::VhostUser { socket: "/s.sock".into() })]
 fn disks(#[case] value: &str, #[case] backend: DiskBackend) {
     let config = parse_ok(&[
@@ -601,6 +602,15 @@ fn disks(#[case] value: &str, #[case] backend: DiskBackend) {
 #[case(
     "vhost_user=on,socket=/s,readonly=on",
     "readonly= is the backend's business"
+)]
+#[case(
+    "path=/d,image_type=qcow2",
+    "image_type=qcow2: vmm serves raw images only"
+)]
+#[case("path=/d,image_type=iso", "invalid image_type \"iso\": expected raw")]
+#[case(
+    "vhost_user=on,socket=/s,image_type=raw",
+    "image_type= is the backend's business"
 )]
 fn disks_refused(#[case] value: &str, #[case] message: &str) {
     let err = parse(&["--memory", "shared=on", "--disk", value]).expect_err("refused");

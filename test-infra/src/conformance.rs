@@ -236,7 +236,7 @@ pub fn generic_tier(run: &GuestRun, want: &Expectation) -> Vec<Check> {
     j.check(
         "queues",
         if virtio.get("qsize") == Some(sizes.as_str()) {
-            Ok(format!("{} queues of {sizes}", want.queue_sizes.len()))
+            Ok(queues_text(&want.queue_sizes))
         } else {
             Err(format!(
                 "guest saw queue sizes {:?}, configured {sizes}",
@@ -456,6 +456,13 @@ pub fn all_passed(checks: &[Check]) -> bool {
     checks.iter().all(|c| c.status != Status::Fail)
 }
 
+/// "1 queue of 256", "2 queues of 512,512".
+pub fn queues_text(sizes: &[u32]) -> String {
+    let list: Vec<String> = sizes.iter().map(u32::to_string).collect();
+    let noun = if sizes.len() == 1 { "queue" } else { "queues" };
+    format!("{} {noun} of {}", sizes.len(), list.join(","))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -635,5 +642,11 @@ probe: result=fail reason=\"00:01.0: no DEVICE_NEEDS_RESET within 30000 ms\"
             );
         }
         assert_eq!(checks.len(), catalogue::CHECKS.len());
+    }
+
+    #[test]
+    fn one_queue_is_one_queue() {
+        assert_eq!(queues_text(&[256]), "1 queue of 256");
+        assert_eq!(queues_text(&[512, 512]), "2 queues of 512,512");
     }
 }

@@ -164,11 +164,7 @@ fn queue_count(asked: &Asked, answers: Result<&Answers, &NoAnswers>) -> (Vec<u32
         Check::new(TIER, "queue-count", status, detail).with_evidence(evidence)
     };
     if let Some(sizes) = asked.queue_sizes {
-        let given = format!(
-            "{} queues of {} (--queue-sizes)",
-            sizes.len(),
-            sizes_text(sizes)
-        );
+        let given = format!("{} (--queue-sizes)", super::queues_text(sizes));
         let c = match (queue_num, &not_asked) {
             (Some(n), _) if sizes.len() as u64 > n => check(
                 Status::Fail,

@@ -7,10 +7,11 @@
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
+use std::sync::LazyLock;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use vmm::cli::Args;
+use vmm::cli::{every_key, Args};
 use vmm::config::*;
 
 const OPTIONS: &[&str] = &[
@@ -32,27 +33,8 @@ const OPTIONS: &[&str] = &[
     "--",
 ];
 
-const KEYS: &[&str] = &[
-    "boot",
-    "size",
-    "shared",
-    "hugepages",
-    "file",
-    "socket",
-    "virtio_id",
-    "device_type",
-    "queue_sizes",
-    "id",
-    "config_size",
-    "config",
-    "path",
-    "readonly",
-    "direct",
-    "num_queues",
-    "queue_size",
-    "serial",
-    "vhost_user",
-];
+/// Every key an option takes, from the parser itself.
+static KEYS: LazyLock<Vec<&'static str>> = LazyLock::new(every_key);
 
 const VALUES: &[&str] = &[
     "0",
@@ -180,7 +162,7 @@ fuzz_target!(|args: Vec<Arg>| {
                 pairs
                     .iter()
                     .take(8)
-                    .map(|(k, v)| format!("{}={}", k.text(KEYS), v.text(VALUES)))
+                    .map(|(k, v)| format!("{}={}", k.text(&KEYS), v.text(VALUES)))
                     .collect::<Vec<_>>()
                     .join(",")
                     .into_bytes(),

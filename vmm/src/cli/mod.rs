@@ -6,6 +6,9 @@
 mod options;
 mod parse;
 
+#[cfg(feature = "fuzzing")]
+pub use parse::every_key;
+
 use std::ffi::OsStr;
 use std::path::PathBuf;
 

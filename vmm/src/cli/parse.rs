@@ -98,6 +98,20 @@ const DISK: OptionForm = OptionForm {
     form: "path=PATH[,readonly=on|off][,direct=on|off][,num_queues=N][,queue_size=N][,serial=STR][,id=NAME][,image_type=raw], or vhost_user=on,socket=PATH",
 };
 
+/// Every key of every `key=value` option, once each: what the parse
+/// tests' and the fuzz target's generators draw from, so a new key is
+/// exercised as soon as an option takes it.
+#[cfg(any(test, feature = "fuzzing"))]
+pub fn every_key() -> Vec<&'static str> {
+    let mut keys: Vec<&'static str> = [CPUS, MEMORY, SERIAL, CONSOLE, GENERIC_VHOST_USER, DISK]
+        .iter()
+        .flat_map(|form| form.keys.iter().copied())
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
 impl TryFrom<&Args> for VmConfig {
     type Error = OptionError;
 

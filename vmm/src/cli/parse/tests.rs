@@ -667,24 +667,6 @@ fn messages_are_one_line(#[case] argv: &[&str]) {
     );
 }
 
-const KEYS: &[&str] = &[
-    "boot",
-    "size",
-    "shared",
-    "hugepages",
-    "file",
-    "socket",
-    "virtio_id",
-    "device_type",
-    "queue_sizes",
-    "id",
-    "config_size",
-    "config",
-    "path",
-    "readonly",
-    "x",
-];
-
 fn key_value_ish() -> impl Strategy<Value = String> {
     let value = prop_oneof![
         "[0-9a-zA-Z,=\\[\\]\" .-]{0,12}",
@@ -693,7 +675,10 @@ fn key_value_ish() -> impl Strategy<Value = String> {
         Just("on".to_owned()),
         Just("fs".to_owned()),
     ];
-    prop::collection::vec((prop::sample::select(KEYS), value), 0..6).prop_map(|pairs| {
+    // Every real key, and one no option takes.
+    let mut keys = every_key();
+    keys.push("x");
+    prop::collection::vec((prop::sample::select(keys), value), 0..6).prop_map(|pairs| {
         let items: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
         items.join(",")
     })

@@ -3,7 +3,8 @@
 //! of a partitioned raw image and its console on hvc0, mounts `myfs` as
 //! the seed does, and what it writes is on the host afterwards: in the
 //! virtio-fs directory, and in the image (clean for `e2fsck -n`). An ISO
-//! given as `--disk path=x.iso` mounts too.
+//! given as `--disk path=x.iso` mounts too (with `image_type=raw`, as
+//! Cloud Hypervisor's users write it: an ISO is raw media).
 
 use std::time::Duration;
 
@@ -134,7 +135,7 @@ umount /mnt"#,
     .modules(&["virtio_pci", "virtio_blk", "isofs"]);
     s.guest("guest.cpio", &guest).expect("initramfs").script(
         "run_vmm iso 240 --memory size=512M --kernel \"$VMLINUX\" --initramfs \"$IN/guest.cpio\" \
-         --cmdline 'console=ttyS0 quiet panic=-1' --console off --disk path=$IN/x.iso,readonly=on",
+         --cmdline 'console=ttyS0 quiet panic=-1' --console off --disk path=$IN/x.iso,readonly=on,image_type=raw",
     );
     let run = run(s);
     let guest = run.guest("iso");

@@ -51,6 +51,18 @@ fn assert_status(report: &serde_json::Value, tier: &str, check: &str, status: &s
     detail
 }
 
+/// The kernel log holds nothing the device caused: `pass`, or `warn` for
+/// the platform's own complaints (a slow emulator's clock), which are
+/// printed so that they stay visible.
+fn assert_kernel_log_clean(report: &serde_json::Value) {
+    let (got, detail) = verdict(report, "linux", "kernel-log");
+    match got.as_str() {
+        "pass" => {}
+        "warn" => eprintln!("kernel-log warned (not the device's): {detail}"),
+        _ => panic!("linux/kernel-log: {got}: {detail}\n{report:#}"),
+    }
+}
+
 /// Third-party backends from crates.io, installed once into target/tools.
 fn tool(program: &str) -> String {
     let var = program.to_uppercase().replace('-', "_");
@@ -83,7 +95,7 @@ fn virtiofsd_passes_both_guests() {
     assert_eq!(code, Some(0), "{report:#}\n{stderr}");
     let detail = assert_status(&report, "linux", "fs-mount-io", "pass");
     assert!(detail.contains("sha256"), "{detail}");
-    assert_status(&report, "linux", "kernel-log", "pass");
+    assert_kernel_log_clean(&report);
     assert_status(&report, "fs", "namespace-operations", "pass");
 }
 
@@ -115,7 +127,7 @@ fn vhost_device_rng_feeds_dev_hwrng() {
 /// GET_CONFIG from offset 0 (a warning, not a failure).
 #[test]
 fn qemu_storage_daemon_passes_with_its_config_offset_flagged() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = test_infra::tempdir();
     let image = dir.path().join("disk.img");
     std::fs::write(&image, vec![0x5a; 8 << 20]).expect("image");
     let qsd = paths::find_program("qemu-storage-daemon").expect("qemu-storage-daemon");
@@ -133,7 +145,7 @@ fn qemu_storage_daemon_passes_with_its_config_offset_flagged() {
     assert_status(&report, "backend", "config-offset", "warn");
     let detail = assert_status(&report, "linux", "block-size-io", "pass");
     assert!(detail.contains("16384 sectors"), "{detail}");
-    assert_status(&report, "linux", "kernel-log", "pass");
+    assert_kernel_log_clean(&report);
     // The check put back what it overwrote.
     assert!(std::fs::read(&image)
         .expect("image")
@@ -202,7 +214,7 @@ fn vhost_device_console_garbles_input_and_the_linux_tier_says_so() {
 /// backend's largest).
 #[test]
 fn vhost_device_scsi_panics_on_linux_s_config_write() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = test_infra::tempdir();
     let image = dir.path().join("scsi.img");
     std::fs::write(&image, vec![0u8; 8 << 20]).expect("image");
     let (code, report, stderr) = run(&[
@@ -251,7 +263,7 @@ fn vhost_device_sound_passes_the_probe_and_linux_has_no_driver() {
 /// says so. With the right capacity, the same mock passes.
 #[test]
 fn a_block_backend_whose_capacity_disagrees_with_its_data_fails_the_linux_tier() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = test_infra::tempdir();
     let image = dir.path().join("mock.img");
     std::fs::write(&image, vec![7u8; 4 << 20]).expect("image");
     let mock = test_infra::mock::mock_binary()

@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod catalogue;
+pub mod kernel_log;
 pub mod preflight;
 pub mod progress;
 pub mod report;

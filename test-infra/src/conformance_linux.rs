@@ -5,14 +5,16 @@
 //! the user gave it, as a program of this host (`start_host_program`).
 //!
 //! What each type's check asks of the driver is in `type_script`; every
-//! type's run also has its kernel log scanned, after the driver loaded,
-//! for errors, warnings, oopses and hung tasks, which fail the check with
-//! the lines quoted.
+//! type's run also has its kernel log scanned, after the driver loaded:
+//! what the device under test caused (errors naming its driver, virtio,
+//! its PCI address; any oops, BUG or WARNING) fails with the lines quoted,
+//! other complaints (the clock on a slow emulator) are a warning
+//! (`conformance::kernel_log`).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::conformance::{Check, Status};
+use crate::conformance::{kernel_log, Check, Status};
 use crate::linux::GuestInit;
 use crate::probe::ProbeReport;
 use crate::scenario::{shell_quote, Scenario, ScenarioRun};
@@ -105,7 +107,7 @@ else
 fi"#,
             tag = spec.fs_tag.as_deref().unwrap_or("myfs")
         ),
-        "block" => r#"n=0; while [ ! -b /dev/vda ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
+        "block" => r#"n=0; while [ ! -b /dev/vda ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n + 1)); done
 if [ -b /dev/vda ]; then
   sectors=$(cat /sys/block/vda/size)
   report block size sectors=$sectors ro=$(cat /sys/block/vda/ro)
@@ -136,7 +138,7 @@ else
 fi"#
         .to_string(),
         "console" => format!(
-            r#"n=0; while [ ! -c /dev/hvc0 ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
+            r#"n=0; while [ ! -c /dev/hvc0 ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n + 1)); done
 if [ -c /dev/hvc0 ]; then
   report console port=hvc0
   echo "guest-says-{MARKER}" > /dev/hvc0
@@ -158,12 +160,12 @@ else
   report vsock dev=none
 fi"#
         .to_string(),
-        "sound" => r#"n=0; while ! grep -q . /proc/asound/cards 2>/dev/null && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
+        "sound" => r#"n=0; while ! grep -q . /proc/asound/cards 2>/dev/null && [ $n -lt 600 ]; do sleep 0.1; n=$((n + 1)); done
 report sound cards=\"$(grep -v '^ ' /proc/asound/cards | tr -s ' ' | head -n1)\"
 report sound pcms=$(ls -d /proc/asound/card0/pcm* 2>/dev/null | wc -l)
 report sound streams=$(cat /proc/asound/card0/pcm*/info 2>/dev/null | grep -c '^stream:')"#
             .to_string(),
-        "scsi" => r#"n=0; while [ ! -b /dev/sda ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+        "scsi" => r#"n=0; while [ ! -b /dev/sda ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n + 1)); done
 if [ -b /dev/sda ]; then
   sectors=$(cat /sys/block/sda/size)
   report scsi disk=sda sectors=$sectors ro=$(cat /sys/block/sda/ro)
@@ -220,9 +222,9 @@ else
 fi
 sleep 1
 dmesg -r | tail -n +$((mark + 1)) > /tmp/klog
-grep -E '^<[0-4]>|Oops|BUG:|Call Trace|hung_task|blocked for more than' /tmp/klog | head -n 20 > /tmp/bad
-report klog lines=$(wc -l < /tmp/klog) bad=$(wc -l < /tmp/bad)
-while read -r line; do report klog-line text=\"$(echo "$line" | tr -d '"\\')\"; done < /tmp/bad"#;
+pci=; [ -n "$dev" ] && pci=$(basename "$(readlink -f $dev/..)")
+report klog lines=$(wc -l < /tmp/klog) pci=$pci
+head -n 300 /tmp/klog | while read -r line; do report klog-line text=\"$(echo "$line" | tr -d '"\\')\"; done"#;
 
 /// Runs the Linux tier for `spec`; `work` is a host directory of the
 /// runner's (for the backend's socket and files).
@@ -298,12 +300,15 @@ fn run_scenario(
         .map(|n| format!(",config_size={n}"))
         .unwrap_or_default();
     let vsock_server = match (&spec.vsock_host_socket, name) {
-        (Some(path), "vsock") => format!(
-            "$IN/vsock-echo serve \"{}\" >$OUT/vsock-host.log 2>&1 &\nsleep 0.5\n",
-            format!("{path}_5000")
+        (Some(path), "vsock") => {
+            let listen = format!("{path}_5000")
                 .replace('"', "")
-                .replace("{dir}", "$socks")
-        ),
+                .replace("{dir}", "$socks");
+            format!(
+                "$IN/vsock-echo serve \"{listen}\" >$OUT/vsock-host.log 2>&1 &\n\
+                 wait_file \"{listen}\" 60 || record error what=\"vsock-echo made no socket within 60s\"\n"
+            )
+        }
         (_, "console") => match spec.console_tcp_port {
             Some(port) => format!(
                 "ip link set lo up 2>/dev/null\n\
@@ -321,9 +326,9 @@ fn run_scenario(
     s.script(&format!(
         "chmod +x $IN/vsock-echo 2>/dev/null\n\
          socks=$(start_host_program backend {sock_dir} {argv})\n\
-         wait_file \"$socks/backend.sock{suffix}\" 30 || record error what=\"the backend made no socket within 30s\"\n\
+         wait_file \"$socks/backend.sock{suffix}\" 60 || record error what=\"the backend made no socket within 60s\"\n\
          {vsock_server}\
-         start_vmm guest 150 --memory size=512M,shared=on --kernel \"$VMLINUX\" \
+         start_vmm guest 300 --memory size=512M,shared=on --kernel \"$VMLINUX\" \
          --initramfs \"$IN/guest.cpio\" --cmdline 'console=ttyS0 quiet panic=-1' --console off \
          --generic-vhost-user \"socket=$socks/backend.sock{suffix},virtio_id={id},queue_sizes={queues}{config_size}\"\n\
          {BACKEND_WATCH}\n\
@@ -412,21 +417,84 @@ fn judge(spec: &LinuxTierSpec, name: &str, run: &ScenarioRun, elapsed: Duration)
         type_outcome(name, spec, &guest, run),
         elapsed,
     ));
-    let klog = guest.first("klog");
-    let bad: Vec<String> = guest
-        .all("klog-line")
-        .filter_map(|r| r.get("text").map(str::to_string))
-        .collect();
-    checks.push(check(
-        "kernel-log",
-        match klog {
-            None => Err("the guest did not report its kernel log".into()),
-            Some(_) if bad.is_empty() => Ok("no errors, warnings, oopses or hung tasks".into()),
-            Some(_) => Err(format!("the kernel complained: {}", bad.join(" | "))),
-        },
-        elapsed,
-    ));
+    checks.push(kernel_log_check(name, &guest, elapsed));
     checks
+}
+
+/// The guest's kernel log since the driver loaded: a complaint the device
+/// under test caused fails; any other (the clock, the emulator, the
+/// platform) is a warning with its lines.
+fn kernel_log_check(name: &str, guest: &ProbeReport, elapsed: Duration) -> Check {
+    let Some(klog) = guest.first("klog") else {
+        return fail(
+            "kernel-log",
+            "the guest did not report its kernel log",
+            elapsed,
+        );
+    };
+    let lines: Vec<&str> = guest
+        .all("klog-line")
+        .filter_map(|r| r.get("text"))
+        .collect();
+    let modules = driver_by_name(name).unwrap_or(&[]);
+    let terms = kernel_log::device_terms(modules, klog.get("pci"), device_names(name));
+    let log = kernel_log::classify(&lines, &terms);
+    let others = |log: &kernel_log::KernelLog| {
+        format!(
+            "complaints not of the device (clock, emulator, platform): {}",
+            log.other.join(" | ")
+        )
+    };
+    let check = match (log.device.is_empty(), log.other.is_empty()) {
+        (true, true) => {
+            return check(
+                "kernel-log",
+                Ok("no errors, warnings, oopses or hung tasks".into()),
+                elapsed,
+            )
+        }
+        (true, false) => Check::new(TIER, "kernel-log", Status::Warn, others(&log)),
+        (false, true) => Check::new(
+            TIER,
+            "kernel-log",
+            Status::Fail,
+            format!(
+                "the kernel complained of the device: {}",
+                log.device.join(" | ")
+            ),
+        ),
+        (false, false) => Check::new(
+            TIER,
+            "kernel-log",
+            Status::Fail,
+            format!(
+                "the kernel complained of the device: {}; {}",
+                log.device.join(" | "),
+                others(&log)
+            ),
+        ),
+    };
+    check.after(elapsed)
+}
+
+/// The kernel's names for a type's devices, which its complaints use
+/// instead of the driver's (`I/O error, dev vda`).
+fn device_names(name: &str) -> &'static [&'static str] {
+    match name {
+        "block" => &["vda", "blk_update_request"],
+        "scsi" => &["sda", "scsi"],
+        "console" => &["hvc", "hvc0", "virtio-ports"],
+        "rng" => &["hwrng", "hw_random"],
+        "fs" => &["fuse"],
+        "vsock" => &["vsock"],
+        "sound" => &["snd", "ALSA"],
+        "net" => &["eth0", "eth1"],
+        _ => &[],
+    }
+}
+
+fn driver_by_name(name: &str) -> Option<&'static [&'static str]> {
+    (1..=63).find_map(|id| driver(id).filter(|(_, n)| *n == name).map(|(m, _)| m))
 }
 
 /// A backend's log for a failure's detail: its first panic, if it

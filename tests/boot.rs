@@ -2,22 +2,17 @@
 //! exit statuses, and the same facts as under QEMU.
 
 use rstest::rstest;
-use test_infra::host::require_kvm;
+use test_infra::host::{kvm, KvmHost};
 use test_infra::qemu::QemuCommand;
+use test_infra::tempdir;
 use test_infra::vmm::VmmCommand;
-
-fn tempdir() -> tempfile::TempDir {
-    tempfile::tempdir().expect("temporary directory")
-}
 
 #[rstest]
 #[case(1)]
 #[case(2)]
 #[case(4)]
-fn boots_with_every_vcpu_started(#[case] cpus: u8) {
-    if !require_kvm("boots_with_every_vcpu_started") {
-        return;
-    }
+fn boots_with_every_vcpu_started(kvm: Option<KvmHost>, #[case] cpus: u8) {
+    let Some(_kvm) = kvm else { return };
     let dir = tempdir();
     let run = VmmCommand::probe("probe.run=boot,pci")
         .expect("artifacts")
@@ -40,10 +35,8 @@ fn boots_with_every_vcpu_started(#[case] cpus: u8) {
 #[case("3G", 3 << 30)]
 #[case("4G", 4 << 30)]
 #[case("16G", 16 << 30)]
-fn guest_sees_the_configured_memory(#[case] size: &str, #[case] bytes: u64) {
-    if !require_kvm("guest_sees_the_configured_memory") {
-        return;
-    }
+fn guest_sees_the_configured_memory(kvm: Option<KvmHost>, #[case] size: &str, #[case] bytes: u64) {
+    let Some(_kvm) = kvm else { return };
     let dir = tempdir();
     let run = VmmCommand::probe("probe.run=boot")
         .expect("artifacts")
@@ -58,11 +51,9 @@ fn guest_sees_the_configured_memory(#[case] size: &str, #[case] bytes: u64) {
     assert_eq!(boot.number("mem_bytes"), Some(bytes), "{boot:?}");
 }
 
-#[test]
-fn pci_host_bridge_is_at_00_00_0_through_ecam() {
-    if !require_kvm("pci_host_bridge_is_at_00_00_0_through_ecam") {
-        return;
-    }
+#[rstest]
+fn pci_host_bridge_is_at_00_00_0_through_ecam(kvm: Option<KvmHost>) {
+    let Some(_kvm) = kvm else { return };
     let dir = tempdir();
     let run = VmmCommand::probe("probe.run=boot,pci")
         .expect("artifacts")
@@ -77,11 +68,9 @@ fn pci_host_bridge_is_at_00_00_0_through_ecam() {
     assert_eq!(bridge.get("class"), Some("0x060000"), "{bridge:?}");
 }
 
-#[test]
-fn serial_to_file_holds_the_report() {
-    if !require_kvm("serial_to_file_holds_the_report") {
-        return;
-    }
+#[rstest]
+fn serial_to_file_holds_the_report(kvm: Option<KvmHost>) {
+    let Some(_kvm) = kvm else { return };
     let dir = tempdir();
     let log = dir.path().join("serial.log");
     let run = VmmCommand::probe("probe.run=boot")
@@ -97,11 +86,9 @@ fn serial_to_file_holds_the_report() {
     assert!(report.first("boot").is_some());
 }
 
-#[test]
-fn guest_failure_exits_with_the_debug_exit_status() {
-    if !require_kvm("guest_failure_exits_with_the_debug_exit_status") {
-        return;
-    }
+#[rstest]
+fn guest_failure_exits_with_the_debug_exit_status(kvm: Option<KvmHost>) {
+    let Some(_kvm) = kvm else { return };
     let dir = tempdir();
     let run = VmmCommand::probe("probe.run=boot,fail")
         .expect("artifacts")
@@ -116,11 +103,9 @@ fn guest_failure_exits_with_the_debug_exit_status() {
     assert_eq!(run.output.code(), Some(3), "{}", run.output.describe());
 }
 
-#[test]
-fn sigterm_stops_the_vm_and_every_thread() {
-    if !require_kvm("sigterm_stops_the_vm_and_every_thread") {
-        return;
-    }
+#[rstest]
+fn sigterm_stops_the_vm_and_every_thread(kvm: Option<KvmHost>) {
+    let Some(_kvm) = kvm else { return };
     let dir = tempdir();
     // `probe.run=spin` keeps the guest busy until it is stopped.
     let mut child = VmmCommand::probe("probe.run=boot,spin")
@@ -137,7 +122,7 @@ fn sigterm_stops_the_vm_and_every_thread() {
     );
     child.signal(SIGTERM);
     let output = child
-        .wait(std::time::Duration::from_secs(10))
+        .wait(std::time::Duration::from_secs(60))
         .expect("wait");
     assert_eq!(output.code(), Some(128 + 15), "{}", output.describe());
 }
@@ -149,10 +134,8 @@ const SIGTERM: i32 = 15;
 #[rstest]
 #[case(1, 512)]
 #[case(2, 1024)]
-fn same_facts_as_qemu(#[case] cpus: u8, #[case] mib: u64) {
-    if !require_kvm("same_facts_as_qemu") {
-        return;
-    }
+fn same_facts_as_qemu(kvm: Option<KvmHost>, #[case] cpus: u8, #[case] mib: u64) {
+    let Some(_kvm) = kvm else { return };
     let cmdline = "probe.run=boot,pci";
     let dir = tempdir();
     let ours = VmmCommand::probe(cmdline)

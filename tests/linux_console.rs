@@ -4,7 +4,6 @@
 //! terminal's size, and when the terminal is resized (SIGWINCH to vmm),
 //! Linux's hvc0 takes the new size from the config-change interrupt.
 
-use std::time::Duration;
 
 use test_infra::linux::GuestInit;
 use test_infra::{static_c, Scenario};
@@ -21,7 +20,7 @@ fn hvc0_follows_the_terminal_s_size() {
     s.input("pty-run", &pty_run).expect("input");
     // hvc0 stays open on fd 3 throughout, so a resize reaches an open tty.
     let init = GuestInit::new(&format!(
-        r#"n=0; while [ ! -c /dev/hvc0 ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
+        r#"n=0; while [ ! -c /dev/hvc0 ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n + 1)); done
 exec 3<>/dev/hvc0
 before=$(stty size <&3)
 report size before=\"$before\"
@@ -31,7 +30,6 @@ report size after=\"$(stty size <&3)\""#
     ))
     .modules(&["virtio_pci", "virtio_console"]);
     s.guest("guest.cpio", &init).expect("initramfs");
-    s.timeout(Duration::from_secs(300));
     s.script(&format!(
         "chmod +x $IN/pty-run\n\
          timeout -s KILL 150 $IN/pty-run 100 30 $OUT/terminal.out {CUE} 132 43 -- \
@@ -40,8 +38,7 @@ report size after=\"$(stty size <&3)\""#
          2>$OUT/resize.vmm.log\n\
          record pty-run exit=$?"
     ));
-    let run = s.run().expect("scenario runs");
-    run.assert_completed();
+    let run = s.run_completed();
     let why = run.describe();
     assert_eq!(
         run.records.first("pty-run").and_then(|r| r.number("exit")),

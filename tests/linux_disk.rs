@@ -6,21 +6,13 @@
 //! given as `--disk path=x.iso` mounts too (with `image_type=raw`, as
 //! Cloud Hypervisor's users write it: an ISO is raw media).
 
-use std::time::Duration;
 
 use test_infra::digest::sha256_hex;
 use test_infra::disk_image;
 use test_infra::linux::GuestInit;
-use test_infra::{seed, Scenario, ScenarioRun};
+use test_infra::{seed, Scenario};
 
 const ROOT_SIZE: u64 = 64 << 20;
-
-fn run(mut s: Scenario) -> ScenarioRun {
-    s.timeout(Duration::from_secs(480));
-    let run = s.run().expect("scenario runs");
-    run.assert_completed();
-    run
-}
 
 /// What `/sbin/init` on the root disk does: report where it runs, use
 /// `myfs` as the seed does, write a file onto its own root, sync.
@@ -66,7 +58,7 @@ fn the_seed_command_line_boots_from_vda1_on_hvc0_and_uses_myfs() {
          record host-read from-guest.bin sha=$(sha $WORK/share/from-guest.bin)\n\
          cp $WORK/root.img $OUT/root.img"
     ));
-    let run = run(s);
+    let run = s.run_completed();
     let guest = run.guest("seed");
     let why = run.describe();
 
@@ -127,7 +119,7 @@ fn an_iso_given_as_a_disk_mounts() {
     s.input("x.iso", &std::fs::read(&iso).expect("iso"))
         .expect("input");
     let guest = GuestInit::new(
-        r#"n=0; while [ ! -b /dev/vda ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+        r#"n=0; while [ ! -b /dev/vda ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n + 1)); done
 mount -t iso9660 -o ro /dev/vda /mnt && report mounted line=\"$(grep /mnt /proc/mounts)\"
 report read data.bin sha=$(sha256sum /mnt/data.bin | cut -d' ' -f1) ro=$(cat /sys/block/vda/ro)
 umount /mnt"#,
@@ -137,7 +129,7 @@ umount /mnt"#,
         "run_vmm iso 240 --memory size=512M --kernel \"$VMLINUX\" --initramfs \"$IN/guest.cpio\" \
          --cmdline 'console=ttyS0 quiet panic=-1' --console off --disk path=$IN/x.iso,readonly=on,image_type=raw",
     );
-    let run = run(s);
+    let run = s.run_completed();
     let guest = run.guest("iso");
     let why = run.describe();
     let mounted = guest

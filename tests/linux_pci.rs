@@ -1,7 +1,6 @@
 //! Linux tier: the generic device's PCI function and MSI-X vectors as
 //! Debian's kernel sees them in sysfs and /proc/interrupts.
 
-use std::time::Duration;
 
 use test_infra::linux::GuestInit;
 use test_infra::Scenario;
@@ -56,10 +55,8 @@ fn generic_devices_and_their_msix_vectors_as_linux_sees_them() {
              --initramfs \"$IN/guest.cpio\" --cmdline 'console=ttyS0 quiet panic=-1' --console off \
              --generic-vhost-user \"socket=$WORK/myfs.sock,virtio_id=26,queue_sizes=[512,512]\" \
              --generic-vhost-user \"socket=$WORK/custom.sock,virtio_id=60,queue_sizes=[64,64],config_size=8\"",
-        )
-        .timeout(Duration::from_secs(400));
-    let run = s.run().expect("scenario runs");
-    run.assert_completed();
+        );
+    let run = s.run_completed();
     let report = run.guest("guest");
     let pci = |addr: &str| {
         report

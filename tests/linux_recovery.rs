@@ -2,7 +2,6 @@
 //! under a mounted virtio-fs: what Linux sees, what `vmm` does, and the way
 //! back once the backend is restarted.
 
-use std::time::Duration;
 
 use test_infra::linux::GuestInit;
 use test_infra::{ProbeReport, Scenario, ScenarioRun};
@@ -20,9 +19,16 @@ start_vmm guest 240 --memory size=512M,shared=on --kernel \"$VMLINUX\" \\
 wait_line $OUT/guest.serial 'linux: ready' 200 || record error what='guest not ready'
 ";
 
+/// Waits until a thread of `myfs`'s virtiofsd is blocked in `openat`
+/// (syscall 257): the guest's read of the FIFO is in flight there.
+const UNTIL_THE_READ_IS_IN_FLIGHT: &str = "n=600; until grep -q '^257 ' /proc/$(cat $WORK/virtiofsd-myfs.pid)/task/*/syscall 2>/dev/null; do
+  n=$((n - 1)); [ $n -le 0 ] && { record error what='the read never reached virtiofsd'; break; }; sleep 0.1
+done
+";
+
 /// Kills `myfs`'s virtiofsd and records `vmm-noticed` once `vmm` logs it.
 const KILL_MYFS: &str = "kill_virtiofsd myfs; record killed
-wait_line $OUT/guest.vmm.log 'the backend went away' 30 && record vmm-noticed
+wait_line $OUT/guest.vmm.log 'the backend went away' 120 && record vmm-noticed
 ";
 
 /// Asserts that `vmm` logged the first backend's death and that Linux
@@ -61,19 +67,15 @@ fn driver_unbind_and_bind_reset_the_device_and_it_works_again() {
     ))
     .modules(&["virtio_pci", "virtiofs"]);
     let mut s = Scenario::new("rebind").expect("scenario");
-    s.guest("guest.cpio", &guest)
-        .expect("initramfs")
-        .script(
-            "mkdir -p $WORK/share; echo served > $WORK/share/which\n\
+    s.guest("guest.cpio", &guest).expect("initramfs").script(
+        "mkdir -p $WORK/share; echo served > $WORK/share/which\n\
              start_virtiofsd myfs $WORK/share\n\
              run_vmm guest 240 --memory size=512M,shared=on --kernel \"$VMLINUX\" \
              --initramfs \"$IN/guest.cpio\" --cmdline 'console=ttyS0 quiet panic=-1' --console off \
              --generic-vhost-user \"socket=$WORK/myfs.sock,virtio_id=26,queue_sizes=[512,512]\"\n\
              record host written=\"$(cat $WORK/share/written)\"",
-        )
-        .timeout(Duration::from_secs(400));
-    let run = s.run().expect("scenario runs");
-    run.assert_completed();
+    );
+    let run = s.run_completed();
     let g = run.guest("guest");
     let text = |kind: &str| g.first(kind).and_then(|r| r.get("text"));
     assert_eq!(text("first-mount"), Some("served"), "{}", run.describe());
@@ -119,15 +121,15 @@ fn a_backend_killed_while_mounted_recovers_after_restart() {
          report ready\n\
          {killed}\n\
          report dead-device status=$(cat /sys/bus/virtio/devices/virtio0/status)\n\
-         report other text=\"$(timeout -s KILL 20 cat /other/which)\"\n\
-         timeout -s KILL 20 sh -c 'echo still-working > /other/after-crash' && report other-write rc=0\n\
+         report other text=\"$(timeout -s KILL 60 cat /other/which)\"\n\
+         timeout -s KILL 60 sh -c 'echo still-working > /other/after-crash' && report other-write rc=0\n\
          report want-restart\n\
          {restarted}\n\
-         timeout -s KILL 30 sh -c 'echo {FIRST} > /sys/bus/pci/drivers/virtio-pci/unbind' && report unbound && \
-         timeout -s KILL 20 umount /m && report unmounted && \
-         timeout -s KILL 30 sh -c 'echo {FIRST} > /sys/bus/pci/drivers/virtio-pci/bind' && report bound && \
-         timeout -s KILL 30 mount -t virtiofs myfs /m && \
-         report remounted text=\"$(timeout -s KILL 20 cat /m/which)\" && \
+         timeout -s KILL 60 sh -c 'echo {FIRST} > /sys/bus/pci/drivers/virtio-pci/unbind' && report unbound && \
+         timeout -s KILL 60 umount /m && report unmounted && \
+         timeout -s KILL 60 sh -c 'echo {FIRST} > /sys/bus/pci/drivers/virtio-pci/bind' && report bound && \
+         timeout -s KILL 60 mount -t virtiofs myfs /m && \
+         report remounted text=\"$(timeout -s KILL 60 cat /m/which)\" && \
          echo recovered > /m/written && report recovered-write && umount /m\n\
          umount /other",
         killed = wait("killed"),
@@ -148,10 +150,8 @@ fn a_backend_killed_while_mounted_recovers_after_restart() {
              wait_vmm guest 250\n\
              record host after-crash=\"$(cat $WORK/b/after-crash)\" written=\"$(cat $WORK/a/written)\""
             ),
-        )
-        .timeout(Duration::from_secs(480));
-    let run = s.run().expect("scenario runs");
-    run.assert_completed();
+        );
+    let run = s.run_completed();
     let g = run.guest("guest");
     let d = run.describe();
     let field = |kind: &str, key: &str| g.first(kind).and_then(|r| r.get(key)).map(str::to_string);
@@ -193,25 +193,21 @@ fn a_backend_killed_under_a_waiting_read_leaves_the_vm_and_the_other_device_work
          timeout -s KILL 20 cat /m/fifo > /tmp/read 2>&1; rc=$?\n\
          report dead-read rc=$rc secs=$(( $(cut -d. -f1 /proc/uptime) - start ))\n\
          report dead-device status=$(cat /sys/bus/virtio/devices/virtio0/status)\n\
-         report other text=\"$(timeout -s KILL 20 cat /other/which)\"\n\
+         report other text=\"$(timeout -s KILL 60 cat /other/which)\"\n\
          umount /other\n\
          poweroff -f -n",
     )
     .modules(&["virtio_pci", "virtiofs"]);
     let mut s = Scenario::new("crash-in-flight").expect("scenario");
-    s.guest("guest.cpio", &guest)
-        .expect("initramfs")
-        .script(
-            // A read of a FIFO nobody writes waits in virtiofsd: the
-            // request is in flight when virtiofsd dies.
-            &format!(
+    s.guest("guest.cpio", &guest).expect("initramfs").script(
+        // A read of a FIFO nobody writes waits in virtiofsd: the
+        // request is in flight when virtiofsd dies.
+        &format!(
                 "mkdir -p $WORK/a $WORK/b; mkfifo $WORK/a/fifo; echo other > $WORK/b/which\n\
-                 {TWO_SHARES_UNTIL_READY}sleep 3\n{KILL_MYFS}wait_vmm guest 250"
+                 {TWO_SHARES_UNTIL_READY}{UNTIL_THE_READ_IS_IN_FLIGHT}{KILL_MYFS}wait_vmm guest 250"
             ),
-        )
-        .timeout(Duration::from_secs(400));
-    let run = s.run().expect("scenario runs");
-    run.assert_completed();
+    );
+    let run = s.run_completed();
     let g = run.guest("guest");
     let d = run.describe();
     let dead = g

@@ -4,11 +4,10 @@
 //! reports what it read and wrote; the scenario reports what the backend's
 //! directory holds; the test holds one against the other.
 
-use std::time::Duration;
 
 use rstest::rstest;
 use test_infra::linux::GuestInit;
-use test_infra::{Scenario, ScenarioRun};
+use test_infra::Scenario;
 
 /// A guest with Debian's virtio-pci and virtio-fs modules that mounts
 /// `myfs` as the seed does, runs `script` in `mount_dir/`, and unmounts.
@@ -32,13 +31,6 @@ fn seed_vmm(name: &str, virtio_id: &str, extra: &str) -> String {
          --initramfs \"$IN/{name}.cpio\" --cmdline 'console=ttyS0 quiet panic=-1' --console off \
          --generic-vhost-user \"socket=$WORK/myfs.sock,virtio_id={virtio_id},queue_sizes=[512,512]\" {extra}"
     )
-}
-
-fn run(mut s: Scenario) -> ScenarioRun {
-    s.timeout(Duration::from_secs(480));
-    let run = s.run().expect("scenario runs");
-    run.assert_completed();
-    run
 }
 
 /// `(name, sha)` of every `KIND NAME sha=...` record of the guest or the
@@ -89,7 +81,7 @@ fn files_of_every_size_cross_with_their_sha256(#[case] virtio_id: &str) {
             "mkdir -p $WORK/share\n{host_prepare}start_virtiofsd myfs $WORK/share\n{}\n{host_check}",
             seed_vmm("guest", virtio_id, "")
         ));
-    let run = run(s);
+    let run = s.run_completed();
     let guest = run.guest("guest");
     assert!(guest.first("unmounted").is_some(), "{}", run.describe());
     let host_files = shas(&run.records, "host-file");
@@ -132,7 +124,7 @@ fn a_directory_with_1000_entries_each_way() {
          record host-list count=$(ls $WORK/share/guest-dir | wc -l)",
         seed_vmm("guest", "26", "")
     ));
-    let run = run(s);
+    let run = s.run_completed();
     let guest = run.guest("guest");
     let list = guest
         .first("guest-list")
@@ -178,7 +170,7 @@ fn namespace_operations_reach_the_host() {
          link=$(readlink link) mode=$(stat -c %a after) size=$(stat -c %s sized)",
         seed_vmm("guest", "26", "")
     ));
-    let run = run(s);
+    let run = s.run_completed();
     let guest = run.guest("guest");
     for op in ["mkdir", "rename", "unlink", "symlink", "chmod", "truncate"] {
         assert!(
@@ -232,7 +224,7 @@ fn fsync_puts_the_data_on_the_host_while_mounted() {
          : > $WORK/share/host-checked\n\
          wait_vmm guest 240",
     );
-    let run = run(s);
+    let run = s.run_completed();
     let guest = run.guest("guest");
     let fsynced = guest
         .first("fsynced")
@@ -276,7 +268,7 @@ fn the_guest_sees_a_file_the_host_changes_after_the_mount() {
          echo second-version-longer > $WORK/share/note; : > $WORK/share/changed\n\
          wait_vmm guest 240",
     );
-    let run = run(s);
+    let run = s.run_completed();
     let guest = run.guest("guest");
     let text = |kind: &str| {
         guest
@@ -323,7 +315,7 @@ fn two_devices_with_different_tags() {
             "--generic-vhost-user \"socket=$WORK/other.sock,virtio_id=26,queue_sizes=[512,512]\""
         )
     ));
-    let run = run(s);
+    let run = s.run_completed();
     let guest = run.guest("guest");
     let read = guest
         .first("read")

@@ -9,17 +9,14 @@ use std::path::Path;
 use rstest::rstest;
 use test_infra::digest::sha256_hex;
 use test_infra::disk::{image_bytes, sectors, write_pattern};
-use test_infra::host::require_kvm;
+use test_infra::host::{kvm, KvmHost};
+use test_infra::tempdir;
 use test_infra::{Disk, Guest, Hypervisor, ProbeReport, Record};
 
 const MIB: usize = 1 << 20;
 /// VIRTIO_BLK_S_IOERR and VIRTIO_BLK_S_UNSUPP.
 const IOERR: &str = "1";
 const UNSUPP: &str = "2";
-
-fn tempdir() -> tempfile::TempDir {
-    tempfile::tempdir().expect("temporary directory")
-}
 
 fn sha(bytes: &[u8]) -> String {
     sha256_hex(bytes).expect("sha256sum")
@@ -85,10 +82,11 @@ fn assert_errors_and_id(report: &ProbeReport, serial: &str, capacity: u64) {
 }
 
 #[rstest]
-fn reads_writes_and_flushes_a_disk(#[values(Hypervisor::Vmm, Hypervisor::Qemu)] hv: Hypervisor) {
-    if !require_kvm("reads_writes_and_flushes_a_disk") {
-        return;
-    }
+fn reads_writes_and_flushes_a_disk(
+    kvm: Option<KvmHost>,
+    #[values(Hypervisor::Vmm, Hypervisor::Qemu)] hv: Hypervisor,
+) {
+    let Some(_kvm) = kvm else { return };
     let dir = tempdir();
     let path = dir.path().join("disk.img");
     let original = make_image(&path, 4, 17);
@@ -163,10 +161,11 @@ fn reads_writes_and_flushes_a_disk(#[values(Hypervisor::Vmm, Hypervisor::Qemu)] 
 }
 
 #[rstest]
-fn a_read_only_disk_refuses_writes(#[values(Hypervisor::Vmm, Hypervisor::Qemu)] hv: Hypervisor) {
-    if !require_kvm("a_read_only_disk_refuses_writes") {
-        return;
-    }
+fn a_read_only_disk_refuses_writes(
+    kvm: Option<KvmHost>,
+    #[values(Hypervisor::Vmm, Hypervisor::Qemu)] hv: Hypervisor,
+) {
+    let Some(_kvm) = kvm else { return };
     let dir = tempdir();
     let path = dir.path().join("ro.img");
     let original = make_image(&path, 1, 5);
@@ -202,10 +201,11 @@ fn a_read_only_disk_refuses_writes(#[values(Hypervisor::Vmm, Hypervisor::Qemu)] 
 }
 
 #[rstest]
-fn write_zeroes_and_discard(#[values(Hypervisor::Vmm, Hypervisor::Qemu)] hv: Hypervisor) {
-    if !require_kvm("write_zeroes_and_discard") {
-        return;
-    }
+fn write_zeroes_and_discard(
+    kvm: Option<KvmHost>,
+    #[values(Hypervisor::Vmm, Hypervisor::Qemu)] hv: Hypervisor,
+) {
+    let Some(_kvm) = kvm else { return };
     let dir = tempdir();
     let rw = dir.path().join("rw.img");
     let ro = dir.path().join("ro.img");
@@ -249,13 +249,12 @@ fn write_zeroes_and_discard(#[values(Hypervisor::Vmm, Hypervisor::Qemu)] hv: Hyp
 
 #[rstest]
 fn every_queue_serves_requests(
+    kvm: Option<KvmHost>,
     #[values(Hypervisor::Vmm, Hypervisor::Qemu)] hv: Hypervisor,
     #[values(2, 4)] queues: u16,
     #[values("irq", "poll")] mode: &str,
 ) {
-    if !require_kvm("every_queue_serves_requests") {
-        return;
-    }
+    let Some(_kvm) = kvm else { return };
     let dir = tempdir();
     let path = dir.path().join("mq.img");
     let original = make_image(&path, 1, u64::from(queues));
@@ -294,12 +293,11 @@ fn every_queue_serves_requests(
 /// the writes wrote is in the image.
 #[rstest]
 fn the_bench_reports_every_measurement(
+    kvm: Option<KvmHost>,
     #[values(Hypervisor::Vmm, Hypervisor::Qemu)] hv: Hypervisor,
     #[values("irq", "poll")] mode: &str,
 ) {
-    if !require_kvm("the_bench_reports_every_measurement") {
-        return;
-    }
+    let Some(_kvm) = kvm else { return };
     let dir = tempdir();
     let path = dir.path().join("bench.img");
     let original = make_image(&path, 4, 31);
@@ -349,11 +347,10 @@ fn the_bench_reports_every_measurement(
 /// writes to a read-only disk.
 #[rstest]
 fn a_failed_bench_request_fails_the_run(
+    kvm: Option<KvmHost>,
     #[values(Hypervisor::Vmm, Hypervisor::Qemu)] hv: Hypervisor,
 ) {
-    if !require_kvm("a_failed_bench_request_fails_the_run") {
-        return;
-    }
+    let Some(_kvm) = kvm else { return };
     let dir = tempdir();
     let path = dir.path().join("ro.img");
     make_image(&path, 2, 32);
@@ -425,11 +422,9 @@ fn blk_facts(report: &ProbeReport) -> Vec<(Vec<String>, BTreeMap<String, String>
         .collect()
 }
 
-#[test]
-fn same_facts_under_both_vmms() {
-    if !require_kvm("same_facts_under_both_vmms") {
-        return;
-    }
+#[rstest]
+fn same_facts_under_both_vmms(kvm: Option<KvmHost>) {
+    let Some(_kvm) = kvm else { return };
     let cmdline = "probe.run=blk probe.blk.sha=0:4096,4000:200 probe.blk.write=300:70 \
                    probe.blk.zero=900:8 probe.blk.discard=1500:16";
     let run = |hv: Hypervisor| {
@@ -461,11 +456,9 @@ fn same_facts_under_both_vmms() {
 /// Its vhost-user-blk server (QEMU's libvhost-user) answers GET_CONFIG
 /// from offset 0 whatever offset is asked; vmm reads the whole window and
 /// slices it, as QEMU does, so the capacity and queue count come out right.
-#[test]
-fn a_vhost_user_blk_backend_serves_the_disk() {
-    if !require_kvm("a_vhost_user_blk_backend_serves_the_disk") {
-        return;
-    }
+#[rstest]
+fn a_vhost_user_blk_backend_serves_the_disk(kvm: Option<KvmHost>) {
+    let Some(_kvm) = kvm else { return };
     let Some(qsd) = test_infra::paths::find_program("qemu-storage-daemon") else {
         panic!("qemu-storage-daemon not found (ci/setup installs qemu-system-x86)");
     };
@@ -489,7 +482,7 @@ fn a_vhost_user_blk_backend_serves_the_disk() {
     let mut backend = test_infra::process::Child::spawn("qemu-storage-daemon", command, dir.path())
         .expect("qemu-storage-daemon starts");
     assert!(
-        backend.wait_until(std::time::Duration::from_secs(10), |_| socket.exists()),
+        backend.wait_until(std::time::Duration::from_secs(60), |_| socket.exists()),
         "no socket: {}",
         backend.stderr_so_far()
     );

@@ -8,7 +8,8 @@ use std::time::Duration;
 use rstest::rstest;
 use test_infra::console::output_path;
 use test_infra::digest::sha256_hex;
-use test_infra::host::require_kvm;
+use test_infra::host::{kvm, KvmHost};
+use test_infra::tempdir;
 use test_infra::{Console, Guest, Hypervisor, ProbeReport, Record};
 
 /// VIRTIO_F_VERSION_1 | VIRTIO_CONSOLE_F_EMERG_WRITE: what the probe
@@ -17,10 +18,6 @@ use test_infra::{Console, Guest, Hypervisor, ProbeReport, Record};
 const FEATURES: &str = "0x100000004";
 const READY: &str = "probe: console ready";
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn tempdir() -> tempfile::TempDir {
-    tempfile::tempdir().expect("temporary directory")
-}
 
 fn sha(bytes: &[u8]) -> String {
     sha256_hex(bytes).expect("sha256sum")
@@ -58,10 +55,11 @@ fn assert_config(hv: Hypervisor, report: &ProbeReport) {
 }
 
 #[rstest]
-fn transmits_text_and_pattern(#[values(Hypervisor::Vmm, Hypervisor::Qemu)] hv: Hypervisor) {
-    if !require_kvm("transmits_text_and_pattern") {
-        return;
-    }
+fn transmits_text_and_pattern(
+    kvm: Option<KvmHost>,
+    #[values(Hypervisor::Vmm, Hypervisor::Qemu)] hv: Hypervisor,
+) {
+    let Some(_kvm) = kvm else { return };
     let dir = tempdir();
     let run = Guest::probe(
         hv,
@@ -123,12 +121,11 @@ fn input(case: &str) -> (String, Vec<u8>) {
 
 #[rstest]
 fn receives_input_until_a_count_or_an_end_line(
+    kvm: Option<KvmHost>,
     #[values(Hypervisor::Vmm, Hypervisor::Qemu)] hv: Hypervisor,
     #[values("count", "line")] case: &str,
 ) {
-    if !require_kvm("receives_input_until_a_count_or_an_end_line") {
-        return;
-    }
+    let Some(_kvm) = kvm else { return };
     let dir = tempdir();
     let (key, bytes) = input(case);
     let mut guest = Guest::probe(
@@ -176,11 +173,9 @@ fn console_facts(report: &ProbeReport) -> Vec<Record> {
         .collect()
 }
 
-#[test]
-fn same_console_facts_under_both_vmms() {
-    if !require_kvm("same_console_facts_under_both_vmms") {
-        return;
-    }
+#[rstest]
+fn same_console_facts_under_both_vmms(kvm: Option<KvmHost>) {
+    let Some(_kvm) = kvm else { return };
     let (key, bytes) = input("line");
     let cmdline = format!("probe.run=console probe.console.emerg=! probe.console.tx=same {key}");
     let run = |hv: Hypervisor| {

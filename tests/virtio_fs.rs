@@ -6,15 +6,12 @@ use std::path::Path;
 use std::process::Command;
 
 use rstest::rstest;
-use test_infra::host::require_kvm;
+use test_infra::host::{kvm, KvmHost};
+use test_infra::tempdir;
 use test_infra::virtiofsd::Virtiofsd;
 use test_infra::{Guest, Hypervisor, ProbeReport, Record};
 
 const MIB: usize = 1 << 20;
-
-fn tempdir() -> tempfile::TempDir {
-    tempfile::tempdir().expect("temporary directory")
-}
 
 /// The host's own sha256, from coreutils: independent of the guest's.
 fn host_sha256(path: &Path) -> String {
@@ -82,12 +79,11 @@ fn run_with_logs(guest: &Guest, dir: &Path, fs: &[&Virtiofsd]) -> ProbeReport {
 #[case::one_mib_plus_one(MIB + 1)]
 #[case::eight_mib(8 * MIB)]
 fn reads_and_writes_host_files_byte_for_byte(
+    kvm: Option<KvmHost>,
     #[values(Hypervisor::Vmm, Hypervisor::Qemu)] hv: Hypervisor,
     #[case] size: usize,
 ) {
-    if !require_kvm("reads_and_writes_host_files_byte_for_byte") {
-        return;
-    }
+    let Some(_kvm) = kvm else { return };
     let dir = tempdir();
     let fs = Virtiofsd::start(dir.path(), "myfs").expect("virtiofsd starts");
     let input = fs.shared_dir().join("input.bin");
@@ -126,11 +122,10 @@ fn reads_and_writes_host_files_byte_for_byte(
 
 #[rstest]
 fn lists_a_directory_with_many_entries(
+    kvm: Option<KvmHost>,
     #[values(Hypervisor::Vmm, Hypervisor::Qemu)] hv: Hypervisor,
 ) {
-    if !require_kvm("lists_a_directory_with_many_entries") {
-        return;
-    }
+    let Some(_kvm) = kvm else { return };
     const ENTRIES: usize = 1500;
     let dir = tempdir();
     let fs = Virtiofsd::start(dir.path(), "myfs").expect("virtiofsd starts");
@@ -169,11 +164,10 @@ fn lists_a_directory_with_many_entries(
 
 #[rstest]
 fn namespace_operations_leave_the_share_as_it_was(
+    kvm: Option<KvmHost>,
     #[values(Hypervisor::Vmm, Hypervisor::Qemu)] hv: Hypervisor,
 ) {
-    if !require_kvm("namespace_operations_leave_the_share_as_it_was") {
-        return;
-    }
+    let Some(_kvm) = kvm else { return };
     let dir = tempdir();
     let fs = Virtiofsd::start(dir.path(), "myfs").expect("virtiofsd starts");
     std::fs::write(fs.shared_dir().join("keep"), b"keep").expect("create");

@@ -14,7 +14,7 @@ use crate::virtiofsd::Virtiofsd;
 use crate::vmm::{error_text, GuestRun, VmmCommand, DEFAULT_TIMEOUT};
 
 /// How long QEMU may take to serve an interactive console's socket.
-const CONSOLE_SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
+const CONSOLE_SOCKET_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hypervisor {

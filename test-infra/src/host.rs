@@ -69,9 +69,21 @@ fn detect_kind() -> HostKind {
     }
 }
 
-/// For tests that need KVM: returns false (after saying so loudly) when the
-/// host has none, unless `CI=true`, where a missing KVM is a failure.
-pub fn require_kvm(test: &str) -> bool {
+/// The fixture of every test that needs KVM (`#[rstest] fn t(kvm:
+/// Option<KvmHost>)`, then `let Some(_kvm) = kvm else { return };`): the
+/// host's KVM, or `None` after a loud SKIPPED naming the test when the host
+/// has none, unless `CI=true`, where a missing KVM fails the test.
+#[rstest::fixture]
+pub fn kvm() -> Option<KvmHost> {
+    require_kvm().then(KvmHost::detect)
+}
+
+/// Whether the running test may use KVM (see [`kvm`]), for tests that are
+/// no rstest functions (proptest's); the test is named by its thread, as
+/// the test harness names it.
+pub fn require_kvm() -> bool {
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("this test");
     let host = KvmHost::detect();
     if host.has_kvm() {
         return true;

@@ -30,3 +30,9 @@ pub use mock::{MockBackend, MockOptions};
 pub use probe::{ProbeReport, Record};
 pub use process::{Output, RunError};
 pub use scenario::{LinuxTier, Scenario, ScenarioRun};
+
+/// One test's own temporary directory, removed when dropped: every test
+/// keeps its sockets, images and logs apart from every other's.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap_or_else(|e| panic!("a temporary directory: {e}"))
+}

@@ -11,7 +11,7 @@ use crate::paths;
 use crate::process::{Child, Output};
 
 /// How long the mock may take to listen.
-const READY_DEADLINE: Duration = Duration::from_secs(10);
+const READY_DEADLINE: Duration = Duration::from_secs(60);
 
 /// The mock binary (`VHOST_USER_MOCK` overrides).
 pub fn mock_binary() -> Result<PathBuf, String> {

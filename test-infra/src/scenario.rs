@@ -22,7 +22,10 @@ use crate::process::{Child, Output};
 pub const SCENARIO_PREFIX: &str = "scenario: ";
 
 /// Helpers every scenario script starts with. Each wait has a deadline;
-/// every process a helper starts writes its log under `$OUT`.
+/// every process a helper starts writes its log under `$OUT`. A deadline
+/// detects a hang and never judges speed: what takes milliseconds gets a
+/// minute, so that a slow emulator on a loaded machine passes slowly
+/// (docs/ci.md, "Deadlines").
 const PRELUDE: &str = r#"# Linux-tier scenario prelude (test-infra/src/scenario.rs)
 record() { echo "scenario: $*"; }
 now_ms() { read -r up _ < /proc/uptime; frac=${up#*.}; frac=${frac#0}; echo $(( ${up%.*} * 1000 + frac * 10 )); }
@@ -37,14 +40,14 @@ start_virtiofsd() {
   "$VIRTIOFSD" --socket-path="$WORK/$1.sock" --shared-dir="$2" --tag="$1" --sandbox=none \
     --cache=never --log-level=info >>"$OUT/virtiofsd-$1.log" 2>&1 &
   echo $! >"$WORK/virtiofsd-$1.pid"
-  wait_file "$WORK/$1.sock" 10 || { record error what="virtiofsd $1 made no socket within 10s"; return 1; }
+  wait_file "$WORK/$1.sock" 60 || { record error what="virtiofsd $1 made no socket within 60s"; return 1; }
 }
 kill_virtiofsd() { kill -9 "$(cat "$WORK/virtiofsd-$1.pid")" 2>/dev/null; }
 # start_mock NAME ARGS...: vhost-user-mock on $WORK/NAME.sock
 start_mock() {
   name=$1; shift; rm -f "$WORK/$name.ready"
   "$MOCK" --socket "$WORK/$name.sock" --ready-file "$WORK/$name.ready" "$@" >>"$OUT/mock-$name.log" 2>&1 &
-  wait_file "$WORK/$name.ready" 10 || { record error what="mock $name not listening within 10s"; return 1; }
+  wait_file "$WORK/$name.ready" 60 || { record error what="mock $name not listening within 60s"; return 1; }
 }
 # start_vmm NAME SECS ARGS...: vmm in the background, killed after SECS;
 # the guest's serial port goes to $OUT/NAME.serial
@@ -136,6 +139,11 @@ impl LinuxTier {
     }
 }
 
+/// How long a scenario may run, L1's boot included, unless it says
+/// otherwise: a hang detector. The longest scenario takes about a minute
+/// here, three under a CPU hog (docs/ci.md, "Deadlines").
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// One scenario: its script, its input files and its limits.
 pub struct Scenario {
     name: String,
@@ -159,7 +167,7 @@ impl Scenario {
             name: name.to_string(),
             dir,
             script: String::new(),
-            timeout: Duration::from_secs(300),
+            timeout: DEFAULT_TIMEOUT,
             l1: L1Shape {
                 memory_mib: 2048,
                 cpus: 1,
@@ -200,7 +208,8 @@ impl Scenario {
         self
     }
 
-    /// The whole run, L1's boot included, is killed after this.
+    /// The whole run, L1's boot included, is killed after this
+    /// ([`DEFAULT_TIMEOUT`] unless set).
     pub fn timeout(&mut self, timeout: Duration) -> &mut Self {
         self.timeout = timeout;
         self
@@ -259,6 +268,17 @@ impl Scenario {
             run.tier
         );
         Ok(run)
+    }
+
+    /// Runs the scenario and panics with every log unless its script ran
+    /// to its end with status 0: what a Linux-tier test does first.
+    pub fn run_completed(self) -> ScenarioRun {
+        let name = self.name.clone();
+        let run = self
+            .run()
+            .unwrap_or_else(|e| panic!("scenario {name} did not run: {e}"));
+        run.assert_completed();
+        run
     }
 
     fn run_direct(&self) -> Result<Output, String> {

@@ -10,7 +10,7 @@ use crate::paths;
 use crate::process::{Child, Output};
 
 /// How long virtiofsd may take to create its socket.
-const SOCKET_DEADLINE: Duration = Duration::from_secs(10);
+const SOCKET_DEADLINE: Duration = Duration::from_secs(60);
 
 /// `VIRTIOFSD`, else virtiofsd on PATH or in ~/.cargo/bin, else installed
 /// from crates.io into target/tools (it pins an older vm-memory than ours:

@@ -38,8 +38,11 @@ use test_infra::process::Child;
 use test_infra::vmm::{GuestRun, VmmCommand};
 use test_infra::ProbeReport;
 
-const SOCKET_DEADLINE: Duration = Duration::from_secs(10);
-/// For each request of the pre-flight.
+/// For the backend to create its socket: a hang detector (a backend that
+/// exits first is told at once), generous for a loaded machine.
+const SOCKET_DEADLINE: Duration = Duration::from_secs(30);
+/// For each request of the pre-flight (microseconds for a working
+/// backend).
 const PREFLIGHT_DEADLINE: Duration = Duration::from_secs(5);
 
 type Stderr = std::io::Stderr;

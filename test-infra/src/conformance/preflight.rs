@@ -373,9 +373,10 @@ mod tests {
     fn a_refusal_is_told_at_once_and_a_silent_backend_at_the_deadline() {
         let (_dir, path) = backend(CONFIG, true);
         let start = Instant::now();
-        let a = ask(&path, Duration::from_secs(5), |_| 12).unwrap();
+        let a = ask(&path, Duration::from_secs(10), |_| 12).unwrap();
         assert_eq!(a.config.unwrap().at_zero, ConfigReply::Refused);
-        assert!(start.elapsed() < Duration::from_secs(2));
+        // Half the deadline: "at once" on any machine.
+        assert!(start.elapsed() < Duration::from_secs(5), "waited");
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("silent.sock");
@@ -392,6 +393,6 @@ mod tests {
             ),
             "{e:?}"
         );
-        assert!(start.elapsed() < Duration::from_secs(3));
+        assert!(start.elapsed() < Duration::from_secs(20), "hung");
     }
 }

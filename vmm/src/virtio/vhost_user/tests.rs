@@ -407,12 +407,20 @@ fn rings_outside_guest_memory_are_refused() {
 fn a_hung_backend_costs_one_timeout_then_reset_reconnects() {
     let mut server = Server::start(
         Mock {
-            hang: Some(Duration::from_secs(2)),
+            hang: Some(Duration::from_secs(30)),
             ..Mock::fs()
         },
         2,
     );
-    let mut dev = device(&server);
+    // A reply deadline long enough that "at once" cannot be mistaken for
+    // "waited again" on a loaded machine.
+    let reply = Duration::from_secs(2);
+    let mut dev = GenericVhostUser::with_timeouts(
+        fs_config(&server.path, &[64, 64]),
+        &memory(),
+        Timeouts { reply, ..quick() },
+    )
+    .unwrap();
     let start = Instant::now();
     let err = dev.read_config(0, &mut [0u8; 4]).err().unwrap();
     assert!(
@@ -425,12 +433,13 @@ fn a_hung_backend_costs_one_timeout_then_reset_reconnects() {
         ),
         "{err:?}"
     );
-    assert!(start.elapsed() < Duration::from_millis(1500));
+    assert!(start.elapsed() >= reply, "waited for the reply");
+    assert!(start.elapsed() < Duration::from_secs(20), "hung");
     // Later requests fail at once instead of waiting again.
     let start = Instant::now();
     let err = dev.read_config(0, &mut [0u8; 4]).err().unwrap();
     assert!(matches!(err, Error::Disconnected { .. }));
-    assert!(start.elapsed() < Duration::from_millis(100));
+    assert!(start.elapsed() < reply / 2, "waited again");
 
     server.mock.lock().unwrap().hang = None;
     dev.reset().unwrap();
@@ -481,7 +490,7 @@ fn a_backend_hanging_up_while_the_guest_is_away_is_signalled_at_once() {
     server.kill_connection();
     let start = Instant::now();
     while !rings.interrupt.needs_reset() {
-        assert!(start.elapsed() < Duration::from_secs(5), "no signal");
+        assert!(start.elapsed() < Duration::from_secs(30), "no signal");
         std::thread::sleep(Duration::from_millis(1));
     }
     // Known lost: a config read fails at once, without a request, and
@@ -508,7 +517,10 @@ fn a_backend_hanging_up_while_the_guest_is_away_is_signalled_at_once() {
     server.kill_connection();
     let start = Instant::now();
     while !rings.interrupt.needs_reset() {
-        assert!(start.elapsed() < Duration::from_secs(5), "no second signal");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no second signal"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
     drop(dev);
@@ -527,7 +539,7 @@ fn a_backend_hanging_up_before_driver_ok_is_signalled_at_once() {
     server.kill_connection();
     let start = Instant::now();
     while !rings.interrupt.needs_reset() {
-        assert!(start.elapsed() < Duration::from_secs(5), "no signal");
+        assert!(start.elapsed() < Duration::from_secs(30), "no signal");
         std::thread::sleep(Duration::from_millis(1));
     }
     drop(dev);
@@ -563,7 +575,7 @@ fn nobody_listening_is_an_error_naming_the_socket() {
         .err()
         .unwrap();
     assert!(start.elapsed() >= Duration::from_millis(300), "retried");
-    assert!(start.elapsed() < Duration::from_secs(3));
+    assert!(start.elapsed() < Duration::from_secs(20), "hung");
     assert!(
         err.to_string().contains(&path.display().to_string()),
         "{err}"
@@ -597,7 +609,11 @@ fn a_path_that_is_no_socket_is_named_at_once() {
         let err = GenericVhostUser::new(fs_config(path, &[64, 64]), &memory())
             .err()
             .unwrap();
-        assert!(start.elapsed() < Duration::from_secs(1), "{path:?} waited");
+        // The default connect deadline is 5 s: half of it is "at once".
+        assert!(
+            start.elapsed() < Duration::from_millis(2500),
+            "{path:?} waited"
+        );
         assert!(
             matches!(err, Error::NotASocket { kind: k, .. } if k == kind),
             "{path:?}: {err:?}"

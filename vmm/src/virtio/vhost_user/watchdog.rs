@@ -187,7 +187,7 @@ mod tests {
     fn wait_for(what: impl Fn() -> bool) {
         let start = Instant::now();
         while !what() {
-            assert!(start.elapsed() < Duration::from_secs(5), "timed out");
+            assert!(start.elapsed() < Duration::from_secs(30), "timed out");
             std::thread::sleep(Duration::from_millis(1));
         }
     }
@@ -205,7 +205,7 @@ mod tests {
         });
         assert_eq!(n, 0, "end-of-file after shutdown");
         assert!(fired);
-        assert!(start.elapsed() < Duration::from_secs(5));
+        assert!(start.elapsed() < Duration::from_secs(30), "hung");
     }
 
     #[test]

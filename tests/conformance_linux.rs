@@ -63,7 +63,7 @@ fn assert_kernel_log_clean(report: &serde_json::Value) {
     }
 }
 
-/// Third-party backends from crates.io, installed once into target/tools.
+/// Third-party backends from crates.io, installed once into the tools cache (`paths::tools_root`).
 fn tool(program: &str) -> String {
     let var = program.to_uppercase().replace('-', "_");
     paths::find_or_install(&var, program, program)

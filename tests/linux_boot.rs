@@ -2,7 +2,6 @@
 //! hardware virtualization, else nested in an L1 under QEMU TCG) and
 //! reports what it found: CPUs online, memory, how it ended.
 
-
 use test_infra::linux::GuestInit;
 use test_infra::{Scenario, ScenarioRun};
 

@@ -4,7 +4,6 @@
 //! terminal's size, and when the terminal is resized (SIGWINCH to vmm),
 //! Linux's hvc0 takes the new size from the config-change interrupt.
 
-
 use test_infra::linux::GuestInit;
 use test_infra::{static_c, Scenario};
 

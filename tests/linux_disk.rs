@@ -6,7 +6,6 @@
 //! given as `--disk path=x.iso` mounts too (with `image_type=raw`, as
 //! Cloud Hypervisor's users write it: an ISO is raw media).
 
-
 use test_infra::digest::sha256_hex;
 use test_infra::disk_image;
 use test_infra::linux::GuestInit;

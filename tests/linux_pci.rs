@@ -1,7 +1,6 @@
 //! Linux tier: the generic device's PCI function and MSI-X vectors as
 //! Debian's kernel sees them in sysfs and /proc/interrupts.
 
-
 use test_infra::linux::GuestInit;
 use test_infra::Scenario;
 

@@ -2,7 +2,6 @@
 //! under a mounted virtio-fs: what Linux sees, what `vmm` does, and the way
 //! back once the backend is restarted.
 
-
 use test_infra::linux::GuestInit;
 use test_infra::{ProbeReport, Scenario, ScenarioRun};
 
@@ -17,13 +16,6 @@ start_vmm guest 240 --memory size=512M,shared=on --kernel \"$VMLINUX\" \\
   --generic-vhost-user \"socket=$WORK/myfs.sock,virtio_id=26,queue_sizes=[512,512]\" \\
   --generic-vhost-user \"socket=$WORK/other.sock,virtio_id=26,queue_sizes=[512,512]\"
 wait_line $OUT/guest.serial 'linux: ready' 200 || record error what='guest not ready'
-";
-
-/// Waits until a thread of `myfs`'s virtiofsd is blocked in `openat`
-/// (syscall 257): the guest's read of the FIFO is in flight there.
-const UNTIL_THE_READ_IS_IN_FLIGHT: &str = "n=600; until grep -q '^257 ' /proc/$(cat $WORK/virtiofsd-myfs.pid)/task/*/syscall 2>/dev/null; do
-  n=$((n - 1)); [ $n -le 0 ] && { record error what='the read never reached virtiofsd'; break; }; sleep 0.1
-done
 ";
 
 /// Kills `myfs`'s virtiofsd and records `vmm-noticed` once `vmm` logs it.
@@ -177,45 +169,75 @@ fn a_backend_killed_while_mounted_recovers_after_restart() {
     assert_eq!(run.vmm_exit("guest"), Some(0), "{d}");
 }
 
-/// virtiofsd is killed while a guest read is waiting on it. What Linux
-/// does: the request never completes, the reader stays blocked until its
-/// timeout kills it, and the mount cannot be recovered (a drain of the
-/// dead queue would wait for ever, so the test does not unbind). What `vmm`
-/// does: it keeps running, flags the device, and the second device keeps
-/// serving; the guest powers off without syncing the dead mount.
+/// virtiofsd is killed while a guest read is waiting on it. The script
+/// stops virtiofsd (SIGSTOP) and tells the guest through the other share;
+/// the guest reads a file of the stopped share and reports `in-flight` once
+/// the reader sleeps in FUSE; only then is virtiofsd killed. (A FIFO does
+/// not do it: Linux serves a FIFO on virtio-fs itself, the read never
+/// reaches virtiofsd.) What Linux does: the request never completes, the
+/// reader stays blocked even through SIGKILL, and the mount cannot be
+/// recovered (a drain of the dead queue would wait for ever, so the test
+/// does not unbind). What `vmm` does: it keeps running, flags the device,
+/// and the second device keeps serving; the guest powers off without
+/// syncing the dead mount.
 #[test]
 fn a_backend_killed_under_a_waiting_read_leaves_the_vm_and_the_other_device_working() {
     let guest = GuestInit::new(
-        "mkdir -p /m /other\n\
-         mount -t virtiofs myfs /m && mount -t virtiofs other /other && report mounted\n\
-         report ready\n\
-         start=$(cut -d. -f1 /proc/uptime)\n\
-         timeout -s KILL 20 cat /m/fifo > /tmp/read 2>&1; rc=$?\n\
-         report dead-read rc=$rc secs=$(( $(cut -d. -f1 /proc/uptime) - start ))\n\
-         report dead-device status=$(cat /sys/bus/virtio/devices/virtio0/status)\n\
-         report other text=\"$(timeout -s KILL 60 cat /other/which)\"\n\
-         umount /other\n\
-         poweroff -f -n",
+        r#"mkdir -p /m /other
+mount -t virtiofs myfs /m && mount -t virtiofs other /other && report mounted
+report ready
+n=0; while [ ! -e /other/go ] && [ $n -lt 1200 ]; do sleep 0.1; n=$((n + 1)); done
+cat /m/which > /tmp/read 2>&1 &
+reader=$!
+# The reader sleeps in FUSE, waiting for virtiofsd's answer.
+waiting() {
+  for p in /proc/[0-9]*; do
+    read -r c < $p/comm 2>/dev/null; [ "$c" = cat ] || continue
+    read -r w < $p/wchan 2>/dev/null
+    case "$w" in *fuse*|*request_wait*) return 0 ;; esac
+    set -- $(cat $p/stat); [ "$3" = D ] && return 0
+  done
+  return 1
+}
+n=0; until waiting || [ $n -ge 600 ]; do sleep 0.1; n=$((n + 1)); done
+waiting && report in-flight
+status=$(cat /sys/bus/virtio/devices/virtio0/status)
+n=0; while [ $(( status & 0x40 )) -eq 0 ] && [ $n -lt 1200 ]; do sleep 0.1; n=$((n + 1)); status=$(cat /sys/bus/virtio/devices/virtio0/status); done
+report dead-device status=$status
+# A request the device took is never given up: even SIGKILL leaves the
+# reader waiting (5 s for it to go, which it must not).
+kill -9 $reader
+n=0; while [ -d /proc/$reader ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
+alive=0; [ -d /proc/$reader ] && alive=1
+report dead-read bytes=$(wc -c < /tmp/read) alive=$alive
+report other text="$(timeout -s KILL 60 cat /other/which)"
+umount /other
+poweroff -f -n"#,
     )
     .modules(&["virtio_pci", "virtiofs"]);
     let mut s = Scenario::new("crash-in-flight").expect("scenario");
-    s.guest("guest.cpio", &guest).expect("initramfs").script(
-        // A read of a FIFO nobody writes waits in virtiofsd: the
-        // request is in flight when virtiofsd dies.
-        &format!(
-                "mkdir -p $WORK/a $WORK/b; mkfifo $WORK/a/fifo; echo other > $WORK/b/which\n\
-                 {TWO_SHARES_UNTIL_READY}{UNTIL_THE_READ_IS_IN_FLIGHT}{KILL_MYFS}wait_vmm guest 250"
-            ),
-    );
+    s.guest("guest.cpio", &guest).expect("initramfs").script(&format!(
+        "mkdir -p $WORK/a $WORK/b; echo mine > $WORK/a/which; echo other > $WORK/b/which\n\
+         {TWO_SHARES_UNTIL_READY}\
+         kill -STOP \"$(cat $WORK/virtiofsd-myfs.pid)\" && record stopped\n\
+         : > $WORK/b/go\n\
+         wait_line $OUT/guest.serial 'linux: in-flight' 120 || record error what='the read never went out'\n\
+         {KILL_MYFS}wait_vmm guest 250"
+    ));
     let run = s.run_completed();
     let g = run.guest("guest");
     let d = run.describe();
     let dead = g
         .first("dead-read")
         .unwrap_or_else(|| panic!("the reader never came back\n{d}"));
-    // Killed by its timeout (SIGKILL), not answered.
-    assert_eq!(dead.get("rc"), Some("137"), "{d}");
-    assert!(dead.number("secs").is_some_and(|s| s >= 19), "{d}");
+    assert!(
+        g.first("in-flight").is_some(),
+        "the read never went out\n{d}"
+    );
+    assert!(run.records.first("vmm-noticed").is_some(), "{d}");
+    // Never answered, and not even SIGKILL ends the wait.
+    assert_eq!(dead.get("bytes"), Some("0"), "{d}");
+    assert_eq!(dead.get("alive"), Some("1"), "{d}");
     assert_flagged_for_reset(&run, &g);
     assert_eq!(
         g.first("other").and_then(|r| r.get("text")),

@@ -4,7 +4,6 @@
 //! reports what it read and wrote; the scenario reports what the backend's
 //! directory holds; the test holds one against the other.
 
-
 use rstest::rstest;
 use test_infra::linux::GuestInit;
 use test_infra::Scenario;

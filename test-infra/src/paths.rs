@@ -98,14 +98,28 @@ pub fn conformance_binary() -> Result<PathBuf, String> {
     )
 }
 
-/// Where `find_or_install` installs what it cannot find.
+/// Where `find_or_install` installs what it cannot find: `$VMM_TOOLS_ROOT`,
+/// else the user's cache (`$XDG_CACHE_HOME` or `~/.cache`, then
+/// `vmm-test-tools`), which every clone on the machine shares (a fresh
+/// clone does not build them again), else `target/tools`. ci/setup uses
+/// the same place.
 pub fn tools_root() -> PathBuf {
-    workspace_root().join("target/tools")
+    if let Some(root) = std::env::var_os("VMM_TOOLS_ROOT").filter(|r| !r.is_empty()) {
+        return PathBuf::from(root);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|c| !c.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
+    match cache {
+        Some(cache) => cache.join("vmm-test-tools"),
+        None => workspace_root().join("target/tools"),
+    }
 }
 
 /// A backend from crates.io: `env_var` if set, else `program` on PATH or
 /// in ~/.cargo/bin, else installed once with `cargo install CRATE --locked`
-/// into target/tools (tests running at the same time wait for the one
+/// into `tools_root()` (tests running at the same time wait for the one
 /// that installs). ci/setup installs them up front; this serves a suite
 /// run without it.
 pub fn find_or_install(env_var: &str, program: &str, krate: &str) -> Result<PathBuf, String> {

@@ -13,7 +13,7 @@ use crate::process::{Child, Output};
 const SOCKET_DEADLINE: Duration = Duration::from_secs(60);
 
 /// `VIRTIOFSD`, else virtiofsd on PATH or in ~/.cargo/bin, else installed
-/// from crates.io into target/tools (it pins an older vm-memory than ours:
+/// from crates.io into `paths::tools_root()` (it pins an older vm-memory than ours:
 /// a separate binary, never a dependency).
 pub fn virtiofsd_binary() -> Result<PathBuf, String> {
     paths::find_or_install("VIRTIOFSD", "virtiofsd", "virtiofsd")

@@ -633,3 +633,99 @@ fn the_mock_replaces_only_a_stale_socket() {
     assert!(stale.is_ok(), "{:?}", stale.err());
     drop(live);
 }
+
+// Issue 21, finding 1: an output that is an input. Each of these used to
+// empty (or append to) the user's disk image or kernel before anything
+// was refused.
+
+/// 1 MiB of a pattern, and its copy to compare against afterwards.
+fn precious_image(path: &Path) -> Vec<u8> {
+    let bytes: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(path, &bytes).expect("image");
+    bytes
+}
+
+#[rstest::rstest]
+#[case::console_over_the_disk(&["--serial", "null", "--console", "file=img.raw"], 1, "--disk path=img.raw too")]
+#[case::serial_over_the_disk(&["--console", "off", "--serial", "file=img.raw"], 1, "--disk path=img.raw too")]
+#[case::serial_through_a_link(&["--console", "off", "--serial", "file=link.raw"], 1, "--disk path=img.raw too")]
+#[case::log_over_the_disk(&["--serial", "null", "--console", "off", "--log-file", "img.raw"], 2, "--disk path=img.raw too")]
+#[case::serial_over_the_kernel(&["--console", "off", "--serial", "file=k.elf"], 1, "--kernel k.elf too")]
+#[case::serial_and_console_one_file(&["--serial", "file=out.log", "--console", "file=out.log"], 1, "--serial file=out.log too")]
+fn an_output_over_a_file_the_vm_uses_is_refused_and_nothing_is_lost(
+    kvm: Option<KvmHost>,
+    #[case] outputs: &[&str],
+    #[case] status: i32,
+    #[case] needle: &str,
+) {
+    let Some(_kvm) = kvm else { return };
+    let dir = tempdir();
+    let image = dir.path().join("img.raw");
+    let bytes = precious_image(&image);
+    std::os::unix::fs::symlink("img.raw", dir.path().join("link.raw")).expect("link");
+    std::fs::copy(probe(), dir.path().join("k.elf")).expect("kernel");
+    let kernel = std::fs::read(dir.path().join("k.elf")).expect("kernel");
+    let mut args = vec![
+        "--kernel",
+        "k.elf",
+        "--cmdline",
+        "probe.run=boot",
+        "--disk",
+        "path=img.raw,image_type=raw",
+    ];
+    args.extend_from_slice(outputs);
+    let out = run_in(dir.path(), &args);
+    assert_refused(&out, status, &[needle, "never overwrites"]);
+    assert!(
+        std::fs::read(&image).expect("image") == bytes,
+        "the image changed"
+    );
+    assert!(
+        std::fs::read(dir.path().join("k.elf")).expect("kernel") == kernel,
+        "the kernel changed"
+    );
+}
+
+/// Across processes: a second `vmm` given the first one's disk image as
+/// its serial file is refused before it writes a byte, with or without
+/// the image as its own disk too.
+#[rstest::rstest]
+#[case::as_its_own_disk_too(&["--disk", "path=vm1.raw,image_type=raw"], "--disk path=vm1.raw too")]
+#[case::as_an_output_only(&[], "locked by process")]
+fn an_output_over_another_vm_s_disk_is_refused_and_the_disk_kept(
+    kvm: Option<KvmHost>,
+    #[case] disk: &[&str],
+    #[case] needle: &str,
+) {
+    let Some(_kvm) = kvm else { return };
+    let dir = tempdir();
+    let image = dir.path().join("vm1.raw");
+    let bytes = precious_image(&image);
+    let mut first = VmmCommand::probe("probe.run=boot,spin").expect("artifacts");
+    first.args(["--disk", "path=vm1.raw,image_type=raw"]);
+    let mut running = first.spawn(dir.path()).expect("vmm starts");
+    assert!(
+        running.wait_until(DEADLINE, |c| c.stdout_so_far().contains("probe: spin")),
+        "the first VM never ran:\n{}",
+        running.stderr_so_far()
+    );
+    let mut args = vec![
+        "--kernel".to_string(),
+        probe().display().to_string(),
+        "--cmdline".into(),
+        "probe.run=boot".into(),
+        "--console".into(),
+        "off".into(),
+        "--serial".into(),
+        "file=vm1.raw".into(),
+    ];
+    args.extend(disk.iter().map(|a| a.to_string()));
+    let out = run_in(dir.path(), &args);
+    assert_refused(&out, 1, &[needle]);
+    running.signal(libc::SIGTERM);
+    running.wait(DEADLINE).expect("the first VM stops");
+    assert!(
+        std::fs::read(&image).expect("image") == bytes,
+        "the image changed"
+    );
+}

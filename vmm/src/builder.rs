@@ -13,7 +13,7 @@ use virtio_types::VirtioDeviceType;
 use crate::arch::x86_64::{acpi, boot, regs};
 use crate::config::{ConsoleOutput, DiskBackend, DiskConfig, GenericVhostUserConfig, VmConfig};
 use crate::device_manager::{DeviceManager, DeviceManagerError};
-use crate::files::{open_output, FileError};
+use crate::files::{open_output, FileError, FilesInUse};
 use crate::terminal::{Pty, RawMode, WindowSize};
 use crate::virtio::block::disk::{DiskError, DiskFile};
 use crate::virtio::block::{self, Block, BlockParams};
@@ -72,7 +72,9 @@ pub enum BuildError {
     Internal(&'static str),
 }
 
-pub fn build_vm(config: &VmConfig) -> Result<Vmm, BuildError> {
+/// `in_use` holds the VM's inputs (and the log file): no console output
+/// is opened over one of them.
+pub fn build_vm(config: &VmConfig, mut in_use: FilesInUse) -> Result<Vmm, BuildError> {
     let cpus = config.cpus.boot;
     let memory = create_guest_memory(&config.memory).map_err(BuildError::Memory)?;
     let vm = Vm::new(&memory).map_err(BuildError::Vm)?;
@@ -83,8 +85,8 @@ pub fn build_vm(config: &VmConfig) -> Result<Vmm, BuildError> {
         .map_err(BuildError::Vcpu)?;
 
     let mut terminals = Terminals::default();
-    let serial_end = terminals.open("--serial", &config.serial)?;
-    let console_end = terminals.open("--console", &config.console)?;
+    let serial_end = terminals.open("--serial", &config.serial, &mut in_use)?;
+    let console_end = terminals.open("--console", &config.console, &mut in_use)?;
 
     let mut devices = DeviceManager::new(&vm, &memory)?;
     let (serial_output, serial_input) = match serial_end {
@@ -217,6 +219,7 @@ impl Terminals {
         &mut self,
         option: &'static str,
         output: &ConsoleOutput,
+        in_use: &mut FilesInUse,
     ) -> Result<Option<ConsoleEnd>, BuildError> {
         let terminal_error = |source| BuildError::Terminal { option, source };
         Ok(Some(match output {
@@ -251,13 +254,19 @@ impl Terminals {
                 }
             }
             ConsoleOutput::File(path) => ConsoleEnd {
-                output: Box::new(open_output(path, false).map_err(|source| {
-                    BuildError::OutputFile {
+                output: Box::new(
+                    open_output(
+                        path,
+                        false,
+                        in_use,
+                        format!("{option} file={}", path.display()),
+                    )
+                    .map_err(|source| BuildError::OutputFile {
                         option,
                         path: path.clone(),
                         source,
-                    }
-                })?),
+                    })?,
+                ),
                 input: None,
                 window: None,
             },

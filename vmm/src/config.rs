@@ -35,6 +35,29 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
 }
 
+impl VmConfig {
+    /// Every file the VM reads, or writes as a disk, with the option that
+    /// names it: no output may be one of them.
+    pub fn input_files(&self) -> Vec<(PathBuf, String)> {
+        let mut files = vec![(
+            self.payload.kernel.clone(),
+            format!("--kernel {}", self.payload.kernel.display()),
+        )];
+        if let Some(initramfs) = &self.payload.initramfs {
+            files.push((
+                initramfs.clone(),
+                format!("--initramfs {}", initramfs.display()),
+            ));
+        }
+        for disk in &self.disks {
+            if let DiskBackend::Image { path, .. } = &disk.backend {
+                files.push((path.clone(), format!("--disk path={}", path.display())));
+            }
+        }
+        files
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CpusConfig {
     /// 1 to `MAX_VCPUS`.

@@ -4,11 +4,17 @@
 //! end. An output (a serial file, the log) may be a FIFO, which is how a
 //! user pipes it somewhere, but only one that is already being read: a
 //! FIFO without a reader is refused at once rather than waited for.
+//!
+//! An output never destroys what the VM uses: it is opened without
+//! truncation, and refused when it is one of the VM's inputs or outputs
+//! (by device and inode, whatever path, link or `/proc/self/fd` names it)
+//! or a file another process holds locked (a disk image of another VM);
+//! only then is it truncated.
 
-use std::fs::{File, FileType, OpenOptions};
+use std::fs::{File, FileType, Metadata, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +25,59 @@ pub enum FileError {
     NotRegular(&'static str),
     #[error("it is a FIFO that nothing reads: start the reader before vmm")]
     FifoWithoutReader,
+    #[error("it is {0} too: an output never overwrites a file the VM uses")]
+    InUse(String),
+    #[error("it is locked by {0} (a disk image in use): an output never overwrites it")]
+    LockedByOther(String),
+}
+
+/// A file by what it is, not by the path that names it: a link, another
+/// path or `/proc/self/fd/N` give the same identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    fn of(meta: &Metadata) -> FileId {
+        FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
+}
+
+/// The files one VM reads and writes, each with the option that names it,
+/// so that no output is opened over one of them.
+#[derive(Debug, Default)]
+pub struct FilesInUse {
+    files: Vec<(FileId, String)>,
+}
+
+impl FilesInUse {
+    /// Notes an input, named for messages by `what` (`--disk path=a.img`).
+    /// One that cannot be looked up is left out: its own open reports why.
+    pub fn add_input(&mut self, path: &Path, what: impl Into<String>) {
+        if let Ok(meta) = std::fs::metadata(path) {
+            if holds_data(meta.file_type()) {
+                self.files.push((FileId::of(&meta), what.into()));
+            }
+        }
+    }
+
+    fn user_of(&self, id: FileId) -> Option<&str> {
+        self.files
+            .iter()
+            .find(|(known, _)| *known == id)
+            .map(|(_, what)| what.as_str())
+    }
+}
+
+/// Files whose bytes an output would destroy; a terminal, `/dev/null` or
+/// a FIFO may serve several outputs.
+fn holds_data(file_type: FileType) -> bool {
+    file_type.is_file() || file_type.is_block_device()
 }
 
 /// Opens a regular file for reading.
@@ -36,18 +95,24 @@ pub fn open_input(path: &Path) -> Result<File, FileError> {
     Ok(file)
 }
 
-/// Opens a file for writing, creating it if needed, appended to or
-/// truncated. Writes to it block as usual.
-pub fn open_output(path: &Path, append: bool) -> Result<File, FileError> {
+/// Opens the output `what` names (`--serial file=s.log`) for writing,
+/// creating it if needed, appended to or truncated, unless it is a file in
+/// `in_use` or locked by another process; then it is in use too. Writes to
+/// it block as usual.
+pub fn open_output(
+    path: &Path,
+    append: bool,
+    in_use: &mut FilesInUse,
+    what: impl Into<String>,
+) -> Result<File, FileError> {
     let mut options = OpenOptions::new();
+    // No O_TRUNC: nothing is lost before the checks below.
     options
         .write(true)
         .create(true)
         .custom_flags(libc::O_NONBLOCK);
     if append {
         options.append(true);
-    } else {
-        options.truncate(true);
     }
     // Opening a FIFO for writing without a reader fails with ENXIO when
     // O_NONBLOCK is set (and waits for one without it).
@@ -57,8 +122,74 @@ pub fn open_output(path: &Path, append: bool) -> Result<File, FileError> {
         }
         opened => opened?,
     };
+    let meta = file.metadata()?;
+    if holds_data(meta.file_type()) {
+        let id = FileId::of(&meta);
+        if let Some(user) = in_use.user_of(id) {
+            return Err(FileError::InUse(user.to_string()));
+        }
+        if locked_by_another(&file)? {
+            return Err(FileError::LockedByOther(lock_holder(
+                meta.dev(),
+                meta.ino(),
+            )));
+        }
+        in_use.files.push((id, what.into()));
+        if !append && meta.file_type().is_file() {
+            file.set_len(0)?;
+        }
+    }
     set_blocking(&file)?;
     Ok(file)
+}
+
+/// Whether any other open file holds a lock on `file` (the OFD or POSIX
+/// lock a VMM keeps on its disk images).
+fn locked_by_another(file: &File) -> io::Result<bool> {
+    // SAFETY: flock is a plain C struct; zero is a valid value for each field.
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = libc::F_WRLCK as libc::c_short;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: F_OFD_GETLK reads and writes the struct we pass, which
+    // outlives the call; the result is checked.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut lock) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(lock.l_type != libc::F_UNLCK as libc::c_short)
+}
+
+/// Who holds a lock on the file `dev`/`ino`: the kernel lists each open
+/// file's locks in /proc/PID/fdinfo/FD (OFD locks carry no owner pid of
+/// their own).
+pub fn lock_holder(dev: u64, ino: u64) -> String {
+    let id = format!("{:02x}:{:02x}:{ino} ", libc::major(dev), libc::minor(dev));
+    let me = std::process::id().to_string();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return "another process".into();
+    };
+    for proc in procs.flatten() {
+        let pid = proc.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == me {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(proc.path().join("fdinfo")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(info) = std::fs::read_to_string(fd.path()) else {
+                continue;
+            };
+            if info
+                .lines()
+                .any(|l| l.starts_with("lock:") && l.contains(&id))
+            {
+                let comm = std::fs::read_to_string(proc.path().join("comm")).unwrap_or_default();
+                return format!("process {pid} ({})", comm.trim());
+            }
+        }
+    }
+    "another process".into()
 }
 
 fn is_fifo(path: &Path) -> bool {
@@ -106,6 +237,7 @@ mod tests {
     use std::ffi::CString;
     use std::io::{Read, Write};
     use std::os::unix::ffi::OsStrExt;
+    use std::path::PathBuf;
     use std::sync::mpsc;
     use std::time::Duration;
 
@@ -160,7 +292,10 @@ mod tests {
         mkfifo(&fifo);
         for append in [false, true] {
             let fifo = fifo.clone();
-            let err = within_5s(move || open_output(&fifo, append).map(|_| ())).unwrap_err();
+            let err = within_5s(move || {
+                open_output(&fifo, append, &mut FilesInUse::default(), "out").map(|_| ())
+            })
+            .unwrap_err();
             assert!(matches!(err, FileError::FifoWithoutReader), "{err}");
         }
     }
@@ -175,7 +310,7 @@ mod tests {
             .custom_flags(libc::O_NONBLOCK)
             .open(&fifo)
             .unwrap();
-        let mut writer = open_output(&fifo, false).unwrap();
+        let mut writer = open_output(&fifo, false, &mut FilesInUse::default(), "out").unwrap();
         writer.write_all(b"hello").unwrap();
         let mut buf = [0u8; 5];
         reader.read_exact(&mut buf).unwrap();
@@ -186,11 +321,94 @@ mod tests {
     fn an_output_file_is_created_truncated_or_appended() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
-        open_output(&path, true).unwrap().write_all(b"a").unwrap();
-        open_output(&path, true).unwrap().write_all(b"b").unwrap();
+        let open = |append| open_output(&path, append, &mut FilesInUse::default(), "out");
+        open(true).unwrap().write_all(b"a").unwrap();
+        open(true).unwrap().write_all(b"b").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"ab");
-        open_output(&path, false).unwrap().write_all(b"c").unwrap();
+        open(false).unwrap().write_all(b"c").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"c");
-        open_output(Path::new("/dev/null"), false).unwrap();
+        let mut in_use = FilesInUse::default();
+        for _ in 0..2 {
+            open_output(Path::new("/dev/null"), false, &mut in_use, "out").unwrap();
+        }
+    }
+
+    /// Issue 21, finding 1: `--console file=img.raw --disk path=img.raw`
+    /// left the image at 0 bytes, through any name the file had.
+    #[test]
+    fn an_output_that_is_an_input_is_refused_and_left_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("img.raw");
+        std::fs::write(&image, b"precious").unwrap();
+        let link = dir.path().join("link.raw");
+        std::os::unix::fs::symlink(&image, &link).unwrap();
+        let held = File::open(&image).unwrap();
+        let by_fd = PathBuf::from(format!("/proc/self/fd/{}", held.as_raw_fd()));
+        let mut in_use = FilesInUse::default();
+        in_use.add_input(&image, "--disk path=img.raw");
+        for path in [&image, &link, &by_fd] {
+            for append in [false, true] {
+                let err = open_output(path, append, &mut in_use, "--serial file=x").unwrap_err();
+                assert_eq!(
+                    err.to_string(),
+                    "it is --disk path=img.raw too: an output never overwrites a file the VM uses"
+                );
+            }
+        }
+        assert_eq!(std::fs::read(&image).unwrap(), b"precious");
+    }
+
+    #[test]
+    fn two_outputs_are_never_one_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        let mut in_use = FilesInUse::default();
+        let mut serial = open_output(&path, false, &mut in_use, "--serial file=out").unwrap();
+        serial.write_all(b"serial").unwrap();
+        let err = open_output(&path, false, &mut in_use, "--console file=out").unwrap_err();
+        assert!(
+            matches!(&err, FileError::InUse(w) if w == "--serial file=out"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), b"serial");
+    }
+
+    /// Finding 1 across processes: a second VMM's output over the first
+    /// one's locked disk image truncated it before the lock was tried.
+    #[test]
+    fn an_output_locked_by_another_open_file_is_refused_and_left_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("vm1.raw");
+        std::fs::write(&image, b"running vm").unwrap();
+        let holder = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&image)
+            .unwrap();
+        // SAFETY: flock is a plain C struct; zero is valid for each field.
+        let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+        lock.l_type = libc::F_RDLCK as libc::c_short;
+        lock.l_whence = libc::SEEK_SET as libc::c_short;
+        // SAFETY: F_OFD_SETLK reads the struct, which outlives the call.
+        let rc = unsafe { libc::fcntl(holder.as_raw_fd(), libc::F_OFD_SETLK, &lock) };
+        assert_eq!(rc, 0);
+        let err = open_output(
+            &image,
+            false,
+            &mut FilesInUse::default(),
+            "--serial file=vm1.raw",
+        )
+        .unwrap_err();
+        assert!(matches!(err, FileError::LockedByOther(_)), "{err}");
+        assert_eq!(std::fs::read(&image).unwrap(), b"running vm");
+        drop(holder);
+        open_output(
+            &image,
+            false,
+            &mut FilesInUse::default(),
+            "--serial file=vm1.raw",
+        )
+        .unwrap();
+        assert_eq!(std::fs::read(&image).unwrap(), b"");
     }
 }

@@ -11,7 +11,7 @@ pub mod cli;
 pub mod config;
 mod device_manager;
 mod devices;
-mod files;
+pub mod files;
 mod interrupt;
 pub mod logger;
 mod pci;

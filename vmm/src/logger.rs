@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
-use crate::files::{open_output, FileError};
+use crate::files::{open_output, FileError, FilesInUse};
 use crate::util::escape_controls;
 
 #[derive(Debug, thiserror::Error)]
@@ -80,16 +80,22 @@ impl Sink {
 }
 
 /// Installs the logger for the whole process: records at `level` or more
-/// severe go to `file` (created if needed, appended to) or to stderr.
-/// Times are counted from this call.
-pub fn init(level: LevelFilter, file: Option<&Path>) -> Result<(), LoggerError> {
+/// severe go to `file` (created if needed, appended to, never one of the
+/// files `in_use`) or to stderr. Times are counted from this call.
+pub fn init(
+    level: LevelFilter,
+    file: Option<&Path>,
+    in_use: &mut FilesInUse,
+) -> Result<(), LoggerError> {
     let sink = match file {
         Some(path) => Sink::new(
             Box::new(
-                open_output(path, true).map_err(|source| LoggerError::OpenFile {
-                    path: path.to_path_buf(),
-                    source,
-                })?,
+                open_output(path, true, in_use, format!("--log-file {}", path.display())).map_err(
+                    |source| LoggerError::OpenFile {
+                        path: path.to_path_buf(),
+                        source,
+                    },
+                )?,
             ),
             path.display().to_string(),
         ),
@@ -321,6 +327,7 @@ mod tests {
         let err = init(
             LevelFilter::Info,
             Some(Path::new("/nonexistent-dir/vmm.log")),
+            &mut FilesInUse::default(),
         )
         .expect_err("no such directory");
         assert!(matches!(err, LoggerError::OpenFile { .. }));

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use vmm::files::FilesInUse;
 use vmm::util::{error_chain, escape_controls};
 use vmm::{builder, cli, config, logger, signals, vm_exit};
 
@@ -41,11 +42,17 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    if let Err(e) = logger::init(args.log_level(), args.log_file.as_deref()) {
+    // Every input is known before any output is opened, so that no output
+    // (the log, the serial or console file) overwrites one.
+    let mut in_use = FilesInUse::default();
+    for (path, what) in config.input_files() {
+        in_use.add_input(&path, what);
+    }
+    if let Err(e) = logger::init(args.log_level(), args.log_file.as_deref(), &mut in_use) {
         eprintln!("vmm: error: {}", error_chain(&e));
         return ExitCode::from(EXIT_USAGE);
     }
-    let vmm = match builder::build_vm(&config) {
+    let vmm = match builder::build_vm(&config, in_use) {
         Ok(vmm) => vmm,
         Err(e) => {
             // Start-up steps that wait give up when a signal comes; whatever

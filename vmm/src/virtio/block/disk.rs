@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use vm_memory::bitmap::BitmapSlice;
 use vm_memory::VolatileSlice;
 
+use crate::files::lock_holder;
+
 pub const SECTOR_SIZE: u64 = 512;
 /// What O_DIRECT asks of buffer addresses and lengths on most disks (a
 /// 512-byte logical block); a disk that wants more refuses with EINVAL and
@@ -407,38 +409,6 @@ fn lock(file: &File, readonly: bool) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
-}
-
-/// Who holds a lock on the file: the kernel lists each open file's locks
-/// in /proc/PID/fdinfo/FD (OFD locks carry no owner pid of their own).
-fn lock_holder(dev: u64, ino: u64) -> String {
-    let id = format!("{:02x}:{:02x}:{ino} ", libc::major(dev), libc::minor(dev));
-    let me = std::process::id().to_string();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return "another process".into();
-    };
-    for proc in procs.flatten() {
-        let pid = proc.file_name().to_string_lossy().into_owned();
-        if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == me {
-            continue;
-        }
-        let Ok(fds) = std::fs::read_dir(proc.path().join("fdinfo")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            let Ok(info) = std::fs::read_to_string(fd.path()) else {
-                continue;
-            };
-            if info
-                .lines()
-                .any(|l| l.starts_with("lock:") && l.contains(&id))
-            {
-                let comm = std::fs::read_to_string(proc.path().join("comm")).unwrap_or_default();
-                return format!("process {pid} ({})", comm.trim());
-            }
-        }
-    }
-    "another process".into()
 }
 
 fn file_size(file: &File) -> io::Result<u64> {

@@ -52,6 +52,47 @@ fn a_missing_image_is_named(kvm: Option<KvmHost>) {
     );
 }
 
+/// Issue 21, finding 2: a qcow2 image given without `image_type=` was
+/// served as raw, and the guest's first write destroyed its header. Now a
+/// known foreign format is refused, the file untouched; `image_type=raw`
+/// still serves the bytes as they are.
+#[rstest]
+#[case::qcow2(0, b"QFI\xfb\0\0\0\x03", "qcow2 image (magic QFI")]
+#[case::vhdx(0, b"vhdxfile", "vhdx image")]
+#[case::fixed_vhd((1 << 20) - 512, b"conectix", "vhd image (footer conectix in the last 512 bytes)")]
+fn a_foreign_image_without_image_type_is_refused_and_kept(
+    kvm: Option<KvmHost>,
+    #[case] at: usize,
+    #[case] magic: &[u8],
+    #[case] said: &str,
+) {
+    let Some(_kvm) = kvm else { return };
+    let dir = tempdir();
+    let path = dir.path().join("guest.img");
+    let mut bytes = vec![0u8; 1 << 20];
+    bytes[at..at + magic.len()].copy_from_slice(magic);
+    std::fs::write(&path, &bytes).expect("image");
+    let disk = format!("path={}", path.display());
+    assert_refused(
+        dir.path(),
+        &disk,
+        &[said, "image_type=raw", "qemu-img convert"],
+    );
+    assert!(
+        std::fs::read(&path).expect("image") == bytes,
+        "the image changed"
+    );
+    // Said to be raw, it is served as raw.
+    let out = probe_with_disk(
+        dir.path(),
+        "probe.run=boot",
+        &format!("{disk},image_type=raw"),
+    )
+    .wait(Duration::from_secs(60))
+    .expect("vmm exits");
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+}
+
 #[rstest]
 fn a_directory_or_a_fifo_is_not_an_image_and_never_blocks(kvm: Option<KvmHost>) {
     let Some(_kvm) = kvm else { return };

@@ -158,12 +158,29 @@ fn add_disk(
             readonly,
             direct,
             serial,
+            raw_declared,
         } => {
-            let file =
-                DiskFile::open(path, *readonly, *direct).map_err(|source| BuildError::Disk {
-                    id: disk.id.clone(),
-                    source,
+            let disk_error = |source| BuildError::Disk {
+                id: disk.id.clone(),
+                source,
+            };
+            // Opened (never waiting, a FIFO refused) and locked first.
+            let file = DiskFile::open(path, *readonly, *direct).map_err(disk_error)?;
+            if !raw_declared {
+                let foreign = block::format::probe(path).map_err(|source| {
+                    disk_error(DiskError::Probe {
+                        path: path.clone(),
+                        source,
+                    })
                 })?;
+                if let Some(foreign) = foreign {
+                    return Err(disk_error(DiskError::NotRaw {
+                        path: path.clone(),
+                        format: foreign.format,
+                        evidence: foreign.evidence,
+                    }));
+                }
+            }
             log::info!(
                 "{}: {} ({} bytes{})",
                 disk.id,

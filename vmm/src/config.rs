@@ -138,6 +138,10 @@ pub enum DiskBackend {
         direct: bool,
         /// What VIRTIO_BLK_T_GET_ID answers; the guest sees at most 20 bytes.
         serial: Option<String>,
+        /// `image_type=raw` was given: the bytes are served as they are,
+        /// whatever format they look like; without it a known foreign
+        /// format (qcow2, VHD, ...) is refused.
+        raw_declared: bool,
     },
     /// A vhost-user-blk backend, served by the generic vhost-user device.
     VhostUser { socket: PathBuf },

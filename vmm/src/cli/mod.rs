@@ -167,7 +167,10 @@ pub struct Args {
     /// id=NAME           unique name, default _disk<I> with I counting these
     ///                   options from 0
     /// image_type=raw    the image's format, as Cloud Hypervisor takes it:
-    ///                   raw is the one vmm serves (qcow2, vhd, vhdx refused)
+    ///                   raw is the one vmm serves (qcow2, vhd, vhdx refused).
+    ///                   Without it, an image that is a known other format
+    ///                   (qcow2, qed, vhd, vhdx, vmdk, vdi, parallels) is
+    ///                   refused before the guest can write over its header
     /// vhost_user=on,socket=PATH
     ///                   a vhost-user-blk backend instead of path=: served by
     ///                   the generic vhost-user device (virtio_id=block), so

@@ -409,6 +409,7 @@ fn parse_disk(index: usize, value: &str) -> Result<DiskConfig, OptionError> {
             readonly: options.toggle("readonly")?.unwrap_or(false),
             direct: options.toggle("direct")?.unwrap_or(false),
             serial: options.get("serial").map(str::to_owned),
+            raw_declared: options.get("image_type") == Some("raw"),
         }
     };
     Ok(DiskConfig {

@@ -530,12 +530,23 @@ fn config_longer_than_the_spec_struct_widens_the_window() {
     );
 }
 
+fn declared_raw(path: &str) -> DiskBackend {
+    DiskBackend::Image {
+        path: path.into(),
+        readonly: false,
+        direct: false,
+        serial: None,
+        raw_declared: true,
+    }
+}
+
 fn image(path: &str, readonly: bool, direct: bool, serial: Option<&str>) -> DiskBackend {
     DiskBackend::Image {
         path: path.into(),
         readonly,
         direct,
         serial: serial.map(str::to_owned),
+        raw_declared: false,
     }
 }
 
@@ -550,7 +561,7 @@ fn image(path: &str, readonly: bool, direct: bool, serial: Option<&str>) -> Disk
     "path=/d,direct=on,serial=\"SN 1\"",
     image("/d", false, true, Some("SN 1"))
 )]
-#[case("path=/d.img,image_type=raw", image("/d.img", false, false, None))]
+#[case("path=/d.img,image_type=raw", declared_raw("/d.img"))]
 #[case("vhost_user=on,socket=/s.sock", DiskBackend::VhostUser { socket: "/s.sock".into() })]
 fn disks(#[case] value: &str, #[case] backend: DiskBackend) {
     let config = parse_ok(&[

@@ -46,6 +46,18 @@ pub enum DiskError {
     },
     #[error("direct=on: the file system of {path} does not support O_DIRECT")]
     DirectUnsupported { path: PathBuf },
+    #[error("Cannot read disk image {path} to tell its format")]
+    Probe {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("Disk image {path} is a {format} image ({evidence}): vmm serves raw images only; convert it (qemu-img convert -O raw), or give image_type=raw to serve its bytes as they are")]
+    NotRaw {
+        path: PathBuf,
+        format: &'static str,
+        evidence: &'static str,
+    },
 }
 
 /// What the device does with an image: the request code sees only this,

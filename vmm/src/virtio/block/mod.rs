@@ -5,6 +5,7 @@
 //! through the queue's irqfd. vCPU threads never touch the disk.
 
 pub mod disk;
+pub mod format;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod memory_disk;
 mod queue;

@@ -10,14 +10,11 @@ use std::path::{Path, PathBuf};
 use vm_memory::bitmap::BitmapSlice;
 use vm_memory::VolatileSlice;
 
+use super::direct::DirectAlign;
 use crate::files::lock_holder;
 
 pub const SECTOR_SIZE: u64 = 512;
-/// What O_DIRECT asks of buffer addresses and lengths on most disks (a
-/// 512-byte logical block); a disk that wants more refuses with EINVAL and
-/// the request goes through an aligned buffer instead.
-const DIRECT_ALIGN: usize = 512;
-/// Our own buffers' alignment: enough for any logical block size.
+/// Our own buffers' alignment: enough for any disk's memory alignment.
 const BOUNCE_ALIGN: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +43,18 @@ pub enum DiskError {
     },
     #[error("direct=on: the file system of {path} does not support O_DIRECT")]
     DirectUnsupported { path: PathBuf },
+    #[error("direct=on: cannot tell the block size O_DIRECT needs on {path}")]
+    DirectAlignment {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("direct=on: {path} is {size} bytes, not whole {block}-byte blocks of its disk: O_DIRECT cannot reach its end (use direct=off, or pad the image)")]
+    DirectPartialBlock {
+        path: PathBuf,
+        size: u64,
+        block: u32,
+    },
     #[error("Cannot read disk image {path} to tell its format")]
     Probe {
         path: PathBuf,
@@ -82,6 +91,8 @@ pub struct DiskFile {
     /// Bytes; the guest sees whole sectors of it.
     size: u64,
     direct: bool,
+    /// What O_DIRECT needs (`DirectAlign::BUFFERED` without it).
+    align: DirectAlign,
 }
 
 impl DiskFile {
@@ -127,12 +138,36 @@ impl DiskFile {
             path: path.to_path_buf(),
             source,
         })?;
+        let align = if direct {
+            DirectAlign::of(&file, meta.file_type().is_block_device()).map_err(|source| {
+                DiskError::DirectAlignment {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            })?
+        } else {
+            DirectAlign::BUFFERED
+        };
+        if !size.is_multiple_of(u64::from(align.block)) {
+            return Err(DiskError::DirectPartialBlock {
+                path: path.to_path_buf(),
+                size,
+                block: align.block,
+            });
+        }
         Ok(DiskFile {
             file,
             path: path.to_path_buf(),
             size,
             direct,
+            align,
         })
+    }
+
+    /// The logical block the driver is told of: the disk's own with
+    /// O_DIRECT (4096 on a 4Kn disk), else a sector.
+    pub fn block_size(&self) -> u32 {
+        self.align.block
     }
 
     pub fn size(&self) -> u64 {
@@ -148,52 +183,57 @@ impl DiskFile {
         self.direct
     }
 
-    fn aligned<B: BitmapSlice>(bufs: &[VolatileSlice<B>]) -> bool {
-        bufs.iter().all(|b| {
-            (b.ptr_guard().as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
-                && b.len().is_multiple_of(DIRECT_ALIGN)
-        })
+    /// Whether O_DIRECT can take the guest's buffers as they are.
+    fn direct_fits<B: BitmapSlice>(&self, bufs: &[VolatileSlice<B>], offset: u64) -> bool {
+        let len: u64 = bufs.iter().map(|b| b.len() as u64).sum();
+        self.align.fits(offset, len)
+            && bufs.iter().all(|b| {
+                (b.ptr_guard().as_ptr() as usize).is_multiple_of(self.align.memory)
+                    && (b.len() as u64).is_multiple_of(u64::from(self.align.block))
+            })
     }
 
-    /// O_DIRECT with buffers the guest did not align: through an aligned
-    /// buffer of our own.
-    fn bounce_read<B: BitmapSlice>(
+    /// O_DIRECT with what the disk cannot take as it is (buffers the guest
+    /// did not align, or less than whole blocks): through an aligned buffer
+    /// of our own spanning the whole blocks around the request. A write of
+    /// part of a block reads the block first; that is not atomic against
+    /// another queue writing the same block at once, which a driver told
+    /// the block size (Linux) never does.
+    fn bounce<B: BitmapSlice>(
         &self,
         bufs: &[VolatileSlice<B>],
         offset: u64,
+        direction: Direction,
     ) -> io::Result<()> {
-        let len = bufs.iter().map(|b| b.len()).sum();
-        let mut bounce = AlignedBuf::new(len)?;
+        let len: usize = bufs.iter().map(|b| b.len()).sum();
+        let (start, end) = self.align.around(offset, len as u64);
+        let too_large = || io::Error::from_raw_os_error(libc::EINVAL);
+        let span = usize::try_from(end - start).map_err(|_| too_large())?;
+        let at = usize::try_from(offset - start).map_err(|_| too_large())?;
+        let mut bounce = AlignedBuf::new(span)?;
         let iov = [libc::iovec {
             iov_base: bounce.as_mut_ptr().cast(),
-            iov_len: len,
+            iov_len: span,
         }];
-        transfer(&self.file, &iov, offset, Direction::Read)?;
-        let mut at = 0;
+        let partial = (start, end) != (offset, offset + len as u64);
+        if direction == Direction::Read || partial {
+            transfer(&self.file, &iov, start, Direction::Read)?;
+        }
+        let mut from = at;
         for buf in bufs {
-            buf.copy_from(&bounce.as_slice()[at..at + buf.len()]);
-            at += buf.len();
+            let window = from..from + buf.len();
+            match direction {
+                Direction::Read => buf.copy_from(&bounce.as_slice()[window]),
+                Direction::Write => {
+                    buf.copy_to(&mut bounce.as_mut_slice()[window]);
+                }
+            }
+            from += buf.len();
+        }
+        if direction == Direction::Write {
+            transfer(&self.file, &iov, start, Direction::Write)?;
         }
         Ok(())
-    }
-
-    fn bounce_write<B: BitmapSlice>(
-        &self,
-        bufs: &[VolatileSlice<B>],
-        offset: u64,
-    ) -> io::Result<()> {
-        let len = bufs.iter().map(|b| b.len()).sum();
-        let mut bounce = AlignedBuf::new(len)?;
-        let mut at = 0;
-        for buf in bufs {
-            buf.copy_to(&mut bounce.as_mut_slice()[at..at + buf.len()]);
-            at += buf.len();
-        }
-        let iov = [libc::iovec {
-            iov_base: bounce.as_mut_ptr().cast(),
-            iov_len: len,
-        }];
-        transfer(&self.file, &iov, offset, Direction::Write)
     }
 
     fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
@@ -219,15 +259,13 @@ impl DiskFile {
         offset: u64,
         direction: Direction,
     ) -> io::Result<()> {
-        let bounce = |this: &Self| match direction {
-            Direction::Read => this.bounce_read(bufs, offset),
-            Direction::Write => this.bounce_write(bufs, offset),
-        };
-        if self.direct && !Self::aligned(bufs) {
-            return bounce(self);
+        if self.direct && !self.direct_fits(bufs, offset) {
+            return self.bounce(bufs, offset, direction);
         }
         match transfer(&self.file, &iovecs(bufs), offset, direction) {
-            Err(e) if self.direct && e.raw_os_error() == Some(libc::EINVAL) => bounce(self),
+            Err(e) if self.direct && e.raw_os_error() == Some(libc::EINVAL) => {
+                self.bounce(bufs, offset, direction)
+            }
             other => other,
         }
     }
@@ -297,7 +335,7 @@ fn iovecs<B: BitmapSlice>(bufs: &[VolatileSlice<B>]) -> Vec<libc::iovec> {
         .collect()
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Direction {
     Read,
     Write,
@@ -470,6 +508,45 @@ mod tests {
         let on_disk = std::fs::read(f.path()).unwrap();
         assert_eq!(on_disk[..512], [0xee; 512]);
         assert_eq!(on_disk[512..], data[512..]);
+    }
+
+    /// Issue 21, finding 3: a disk with 4 KiB logical blocks under
+    /// O_DIRECT, as the device sees it: less than a block, or across two,
+    /// is served through the whole blocks around it, and nothing else of
+    /// them changes.
+    #[test]
+    fn less_than_a_block_goes_through_the_whole_blocks_around_it() {
+        let data: Vec<u8> = (0..16384u32).map(|i| (i * 13 % 251) as u8).collect();
+        let f = image(&data);
+        let mut disk = DiskFile::open(f.path(), false, false).unwrap();
+        disk.direct = true;
+        disk.align = DirectAlign {
+            block: 4096,
+            memory: 512,
+        };
+        let mem = memory();
+        let a = mem.get_slice(GuestAddress(0x1000), 300).unwrap();
+        let b = mem.get_slice(GuestAddress(0x9003), 700).unwrap();
+        disk.read_at(&[a, b], 3584).unwrap();
+        let mut got = vec![0; 1000];
+        mem.read_slice(&mut got[..300], GuestAddress(0x1000))
+            .unwrap();
+        mem.read_slice(&mut got[300..], GuestAddress(0x9003))
+            .unwrap();
+        assert!(got == data[3584..4584], "read across a block boundary");
+
+        let pattern = vec![0x5a; 1000];
+        mem.write_slice(&pattern, GuestAddress(0x2000)).unwrap();
+        let w = mem.get_slice(GuestAddress(0x2000), 1000).unwrap();
+        disk.write_at(&[w], 4000).unwrap();
+        let mut expected = data.clone();
+        expected[4000..5000].copy_from_slice(&pattern);
+        assert!(
+            std::fs::read(f.path()).unwrap() == expected,
+            "write across a block boundary"
+        );
+        // A whole block at a whole offset goes straight through.
+        assert!(disk.align.fits(8192, 4096));
     }
 
     #[test]

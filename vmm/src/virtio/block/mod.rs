@@ -4,6 +4,7 @@
 //! preadv/pwritev straight between the file and guest memory, and calls
 //! through the queue's irqfd. vCPU threads never touch the disk.
 
+mod direct;
 pub mod disk;
 pub mod format;
 #[cfg(any(test, feature = "fuzzing"))]
@@ -103,7 +104,12 @@ impl Block {
         if queues > 1 {
             features |= 1 << VIRTIO_BLK_F_MQ;
         }
-        let config = config_bytes(capacity, params.queue_size, queues);
+        let config = config_bytes(
+            capacity,
+            params.queue_size,
+            queues,
+            params.disk.block_size(),
+        );
         Block {
             id: params.id,
             disk: Arc::new(params.disk),
@@ -119,7 +125,7 @@ impl Block {
 }
 
 /// The config space: read-only for the driver, as we offer no CONFIG_WCE.
-fn config_bytes(capacity: u64, queue_size: u16, queues: u16) -> [u8; CONFIG_LEN] {
+fn config_bytes(capacity: u64, queue_size: u16, queues: u16, blk_size: u32) -> [u8; CONFIG_LEN] {
     let mut c = [0u8; CONFIG_LEN];
     let mut put = |at: usize, bytes: &[u8]| c[at..at + bytes.len()].copy_from_slice(bytes);
     put(0, &capacity.to_le_bytes());
@@ -131,7 +137,9 @@ fn config_bytes(capacity: u64, queue_size: u16, queues: u16) -> [u8; CONFIG_LEN]
         12,
         &u32::from(queue_size.saturating_sub(2).max(1)).to_le_bytes(),
     );
-    put(20, &(SECTOR_SIZE as u32).to_le_bytes());
+    // blk_size: the disk's logical block under O_DIRECT, so that Linux
+    // sends nothing smaller.
+    put(20, &blk_size.to_le_bytes());
     put(34, &queues.to_le_bytes());
     put(36, &MAX_DISCARD_SECTORS.to_le_bytes());
     put(40, &MAX_DISCARD_SEGMENTS.to_le_bytes());
@@ -238,7 +246,7 @@ mod tests {
 
     #[test]
     fn config_holds_capacity_limits_and_queue_count() {
-        let c = config_bytes(0x1_0000_0001, 256, 4);
+        let c = config_bytes(0x1_0000_0001, 256, 4, 512);
         assert_eq!(
             u64::from_le_bytes(c[0..8].try_into().unwrap()),
             0x1_0000_0001
@@ -249,7 +257,8 @@ mod tests {
         assert_eq!(u32::from_le_bytes(c[40..44].try_into().unwrap()), 1);
         assert_eq!(c[56], 1);
         // A two-entry queue still allows one data segment.
-        let c = config_bytes(1, 2, 1);
+        let c = config_bytes(1, 2, 1, 4096);
         assert_eq!(u32::from_le_bytes(c[12..16].try_into().unwrap()), 1);
+        assert_eq!(u32::from_le_bytes(c[20..24].try_into().unwrap()), 4096);
     }
 }

@@ -260,7 +260,10 @@ fn vhost_device_sound_passes_the_probe_and_linux_has_no_driver() {
 
 /// The mock as a block device whose config claims twice the sectors its
 /// file has: Linux's read of the last sectors fails, and the Linux tier
-/// says so. With the right capacity, the same mock passes.
+/// says so. With the right capacity, the same mock passes. Either way the
+/// user's image is as it was: the failed read used to be followed by
+/// random writes past its end (the mock's file grew by 4 MiB) and an
+/// empty "restore" (issue 21, finding 4).
 #[test]
 fn a_block_backend_whose_capacity_disagrees_with_its_data_fails_the_linux_tier() {
     let dir = test_infra::tempdir();
@@ -302,6 +305,13 @@ fn a_block_backend_whose_capacity_disagrees_with_its_data_fails_the_linux_tier()
                 detail.contains("reading the last sectors of the 16384"),
                 "{detail}"
             );
+            assert!(detail.contains("nothing was written"), "{detail}");
         }
+        let after = std::fs::read(&image).expect("image");
+        assert_eq!(after.len(), 4 << 20, "the image's size changed ({status})");
+        assert!(
+            after.iter().all(|&b| b == 7),
+            "the image's bytes changed ({status})"
+        );
     }
 }

@@ -112,15 +112,21 @@ if [ -b /dev/vda ]; then
   sectors=$(cat /sys/block/vda/size)
   report block size sectors=$sectors ro=$(cat /sys/block/vda/ro)
   # The last MiB (or all of a smaller disk): saved, overwritten, read back
-  # past the page cache, restored.
+  # past the page cache, restored. Nothing is written unless all of it was
+  # saved first: what cannot be put back is never overwritten.
   count=$(( sectors < 2048 ? sectors : 2048 ))
   skip=$(( sectors - count ))
-  if dd if=/dev/vda of=/tmp/orig bs=512 skip=$skip count=$count 2>/tmp/dd.err; then
+  saved=0
+  if dd if=/dev/vda of=/tmp/orig bs=512 skip=$skip count=$count 2>/tmp/dd.err \
+      && [ "$(wc -c < /tmp/orig)" -eq $(( count * 512 )) ]; then
+    saved=1
     report block read-end ok=1 sha=$(sha256sum /tmp/orig | cut -d' ' -f1)
   else
     report block read-end ok=0 error=\"$(tail -n1 /tmp/dd.err)\"
   fi
-  if [ "$(cat /sys/block/vda/ro)" = 0 ]; then
+  if [ "$(cat /sys/block/vda/ro)" = 0 ] && [ $saved = 0 ]; then
+    report block write skipped=1
+  elif [ "$(cat /sys/block/vda/ro)" = 0 ]; then
     head -c $(( count * 512 )) /dev/urandom > /tmp/pat
     dd if=/tmp/pat of=/dev/vda bs=512 seek=$skip conv=fsync 2>/dev/null
     sync; echo 3 > /proc/sys/vm/drop_caches
@@ -590,7 +596,7 @@ fn type_outcome(
                 Some(r) if r.get("ok") == Some("1") => {}
                 Some(r) => {
                     return Err(format!(
-                        "reading the last sectors of the {sectors} the config announces failed: {}",
+                        "reading the last sectors of the {sectors} the config announces failed: {} (so nothing was written: what cannot be put back is never overwritten)",
                         r.get("error").unwrap_or("?")
                     ))
                 }

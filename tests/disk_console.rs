@@ -380,7 +380,7 @@ impl Terminal {
 
 fn wait(child: &mut std::process::Child) -> Option<i32> {
     use std::os::unix::process::ExitStatusExt;
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if let Some(status) = child.try_wait().expect("wait") {
             return status.code().or(status.signal().map(|s| 128 + s));
@@ -393,7 +393,8 @@ fn wait(child: &mut std::process::Child) -> Option<i32> {
 
 /// `--console tty` (the default) puts the terminal in raw mode while the
 /// guest runs and puts it back however `vmm` ends: the guest powering
-/// off, SIGTERM, and a start-up error after the terminal was taken.
+/// off, SIGTERM, SIGHUP and SIGQUIT (which left it raw before issue 21's
+/// finding 5), SIGUSR1, and a start-up error after the terminal was taken.
 #[rstest]
 fn the_terminal_is_given_back_on_every_way_out(kvm: Option<KvmHost>) {
     let Some(_kvm) = kvm else { return };
@@ -405,16 +406,18 @@ fn the_terminal_is_given_back_on_every_way_out(kvm: Option<KvmHost>) {
     assert_eq!(wait(&mut vmm), Some(0));
     assert!(terminal.cooked(), "not restored after power-off");
 
-    let mut vmm = terminal.spawn(dir.path(), &["--cmdline", "probe.run=spin"]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while terminal.cooked() {
-        assert!(Instant::now() < deadline, "the terminal never went raw");
-        std::thread::sleep(Duration::from_millis(10));
+    for signo in [libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1] {
+        let mut vmm = terminal.spawn(dir.path(), &["--cmdline", "probe.run=spin"]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while terminal.cooked() {
+            assert!(Instant::now() < deadline, "the terminal never went raw");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // SAFETY: kill sends a signal to our own child; the result is checked.
+        assert_eq!(unsafe { libc::kill(vmm.id() as i32, signo) }, 0);
+        assert_eq!(wait(&mut vmm), Some(128 + signo), "signal {signo}");
+        assert!(terminal.cooked(), "not restored after signal {signo}");
     }
-    // SAFETY: kill sends a signal to our own child; the result is checked.
-    assert_eq!(unsafe { libc::kill(vmm.id() as i32, libc::SIGTERM) }, 0);
-    assert_eq!(wait(&mut vmm), Some(128 + libc::SIGTERM));
-    assert!(terminal.cooked(), "not restored after SIGTERM");
 
     let missing = dir.path().join("missing.img");
     let disk = format!("path={}", missing.display());

@@ -1,17 +1,40 @@
-//! SIGINT and SIGTERM, and SIGWINCH. `main` blocks them before anything
-//! else happens, so every thread vmm starts inherits the mask and the
-//! default action (death without teardown) never runs: the signals wait
-//! until vmm looks for them, through a signalfd in the run loop, or with
-//! `pending()` in the start-up steps that wait (a backend's socket).
+//! The signals whose default action ends the process (SIGINT, SIGTERM,
+//! SIGHUP, SIGQUIT, ...: [`TERMINATING`]), and SIGWINCH. `main` blocks
+//! them before anything else happens, so every thread vmm starts inherits
+//! the mask and the default action (death without teardown, the user's
+//! terminal left raw) never runs: the signals wait until vmm looks for
+//! them, through a signalfd in the run loop, or with `pending()` in the
+//! start-up steps that wait (a backend's socket), and each ends vmm as
+//! SIGTERM does.
 //! SIGWINCH, whose default is to be discarded, is kept for the console on
 //! the user's terminal, which reads it through a signalfd of its own.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
+/// Every signal that would end vmm by its default action and that a
+/// process can block (SIGKILL and SIGSTOP cannot be; SIGPIPE is ignored by
+/// Rust's runtime; faults such as SIGSEGV are the panic hook's business).
+pub const TERMINATING: &[i32] = &[
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGALRM,
+    libc::SIGVTALRM,
+    libc::SIGPROF,
+    libc::SIGXCPU,
+    libc::SIGXFSZ,
+    libc::SIGIO,
+    libc::SIGPWR,
+    libc::SIGSTKFLT,
+];
+
 #[derive(Debug, thiserror::Error)]
 pub enum SignalError {
-    #[error("Failed to block SIGINT, SIGTERM and SIGWINCH")]
+    #[error("Failed to block the terminating signals and SIGWINCH")]
     Block(#[source] io::Error),
 }
 
@@ -21,17 +44,19 @@ pub struct TerminationSignals {
 }
 
 impl TerminationSignals {
-    /// Blocks SIGINT, SIGTERM and SIGWINCH in the calling thread and opens
-    /// a signalfd for the first two. Call it before any other thread
-    /// starts: threads started earlier keep the default action.
+    /// Blocks [`TERMINATING`] and SIGWINCH in the calling thread and opens
+    /// a signalfd for the first. Call it before any other thread starts:
+    /// threads started earlier keep the default action.
     pub fn block() -> Result<Self, SignalError> {
-        let set = signal_set(&[libc::SIGINT, libc::SIGTERM, libc::SIGWINCH]);
+        let mut blocked = TERMINATING.to_vec();
+        blocked.push(libc::SIGWINCH);
+        let set = signal_set(&blocked);
         // SAFETY: `set` is an initialised sigset_t that outlives the call.
         let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
         if rc != 0 {
             return Err(SignalError::Block(io::Error::from_raw_os_error(rc)));
         }
-        let fd = signalfd(&[libc::SIGINT, libc::SIGTERM]).map_err(SignalError::Block)?;
+        let fd = signalfd(TERMINATING).map_err(SignalError::Block)?;
         Ok(Self { fd })
     }
 
@@ -75,7 +100,7 @@ impl AsRawFd for TerminationSignals {
     }
 }
 
-/// A blocked SIGINT or SIGTERM waiting for the process, left waiting (the
+/// A blocked terminating signal waiting for the process, left waiting (the
 /// run loop or `main` takes it).
 pub fn pending() -> Option<i32> {
     // SAFETY: `set` is written by sigpending before it is read, and every
@@ -85,8 +110,9 @@ pub fn pending() -> Option<i32> {
         if libc::sigpending(&mut set) != 0 {
             return None;
         }
-        [libc::SIGTERM, libc::SIGINT]
-            .into_iter()
+        TERMINATING
+            .iter()
+            .copied()
             .find(|&signo| libc::sigismember(&set, signo) == 1)
     }
 }

@@ -20,7 +20,7 @@ pub enum ExitReason {
     TripleFault { vcpu: u8 },
     /// A vCPU could not go on (KVM error, emulation failure, ...).
     VcpuError { vcpu: u8, message: String },
-    /// SIGINT or SIGTERM.
+    /// One of `signals::TERMINATING` (SIGINT, SIGTERM, SIGHUP, ...).
     Signal(i32),
 }
 

@@ -123,9 +123,10 @@ pub struct WindowSize {
 }
 
 impl WindowSize {
-    /// None when `fd` is not a terminal with a size.
+    /// None when `fd` is not a terminal. A terminal whose size is 0x0 yet
+    /// (a new pty) is watched too: its size comes with the first resize.
     pub fn watch(fd: RawFd) -> io::Result<Option<WindowSize>> {
-        if window_size(fd).is_none() {
+        if !is_terminal(fd) {
             return Ok(None);
         }
         // SAFETY: `fd` is open for the duration of this call; the borrow

@@ -100,9 +100,13 @@ impl Console {
     pub fn new(params: ConsoleParams) -> Console {
         let mut features = VIRTIO_F_VERSION_1 | VIRTIO_CONSOLE_F_EMERG_WRITE;
         let size = Size::default();
-        if let Some(now) = params.window.as_ref().and_then(WindowSize::get) {
+        // On a terminal the driver follows its size, even one that is 0x0
+        // at start and gets a size later.
+        if let Some(window) = &params.window {
             features |= VIRTIO_CONSOLE_F_SIZE;
-            size.set(now);
+            if let Some(now) = window.get() {
+                size.set(now);
+            }
         }
         Console {
             id: params.id,

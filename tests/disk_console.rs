@@ -253,6 +253,47 @@ fn read_until(pty: &mut std::fs::File, needle: &str) {
     }
 }
 
+/// `--console file=` on a full disk (`/dev/full`): the guest runs on and
+/// vmm says once, at the default log level, that the output is being
+/// lost. It used to say so only with `-v` (issue 21, finding 7).
+#[rstest]
+fn a_console_file_that_cannot_be_written_is_said_once(kvm: Option<KvmHost>) {
+    let Some(_kvm) = kvm else { return };
+    let dir = tempdir();
+    let mut cmd = VmmCommand::bare();
+    cmd.arg("--kernel")
+        .arg(test_infra::paths::probe_guest().expect("probe"))
+        .args([
+            "--cmdline",
+            "probe.run=console probe.console.tx=lost-on-a-full-disk probe.console.tx_bytes=300",
+            "--console",
+            "file=/dev/full",
+            "--serial",
+            "tty",
+        ]);
+    let out = cmd
+        .spawn(dir.path())
+        .expect("vmm starts")
+        .wait(Duration::from_secs(60))
+        .expect("vmm exits");
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    assert!(
+        ProbeReport::parse(&out.stdout).passed(),
+        "{}",
+        out.describe()
+    );
+    let said: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("No space left on device"))
+        .collect();
+    assert_eq!(said.len(), 1, "{}", out.describe());
+    assert!(
+        said[0].contains("cannot write the guest's console output"),
+        "{said:?}"
+    );
+}
+
 /// `--console pty`: vmm says where the pty is; what the guest writes comes
 /// out of it and what we type there reaches the guest.
 #[rstest]

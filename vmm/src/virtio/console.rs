@@ -53,7 +53,42 @@ pub enum ConsoleError {
 
 /// Where the guest's output goes, shared by the worker and emergency
 /// writes (which come on a vCPU thread).
-pub type Sink = Arc<Mutex<Box<dyn Write + Send>>>;
+pub type Sink = Arc<Mutex<GuestOutput>>;
+
+/// The guest's output and whether a failure to write it was said yet.
+pub struct GuestOutput {
+    writer: Box<dyn Write + Send>,
+    said: bool,
+}
+
+impl GuestOutput {
+    pub fn new(writer: Box<dyn Write + Send>) -> GuestOutput {
+        GuestOutput {
+            writer,
+            said: false,
+        }
+    }
+
+    /// Writes all of `bytes`, never stalling the guest: a failure (a full
+    /// disk under `--console file=`) is said once at the default level, as
+    /// the UART does; a full pty that nobody reads is its normal state and
+    /// only logged at debug level.
+    fn write(&mut self, id: &str, bytes: &[u8]) {
+        let Err(e) = self
+            .writer
+            .write_all(bytes)
+            .and_then(|()| self.writer.flush())
+        else {
+            return;
+        };
+        if e.kind() == std::io::ErrorKind::WouldBlock || self.said {
+            log::debug!("{id}: {} bytes of output lost: {e}", bytes.len());
+        } else {
+            self.said = true;
+            log::warn!("{id}: cannot write the guest's console output: {e}; output from here on may be lost");
+        }
+    }
+}
 
 /// What the builder hands the device.
 pub struct ConsoleParams {
@@ -110,7 +145,7 @@ impl Console {
         }
         Console {
             id: params.id,
-            sink: Arc::new(Mutex::new(params.output)),
+            sink: Arc::new(Mutex::new(GuestOutput::new(params.output))),
             input: params.input.map(Arc::new),
             pending: Arc::new(Mutex::new(VecDeque::new())),
             features,
@@ -159,8 +194,7 @@ impl VirtioDevice for Console {
     fn write_config(&mut self, offset: u32, data: &[u8]) -> Result<(), ConsoleError> {
         // emerg_wr: one character, written at once, even before DRIVER_OK.
         if offset == 8 && !data.is_empty() {
-            let mut sink = lock(&self.sink);
-            let _ = sink.write_all(&data[..1]).and_then(|()| sink.flush());
+            lock(&self.sink).write(&self.id, &data[..1]);
         }
         Ok(())
     }
@@ -336,11 +370,7 @@ impl ConsoleHandler {
         if out.is_empty() {
             return;
         }
-        let mut sink = lock(&self.sink);
-        if let Err(e) = sink.write_all(out).and_then(|()| sink.flush()) {
-            // A pty no one reads fills up; the guest must not stall.
-            log::debug!("{}: {} bytes of output lost: {e}", self.id, out.len());
-        }
+        lock(&self.sink).write(&self.id, out);
         out.clear();
     }
 
@@ -543,7 +573,7 @@ impl ConsoleHandler {
             tx,
             tx_kick: eventfd()?,
             tx_call: eventfd()?,
-            sink: Arc::new(Mutex::new(output)),
+            sink: Arc::new(Mutex::new(GuestOutput::new(output))),
             input: None,
             input_paused: false,
             pending: Arc::new(Mutex::new(VecDeque::new())),

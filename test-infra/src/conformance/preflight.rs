@@ -6,6 +6,13 @@
 //! honours GET_CONFIG's offset. Every request has a deadline: when one
 //! passes, the socket is shut down and the blocked read returns.
 //!
+//! Each reply that is one u64 (GET_FEATURES, GET_PROTOCOL_FEATURES,
+//! GET_QUEUE_NUM) is first asked here and its header checked to say 8
+//! bytes: the vhost crate reads 8 bytes whatever the header says, and
+//! QEMU, which believes the header, waits for ever for bytes a backend
+//! that announces more never sends. Then the crate asks again, for its
+//! own state.
+//!
 //! The vhost crate's frontend sends all but GET_CONFIG. Its GET_CONFIG
 //! reads the reply as if it had the size asked for, and the protocol's
 //! refusal is shorter, so a backend that merely says no would cost the
@@ -25,7 +32,12 @@ use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::VhostBackend;
 
 const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
+const GET_FEATURES: u32 = 1;
+const GET_PROTOCOL_FEATURES: u32 = 15;
+const GET_QUEUE_NUM: u32 = 17;
 const GET_CONFIG: u32 = 24;
+const VERSION: u32 = 0x1;
+const REPLY: u32 = 0x4;
 const HEADER_LEN: usize = 12;
 /// VhostUserConfig: offset, size, flags.
 const CONFIG_HEADER_LEN: usize = 12;
@@ -50,8 +62,15 @@ pub enum Error {
     },
     #[error("GET_CONFIG failed")]
     Io(#[source] std::io::Error),
-    #[error("GET_CONFIG reply is not one: request {code}, flags {flags:#x}, {len} bytes")]
-    NotAReply { code: u32, flags: u32, len: u32 },
+    #[error("{what} reply is not one: request {code}, flags {flags:#x}, {len} bytes")]
+    NotAReply {
+        what: &'static str,
+        code: u32,
+        flags: u32,
+        len: u32,
+    },
+    #[error("{what}: the reply's header announces {announced} bytes where the reply is a u64 of 8 (a frontend that believes the header, as QEMU does, waits for ever for the rest)")]
+    ReplySize { what: &'static str, announced: u32 },
     #[error("Failed to start the deadline thread")]
     Thread(#[source] std::io::Error),
 }
@@ -157,6 +176,7 @@ impl Link {
         // borrows the link.
         let mut frontend = self.frontend.clone();
         self.request("SET_OWNER", || frontend.set_owner())?;
+        self.get_u64("GET_FEATURES", GET_FEATURES)?;
         let features = self.request("GET_FEATURES", || frontend.get_features())?;
         let mut answers = Answers {
             features,
@@ -167,6 +187,7 @@ impl Link {
         if features & VHOST_USER_F_PROTOCOL_FEATURES == 0 {
             return Ok(answers);
         }
+        self.get_u64("GET_PROTOCOL_FEATURES", GET_PROTOCOL_FEATURES)?;
         let offered = self.request("GET_PROTOCOL_FEATURES", || frontend.get_protocol_features())?;
         answers.protocol = Some(offered);
         let used = offered & (VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::CONFIG);
@@ -174,6 +195,7 @@ impl Link {
             frontend.set_protocol_features(used)
         })?;
         if used.contains(VhostUserProtocolFeatures::MQ) {
+            self.get_u64("GET_QUEUE_NUM", GET_QUEUE_NUM)?;
             answers.queue_num = Some(self.request("GET_QUEUE_NUM", || frontend.get_queue_num())?);
         }
         let window = window(features).min(MAX_CONFIG);
@@ -242,6 +264,40 @@ impl Link {
     fn get_config(&self, offset: u32, size: u32) -> Result<ConfigReply, Error> {
         self.with_deadline("GET_CONFIG", || get_config(&self.socket, offset, size))
     }
+
+    fn get_u64(&self, what: &'static str, code: u32) -> Result<u64, Error> {
+        self.with_deadline(what, || get_u64(&self.socket, what, code))
+    }
+}
+
+/// Sends `code`, whose reply is one u64, and reads the reply only if its
+/// header says 8 bytes.
+fn get_u64(socket: &UnixStream, what: &'static str, code: u32) -> Result<u64, Error> {
+    let mut request = Vec::with_capacity(HEADER_LEN);
+    for word in [code, VERSION, 0] {
+        request.extend_from_slice(&word.to_le_bytes());
+    }
+    (&*socket).write_all(&request).map_err(Error::Io)?;
+    let mut header = [0u8; HEADER_LEN];
+    (&*socket).read_exact(&mut header).map_err(Error::Io)?;
+    let (got, flags, len) = (u32_at(&header, 0), u32_at(&header, 4), u32_at(&header, 8));
+    if got != code || flags & (VERSION | REPLY) != VERSION | REPLY {
+        return Err(Error::NotAReply {
+            what,
+            code: got,
+            flags,
+            len,
+        });
+    }
+    if len != 8 {
+        return Err(Error::ReplySize {
+            what,
+            announced: len,
+        });
+    }
+    let mut body = [0u8; 8];
+    (&*socket).read_exact(&mut body).map_err(Error::Io)?;
+    Ok(u64::from_le_bytes(body))
 }
 
 fn u32_at(bytes: &[u8], at: usize) -> u32 {
@@ -254,8 +310,6 @@ fn u32_at(bytes: &[u8], at: usize) -> u32 {
 
 /// Sends GET_CONFIG and reads exactly the reply its header announces.
 fn get_config(socket: &UnixStream, offset: u32, size: u32) -> Result<ConfigReply, Error> {
-    const VERSION: u32 = 0x1;
-    const REPLY: u32 = 0x4;
     let body_len = CONFIG_HEADER_LEN as u32 + size;
     let mut request = Vec::with_capacity(HEADER_LEN + body_len as usize);
     for word in [GET_CONFIG, VERSION, body_len, offset, size, 0] {
@@ -270,7 +324,12 @@ fn get_config(socket: &UnixStream, offset: u32, size: u32) -> Result<ConfigReply
         || flags & (VERSION | REPLY) != VERSION | REPLY
         || len > CONFIG_HEADER_LEN as u32 + MAX_CONFIG
     {
-        return Err(Error::NotAReply { code, flags, len });
+        return Err(Error::NotAReply {
+            what: "GET_CONFIG",
+            code,
+            flags,
+            len,
+        });
     }
     let mut body = vec![0u8; len as usize];
     (&*socket).read_exact(&mut body).map_err(Error::Io)?;

@@ -412,3 +412,88 @@ fn a_backend_that_exits_at_once_is_reported_with_its_status_and_output() {
     // At once, not at the 30 s socket deadline.
     assert!(start.elapsed() < std::time::Duration::from_secs(15));
 }
+
+/// The processes whose command line starts with `sleep ` and holds `word`
+/// (not the runner, whose own arguments hold it too).
+fn processes_with(word: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+                    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+                    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                    (cmdline.starts_with("sleep ") && cmdline.contains(word))
+                        .then(|| format!("{pid}: {cmdline}"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Issue 21, finding 9: a runner stopped by SIGINT, SIGTERM or SIGHUP (a
+/// terminal's Ctrl-C, a CI's timeout, a closed window) left the backend,
+/// the backend's own children (a daemon among them) and its temporary
+/// directory behind. Now everything it started ends with it and the
+/// directory goes.
+#[rstest]
+#[case::sigint(libc::SIGINT)]
+#[case::sigterm(libc::SIGTERM)]
+#[case::sighup(libc::SIGHUP)]
+fn a_runner_stopped_by_a_signal_leaves_nothing_behind(#[case] signo: i32) {
+    let dir = test_infra::tempdir();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).expect("tmp");
+    // Durations no other process has: the marks of the backend's child,
+    // its daemon and itself.
+    let mark = |n: u32| format!("{}{n}", 7_000_000 + std::process::id() % 100_000 * 10);
+    let (child, daemon, itself) = (mark(1), mark(2), mark(3));
+    let script = format!("sleep {child} & setsid sleep {daemon} & exec sleep {itself}");
+    let runner = std::process::Command::new(paths::conformance_binary().expect("runner"))
+        .env("TMPDIR", &tmp)
+        .args([
+            "--guest",
+            "probe",
+            "--virtio-id",
+            "60",
+            "--",
+            "sh",
+            "-c",
+            &script,
+            "{socket}",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("runner starts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while [&child, &daemon, &itself]
+        .iter()
+        .any(|m| processes_with(m).is_empty())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backend never started its processes"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: kill sends a signal to our own child; the result is checked.
+    assert_eq!(unsafe { libc::kill(runner.id() as i32, signo) }, 0);
+    let out = runner.wait_with_output().expect("runner ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(128 + signo), "{stderr}");
+    assert!(
+        stderr.contains(&format!("stopped by signal {signo}")),
+        "{stderr}"
+    );
+    for m in [&child, &daemon, &itself] {
+        let left = processes_with(m);
+        assert!(left.is_empty(), "left running: {left:?}");
+    }
+    let left: Vec<_> = std::fs::read_dir(&tmp)
+        .expect("tmp")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "left in the temporary directory: {left:?}");
+}

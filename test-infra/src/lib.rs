@@ -16,6 +16,7 @@ pub mod paths;
 pub mod probe;
 pub mod process;
 pub mod qemu;
+pub mod reaper;
 pub mod scenario;
 pub mod seed;
 pub mod static_c;

@@ -100,6 +100,12 @@ impl Child {
                 .map(|f| (f, path.clone()))
                 .map_err(|source| RunError::Log { path, source })
         };
+        if crate::reaper::stopping() {
+            return Err(RunError::Spawn {
+                name: name.to_string(),
+                source: std::io::Error::other("the program is being stopped by a signal"),
+            });
+        }
         let (out, stdout_path) = create("out")?;
         let (err, stderr_path) = create("err")?;
         command

@@ -159,6 +159,8 @@ impl Scenario {
             .prefix(&format!("linux-{name}-"))
             .tempdir()
             .map_err(|e| format!("temporary directory: {e}"))?;
+        // A program that is stopped by a signal still removes it.
+        crate::reaper::remove_at_end(dir.path());
         for sub in ["share/in", "share/out"] {
             std::fs::create_dir_all(dir.path().join(sub))
                 .map_err(|e| format!("creating {sub}: {e}"))?;

@@ -35,6 +35,7 @@ use test_infra::conformance::{self, catalogue, preflight, Check, Expectation};
 use test_infra::conformance_linux::{self, LinuxTierSpec};
 use test_infra::guest::quote;
 use test_infra::process::Child;
+use test_infra::reaper;
 use test_infra::vmm::{GuestRun, VmmCommand};
 use test_infra::ProbeReport;
 
@@ -346,6 +347,7 @@ fn run(args: &Args) -> Result<Vec<Check>, String> {
     let device_type =
         virtio_types::VirtioDeviceType::new(virtio_id).ok_or("device ID 0 is reserved")?;
     let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
+    reaper::remove_at_end(dir.path());
     let mut runner = Runner {
         args,
         dir: dir.path(),
@@ -510,6 +512,14 @@ fn hex_bytes(hex: &str) -> Option<Vec<u8>> {
 }
 
 fn main() {
+    // First, before any thread: whatever ends the run, every process it
+    // started (and theirs, daemons included) ends with it.
+    if let Err(e) = reaper::install(|signo| {
+        eprintln!("vhost-user-conformance: stopped by signal {signo}; ending the backend, vmm and the guests")
+    }) {
+        eprintln!("vhost-user-conformance: cannot watch over the processes it starts: {e}");
+        std::process::exit(2);
+    }
     let args = Args::parse();
     if args.list_checks {
         if args.json {
@@ -519,11 +529,18 @@ fn main() {
         }
         return;
     }
-    let checks = match run(&args) {
+    let checks = run(&args);
+    // Backends' own children and daemons, before the report; a signal's
+    // cleanup is no failure of the backend's, and ends the run itself.
+    if reaper::stopping() {
+        reaper::exit(2);
+    }
+    reaper::end();
+    let checks = match checks {
         Ok(checks) => checks,
         Err(e) => {
             eprintln!("vhost-user-conformance: {e}");
-            std::process::exit(2);
+            reaper::exit(2);
         }
     };
     if args.json {
@@ -537,10 +554,10 @@ fn main() {
             .and_then(|xml| std::fs::write(path, xml).map_err(|e| e.to_string()));
         if let Err(e) = written {
             eprintln!("vhost-user-conformance: writing {}: {e}", path.display());
-            std::process::exit(2);
+            reaper::exit(2);
         }
     }
-    std::process::exit(if conformance::all_passed(&checks) {
+    reaper::exit(if conformance::all_passed(&checks) {
         0
     } else {
         1

@@ -48,6 +48,9 @@ fn virtiofsd_passes_every_check(kvm: Option<KvmHost>) {
     let Some(_kvm) = kvm else { return };
     let share = test_infra::tempdir();
     let junit = share.path().join("report.xml");
+    // A file of the user's with the name the fs tier once wrote over.
+    let users = share.path().join(".vhost-user-conformance");
+    std::fs::write(&users, b"the user's").expect("user's file");
     let virtiofsd = virtiofsd_binary().expect("virtiofsd");
     let shared = format!("--shared-dir={}", share.path().display());
     let (code, out, err) = conformance(&[
@@ -78,13 +81,20 @@ fn virtiofsd_passes_every_check(kvm: Option<KvmHost>) {
     for attribute in ["tests=\"17\"", "failures=\"0\"", "skipped=\"0\""] {
         assert!(xml.contains(attribute), "{attribute} not in {xml}");
     }
-    // The fs tier wrote through the backend into the share.
-    let written = std::fs::read(share.path().join(".vhost-user-conformance")).expect("file");
-    assert_eq!(written.len(), 65536);
-    assert!(written
-        .iter()
-        .enumerate()
-        .all(|(i, &b)| b == (i % 251) as u8));
+    // The fs tier wrote through the backend, read it back and removed it
+    // (issue 21, finding 12): the share holds only what it held.
+    assert!(
+        out.contains("65536 bytes, then removed from the share"),
+        "{out}"
+    );
+    assert_eq!(std::fs::read(&users).expect("user's file"), b"the user's");
+    let mut left: Vec<String> = std::fs::read_dir(share.path())
+        .expect("share")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, [".vhost-user-conformance", "report.xml"]);
 }
 
 /// The runner on vhost-device-rng, started through `wrapper` (a command
@@ -496,4 +506,120 @@ fn a_runner_stopped_by_a_signal_leaves_nothing_behind(#[case] signo: i32) {
         .map(|e| e.path())
         .collect();
     assert!(left.is_empty(), "left in the temporary directory: {left:?}");
+}
+
+/// Issue 21, finding 11: queue sizes `vmm` cannot take reached it and
+/// were reported as a failed backend check. They are a usage error now,
+/// exit status 2 before anything starts.
+#[rstest]
+#[case::zero("0")]
+#[case::not_a_power_of_two("256,3")]
+#[case::too_large("65536")]
+fn invalid_queue_sizes_are_a_usage_error_before_anything_starts(#[case] sizes: &str) {
+    let dir = test_infra::tempdir();
+    let marker = dir.path().join("started");
+    let script = format!("touch {}; exec sleep 60", marker.display());
+    let (code, out, err) = conformance(&[
+        "--virtio-id",
+        "60",
+        "--queue-sizes",
+        sizes,
+        "--",
+        "sh",
+        "-c",
+        &script,
+        "{socket}",
+    ]);
+    assert_eq!(code, Some(2), "{out}\n{err}");
+    assert!(err.contains("power of two from 1 to 32768"), "{err}");
+    assert!(!marker.exists(), "the backend was started");
+}
+
+/// Finding 11, second half: a guest that runs out of `--timeout-secs` is
+/// failed as a timeout, not as whatever fact it had not reported yet.
+#[rstest]
+fn a_guest_out_of_time_is_failed_as_a_timeout(kvm: Option<KvmHost>) {
+    let Some(_kvm) = kvm else { return };
+    let mock = mock();
+    let (code, out, err) = conformance(&[
+        "--virtio-id",
+        "60",
+        "--config-size",
+        "4",
+        "--timeout-secs",
+        "1",
+        "--json",
+        "--",
+        &mock,
+        "--socket",
+        "{socket}",
+        "--config",
+        "01020304",
+        "--fault",
+        "GET_CONFIG:delay=2500",
+    ]);
+    assert_eq!(code, Some(1), "{out}\n{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let failed: Vec<&serde_json::Value> = report["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .filter(|c| c["status"] == "fail")
+        .collect();
+    assert!(!failed.is_empty(), "{out}");
+    for check in failed {
+        let detail = check["detail"].as_str().unwrap_or("");
+        assert!(
+            detail.starts_with("timeout: the guest did not finish within"),
+            "{check}"
+        );
+    }
+}
+
+/// Finding 12: a backend that cannot be started said only "Failed to
+/// start backend-1"; now the operating system's reason follows.
+#[rstest]
+#[case::missing("./no-such-backend", "No such file or directory")]
+#[case::not_executable("./not-executable", "Permission denied")]
+fn a_backend_that_cannot_start_is_said_why(#[case] program: &str, #[case] why: &str) {
+    let dir = test_infra::tempdir();
+    std::fs::write(dir.path().join("not-executable"), "#!/bin/sh\n").expect("file");
+    let output = Command::new(paths::conformance_binary().expect("runner built"))
+        .current_dir(dir.path())
+        .args([
+            "--guest",
+            "probe",
+            "--virtio-id",
+            "60",
+            "--",
+            program,
+            "{socket}",
+        ])
+        .output()
+        .expect("runner starts");
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{err}");
+    assert!(err.contains(why), "{err}");
+}
+
+/// Finding 12: a report that cannot be written (stdout a full disk)
+/// panicked; it is said, and the run ends with status 2.
+#[test]
+fn a_report_that_cannot_be_written_is_said() {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    let output = Command::new(paths::conformance_binary().expect("runner built"))
+        .args(["--list-checks", "--json"])
+        .stdout(full)
+        .output()
+        .expect("runner starts");
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("cannot write the report to standard output: No space left on device"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
 }

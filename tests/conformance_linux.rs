@@ -16,7 +16,23 @@ fn run(args: &[&str]) -> (Option<i32>, serde_json::Value, String) {
 
 /// The same, started in `cwd`, as a user runs it beside their backend.
 fn run_in(cwd: &Path, args: &[&str]) -> (Option<i32>, serde_json::Value, String) {
-    let output = Command::new(paths::conformance_binary().expect("runner built"))
+    run_with_path(cwd, None, args)
+}
+
+/// The same, with `dir` first on PATH.
+fn run_with_path(
+    cwd: &Path,
+    dir: Option<&Path>,
+    args: &[&str],
+) -> (Option<i32>, serde_json::Value, String) {
+    let mut command = Command::new(paths::conformance_binary().expect("runner built"));
+    if let Some(dir) = dir {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut dirs = vec![dir.to_path_buf()];
+        dirs.extend(std::env::split_paths(&path));
+        command.env("PATH", std::env::join_paths(dirs).expect("PATH"));
+    }
+    let output = command
         .current_dir(cwd)
         .args(["--json", "--quiet"])
         .args(args)
@@ -153,19 +169,27 @@ fn qemu_storage_daemon_passes_with_its_config_offset_flagged() {
         .all(|&b| b == 0x5a));
 }
 
+/// Named bare, as a user's shell finds it on PATH: the nested Linux tier
+/// (where L1's PATH is not the user's) used to say "not found" and blame
+/// the backend (issue 21, finding 10).
 #[test]
 fn vhost_device_vsock_carries_a_guest_connection_to_the_host() {
-    let (code, report, stderr) = run(&[
-        "--virtio-id",
-        "vsock",
-        "--vsock-host-socket",
-        "{dir}/vm.vsock",
-        "--",
-        &tool("vhost-device-vsock"),
-        "--guest-cid=3",
-        "--socket={socket}",
-        "--uds-path={dir}/vm.vsock",
-    ]);
+    let vsock = std::path::PathBuf::from(tool("vhost-device-vsock"));
+    let (code, report, stderr) = run_with_path(
+        Path::new("."),
+        vsock.parent(),
+        &[
+            "--virtio-id",
+            "vsock",
+            "--vsock-host-socket",
+            "{dir}/vm.vsock",
+            "--",
+            "vhost-device-vsock",
+            "--guest-cid=3",
+            "--socket={socket}",
+            "--uds-path={dir}/vm.vsock",
+        ],
+    );
     assert_eq!(code, Some(0), "{report:#}\n{stderr}");
     let detail = assert_status(&report, "linux", "vsock-connect", "pass");
     assert!(detail.contains("conformance-7f3a-vsock"), "{detail}");

@@ -149,9 +149,18 @@ struct Judge<'a> {
 }
 
 impl Judge<'_> {
+    /// A failure in a guest that ran out of time says so first: the
+    /// missing facts are the timeout's, which `--timeout-secs` sets.
     fn check(&mut self, name: &'static str, outcome: Result<String, String>) {
         let (status, detail) = match outcome {
             Ok(seen) => (Status::Pass, seen),
+            Err(why) if self.run.output.timed_out() => (
+                Status::Fail,
+                format!(
+                    "timeout: the guest did not finish within {} s (--timeout-secs; raise it for a slow backend or host): {why}",
+                    self.run.output.elapsed.as_secs()
+                ),
+            ),
             Err(why) => (Status::Fail, why),
         };
         self.checks
@@ -329,12 +338,22 @@ pub fn fs_tier(run: &GuestRun) -> Vec<Check> {
     );
     j.check(
         "write-and-read-back",
-        match first("write") {
-            Some(r) if r.get("readback") == Some("ok") => {
-                Ok(format!("{} bytes", r.get("bytes").unwrap_or("?")))
+        match (first("write"), first("remove")) {
+            (Some(r), Some(gone)) if r.get("readback") == Some("ok") => {
+                if gone.get("gone") == Some("1") {
+                    Ok(format!(
+                        "{} bytes, then removed from the share",
+                        r.get("bytes").unwrap_or("?")
+                    ))
+                } else {
+                    Err("the written file is still in the share after its unlink".into())
+                }
             }
-            Some(r) => Err(format!("read back {:?}", r.get("readback"))),
-            None => Err(failure()),
+            (Some(r), None) if r.get("readback") == Some("ok") => {
+                Err(format!("the written file was not removed: {}", failure()))
+            }
+            (Some(r), _) => Err(format!("read back {:?}", r.get("readback"))),
+            (None, _) => Err(failure()),
         },
     );
     j.check(

@@ -51,6 +51,8 @@ pub struct Args {
     pub fs_tag: Option<&'static str>,
     pub fs_read: List,
     pub fs_write: List,
+    /// Paths unlinked at the end of the fs test (what it wrote).
+    pub fs_remove: List,
     pub fs_list: List,
     pub fs_ops: bool,
     /// Time FUSE operations (the `fs bench` record).
@@ -200,6 +202,7 @@ impl Args {
             fs_tag: None,
             fs_read: List::new(),
             fs_write: List::new(),
+            fs_remove: List::new(),
             fs_list: List::new(),
             fs_ops: true,
             fs_bench: false,
@@ -257,6 +260,10 @@ impl Args {
                 }
                 "fs.write" => {
                     a.fs_write.extend_csv(value);
+                    true
+                }
+                "fs.remove" => {
+                    a.fs_remove.extend_csv(value);
                     true
                 }
                 "fs.list" => {

@@ -321,6 +321,17 @@ fn fs_session(dev: &mut Device, tag: &[u8], ctx: &mut Ctx) -> Result<(), Failure
     if args.fs_bench {
         fs_bench(&mut fs, clock)?;
     }
+    for path in args.fs_remove.iter() {
+        let (parent, name) = split_parent(path);
+        let dir = fs.resolve(parent.as_bytes())?;
+        fs.unlink(dir.nodeid, name.as_bytes())?;
+        let gone = fs.lookup(dir.nodeid, name.as_bytes())?.is_none();
+        record!(
+            "fs remove path={} gone={}",
+            Quoted(path.as_bytes()),
+            u8::from(gone)
+        );
+    }
     fs.destroy()?;
     let requests = fs.requests;
     record!(

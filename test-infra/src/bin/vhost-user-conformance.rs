@@ -35,9 +35,9 @@ use test_infra::conformance::{self, catalogue, preflight, Check, Expectation};
 use test_infra::conformance_linux::{self, LinuxTierSpec};
 use test_infra::guest::quote;
 use test_infra::process::Child;
-use test_infra::reaper;
 use test_infra::vmm::{GuestRun, VmmCommand};
 use test_infra::ProbeReport;
+use test_infra::{paths, reaper};
 
 /// For the backend to create its socket: a hang detector (a backend that
 /// exits first is told at once), generous for a loaded machine.
@@ -67,7 +67,7 @@ struct Args {
     /// Queue sizes, comma-separated. Without it, queues of 256: as many as
     /// GET_QUEUE_NUM says (with MQ) up to the type's usual count, or the
     /// usual count (2 for a type the table does not know).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = parse_queue_size)]
     queue_sizes: Option<Vec<u32>>,
     /// Length of the device config window, for types the VIRTIO
     /// specification gives no size.
@@ -137,6 +137,14 @@ enum GuestKind {
 
 /// A VIRTIO device ID or name from the table `vmm` uses, within the IDs
 /// virtio-pci carries.
+/// A split virtqueue's size: a power of two up to 32768, as `vmm` takes.
+fn parse_queue_size(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<u32>() {
+        Ok(n) if n.is_power_of_two() && n <= 32768 => Ok(n),
+        _ => Err("expected a power of two from 1 to 32768".into()),
+    }
+}
+
 fn parse_virtio_id(s: &str) -> Result<u32, String> {
     const PCI_IDS: std::ops::RangeInclusive<u32> = 1..=63;
     match s.parse::<virtio_types::VirtioDeviceType>() {
@@ -211,7 +219,7 @@ impl Runner<'_> {
         let mut command = Command::new(program);
         command.args(rest);
         let mut child = Child::spawn(name, command, self.dir)
-            .map_err(|e| format!("starting {program}: {e}"))?;
+            .map_err(|e| format!("starting {program}: {}", error_chain(&e)))?;
         if !child.wait_until(SOCKET_DEADLINE, |_| socket.exists()) {
             // Its own failure, not a slow start: say how it ended.
             if let Some(status) = child.exit_status() {
@@ -428,9 +436,18 @@ fn probe_tiers(
     }
     if virtio_id == 26 {
         if usable {
-            let run = runner.boot(
-                "probe.run=fs probe.fs.write=.vhost-user-conformance:65536 probe.fs.list=/ probe.fs.ops=on",
-            )?;
+            // A name no file of the user's has, removed at the end: the
+            // share is the user's.
+            let name = format!(
+                ".vhost-user-conformance-{}-{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos())
+            );
+            let run = runner.boot(&format!(
+                "probe.run=fs probe.fs.write={name}:65536 probe.fs.list=/ probe.fs.ops=on probe.fs.remove={name}"
+            ))?;
             checks.extend(runner.tier(conformance::fs_tier(&run)));
         } else {
             checks.push(conformance::skipped("fs", "all", "the generic tier failed"));
@@ -511,6 +528,17 @@ fn hex_bytes(hex: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// The report on stdout; one that cannot be written (a full disk, a
+/// closed pipe) is said on stderr and ends the run with status 2.
+fn print_report(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        eprintln!("vhost-user-conformance: cannot write the report to standard output: {e}");
+        reaper::exit(2);
+    }
+}
+
 fn main() {
     // First, before any thread: whatever ends the run, every process it
     // started (and theirs, daemons included) ends with it.
@@ -520,12 +548,25 @@ fn main() {
         eprintln!("vhost-user-conformance: cannot watch over the processes it starts: {e}");
         std::process::exit(2);
     }
-    let args = Args::parse();
+    let mut args = Args::parse();
+    // A bare name means what the user's shell would run: the Linux tier
+    // runs the backend where PATH is not the user's.
+    if let Some(program) = args.command.first_mut() {
+        if !program.contains('/') {
+            match paths::find_program(program) {
+                Some(found) => *program = found.display().to_string(),
+                None => {
+                    eprintln!("vhost-user-conformance: the backend {program:?} is not on PATH");
+                    reaper::exit(2);
+                }
+            }
+        }
+    }
     if args.list_checks {
         if args.json {
-            print!("{}", catalogue::json());
+            print_report(&catalogue::json());
         } else {
-            print!("{}", catalogue::table());
+            print_report(&catalogue::table());
         }
         return;
     }
@@ -544,9 +585,9 @@ fn main() {
         }
     };
     if args.json {
-        print!("{}", conformance::json(&checks));
+        print_report(&conformance::json(&checks));
     } else {
-        print!("{}", conformance::table(&checks));
+        print_report(&conformance::table(&checks));
     }
     if let Some(path) = &args.junit {
         let written = conformance::junit(&checks)

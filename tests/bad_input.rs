@@ -729,3 +729,27 @@ fn an_output_over_another_vm_s_disk_is_refused_and_the_disk_kept(
         "the image changed"
     );
 }
+
+/// Issue 21, finding 14: `vhost-user-mock --block /nonexistent` listened
+/// and failed only at the first connection; now it says so at once and
+/// makes no socket.
+#[test]
+fn a_mock_block_file_that_cannot_be_opened_is_said_before_listening() {
+    let dir = tempdir();
+    let mut command = std::process::Command::new(test_infra::mock::mock_binary().expect("mock"));
+    command
+        .args(["--socket", "m.sock", "--block", "/nonexistent/disk.img"])
+        .current_dir(dir.path());
+    let out = test_infra::process::Child::spawn("mock", command, dir.path())
+        .expect("mock starts")
+        .wait(DEADLINE)
+        .expect("mock exits");
+    assert_ne!(out.code(), Some(0), "{}", out.describe());
+    assert!(out.code().is_some(), "{}", out.describe());
+    assert!(
+        out.stderr.contains("cannot open the --block file"),
+        "{}",
+        out.describe()
+    );
+    assert!(!dir.path().join("m.sock").exists(), "it listened");
+}

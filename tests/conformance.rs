@@ -623,3 +623,86 @@ fn a_report_that_cannot_be_written_is_said() {
     );
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// Processes other than `except` whose command line holds `word`.
+fn processes_mentioning(word: &str, except: u32) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+                    if pid == except || pid == std::process::id() {
+                        return None;
+                    }
+                    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+                    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                    cmdline.contains(word).then(|| format!("{pid}: {cmdline}"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Issue 21, finding 13: `linux-demo --help` booted a 2 GiB L1; now it
+/// says what the demo does and exits.
+#[test]
+fn linux_demo_help_says_what_it_does_and_starts_nothing() {
+    let demo = paths::conformance_binary()
+        .expect("runner built")
+        .with_file_name("linux-demo");
+    let output = Command::new(&demo)
+        .arg("--help")
+        .output()
+        .expect("demo starts");
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{out}");
+    assert!(out.contains("Usage: linux-demo"), "{out}");
+    assert!(out.contains("Stopped by a signal"), "{out}");
+}
+
+/// Finding 13: the demo stopped by SIGTERM left QEMU and virtiofsd
+/// running and its temporary directory full; now they end with it.
+#[test]
+fn linux_demo_stopped_by_a_signal_leaves_nothing_behind() {
+    let dir = test_infra::tempdir();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).expect("tmp");
+    let demo = paths::conformance_binary()
+        .expect("runner built")
+        .with_file_name("linux-demo");
+    let child = Command::new(&demo)
+        .env("TMPDIR", &tmp)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("demo starts");
+    let tmp_text = tmp.display().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    // virtiofsd serving L1's share (nested) or the guest's (direct).
+    while !processes_mentioning(&tmp_text, child.id())
+        .iter()
+        .any(|p| p.contains("virtiofsd"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the demo started no virtiofsd in {tmp_text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: kill sends a signal to our own child; the result is checked.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let out = child.wait_with_output().expect("demo ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(128 + libc::SIGTERM), "{stderr}");
+    let left = processes_mentioning(&tmp_text, 0);
+    assert!(left.is_empty(), "left running: {left:?}");
+    let files: Vec<_> = std::fs::read_dir(&tmp)
+        .expect("tmp")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(
+        files.is_empty(),
+        "left in the temporary directory: {files:?}"
+    );
+}

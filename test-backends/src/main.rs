@@ -193,6 +193,15 @@ fn main() {
 }
 
 fn run(args: &Args) -> Result<(), MockError> {
+    // Before listening: a --block file that cannot be served is said at
+    // once, not at the first connection.
+    if let Some(path) = &args.block {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| MockError::Block(path.clone(), e))?;
+    }
     let level = match args.verbose {
         0 => log::LevelFilter::Info,
         1 => log::LevelFilter::Debug,

@@ -356,12 +356,14 @@ fn parse_disk(index: usize, value: &str) -> Result<DiskConfig, OptionError> {
     let queue_size = match options.get("queue_size") {
         None => DEFAULT_DISK_QUEUE_SIZE,
         Some(size) => {
-            const EXPECTED: &str = "a power of two from 2 to 32768, e.g. queue_size=128";
+            // Two entries hold no request of header, data and status
+            // without indirect descriptors (QEMU refuses 2 as well).
+            const EXPECTED: &str = "a power of two from 4 to 32768, e.g. queue_size=128";
             let n = parse_number(
                 &DISK,
                 "queue_size",
                 size,
-                2..=u64::from(MAX_DISK_QUEUE_SIZE),
+                4..=u64::from(MAX_DISK_QUEUE_SIZE),
                 EXPECTED,
             )?;
             if !n.is_power_of_two() {

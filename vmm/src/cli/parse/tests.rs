@@ -606,6 +606,7 @@ fn disks(#[case] value: &str, #[case] backend: DiskBackend) {
     "invalid queue_size \"100\": expected a power of two"
 )]
 #[case("path=/d,queue_size=1", "invalid queue_size \"1\"")]
+#[case("path=/d,queue_size=2", "a power of two from 4 to 32768")]
 #[case("path=/d,queue_size=65536", "invalid queue_size \"65536\"")]
 #[case("path=/d,socket=/s", "socket= needs vhost_user=on")]
 #[case("vhost_user=on", "missing socket=")]

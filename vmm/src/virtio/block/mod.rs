@@ -76,17 +76,18 @@ impl Block {
                 params.disk.size() % SECTOR_SIZE
             );
         }
-        let mut serial_id = [0u8; ID_BYTES];
-        if let Some(serial) = &params.serial {
-            if serial.len() > ID_BYTES {
-                log::warn!(
-                    "{}: serial {serial:?} is longer than {ID_BYTES} bytes: the guest sees its first {ID_BYTES}",
-                    params.id
-                );
+        let serial_id = match &params.serial {
+            Some(serial) => {
+                if serial.len() > ID_BYTES {
+                    log::warn!(
+                        "{}: serial {serial:?} is longer than {ID_BYTES} bytes: the guest sees its first {ID_BYTES} at most",
+                        params.id
+                    );
+                }
+                serial_id(serial)
             }
-            let n = serial.len().min(ID_BYTES);
-            serial_id[..n].copy_from_slice(&serial.as_bytes()[..n]);
-        }
+            None => [0u8; ID_BYTES],
+        };
         let queues = params.num_queues.max(1);
         let mut features = VIRTIO_F_VERSION_1
             | VIRTIO_RING_F_EVENT_IDX
@@ -122,6 +123,19 @@ impl Block {
             workers: Vec::new(),
         }
     }
+}
+
+/// What GET_ID answers: the serial's first `ID_BYTES` bytes, cut before a
+/// character that would not fit whole, so the guest never reads half a
+/// UTF-8 character.
+fn serial_id(serial: &str) -> [u8; ID_BYTES] {
+    let mut n = serial.len().min(ID_BYTES);
+    while !serial.is_char_boundary(n) {
+        n -= 1;
+    }
+    let mut id = [0u8; ID_BYTES];
+    id[..n].copy_from_slice(&serial.as_bytes()[..n]);
+    id
 }
 
 /// The config space: read-only for the driver, as we offer no CONFIG_WCE.
@@ -243,6 +257,17 @@ impl VirtioDevice for Block {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 21, finding 14: a serial was cut inside a UTF-8 character.
+    #[test]
+    fn a_long_serial_is_cut_between_characters() {
+        let id = serial_id("disk-ééééééééééé");
+        let end = id.iter().position(|&b| b == 0).unwrap_or(ID_BYTES);
+        assert_eq!(std::str::from_utf8(&id[..end]).unwrap(), "disk-ééééééé");
+        assert_eq!(&serial_id("short")[..6], b"short\0");
+        let exact = serial_id("01234567890123456789xyz");
+        assert_eq!(&exact, b"01234567890123456789");
+    }
 
     #[test]
     fn config_holds_capacity_limits_and_queue_count() {

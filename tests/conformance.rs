@@ -423,22 +423,42 @@ fn a_backend_that_exits_at_once_is_reported_with_its_status_and_output() {
     assert!(start.elapsed() < std::time::Duration::from_secs(15));
 }
 
-/// The processes whose command line starts with `sleep ` and holds `word`
-/// (not the runner, whose own arguments hold it too).
-fn processes_with(word: &str) -> Vec<String> {
+/// `pid: command line` of every process but this one and `except` whose
+/// command line `matches`.
+fn processes(except: u32, matches: impl Fn(&str) -> bool) -> Vec<String> {
     std::fs::read_dir("/proc")
         .map(|d| {
             d.flatten()
                 .filter_map(|e| {
                     let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+                    if pid == except || pid == std::process::id() {
+                        return None;
+                    }
                     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
                     let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-                    (cmdline.starts_with("sleep ") && cmdline.contains(word))
-                        .then(|| format!("{pid}: {cmdline}"))
+                    matches(&cmdline).then(|| format!("{pid}: {cmdline}"))
                 })
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The `sleep` processes whose command line holds `word` (not the runner,
+/// whose own arguments hold it too).
+fn processes_with(word: &str) -> Vec<String> {
+    processes(0, |cmdline| {
+        cmdline.starts_with("sleep ") && cmdline.contains(word)
+    })
+}
+
+/// Panics unless `dir` is empty.
+fn assert_empty_dir(dir: &std::path::Path) {
+    let left: Vec<_> = std::fs::read_dir(dir)
+        .expect("directory")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "left in {}: {left:?}", dir.display());
 }
 
 /// Issue 21, finding 9: a runner stopped by SIGINT, SIGTERM or SIGHUP (a
@@ -500,12 +520,7 @@ fn a_runner_stopped_by_a_signal_leaves_nothing_behind(#[case] signo: i32) {
         let left = processes_with(m);
         assert!(left.is_empty(), "left running: {left:?}");
     }
-    let left: Vec<_> = std::fs::read_dir(&tmp)
-        .expect("tmp")
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    assert!(left.is_empty(), "left in the temporary directory: {left:?}");
+    assert_empty_dir(&tmp);
 }
 
 /// Issue 21, finding 11: queue sizes `vmm` cannot take reached it and
@@ -624,25 +639,6 @@ fn a_report_that_cannot_be_written_is_said() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
-/// Processes other than `except` whose command line holds `word`.
-fn processes_mentioning(word: &str, except: u32) -> Vec<String> {
-    std::fs::read_dir("/proc")
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| {
-                    let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
-                    if pid == except || pid == std::process::id() {
-                        return None;
-                    }
-                    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-                    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-                    cmdline.contains(word).then(|| format!("{pid}: {cmdline}"))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Issue 21, finding 13: `linux-demo --help` booted a 2 GiB L1; now it
 /// says what the demo does and exits.
 #[test]
@@ -679,7 +675,7 @@ fn linux_demo_stopped_by_a_signal_leaves_nothing_behind() {
     let tmp_text = tmp.display().to_string();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     // virtiofsd serving L1's share (nested) or the guest's (direct).
-    while !processes_mentioning(&tmp_text, child.id())
+    while !processes(child.id(), |c| c.contains(&tmp_text))
         .iter()
         .any(|p| p.contains("virtiofsd"))
     {
@@ -694,15 +690,7 @@ fn linux_demo_stopped_by_a_signal_leaves_nothing_behind() {
     let out = child.wait_with_output().expect("demo ends");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(128 + libc::SIGTERM), "{stderr}");
-    let left = processes_mentioning(&tmp_text, 0);
+    let left = processes(0, |c| c.contains(&tmp_text));
     assert!(left.is_empty(), "left running: {left:?}");
-    let files: Vec<_> = std::fs::read_dir(&tmp)
-        .expect("tmp")
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    assert!(
-        files.is_empty(),
-        "left in the temporary directory: {files:?}"
-    );
+    assert_empty_dir(&tmp);
 }

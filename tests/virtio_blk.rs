@@ -29,6 +29,23 @@ fn make_image(path: &Path, mib: usize, seed: u64) -> Vec<u8> {
     bytes
 }
 
+/// The probe's command line that reads (sha256) and writes the sector
+/// ranges `(start, count)` given.
+fn blk_cmdline(reads: &[(u64, u64)], writes: &[(u64, u64)]) -> String {
+    let list = |ranges: &[(u64, u64)]| {
+        ranges
+            .iter()
+            .map(|(s, c)| format!("{s}:{c}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    format!(
+        "probe.run=blk probe.blk.sha={} probe.blk.write={}",
+        list(reads),
+        list(writes)
+    )
+}
+
 fn run_blk(guest: Guest, dir: &Path) -> ProbeReport {
     guest.run(dir).expect("guest runs").assert_passed().clone()
 }
@@ -93,18 +110,7 @@ fn reads_writes_and_flushes_a_disk(
     let capacity = (4 * MIB / 512) as u64;
     let reads = [(0, capacity), (100, 3), (capacity - 1, 1)];
     let writes = [(2048, 1000), (5000, 1), (capacity - 8, 8)];
-    let list = |ranges: &[(u64, u64)]| {
-        ranges
-            .iter()
-            .map(|(s, c)| format!("{s}:{c}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    let cmdline = format!(
-        "probe.run=blk probe.blk.sha={} probe.blk.write={}",
-        list(&reads),
-        list(&writes)
-    );
+    let cmdline = blk_cmdline(&reads, &writes);
     let report = run_blk(
         Guest::probe(hv, &cmdline).disk(Disk::new(&path).serial("disk0")),
         dir.path(),
@@ -225,18 +231,7 @@ fn direct_io_on_a_disk_with_4k_logical_blocks(kvm: Option<KvmHost>) {
     let capacity = (4 * MIB / 512) as u64;
     let reads = [(0, capacity), (1, 1), (capacity - 1, 1)];
     let writes = [(3, 1), (7, 2), (2048, 8), (capacity - 9, 9)];
-    let list = |ranges: &[(u64, u64)]| {
-        ranges
-            .iter()
-            .map(|(s, c)| format!("{s}:{c}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    let cmdline = format!(
-        "probe.run=blk probe.blk.sha={} probe.blk.write={}",
-        list(&reads),
-        list(&writes)
-    );
+    let cmdline = blk_cmdline(&reads, &writes);
     let device = LoopDevice::attach(&backing, 4096);
     let report = run_blk(
         Guest::probe(Hypervisor::Vmm, &cmdline).disk(Disk::new(&device.0).direct().serial("4kn")),

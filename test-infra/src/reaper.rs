@@ -168,8 +168,10 @@ mod tests {
     #[test]
     fn the_parent_is_read_past_any_command_name() {
         let me = std::process::id();
-        let child = std::process::Command::new("sh")
-            .args(["-c", "sleep 5"])
+        // sleep itself (not under a shell, whose own child would outlive
+        // the kill below and hold the test's output open).
+        let child = std::process::Command::new("sleep")
+            .arg("5")
             .spawn()
             .unwrap();
         assert_eq!(parent_of(child.id()), Some(me));

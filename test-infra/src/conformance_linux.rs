@@ -251,7 +251,7 @@ pub fn linux_tier(spec: &LinuxTierSpec, work: &Path) -> Vec<Check> {
         )];
     }
     match run_scenario(spec, work, modules, name) {
-        Ok(run) => judge(spec, name, &run, started.elapsed()),
+        Ok(run) => judge(spec, modules, name, &run, started.elapsed()),
         Err(e) => vec![fail("boot", &e, started.elapsed())],
     }
 }
@@ -369,7 +369,13 @@ fn skip(name: &'static str, why: &str) -> Check {
     Check::new(TIER, name, Status::Skip, why)
 }
 
-fn judge(spec: &LinuxTierSpec, name: &str, run: &ScenarioRun, elapsed: Duration) -> Vec<Check> {
+fn judge(
+    spec: &LinuxTierSpec,
+    modules: &[&str],
+    name: &str,
+    run: &ScenarioRun,
+    elapsed: Duration,
+) -> Vec<Check> {
     let guest = run.guest("guest");
     let mut checks = Vec::new();
     let tail = |text: &str| {
@@ -423,14 +429,14 @@ fn judge(spec: &LinuxTierSpec, name: &str, run: &ScenarioRun, elapsed: Duration)
         type_outcome(name, spec, &guest, run),
         elapsed,
     ));
-    checks.push(kernel_log_check(name, &guest, elapsed));
+    checks.push(kernel_log_check(modules, name, &guest, elapsed));
     checks
 }
 
 /// The guest's kernel log since the driver loaded: a complaint the device
 /// under test caused fails; any other (the clock, the emulator, the
 /// platform) is a warning with its lines.
-fn kernel_log_check(name: &str, guest: &ProbeReport, elapsed: Duration) -> Check {
+fn kernel_log_check(modules: &[&str], name: &str, guest: &ProbeReport, elapsed: Duration) -> Check {
     let Some(klog) = guest.first("klog") else {
         return fail(
             "kernel-log",
@@ -442,7 +448,6 @@ fn kernel_log_check(name: &str, guest: &ProbeReport, elapsed: Duration) -> Check
         .all("klog-line")
         .filter_map(|r| r.get("text"))
         .collect();
-    let modules = driver_by_name(name).unwrap_or(&[]);
     let terms = kernel_log::device_terms(modules, klog.get("pci"), device_names(name));
     let log = kernel_log::classify(&lines, &terms);
     let others = |log: &kernel_log::KernelLog| {
@@ -497,10 +502,6 @@ fn device_names(name: &str) -> &'static [&'static str] {
         "net" => &["eth0", "eth1"],
         _ => &[],
     }
-}
-
-fn driver_by_name(name: &str) -> Option<&'static [&'static str]> {
-    (1..=63).find_map(|id| driver(id).filter(|(_, n)| *n == name).map(|(m, _)| m))
 }
 
 /// A backend's log for a failure's detail: its first panic, if it

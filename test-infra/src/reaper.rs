@@ -179,10 +179,10 @@ mod tests {
         let mut child = child;
         child.kill().unwrap();
         child.wait().unwrap();
-        assert_eq!(parent_of(std::process::id()), Some(unsafe_parent()));
+        assert_eq!(parent_of(std::process::id()), Some(our_parent()));
     }
 
-    fn unsafe_parent() -> u32 {
+    fn our_parent() -> u32 {
         // SAFETY: getppid has no preconditions and touches no memory.
         (unsafe { libc::getppid() }) as u32
     }

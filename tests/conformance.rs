@@ -324,6 +324,8 @@ fn list_checks_lists_every_check_without_running_any() {
 #[case::garbage_for_features(&["--virtio-id", "60"], &["--fault", "GET_FEATURES:garbage"], "connect-and-negotiate", "GET_FEATURES")]
 #[case::features_header_says_more(&["--virtio-id", "60"], &["--fault", "GET_FEATURES:bad-size"], "handshake", "GET_FEATURES: the reply's header announces 12 bytes")]
 #[case::protocol_features_header_says_more(&["--virtio-id", "60"], &["--fault", "GET_PROTOCOL_FEATURES:bad-size"], "handshake", "GET_PROTOCOL_FEATURES: the reply's header announces 12 bytes")]
+// Issue 21, finding 12: described as "a malformed header" by vmm.
+#[case::features_bring_250_fds(&["--virtio-id", "60"], &["--fault", "GET_FEATURES:extra-fd=250"], "handshake", "GET_FEATURES: the reply brings 250 file descriptors where it brings none")]
 #[case::queue_num_header_says_more(&["--virtio-id", "60"], &["--fault", "GET_QUEUE_NUM:bad-size"], "handshake", "GET_QUEUE_NUM: the reply's header announces 12 bytes")]
 #[case::refused_ring_without_mq(&["--virtio-id", "60"], &["--queues", "1", "--no-mq"], "connect-and-negotiate", "SET_VRING_NUM")]
 #[case::short_config_reply(&["--virtio-id", "60", "--config-size", "4"], &["--config", "01020304", "--fault", "GET_CONFIG#2:short", "--relisten"], "config-read", "ffffffff")]

@@ -40,6 +40,45 @@ fn assert_refused(dir: &Path, disk: &str, what: &[&str]) {
     );
 }
 
+/// Issue 21, finding 14: one image given twice as writable disks (here
+/// through a link) was refused as "locked by another process". Now the
+/// message names both options, and read-only disks still share one.
+#[rstest]
+fn one_image_is_never_two_writable_disks(kvm: Option<KvmHost>) {
+    let Some(_kvm) = kvm else { return };
+    let dir = tempdir();
+    let image = dir.path().join("one.img");
+    std::fs::write(&image, vec![0u8; 1 << 20]).expect("image");
+    let link = dir.path().join("link.img");
+    std::os::unix::fs::symlink(&image, &link).expect("link");
+    let two_disks = |options: &str| {
+        let mut cmd = VmmCommand::probe("probe.run=boot").expect("probe guest");
+        for path in [&image, &link] {
+            cmd.arg("--disk")
+                .arg(format!("path={}{options}", path.display()));
+        }
+        cmd.spawn(dir.path())
+            .expect("vmm starts")
+            .wait(Duration::from_secs(60))
+            .expect("vmm exits")
+    };
+    let out = two_disks("");
+    assert_eq!(out.code(), Some(1), "{}", out.describe());
+    let error: Vec<&str> = out.stderr.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(error.len(), 1, "{}", out.describe());
+    for needle in ["--disk path=", "link.img", "one.img too", "serves one disk"] {
+        assert!(error[0].contains(needle), "no {needle:?} in {:?}", error[0]);
+    }
+    assert!(!out.stdout.contains("probe: start"), "{}", out.describe());
+
+    let shared = two_disks(",readonly=on");
+    assert!(
+        ProbeReport::parse(&shared.stdout).passed(),
+        "{}",
+        shared.describe()
+    );
+}
+
 #[rstest]
 fn a_missing_image_is_named(kvm: Option<KvmHost>) {
     let Some(_kvm) = kvm else { return };

@@ -97,9 +97,15 @@ pub enum What {
     WrongCode,
     BadSize,
     Truncate,
-    ExtraFd,
+    /// Attach this many unexpected file descriptors to the reply (1 to
+    /// [`MAX_EXTRA_FDS`]): past 32 the vhost crate's frontend loses the
+    /// reply's bytes along with the descriptors.
+    ExtraFd(usize),
     Garbage,
 }
+
+/// The kernel's limit on descriptors in one message (SCM_MAX_FD).
+pub const MAX_EXTRA_FDS: usize = 253;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fault {
@@ -126,8 +132,10 @@ pub enum FaultError {
     When(String),
     #[error("fault {0:?}: #N must be a number from 1")]
     Nth(String),
-    #[error("fault {0:?}: WHAT must be one of error, short, long, delay=MS, drop, close, close-after, crash, crash-after, wrong-code, bad-size, truncate, extra-fd, garbage")]
+    #[error("fault {0:?}: WHAT must be one of error, short, long, delay=MS, drop, close, close-after, crash, crash-after, wrong-code, bad-size, truncate, extra-fd[=N], garbage")]
     What(String),
+    #[error("fault {0:?}: extra-fd=N takes 1 to 253 descriptors (the most one message carries)")]
+    ExtraFds(String),
     #[error("fault {0:?}: `error` needs a request with a failure reply: GET_CONFIG, or a SET_* request (answered with a failing REPLY_ACK)")]
     NoErrorForm(String),
     #[error("fault {0:?}: a buffer can only `close` or `crash` the connection, or `delay=MS` it")]
@@ -167,12 +175,21 @@ impl FromStr for Fault {
             "wrong-code" => What::WrongCode,
             "bad-size" => What::BadSize,
             "truncate" => What::Truncate,
-            "extra-fd" => What::ExtraFd,
+            "extra-fd" => What::ExtraFd(1),
             "garbage" => What::Garbage,
-            other => match other.strip_prefix("delay=").map(str::parse::<u64>) {
-                Some(Ok(ms)) => What::Delay(Duration::from_millis(ms)),
-                _ => return Err(bad(FaultError::What)),
-            },
+            other => {
+                if let Some(n) = other.strip_prefix("extra-fd=") {
+                    match n.parse::<usize>() {
+                        Ok(n) if (1..=MAX_EXTRA_FDS).contains(&n) => What::ExtraFd(n),
+                        _ => return Err(bad(FaultError::ExtraFds)),
+                    }
+                } else {
+                    match other.strip_prefix("delay=").map(str::parse::<u64>) {
+                        Some(Ok(ms)) => What::Delay(Duration::from_millis(ms)),
+                        _ => return Err(bad(FaultError::What)),
+                    }
+                }
+            }
         };
         if what == What::Error {
             let has_error_form = match when {
@@ -330,7 +347,7 @@ mod tests {
         fn random_well_formed_specs_parse_or_explain(
             when in "(any|buffer|GET_CONFIG|SET_CONFIG|GET_FEATURES|set_vring_kick|BOGUS)",
             nth in proptest::option::of(0u64..5),
-            what in "(error|short|long|delay=[0-9]{1,4}|drop|close|close-after|crash|crash-after|wrong-code|bad-size|truncate|extra-fd|garbage|nonsense)",
+            what in "(error|short|long|delay=[0-9]{1,4}|drop|close|close-after|crash|crash-after|wrong-code|bad-size|truncate|extra-fd|extra-fd=[0-9]{1,3}|garbage|nonsense)",
         ) {
             let spec = match nth {
                 Some(n) => format!("{when}#{n}:{what}"),

@@ -44,6 +44,8 @@ FAULTS
         bad-size     reply header says 4 bytes more than are sent
         truncate     send half the reply, then close
         extra-fd     attach an unexpected file descriptor to the reply
+        extra-fd=N   attach N of them (1 to 253; past 32 a frontend
+                     built on the vhost crate loses the reply)
         garbage      64 random bytes instead of the reply
   Every fault that fires logs `fault: SPEC fired on REQUEST #N`.
 

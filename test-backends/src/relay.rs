@@ -333,9 +333,12 @@ impl Relay {
                     .map_err(|e| RelayError::Write("frontend", e))?;
                 return Ok(Next::Close);
             }
-            Some(What::ExtraFd) => {
-                let null = File::open("/dev/null").map_err(|e| RelayError::Write("frontend", e))?;
-                reply.fds.push(null.into());
+            Some(What::ExtraFd(count)) => {
+                for _ in 0..count {
+                    let null =
+                        File::open("/dev/null").map_err(|e| RelayError::Write("frontend", e))?;
+                    reply.fds.push(null.into());
+                }
             }
             Some(What::Garbage) => {
                 (&*frontend)

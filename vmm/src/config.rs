@@ -37,25 +37,42 @@ pub struct VmConfig {
 
 impl VmConfig {
     /// Every file the VM reads, or writes as a disk, with the option that
-    /// names it: no output may be one of them.
-    pub fn input_files(&self) -> Vec<(PathBuf, String)> {
-        let mut files = vec![(
-            self.payload.kernel.clone(),
-            format!("--kernel {}", self.payload.kernel.display()),
-        )];
+    /// names it and whether the guest writes it: no output may be one of
+    /// them, and a file the guest writes serves no other use.
+    pub fn input_files(&self) -> Vec<InputFile> {
+        let mut files = vec![InputFile {
+            path: self.payload.kernel.clone(),
+            what: format!("--kernel {}", self.payload.kernel.display()),
+            written: false,
+        }];
         if let Some(initramfs) = &self.payload.initramfs {
-            files.push((
-                initramfs.clone(),
-                format!("--initramfs {}", initramfs.display()),
-            ));
+            files.push(InputFile {
+                path: initramfs.clone(),
+                what: format!("--initramfs {}", initramfs.display()),
+                written: false,
+            });
         }
         for disk in &self.disks {
-            if let DiskBackend::Image { path, .. } = &disk.backend {
-                files.push((path.clone(), format!("--disk path={}", path.display())));
+            if let DiskBackend::Image { path, readonly, .. } = &disk.backend {
+                files.push(InputFile {
+                    path: path.clone(),
+                    what: format!("--disk path={}", path.display()),
+                    written: !readonly,
+                });
             }
         }
         files
     }
+}
+
+/// A file the VM opens as an input, for [`VmConfig::input_files`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputFile {
+    pub path: PathBuf,
+    /// The option naming it, for messages: `--disk path=a.img`.
+    pub what: String,
+    /// The guest writes it (a disk without `readonly=on`).
+    pub written: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -29,6 +29,8 @@ pub enum FileError {
     InUse(String),
     #[error("it is locked by {0} (a disk image in use): an output never overwrites it")]
     LockedByOther(String),
+    #[error("it is {0} too: a file the guest writes serves one disk and nothing else (readonly=on disks may share one)")]
+    WrittenTwice(String),
 }
 
 /// A file by what it is, not by the path that names it: a link, another
@@ -52,25 +54,52 @@ impl FileId {
 /// so that no output is opened over one of them.
 #[derive(Debug, Default)]
 pub struct FilesInUse {
-    files: Vec<(FileId, String)>,
+    files: Vec<InUse>,
+}
+
+#[derive(Debug)]
+struct InUse {
+    id: FileId,
+    what: String,
+    written: bool,
 }
 
 impl FilesInUse {
-    /// Notes an input, named for messages by `what` (`--disk path=a.img`).
-    /// One that cannot be looked up is left out: its own open reports why.
-    pub fn add_input(&mut self, path: &Path, what: impl Into<String>) {
-        if let Ok(meta) = std::fs::metadata(path) {
-            if holds_data(meta.file_type()) {
-                self.files.push((FileId::of(&meta), what.into()));
+    /// Notes an input, named for messages by `what` (`--disk path=a.img`),
+    /// that the guest writes if `written`; such a file may be nothing else
+    /// of this VM, or two disks would overwrite each other's data. One that
+    /// cannot be looked up is left out: its own open reports why.
+    pub fn add_input(
+        &mut self,
+        path: &Path,
+        what: impl Into<String>,
+        written: bool,
+    ) -> Result<(), FileError> {
+        let Ok(meta) = std::fs::metadata(path) else {
+            return Ok(());
+        };
+        if !holds_data(meta.file_type()) {
+            return Ok(());
+        }
+        let id = FileId::of(&meta);
+        if let Some(other) = self.files.iter().find(|f| f.id == id) {
+            if written || other.written {
+                return Err(FileError::WrittenTwice(other.what.clone()));
             }
         }
+        self.files.push(InUse {
+            id,
+            what: what.into(),
+            written,
+        });
+        Ok(())
     }
 
     fn user_of(&self, id: FileId) -> Option<&str> {
         self.files
             .iter()
-            .find(|(known, _)| *known == id)
-            .map(|(_, what)| what.as_str())
+            .find(|f| f.id == id)
+            .map(|f| f.what.as_str())
     }
 }
 
@@ -134,7 +163,11 @@ pub fn open_output(
                 meta.ino(),
             )));
         }
-        in_use.files.push((id, what.into()));
+        in_use.files.push(InUse {
+            id,
+            what: what.into(),
+            written: true,
+        });
         if !append && meta.file_type().is_file() {
             file.set_len(0)?;
         }
@@ -345,7 +378,9 @@ mod tests {
         let held = File::open(&image).unwrap();
         let by_fd = PathBuf::from(format!("/proc/self/fd/{}", held.as_raw_fd()));
         let mut in_use = FilesInUse::default();
-        in_use.add_input(&image, "--disk path=img.raw");
+        in_use
+            .add_input(&image, "--disk path=img.raw", true)
+            .unwrap();
         for path in [&image, &link, &by_fd] {
             for append in [false, true] {
                 let err = open_output(path, append, &mut in_use, "--serial file=x").unwrap_err();
@@ -356,6 +391,31 @@ mod tests {
             }
         }
         assert_eq!(std::fs::read(&image).unwrap(), b"precious");
+    }
+
+    /// Issue 21, finding 14: the same image given twice as writable
+    /// disks was refused as "locked by another process", naming no one.
+    #[test]
+    fn a_file_the_guest_writes_serves_one_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("img.raw");
+        std::fs::write(&image, b"disk").unwrap();
+        let link = dir.path().join("link.raw");
+        std::os::unix::fs::symlink(&image, &link).unwrap();
+        let writable = |first: bool, second: bool| {
+            let mut in_use = FilesInUse::default();
+            in_use.add_input(&image, "--disk path=img.raw", first)?;
+            in_use.add_input(&link, "--disk path=link.raw", second)
+        };
+        for (first, second) in [(true, true), (true, false), (false, true)] {
+            let err = writable(first, second).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "it is --disk path=img.raw too: a file the guest writes serves one disk \
+                 and nothing else (readonly=on disks may share one)"
+            );
+        }
+        writable(false, false).expect("read-only disks share a file");
     }
 
     #[test]

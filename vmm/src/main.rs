@@ -45,8 +45,11 @@ fn main() -> ExitCode {
     // Every input is known before any output is opened, so that no output
     // (the log, the serial or console file) overwrites one.
     let mut in_use = FilesInUse::default();
-    for (path, what) in config.input_files() {
-        in_use.add_input(&path, what);
+    for input in config.input_files() {
+        if let Err(e) = in_use.add_input(&input.path, &input.what, input.written) {
+            eprintln!("vmm: error: {}: {}", input.what, error_chain(&e));
+            return ExitCode::from(EXIT_START_FAILED);
+        }
     }
     if let Err(e) = logger::init(args.log_level(), args.log_file.as_deref(), &mut in_use) {
         eprintln!("vmm: error: {}", error_chain(&e));

@@ -13,14 +13,20 @@
 //! that announces more never sends. Then the crate asks again, for its
 //! own state.
 //!
+//! Each reply read here is also checked to bring no file descriptors:
+//! none of them carries any, and past 32 the vhost crate's reader (and so
+//! `vmm`) takes the kernel's "truncated" for a retry and loses the reply's
+//! bytes, which looks like a reply that never came.
+//!
 //! The vhost crate's frontend sends all but GET_CONFIG. Its GET_CONFIG
 //! reads the reply as if it had the size asked for, and the protocol's
 //! refusal is shorter, so a backend that merely says no would cost the
 //! whole deadline and the connection: GET_CONFIG is sent here, and
 //! exactly the bytes the reply's header announces are read.
 
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::net::Shutdown;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,6 +36,7 @@ use std::time::{Duration, Instant};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::VhostBackend;
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
 const GET_FEATURES: u32 = 1;
@@ -41,6 +48,8 @@ const REPLY: u32 = 0x4;
 const HEADER_LEN: usize = 12;
 /// VhostUserConfig: offset, size, flags.
 const CONFIG_HEADER_LEN: usize = 12;
+/// The most descriptors one message can bring (the kernel's SCM_MAX_FD).
+const MAX_FDS: usize = 253;
 /// The protocol's largest config payload (VHOST_USER_CONFIG_SIZE).
 pub const MAX_CONFIG: u32 = 256;
 
@@ -71,6 +80,8 @@ pub enum Error {
     },
     #[error("{what}: the reply's header announces {announced} bytes where the reply is a u64 of 8 (a frontend that believes the header, as QEMU does, waits for ever for the rest)")]
     ReplySize { what: &'static str, announced: u32 },
+    #[error("{what}: the reply brings {count} file descriptors where it brings none (past 32, a frontend built on the vhost crate, as vmm is, loses the reply's bytes with them)")]
+    ReplyFds { what: &'static str, count: String },
     #[error("Failed to start the deadline thread")]
     Thread(#[source] std::io::Error),
 }
@@ -278,8 +289,7 @@ fn get_u64(socket: &UnixStream, what: &'static str, code: u32) -> Result<u64, Er
         request.extend_from_slice(&word.to_le_bytes());
     }
     (&*socket).write_all(&request).map_err(Error::Io)?;
-    let mut header = [0u8; HEADER_LEN];
-    (&*socket).read_exact(&mut header).map_err(Error::Io)?;
+    let header = read_reply_header(socket, what)?;
     let (got, flags, len) = (u32_at(&header, 0), u32_at(&header, 4), u32_at(&header, 8));
     if got != code || flags & (VERSION | REPLY) != VERSION | REPLY {
         return Err(Error::NotAReply {
@@ -300,6 +310,49 @@ fn get_u64(socket: &UnixStream, what: &'static str, code: u32) -> Result<u64, Er
     Ok(u64::from_le_bytes(body))
 }
 
+/// Reads a reply's header, refusing one that brings file descriptors (they
+/// come with a message's first bytes).
+fn read_reply_header(socket: &UnixStream, what: &'static str) -> Result<[u8; HEADER_LEN], Error> {
+    let mut header = [0u8; HEADER_LEN];
+    let mut read = 0;
+    while read < HEADER_LEN {
+        let rest = &mut header[read..];
+        let mut iov = [libc::iovec {
+            iov_base: rest.as_mut_ptr().cast(),
+            iov_len: rest.len(),
+        }];
+        let mut fds = [-1; MAX_FDS];
+        // SAFETY: the iovec covers the unread part of `header`, which
+        // outlives the call and may hold any bytes.
+        match unsafe { socket.recv_with_fds(&mut iov, &mut fds) } {
+            Ok((0, _)) => return Err(Error::Io(io::ErrorKind::UnexpectedEof.into())),
+            Ok((n, 0)) => read += n,
+            Ok((_, count)) => {
+                for &fd in &fds[..count] {
+                    // SAFETY: the kernel just gave us this descriptor and
+                    // nothing else owns it; dropping it closes it.
+                    drop(unsafe { OwnedFd::from_raw_fd(fd) });
+                }
+                return Err(Error::ReplyFds {
+                    what,
+                    count: count.to_string(),
+                });
+            }
+            Err(e) if e.errno() == libc::EINTR => {}
+            // More than fit: the kernel truncated and vmm-sys-util closed
+            // every one.
+            Err(e) if e.errno() == libc::ENOBUFS => {
+                return Err(Error::ReplyFds {
+                    what,
+                    count: format!("more than {MAX_FDS}"),
+                })
+            }
+            Err(e) => return Err(Error::Io(io::Error::from_raw_os_error(e.errno()))),
+        }
+    }
+    Ok(header)
+}
+
 fn u32_at(bytes: &[u8], at: usize) -> u32 {
     let mut word = [0u8; 4];
     if let Some(b) = bytes.get(at..at + 4) {
@@ -317,8 +370,7 @@ fn get_config(socket: &UnixStream, offset: u32, size: u32) -> Result<ConfigReply
     }
     request.resize(HEADER_LEN + body_len as usize, 0);
     (&*socket).write_all(&request).map_err(Error::Io)?;
-    let mut header = [0u8; HEADER_LEN];
-    (&*socket).read_exact(&mut header).map_err(Error::Io)?;
+    let header = read_reply_header(socket, "GET_CONFIG")?;
     let (code, flags, len) = (u32_at(&header, 0), u32_at(&header, 4), u32_at(&header, 8));
     if code != GET_CONFIG
         || flags & (VERSION | REPLY) != VERSION | REPLY
@@ -351,12 +403,19 @@ fn get_config(socket: &UnixStream, offset: u32, size: u32) -> Result<ConfigReply
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::File;
+    use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixListener;
 
     /// A backend of a few lines on a real socket: it answers the requests
     /// the pre-flight sends, GET_CONFIG from `config` at the offset asked
-    /// or (`ignore_offset`) at 0, as QEMU's libvhost-user does.
-    fn backend(config: &'static [u8], ignore_offset: bool) -> (tempfile::TempDir, PathBuf) {
+    /// or (`ignore_offset`) at 0, as QEMU's libvhost-user does, with
+    /// `fds` descriptors of /dev/null attached to every GET_FEATURES reply.
+    fn backend(
+        config: &'static [u8],
+        ignore_offset: bool,
+        fds: usize,
+    ) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("b.sock");
         let listener = UnixListener::bind(&path).unwrap();
@@ -397,6 +456,13 @@ mod tests {
                     }
                     _ => continue,
                 };
+                if code == GET_FEATURES && fds > 0 {
+                    let null = File::open("/dev/null").unwrap();
+                    let attached = vec![null.as_raw_fd(); fds];
+                    let sent = s.send_with_fds(&[&message[..]], &attached).unwrap();
+                    s.write_all(&message[sent..]).unwrap();
+                    continue;
+                }
                 s.write_all(&message).unwrap();
             }
         });
@@ -408,7 +474,7 @@ mod tests {
     #[test]
     fn asks_what_the_guests_will_need_and_reads_the_window_twice() {
         for ignore_offset in [false, true] {
-            let (_dir, path) = backend(CONFIG, ignore_offset);
+            let (_dir, path) = backend(CONFIG, ignore_offset, 0);
             let a = ask(&path, Duration::from_secs(5), |_| 8).unwrap();
             assert_eq!(a.features, 1 << 32 | 1 << 30);
             assert_eq!(
@@ -430,7 +496,7 @@ mod tests {
 
     #[test]
     fn a_refusal_is_told_at_once_and_a_silent_backend_at_the_deadline() {
-        let (_dir, path) = backend(CONFIG, true);
+        let (_dir, path) = backend(CONFIG, true, 0);
         let start = Instant::now();
         let a = ask(&path, Duration::from_secs(10), |_| 12).unwrap();
         assert_eq!(a.config.unwrap().at_zero, ConfigReply::Refused);
@@ -453,5 +519,27 @@ mod tests {
             "{e:?}"
         );
         assert!(start.elapsed() < Duration::from_secs(20), "hung");
+    }
+
+    /// Issue 21, finding 12: a reply bringing 250 descriptors passed the
+    /// pre-flight (a plain read drops them) and `vmm` then put the lost
+    /// reply down to a malformed header. Any count is named, and one is
+    /// as wrong as many.
+    #[test]
+    fn a_reply_bringing_file_descriptors_is_named_with_their_count() {
+        for fds in [1, 32, 250] {
+            let (_dir, path) = backend(CONFIG, false, fds);
+            let e = ask(&path, Duration::from_secs(10), |_| 8).unwrap_err();
+            assert!(
+                matches!(&e, Error::ReplyFds { what: "GET_FEATURES", count } if *count == fds.to_string()),
+                "{fds}: {e:?}"
+            );
+            assert!(
+                e.to_string().starts_with(&format!(
+                    "GET_FEATURES: the reply brings {fds} file descriptors where it brings none"
+                )),
+                "{e}"
+            );
+        }
     }
 }

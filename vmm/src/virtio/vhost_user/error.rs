@@ -35,7 +35,7 @@ pub enum Error {
     GetConfig(#[source] get_config::Error),
     #[error("vhost-user {what}: no reply within {after:?}; connection closed")]
     NoReply { what: &'static str, after: Duration },
-    #[error("vhost-user {what}: no reply, or only part of one, within {after:?} (a malformed header announcing more than came?); connection closed")]
+    #[error("vhost-user {what}: no reply, or only part of one, within {after:?} (a header announcing more bytes than came, or a reply with more file descriptors than the 32 a message may bring, whose bytes the vhost crate then loses?); connection closed")]
     IncompleteReply { what: &'static str, after: Duration },
     #[error("vhost-user {what}: the backend at {path} closed the connection")]
     HungUp { path: PathBuf, what: &'static str },
@@ -78,9 +78,11 @@ pub(super) trait RequestError: std::error::Error {
     fn breaks_connection(&self) -> bool;
     /// Whether the reader found less than a whole message when the
     /// deadline cut it off: no reply at all, or a malformed one (a header
-    /// announcing more than came). The vhost crate reports both as a
-    /// partial message, and only the reader sees the bytes it consumed,
-    /// so the two cannot be told apart here; the error says both.
+    /// announcing more than came, or more than 32 file descriptors: the
+    /// vhost crate's reader takes the kernel's "truncated" for a retry and
+    /// drops the bytes it read). The crate reports all as a partial
+    /// message, and only the reader sees the bytes it consumed, so they
+    /// cannot be told apart here; the error says each.
     fn incomplete_reply(&self) -> bool {
         false
     }

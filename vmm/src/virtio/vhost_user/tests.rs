@@ -680,7 +680,7 @@ fn a_reply_cut_short_is_not_called_missing() {
     );
     assert!(
         err.to_string()
-            .contains("no reply, or only part of one, within 300ms (a malformed header"),
+            .contains("no reply, or only part of one, within 300ms (a header announcing more"),
         "{err}"
     );
     drop(backend.join().unwrap());

@@ -20,7 +20,7 @@ use crate::virtio::block::{self, Block, BlockParams};
 use crate::virtio::console::{Console, ConsoleParams};
 use crate::virtio::vhost_user::{self, GenericVhostUser, VhostUserParams};
 use crate::vm_exit::VmExit;
-use crate::vmm::Vmm;
+use crate::vmm::{VmParts, Vmm};
 use crate::vstate::memory::{create_guest_memory, GuestMemory, MemoryError};
 use crate::vstate::vcpu::{Vcpu, VcpuError};
 use crate::vstate::vm::{Vm, VmError};
@@ -108,7 +108,7 @@ pub fn build_vm(config: &VmConfig, mut in_use: FilesInUse) -> Result<Vmm, BuildE
             window: end.window,
         }))?;
     }
-    let buses = devices.into_buses()?;
+    let devices = devices.finish()?;
 
     let rsdp = acpi::create_acpi_tables(&memory, cpus).map_err(BuildError::Acpi)?;
     let entry = load_payload(&memory, config, rsdp)?;
@@ -122,15 +122,16 @@ pub fn build_vm(config: &VmConfig, mut in_use: FilesInUse) -> Result<Vmm, BuildE
             .map_err(BuildError::Vcpu)?;
     }
 
-    Ok(Vmm::new(
+    Ok(Vmm::new(VmParts {
         vm,
         memory,
         vcpus,
-        buses,
+        devices,
         exit,
-        serial.map(|s| (s, serial_input)),
+        serial: serial.map(|s| (s, serial_input)),
         terminals,
-    ))
+        config: config.clone(),
+    }))
 }
 
 fn add_vhost_user(

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use virtio_types::VirtioDeviceType;
 
 mod platform;
+pub mod schema;
 pub use platform::{PlatformError, MAX_VIRTIO_ID};
 
 /// Guest RAM bounds and granularity.

@@ -4,6 +4,7 @@
 //! without KVM. Public are only the modules `main` uses and, with the
 //! `fuzzing` feature, `fuzzing`: what the fuzz targets need.
 
+pub mod api;
 mod arch;
 pub mod builder;
 mod bus;
@@ -13,6 +14,7 @@ mod device_manager;
 mod devices;
 pub mod files;
 mod interrupt;
+mod lifecycle;
 pub mod logger;
 mod pci;
 pub mod signals;

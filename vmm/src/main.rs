@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use vmm::files::FilesInUse;
 use vmm::util::{error_chain, escape_controls};
-use vmm::{builder, cli, config, logger, signals, vm_exit};
+use vmm::{api, builder, cli, config, logger, signals, vm_exit};
 
 /// Exit status for start-up failures (bad configuration is 2, from the CLI).
 const EXIT_START_FAILED: u8 = 1;
@@ -42,6 +42,13 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    let api_socket = match args.api_socket() {
+        Ok(socket) => socket,
+        Err(e) => {
+            eprintln!("vmm: error: {}", error_chain(&e));
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     // Every input is known before any output is opened, so that no output
     // (the log, the serial or console file) overwrites one.
     let mut in_use = FilesInUse::default();
@@ -55,6 +62,15 @@ fn main() -> ExitCode {
         eprintln!("vmm: error: {}", error_chain(&e));
         return ExitCode::from(EXIT_USAGE);
     }
+    // Before the VM is built, so that a client can connect at once; it
+    // waits for answers until the VM runs.
+    let api = match api_socket.as_ref().map(api::start).transpose() {
+        Ok(api) => api,
+        Err(e) => {
+            eprintln!("vmm: error: {}", error_chain(&e));
+            return ExitCode::from(EXIT_START_FAILED);
+        }
+    };
     let vmm = match builder::build_vm(&config, in_use) {
         Ok(vmm) => vmm,
         Err(e) => {
@@ -71,7 +87,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_START_FAILED);
         }
     };
-    match vmm.run(&signals) {
+    match vmm.run(&signals, api) {
         Ok(reason) => {
             let status = reason.exit_status();
             if status != 0 && !matches!(reason, vm_exit::ExitReason::DebugExit(_)) {

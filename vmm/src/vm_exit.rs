@@ -22,13 +22,15 @@ pub enum ExitReason {
     VcpuError { vcpu: u8, message: String },
     /// One of `signals::TERMINATING` (SIGINT, SIGTERM, SIGHUP, ...).
     Signal(i32),
+    /// `vmm.shutdown` through the API.
+    ApiShutdown,
 }
 
 impl ExitReason {
     /// The process exit status for this reason. Documented in `--help`.
     pub fn exit_status(&self) -> i32 {
         match self {
-            ExitReason::PowerOff | ExitReason::Reset => 0,
+            ExitReason::PowerOff | ExitReason::Reset | ExitReason::ApiShutdown => 0,
             // Same as QEMU's isa-debug-exit, so one guest serves both VMMs.
             ExitReason::DebugExit(value) => (((value & 0x7f) << 1) | 1) as i32,
             ExitReason::TripleFault { .. } | ExitReason::VcpuError { .. } => 1,
@@ -48,6 +50,7 @@ impl std::fmt::Display for ExitReason {
             }
             ExitReason::VcpuError { vcpu, message } => write!(f, "vCPU {vcpu} failed: {message}"),
             ExitReason::Signal(signo) => write!(f, "stopped by signal {signo}"),
+            ExitReason::ApiShutdown => write!(f, "vmm.shutdown asked through the API"),
         }
     }
 }

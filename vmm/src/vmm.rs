@@ -1,7 +1,12 @@
 //! A built VM and its run loop: one named thread per vCPU, the main thread
 //! waiting on the exit event, SIGINT/SIGTERM (blocked by `main`, see
-//! `signals`) and terminal input, and a teardown that stops and joins every
-//! vCPU thread.
+//! `signals`), terminal input and API requests, and a teardown that stops
+//! and joins every vCPU thread.
+//!
+//! The main thread is the VMM thread: it owns the devices after boot and
+//! is the only one that pauses and resumes. A pause parks every vCPU
+//! outside KVM_RUN first (so no guest access is half done), then pauses
+//! the devices; a resume goes the other way.
 
 use std::fs::File;
 use std::io::Read;
@@ -12,19 +17,50 @@ use std::thread::JoinHandle;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
+use crate::api::{ApiEndpoint, ApiReply, ApiRequest};
 use crate::builder::Terminals;
+use crate::config::schema::VmConfigJson;
+use crate::config::VmConfig;
+use crate::device_manager::Devices;
 use crate::devices::serial::Serial;
 use crate::signals::TerminationSignals;
 use crate::terminal;
 use crate::util::lock;
 use crate::vm_exit::{ExitReason, VmExit};
 use crate::vstate::memory::GuestMemory;
-use crate::vstate::vcpu::{kick_handler, Buses, Vcpu};
+use crate::vstate::vcpu::{kick_handler, Vcpu};
+use crate::vstate::vcpu_control::VcpuControl;
 use crate::vstate::vm::Vm;
 
 const EVENT_EXIT: u64 = 0;
 const EVENT_SIGNAL: u64 = 1;
 const EVENT_SERIAL_INPUT: u64 = 2;
+const EVENT_API: u64 = 3;
+
+/// Cloud Hypervisor's names for the states `vm.info` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmState {
+    Running,
+    Paused,
+}
+
+impl VmState {
+    fn name(self) -> &'static str {
+        match self {
+            VmState::Running => "Running",
+            VmState::Paused => "Paused",
+        }
+    }
+}
+
+/// A request the VM's state does not allow (409, where Cloud Hypervisor
+/// answers 500).
+#[derive(Debug, thiserror::Error)]
+#[error("the VM is {}: cannot {action}", state.name())]
+pub struct InvalidState {
+    state: VmState,
+    action: &'static str,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -37,10 +73,15 @@ pub enum RunError {
 }
 
 pub struct Vmm {
-    // Field order is drop order: vCPUs (already joined) go before the VM and
-    // the memory KVM maps.
+    // Field order is drop order: vCPUs (already joined) go before the
+    // devices, the VM and the memory KVM maps.
     vcpus: Vec<Vcpu>,
-    buses: Buses,
+    /// The running vCPUs' threads, each handing its vCPU back when joined.
+    threads: Vec<JoinHandle<Vcpu>>,
+    control: Arc<VcpuControl>,
+    state: VmState,
+    devices: Devices,
+    config: VmConfig,
     exit: Arc<VmExit>,
     serial: Option<Arc<Mutex<Serial>>>,
     /// What the guest types into the UART: stdin or a pty.
@@ -51,35 +92,48 @@ pub struct Vmm {
     _terminals: Terminals,
 }
 
+/// What `Vmm::new` takes beside the VM: the parts the builder made.
+pub struct VmParts {
+    pub vm: Vm,
+    pub memory: GuestMemory,
+    pub vcpus: Vec<Vcpu>,
+    pub devices: Devices,
+    pub exit: Arc<VmExit>,
+    pub serial: Option<(Arc<Mutex<Serial>>, Option<File>)>,
+    pub terminals: Terminals,
+    pub config: VmConfig,
+}
+
 impl Vmm {
-    pub fn new(
-        vm: Vm,
-        memory: GuestMemory,
-        vcpus: Vec<Vcpu>,
-        buses: Buses,
-        exit: Arc<VmExit>,
-        serial: Option<(Arc<Mutex<Serial>>, Option<File>)>,
-        terminals: Terminals,
-    ) -> Self {
-        let (serial, serial_input) = match serial {
+    pub fn new(parts: VmParts) -> Self {
+        let (serial, serial_input) = match parts.serial {
             Some((serial, input)) => (Some(serial), input),
             None => (None, None),
         };
         Self {
-            vcpus,
-            buses,
-            exit,
+            vcpus: parts.vcpus,
+            threads: Vec::new(),
+            control: Arc::new(VcpuControl::default()),
+            state: VmState::Running,
+            devices: parts.devices,
+            config: parts.config,
+            exit: parts.exit,
             serial,
             serial_input,
-            _vm: vm,
-            _memory: memory,
-            _terminals: terminals,
+            _vm: parts.vm,
+            _memory: parts.memory,
+            _terminals: parts.terminals,
         }
     }
 
     /// Runs the guest to the end and says why it ended. `signals` are the
     /// SIGINT and SIGTERM that `main` blocked before any thread started.
-    pub fn run(mut self, signals: &TerminationSignals) -> Result<ExitReason, RunError> {
+    /// `api`, if given, is served for as long as the VM runs.
+    pub fn run(
+        mut self,
+        signals: &TerminationSignals,
+        api: Option<ApiEndpoint>,
+    ) -> Result<ExitReason, RunError> {
         // One that came during start-up stops the VM before it runs.
         if let Some(signo) = signals.read() {
             return Ok(ExitReason::Signal(signo));
@@ -109,25 +163,30 @@ impl Vmm {
             }
         }
 
-        let mut threads = Vec::with_capacity(self.vcpus.len());
+        if let Some(api) = &api {
+            add(api.as_raw_fd(), EVENT_API)?;
+        }
+
         let vcpus = std::mem::take(&mut self.vcpus);
         for mut vcpu in vcpus {
-            let buses = self.buses.clone();
+            let buses = self.devices.buses.clone();
             let exit = self.exit.clone();
+            let control = self.control.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("vcpu{}", vcpu.id()))
                 .spawn(move || {
-                    vcpu.run(&buses, &exit);
+                    vcpu.run(&buses, &exit, &control);
+                    control.ended();
                     vcpu
                 });
             match handle {
-                Ok(h) => threads.push(h),
+                Ok(h) => self.threads.push(h),
                 Err(e) => {
                     self.exit.request(ExitReason::VcpuError {
                         vcpu: 0,
                         message: "failed to start vCPU threads".into(),
                     });
-                    self.vcpus.extend(stop_vcpus(threads));
+                    self.stop_vcpus();
                     return Err(RunError::SpawnVcpu(e));
                 }
             }
@@ -163,16 +222,127 @@ impl Vmm {
                             );
                         }
                     }
+                    EVENT_API => {
+                        if let Some(api) = &api {
+                            for (request, answer) in api.take() {
+                                answer.send(self.serve(request));
+                            }
+                        }
+                    }
                     _ => {}
                 }
             }
         }
 
-        self.vcpus.extend(stop_vcpus(threads));
+        self.stop_vcpus();
         Ok(self.exit.reason().unwrap_or(ExitReason::VcpuError {
             vcpu: 0,
             message: "stopped without a reason".into(),
         }))
+    }
+
+    /// One API request, on the VMM thread.
+    fn serve(&mut self, request: ApiRequest) -> ApiReply {
+        let done = match request {
+            ApiRequest::VmmPing => return ApiReply::json(&ping()),
+            ApiRequest::VmInfo => return ApiReply::json(&self.info()),
+            ApiRequest::VmPause => self.pause(),
+            ApiRequest::VmResume => self.resume(),
+            ApiRequest::VmmShutdown => {
+                self.exit.request(ExitReason::ApiShutdown);
+                Ok(())
+            }
+        };
+        match done {
+            Ok(()) => ApiReply::no_content(),
+            Err(e) => ApiReply::error(409, &[e.to_string()]),
+        }
+    }
+
+    /// Parks every vCPU outside KVM_RUN, then pauses every device.
+    pub fn pause(&mut self) -> Result<(), InvalidState> {
+        if self.state != VmState::Running {
+            return Err(InvalidState {
+                state: self.state,
+                action: "pause",
+            });
+        }
+        self.control.request_pause();
+        self.kick_vcpus();
+        self.control.wait_parked(self.threads.len());
+        self.devices.pause();
+        self.state = VmState::Paused;
+        log::info!("VM paused");
+        Ok(())
+    }
+
+    /// Resumes every device, then lets the vCPUs go.
+    pub fn resume(&mut self) -> Result<(), InvalidState> {
+        if self.state != VmState::Paused {
+            return Err(InvalidState {
+                state: self.state,
+                action: "resume",
+            });
+        }
+        self.devices.resume();
+        self.control.resume();
+        self.state = VmState::Running;
+        log::info!("VM resumed");
+        Ok(())
+    }
+
+    /// Cloud Hypervisor's `VmInfo`: the configuration, the state, the
+    /// memory and the devices by id with their PCI addresses.
+    fn info(&self) -> serde_json::Value {
+        let device_tree: serde_json::Map<String, serde_json::Value> = self
+            .devices
+            .iter()
+            .map(|node| {
+                let bdf = format!("0000:{}", node.bdf);
+                (
+                    node.id.clone(),
+                    serde_json::json!({
+                        "id": node.id,
+                        "resources": [],
+                        "children": [],
+                        "pci_bdf": bdf,
+                    }),
+                )
+            })
+            .collect();
+        serde_json::json!({
+            "config": VmConfigJson::from(&self.config),
+            "state": self.state.name(),
+            "memory_actual_size": self.config.memory.size,
+            "device_tree": device_tree,
+        })
+    }
+
+    /// Interrupts every vCPU's KVM_RUN: the thread then sees what the VMM
+    /// wants (a pause, or the end).
+    fn kick_vcpus(&self) {
+        for thread in &self.threads {
+            if !thread.is_finished() {
+                if let Err(e) = thread.kill(SIGRTMIN()) {
+                    log::debug!("Kick failed: {e}");
+                }
+            }
+        }
+    }
+
+    /// Kicks every vCPU thread out of KVM_RUN (or its park), then joins
+    /// it. One kick is enough: the stop is requested before it, and the
+    /// kick sets the vCPU's `immediate_exit`, so a thread it reaches just
+    /// before KVM_RUN returns from it at once and sees the stop.
+    fn stop_vcpus(&mut self) {
+        self.control.stop();
+        self.kick_vcpus();
+        for thread in std::mem::take(&mut self.threads) {
+            match thread.join() {
+                Ok(vcpu) => self.vcpus.push(vcpu),
+                Err(_) => log::error!("A vCPU thread panicked"),
+            }
+        }
     }
 
     /// Called when the input is readable, so a blocking stdin never blocks.
@@ -194,24 +364,12 @@ impl Vmm {
     }
 }
 
-/// Kicks every vCPU thread out of KVM_RUN, then joins it. One kick is
-/// enough: the stop is requested before it, and the kick sets the vCPU's
-/// `immediate_exit`, so a thread it reaches just before KVM_RUN returns
-/// from it at once and sees the stop.
-fn stop_vcpus(threads: Vec<JoinHandle<Vcpu>>) -> Vec<Vcpu> {
-    for thread in &threads {
-        if !thread.is_finished() {
-            if let Err(e) = thread.kill(SIGRTMIN()) {
-                log::debug!("Kick failed: {e}");
-            }
-        }
-    }
-    let mut vcpus = Vec::with_capacity(threads.len());
-    for thread in threads {
-        match thread.join() {
-            Ok(vcpu) => vcpus.push(vcpu),
-            Err(_) => log::error!("A vCPU thread panicked"),
-        }
-    }
-    vcpus
+/// Cloud Hypervisor's `VmmPingResponse`.
+fn ping() -> serde_json::Value {
+    serde_json::json!({
+        "build_version": env!("CARGO_PKG_VERSION"),
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "features": ["kvm"],
+    })
 }

@@ -121,6 +121,8 @@ pub struct Args {
     /// The rings chaos starts hold no requests (`probe.chaos.rings=empty`)
     /// instead of garbage.
     pub chaos_empty_rings: bool,
+    /// Milliseconds between two of `tick`'s lines.
+    pub tick_ms: u64,
     unknown: List,
 }
 
@@ -238,6 +240,7 @@ impl Args {
             chaos_ops: 10_000,
             chaos_devices: 0,
             chaos_empty_rings: false,
+            tick_ms: 10,
             unknown: List::new(),
         };
         for word in line.split_ascii_whitespace() {
@@ -364,6 +367,7 @@ impl Args {
                 "chaos.rings" => choose(value, &[("garbage", false), ("empty", true)])
                     .map(|v| a.chaos_empty_rings = v)
                     .is_some(),
+                "tick_ms" => millis(value).map(|v| a.tick_ms = v).is_some(),
                 _ => false,
             };
             if !good {

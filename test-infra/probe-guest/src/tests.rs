@@ -29,6 +29,15 @@ pub fn run(name: &str, ctx: &mut Ctx) -> Result<(), Failure> {
                 io::pause();
             }
         }
+        "tick" => {
+            // Forever: a paused VM shows as ticks that stop, then go on.
+            let mut n: u64 = 0;
+            loop {
+                record!("tick {}", n);
+                n += 1;
+                ctx.clock.delay_us(ctx.args.tick_ms.saturating_mul(1000));
+            }
+        }
         other => bail!("unknown test {}", Quoted(other.as_bytes())),
     }
 }

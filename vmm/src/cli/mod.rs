@@ -187,6 +187,17 @@ pub struct Args {
     )]
     pub disk: Vec<String>,
 
+    /// Serve Cloud Hypervisor's HTTP API on a Unix socket: path=PATH or fd=N
+    ///
+    /// With it, ch-remote and curl --unix-socket drive the running VM
+    /// (/api/v1/vmm.ping, vm.info, vm.pause, vm.resume, vmm.shutdown).
+    /// path=PATH creates the socket, readable and writable by its owner
+    /// alone; a stale socket there is replaced, a live one (another VMM's)
+    /// or any other file refused. fd=N takes a Unix socket already
+    /// listening. Only clients of vmm's own uid are served.
+    #[arg(long, value_name = "path=PATH|fd=N", value_parser = Utf8, verbatim_doc_comment)]
+    pub api_socket: Option<String>,
+
     /// Log more: warnings by default, -v info, -vv debug, -vvv trace
     #[arg(short, long, action = ArgAction::Count)]
     pub verbose: u8,

@@ -10,6 +10,7 @@ use virtio_types::{DeviceTypeError, VirtioDeviceType};
 
 use super::options::{OptionForm, Options};
 use super::Args;
+use crate::api::ApiSocket;
 use crate::config::*;
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +82,11 @@ const GENERIC_VHOST_USER: OptionForm = OptionForm {
     ],
     form: "socket=PATH,virtio_id=ID,queue_sizes=[N,N,...][,id=NAME][,config_size=N][,config=HEX]",
 };
+const API_SOCKET: OptionForm = OptionForm {
+    name: "--api-socket",
+    keys: &["path", "fd"],
+    form: "path=PATH or fd=N",
+};
 const DISK: OptionForm = OptionForm {
     name: "--disk",
     keys: &[
@@ -110,6 +116,40 @@ pub fn every_key() -> Vec<&'static str> {
     keys.sort_unstable();
     keys.dedup();
     keys
+}
+
+impl Args {
+    /// Where the API listens, if anywhere: `path=PATH`, `fd=N`, or (as
+    /// Cloud Hypervisor also takes it) a bare path.
+    pub fn api_socket(&self) -> Result<Option<ApiSocket>, OptionError> {
+        let Some(value) = &self.api_socket else {
+            return Ok(None);
+        };
+        if !value.contains('=') {
+            return Ok(Some(ApiSocket::Path(non_empty_path(
+                API_SOCKET.name,
+                Path::new(value),
+            )?)));
+        }
+        let options = Options::parse(&API_SOCKET, value)?;
+        match (options.get("path"), options.get("fd")) {
+            (Some(path), None) => Ok(Some(ApiSocket::Path(non_empty_path(
+                API_SOCKET.name,
+                Path::new(path),
+            )?))),
+            (None, Some(fd)) => {
+                let fd = parse_number(
+                    &API_SOCKET,
+                    "fd",
+                    fd,
+                    3..=i32::MAX as u64,
+                    "an open descriptor from 3 up",
+                )?;
+                Ok(Some(ApiSocket::Fd(fd as i32)))
+            }
+            _ => Err(API_SOCKET.error("expected exactly one of path= and fd=")),
+        }
+    }
 }
 
 impl TryFrom<&Args> for VmConfig {

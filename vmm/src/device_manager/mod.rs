@@ -1,6 +1,8 @@
 //! Wiring: the port and MMIO buses, PCI segment 0, the MSI router and the
 //! BAR windows, and one way to add a virtio-pci device of any kind. Device
 //! models know nothing of this; the builder asks for what it wants placed.
+//! Once built, what stays for the VM's life is `Devices`: the buses, and
+//! every device by id with its PCI address, for pause and `vm.info`.
 
 mod allocator;
 
@@ -15,6 +17,7 @@ use self::allocator::BarAllocator;
 use crate::arch::x86_64::layout::*;
 use crate::bus::{Bus, BusError, SharedDevice};
 use crate::devices::{acpi_power::AcpiPower, debug_exit::DebugExit, i8042::I8042, serial::Serial};
+use crate::lifecycle::Pausable;
 use crate::pci::host_bridge::HostBridge;
 use crate::pci::segment::{Bdf, SegmentError};
 use crate::pci::{PciConfigIo, PciEcam, PciSegment};
@@ -54,6 +57,41 @@ pub enum DeviceManagerError {
 /// The serial device, shared with the run loop that feeds it input.
 pub type SharedSerial = Arc<Mutex<Serial>>;
 
+/// A device of the VM, as the VMM finds it after boot.
+pub struct DeviceNode {
+    /// The user's `id=`, or the one given in its place (`_disk0`).
+    pub id: String,
+    pub bdf: Bdf,
+    device: Arc<Mutex<dyn Pausable>>,
+}
+
+/// What the device manager leaves once the VM is built.
+pub struct Devices {
+    pub buses: Buses,
+    nodes: Vec<DeviceNode>,
+}
+
+impl Devices {
+    /// In the order they were added (their PCI slots' order).
+    pub fn iter(&self) -> impl Iterator<Item = &DeviceNode> {
+        self.nodes.iter()
+    }
+
+    /// Pauses every device, the last added first.
+    pub fn pause(&self) {
+        for node in self.nodes.iter().rev() {
+            crate::util::lock(&node.device).pause();
+        }
+    }
+
+    /// Resumes every device, in the order they were added.
+    pub fn resume(&self) {
+        for node in &self.nodes {
+            crate::util::lock(&node.device).resume();
+        }
+    }
+}
+
 pub struct DeviceManager {
     vm_fd: Arc<VmFd>,
     /// What devices get at activation.
@@ -63,6 +101,7 @@ pub struct DeviceManager {
     segment: PciSegment,
     router: Arc<MsiRouter>,
     bars: BarAllocator,
+    nodes: Vec<DeviceNode>,
 }
 
 impl DeviceManager {
@@ -84,6 +123,7 @@ impl DeviceManager {
                 (PCI_MMIO32_START, PCI_MMIO32_SIZE),
                 (PCI_MMIO64_START, PCI_MMIO64_SIZE),
             ),
+            nodes: Vec::new(),
         })
     }
 
@@ -167,17 +207,23 @@ impl DeviceManager {
             .allocate_bar64(virtio_pci::BAR_SIZE)
             .ok_or_else(|| DeviceManagerError::PciWindowFull { id: id.clone() })?;
         transport.place_bar(bar);
+        let transport = Arc::new(Mutex::new(transport));
         let bdf = self
             .segment
-            .add(Arc::new(Mutex::new(transport)))
+            .add(transport.clone())
             .map_err(DeviceManagerError::Pci)?;
         log::info!("{id}: virtio-pci at {bdf}, BAR 0 at {bar:#x}");
+        self.nodes.push(DeviceNode {
+            id,
+            bdf,
+            device: transport,
+        });
         Ok(bdf)
     }
 
     /// Opens the segment's configuration space (ECAM and ports
-    /// 0xcf8/0xcfc) and hands the buses to the vCPUs.
-    pub fn into_buses(self) -> Result<Buses, DeviceManagerError> {
+    /// 0xcf8/0xcfc): the buses for the vCPUs, and the devices by id.
+    pub fn finish(self) -> Result<Devices, DeviceManagerError> {
         let segment = Arc::new(self.segment);
         self.mmio
             .insert(
@@ -193,9 +239,12 @@ impl DeviceManager {
                 u64::from(PORT_PCI_CONFIG_LEN),
             )
             .map_err(DeviceManagerError::Bus)?;
-        Ok(Buses {
-            io: self.io,
-            mmio: self.mmio,
+        Ok(Devices {
+            buses: Buses {
+                io: self.io,
+                mmio: self.mmio,
+            },
+            nodes: self.nodes,
         })
     }
 }

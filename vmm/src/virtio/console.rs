@@ -47,6 +47,8 @@ const TOKEN_RESIZE: u64 = 3;
 pub enum ConsoleError {
     #[error("Failed to start the console's worker thread")]
     Worker(#[source] io::Error),
+    #[error("Failed to pause the console's worker thread")]
+    Pause(#[source] io::Error),
     #[error("The driver did not enable both of the console's queues")]
     Queues,
 }
@@ -284,6 +286,22 @@ impl VirtioDevice for Console {
 
     fn reset(&mut self) -> Result<(), ConsoleError> {
         self.worker = None;
+        Ok(())
+    }
+
+    /// Output and input wait in their rings and the terminal while the
+    /// worker is parked.
+    fn pause(&mut self) -> Result<(), ConsoleError> {
+        match &self.worker {
+            Some(worker) => worker.pause().map_err(ConsoleError::Pause),
+            None => Ok(()),
+        }
+    }
+
+    fn resume(&mut self) -> Result<(), ConsoleError> {
+        if let Some(worker) = &self.worker {
+            worker.resume();
+        }
         Ok(())
     }
 }

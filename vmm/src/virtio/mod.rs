@@ -110,4 +110,11 @@ pub trait VirtioDevice: Send {
     /// The driver wrote 0 to device_status: stop and be ready to negotiate
     /// again.
     fn reset(&mut self) -> Result<(), Self::Error>;
+    /// The VM is pausing (only ever between `activate` and `reset`): from
+    /// return until `resume` the device neither writes guest memory nor
+    /// interrupts the guest, and it keeps what it needs to go on where it
+    /// stopped. What the driver made available meanwhile waits.
+    fn pause(&mut self) -> Result<(), Self::Error>;
+    /// Goes on from where `pause` stopped.
+    fn resume(&mut self) -> Result<(), Self::Error>;
 }

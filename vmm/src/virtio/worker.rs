@@ -2,17 +2,26 @@
 //! eventfd, waits in epoll on the device's sources (queue kicks, a backend
 //! socket, a wake-up eventfd) and is joined when the `Worker` is dropped.
 //! The device logic lives in an `EventHandler`, which the thread owns.
+//!
+//! A worker pauses between two events: `pause` returns once the thread
+//! has finished what it was doing, let its handler settle (`EventHandler::
+//! pause`) and parked; until `resume` it touches neither guest memory nor
+//! interrupts, and the events that come meanwhile (kicks) wait in their
+//! eventfds, so none is lost.
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-/// The token of the stop eventfd; handlers never see it.
+use crate::util::lock;
+
+/// The tokens of the stop and pause eventfds; handlers never see them.
 const STOP: u64 = u64::MAX;
+const PAUSE: u64 = u64::MAX - 1;
 /// How long a thread whose epoll fails rests before it tries again, so a
 /// persistent failure does not spin.
 const RETRY: Duration = Duration::from_millis(10);
@@ -32,6 +41,15 @@ pub trait EventHandler: Send + 'static {
     /// to change what the thread waits on (a handler that must stop
     /// reading a source for a while, or for good).
     fn start(&mut self, _control: Control) {}
+
+    /// The worker is pausing: finish whatever is in flight elsewhere (I/O
+    /// threads of its own) so that nothing reaches the guest until
+    /// `resume`. Handlers that do all their work in `ready` have nothing
+    /// to do.
+    fn pause(&mut self) {}
+
+    /// The worker runs again after a pause.
+    fn resume(&mut self) {}
 }
 
 /// Changes the sources a running worker waits on.
@@ -75,9 +93,25 @@ pub struct Source {
     pub events: EventSet,
 }
 
+/// Where a pause stands, shared by the worker and its thread.
+#[derive(Debug, Default)]
+struct PauseState {
+    wanted: bool,
+    parked: bool,
+    stopping: bool,
+}
+
+#[derive(Debug, Default)]
+struct Pausing {
+    state: Mutex<PauseState>,
+    changed: Condvar,
+}
+
 /// Owns its thread: dropping the worker stops and joins it.
 pub struct Worker {
     stop: EventFd,
+    pause: EventFd,
+    pausing: Arc<Pausing>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -88,12 +122,15 @@ impl Worker {
         handler: H,
     ) -> std::io::Result<Worker> {
         let stop = EventFd::new(libc::EFD_NONBLOCK)?;
+        let pause = EventFd::new(libc::EFD_NONBLOCK)?;
         let epoll = Arc::new(Epoll::new()?);
-        epoll.ctl(
-            ControlOperation::Add,
-            stop.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, STOP),
-        )?;
+        for (fd, token) in [(&stop, STOP), (&pause, PAUSE)] {
+            epoll.ctl(
+                ControlOperation::Add,
+                fd.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, token),
+            )?;
+        }
         for source in sources {
             epoll.ctl(
                 ControlOperation::Add,
@@ -103,17 +140,52 @@ impl Worker {
         }
         // Thread names cannot hold NUL.
         let name = name.replace('\0', "");
-        let thread = std::thread::Builder::new()
-            .name(name.clone())
-            .spawn(move || run(&name, &epoll, handler))?;
+        let pausing = Arc::new(Pausing::default());
+        let thread = {
+            let (pausing, pause) = (pausing.clone(), pause.try_clone()?);
+            std::thread::Builder::new()
+                .name(name.clone())
+                .spawn(move || run(&name, &epoll, &pause, &pausing, handler))?
+        };
         Ok(Worker {
             stop,
+            pause,
+            pausing,
             thread: Some(thread),
         })
     }
+
+    /// Returns once the thread is parked between two events, its handler
+    /// settled; a thread that has ended counts as parked.
+    pub fn pause(&self) -> std::io::Result<()> {
+        lock(&self.pausing.state).wanted = true;
+        self.pause.write(1)?;
+        let mut state = lock(&self.pausing.state);
+        while !state.parked && !self.thread.as_ref().is_none_or(JoinHandle::is_finished) {
+            // A thread that ended without parking wakes nobody: look again
+            // now and then.
+            state = match self.pausing.changed.wait_timeout(state, RETRY) {
+                Ok((state, _)) => state,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+        Ok(())
+    }
+
+    /// Lets a paused thread go on; it serves what came meanwhile.
+    pub fn resume(&self) {
+        lock(&self.pausing.state).wanted = false;
+        self.pausing.changed.notify_all();
+    }
 }
 
-fn run<H: EventHandler>(name: &str, epoll: &Arc<Epoll>, mut handler: H) {
+fn run<H: EventHandler>(
+    name: &str,
+    epoll: &Arc<Epoll>,
+    pause: &EventFd,
+    pausing: &Pausing,
+    mut handler: H,
+) {
     handler.start(Control {
         epoll: epoll.clone(),
     });
@@ -133,16 +205,49 @@ fn run<H: EventHandler>(name: &str, epoll: &Arc<Epoll>, mut handler: H) {
             }
         };
         for event in &events[..n] {
-            if event.data() == STOP {
-                return;
+            match event.data() {
+                STOP => return,
+                PAUSE => {
+                    let _ = pause.read();
+                    if !park(pausing, &mut handler) {
+                        return;
+                    }
+                }
+                token => handler.ready(token, event.event_set()),
             }
-            handler.ready(event.data(), event.event_set());
         }
     }
 }
 
+/// Parks the thread while a pause is wanted; false when the worker is
+/// being dropped instead.
+fn park<H: EventHandler>(pausing: &Pausing, handler: &mut H) -> bool {
+    if !lock(&pausing.state).wanted {
+        return true;
+    }
+    handler.pause();
+    let mut state = lock(&pausing.state);
+    state.parked = true;
+    pausing.changed.notify_all();
+    while state.wanted && !state.stopping {
+        state = match pausing.changed.wait(state) {
+            Ok(state) => state,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+    }
+    state.parked = false;
+    let stopping = state.stopping;
+    drop(state);
+    if !stopping {
+        handler.resume();
+    }
+    !stopping
+}
+
 impl Drop for Worker {
     fn drop(&mut self) {
+        lock(&self.pausing.state).stopping = true;
+        self.pausing.changed.notify_all();
         if let Err(e) = self.stop.write(1) {
             log::error!("Cannot stop a worker thread: {e}");
             // Joining would wait for ever; let it run out with the process.
@@ -217,5 +322,63 @@ mod tests {
             ticks.recv_timeout(Duration::from_secs(5)).unwrap();
         }
         drop(worker);
+    }
+
+    /// Counts the pauses and resumes it is told of.
+    struct Settles {
+        kicks: Vec<EventFd>,
+        done: mpsc::Sender<String>,
+    }
+
+    impl EventHandler for Settles {
+        fn ready(&mut self, token: u64, _: EventSet) {
+            let _ = self.kicks[token as usize].read();
+            self.done.send(format!("kick {token}")).unwrap();
+        }
+        fn pause(&mut self) {
+            self.done.send("pause".into()).unwrap();
+        }
+        fn resume(&mut self) {
+            self.done.send("resume".into()).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_paused_worker_serves_nothing_until_resumed_and_loses_no_kick() {
+        let kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let ours = kick.try_clone().unwrap();
+        let source = Source {
+            fd: kick.as_raw_fd(),
+            token: 0,
+            events: EventSet::IN,
+        };
+        let (done, events) = mpsc::channel();
+        let worker = Worker::spawn(
+            "test-pause",
+            &[source],
+            Settles {
+                kicks: vec![kick],
+                done,
+            },
+        )
+        .unwrap();
+        let next = || events.recv_timeout(Duration::from_secs(5)).unwrap();
+        for round in 0..3 {
+            worker.pause().unwrap();
+            assert_eq!(next(), "pause", "round {round}");
+            ours.write(1).unwrap();
+            assert!(
+                events.recv_timeout(Duration::from_millis(100)).is_err(),
+                "a paused worker served a kick"
+            );
+            worker.resume();
+            assert_eq!(next(), "resume");
+            assert_eq!(next(), "kick 0");
+        }
+        // Dropped while paused: the thread ends all the same.
+        worker.pause().unwrap();
+        assert_eq!(next(), "pause");
+        drop(worker);
+        assert!(events.recv_timeout(Duration::from_secs(5)).is_err());
     }
 }

@@ -4,4 +4,5 @@
 pub mod interrupts;
 pub mod memory;
 pub mod vcpu;
+pub mod vcpu_control;
 pub mod vm;

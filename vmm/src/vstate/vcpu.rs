@@ -8,6 +8,7 @@ use std::sync::Arc;
 use kvm_bindings::{kvm_run, CpuId, Msrs};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
+use super::vcpu_control::VcpuControl;
 use super::vm::Vm;
 use crate::arch::x86_64::{cpuid, regs};
 use crate::bus::Bus;
@@ -183,17 +184,32 @@ impl Vcpu {
     }
 
     /// Runs the guest until the VM is asked to stop (by this vCPU, a device
-    /// or the main thread, which then kicks us out of KVM_RUN with a signal).
-    pub fn run(&mut self, buses: &Buses, exit: &Arc<VmExit>) {
+    /// or the main thread, which then kicks us out of KVM_RUN with a signal),
+    /// parking whenever `control` wants a pause.
+    pub fn run(&mut self, buses: &Buses, exit: &Arc<VmExit>, control: &VcpuControl) {
         let id = self.id;
         // Exits that reached us, by kind: the data path should add none
         // (kicks are ioeventfds, completions irqfds); benchmarks read this.
         let (mut io, mut mmio, mut other) = (0u64, 0u64, 0u64);
         let run: *mut kvm_run = self.fd.get_kvm_run();
         KVM_RUN.with(|cell| cell.set(run));
+        // No exit served here waits for KVM to complete it: KVM finishes a
+        // port or MMIO read (the value we put in kvm_run) only at the next
+        // KVM_RUN, so a vCPU parks only after a KVM_RUN that returned at
+        // entry, having completed it.
+        let mut settled = true;
         while !exit.is_requested() {
+            if control.pause_wanted() {
+                if settled {
+                    control.park();
+                    continue;
+                }
+                // Enter once to complete the exit; KVM returns at once.
+                self.fd.set_kvm_immediate_exit(1);
+            }
             let action = match self.fd.run() {
                 Ok(vcpu_exit) => {
+                    settled = false;
                     match vcpu_exit {
                         VcpuExit::IoIn(..) | VcpuExit::IoOut(..) => io += 1,
                         VcpuExit::MmioRead(..) | VcpuExit::MmioWrite(..) => mmio += 1,
@@ -202,8 +218,10 @@ impl Vcpu {
                     handle_exit(vcpu_exit, buses, id)
                 }
                 Err(e) if e.errno() == libc::EINTR => {
-                    // A kick: the loop's check sees whether it was a stop.
+                    // A kick: the loop's checks see whether it was a stop
+                    // or a pause.
                     self.fd.set_kvm_immediate_exit(0);
+                    settled = true;
                     Action::Continue
                 }
                 Err(e) if e.errno() == libc::EAGAIN => Action::Continue,

@@ -40,6 +40,12 @@ pub enum BlockError {
         #[source]
         source: std::io::Error,
     },
+    #[error("Failed to pause the worker thread of queue {index}")]
+    Pause {
+        index: usize,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What the builder hands the device: plain values and an open image.
@@ -250,6 +256,24 @@ impl VirtioDevice for Block {
     fn reset(&mut self) -> Result<(), BlockError> {
         // Dropping a worker joins its thread: no request is in flight after.
         self.workers.clear();
+        Ok(())
+    }
+
+    /// Each queue's worker completes what its I/O threads hold, then
+    /// parks with its ring where it is.
+    fn pause(&mut self) -> Result<(), BlockError> {
+        for (index, worker) in self.workers.iter().enumerate() {
+            worker
+                .pause()
+                .map_err(|source| BlockError::Pause { index, source })?;
+        }
+        Ok(())
+    }
+
+    fn resume(&mut self) -> Result<(), BlockError> {
+        for worker in &self.workers {
+            worker.resume();
+        }
         Ok(())
     }
 }

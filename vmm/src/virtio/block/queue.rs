@@ -45,6 +45,8 @@ pub struct QueueHandler<D: Disk = DiskFile> {
     failed: bool,
     /// O_DIRECT's I/O threads.
     pool: Option<Pool>,
+    /// Requests handed to the pool and not yet completed.
+    in_flight: usize,
 }
 
 /// The queue and what completing a request touches, apart from guest
@@ -99,6 +101,7 @@ impl<D: Disk + 'static> QueueHandler<D> {
             interrupt: p.interrupt,
             failed: false,
             pool,
+            in_flight: 0,
         })
     }
 
@@ -127,7 +130,10 @@ impl<D: Disk + 'static> QueueHandler<D> {
             while let Some(chain) = pop_chain(&mut self.ring.queue, mem)? {
                 let head = chain.head_index();
                 match &self.pool {
-                    Some(pool) => pool.submit(head, chain.collect()),
+                    Some(pool) => {
+                        pool.submit(head, chain.collect());
+                        self.in_flight += 1;
+                    }
                     None => {
                         let done = request::process(mem, chain, self.disk.as_ref(), &self.info);
                         self.ring.complete(mem, head, done)?;
@@ -149,9 +155,39 @@ impl<D: Disk + 'static> QueueHandler<D> {
         };
         let _ = pool.done_event.read();
         for (head, done) in pool.done.try_iter() {
+            self.in_flight = self.in_flight.saturating_sub(1);
             self.ring.complete(&self.mem, head, done)?;
         }
         Ok(())
+    }
+
+    /// Waits for every request the pool holds and completes it, so that
+    /// no I/O thread writes guest memory during a pause.
+    fn finish_in_flight(&mut self) -> Result<(), virtio_queue::Error> {
+        let Some(pool) = &self.pool else {
+            return Ok(());
+        };
+        while self.in_flight > 0 {
+            // Fails only once every I/O thread is gone.
+            let Ok((head, done)) = pool.done.recv() else {
+                break;
+            };
+            self.in_flight -= 1;
+            self.ring.complete(&self.mem, head, done)?;
+        }
+        Ok(())
+    }
+
+    fn fail(&mut self, e: virtio_queue::Error) {
+        if !self.failed {
+            log::error!(
+                "{}: queue {}: the ring is unusable ({e}); device needs reset",
+                self.ring.id,
+                self.ring.index
+            );
+            self.failed = true;
+            self.interrupt.set_needs_reset();
+        }
     }
 }
 
@@ -212,15 +248,13 @@ impl<D: Disk + 'static> EventHandler for QueueHandler<D> {
             }
         };
         if let Err(e) = result {
-            if !self.failed {
-                log::error!(
-                    "{}: queue {}: the ring is unusable ({e}); device needs reset",
-                    self.ring.id,
-                    self.ring.index
-                );
-                self.failed = true;
-                self.interrupt.set_needs_reset();
-            }
+            self.fail(e);
+        }
+    }
+
+    fn pause(&mut self) {
+        if let Err(e) = self.finish_in_flight() {
+            self.fail(e);
         }
     }
 }

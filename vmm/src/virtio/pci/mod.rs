@@ -17,6 +17,7 @@ use vmm_sys_util::eventfd::EventFd;
 use self::common::{Action, CommonConfig, QueueState};
 use super::{ActivateContext, ActiveQueue, VirtioDevice, VirtioInterrupt, VIRTIO_RING_F_EVENT_IDX};
 use crate::interrupt::{IoEventRegistry, MsiInterruptGroup};
+use crate::lifecycle::Pausable;
 use crate::pci::config::{
     ConfigSpace, ConfigSpaceError, PciClass, COMMAND, COMMAND_MEMORY, SUBSYSTEM_ID,
     SUBSYSTEM_VENDOR_ID,
@@ -158,6 +159,8 @@ pub struct VirtioPciDevice<D: VirtioDevice> {
     memory: GuestMemoryMmap,
     /// One error line per burst of failed config accesses.
     config_failing: bool,
+    /// The device was paused (it was running when the VM paused).
+    paused: bool,
 }
 
 impl<D: VirtioDevice> VirtioPciDevice<D> {
@@ -244,6 +247,7 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
             interrupt,
             memory,
             config_failing: false,
+            paused: false,
         })
     }
 
@@ -504,11 +508,45 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
         // while it was stopping is stale.
         self.interrupt.reset();
         self.config_failing = false;
+        self.paused = false;
         // Stale kicks would reach the backend at the next activation.
         for fd in self.kicks.iter().chain(&self.unrouted_calls) {
             let _ = fd.read();
         }
         log::debug!("{}: reset (was running: {was_running})", self.id());
+    }
+}
+
+/// Only a device the driver set running has anything to pause: before
+/// DRIVER_OK no ring is in use.
+impl<D: VirtioDevice> Pausable for VirtioPciDevice<D> {
+    fn pause(&mut self) {
+        if self.paused || !self.common.driver_ok() {
+            return;
+        }
+        self.paused = true;
+        if let Err(e) = self.device.pause() {
+            log::error!(
+                "{}: pause failed; device needs reset: {}",
+                self.id(),
+                error_chain(&e)
+            );
+            self.needs_reset();
+        }
+    }
+
+    fn resume(&mut self) {
+        if !std::mem::take(&mut self.paused) {
+            return;
+        }
+        if let Err(e) = self.device.resume() {
+            log::error!(
+                "{}: resume failed; device needs reset: {}",
+                self.id(),
+                error_chain(&e)
+            );
+            self.needs_reset();
+        }
     }
 }
 

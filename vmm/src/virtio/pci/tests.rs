@@ -24,6 +24,8 @@ struct Calls {
     config_writes: Vec<(u32, Vec<u8>)>,
     activations: Vec<(u64, Vec<StartedQueue>)>,
     resets: usize,
+    /// "pause" and "resume", in the order they came.
+    lifecycle: Vec<&'static str>,
     fail_config: bool,
     /// The last activation's kicks, calls and interrupt handle.
     kicks: Vec<EventFd>,
@@ -97,6 +99,14 @@ impl VirtioDevice for FakeDevice {
     }
     fn reset(&mut self) -> Result<(), Gone> {
         self.calls.lock().unwrap().resets += 1;
+        Ok(())
+    }
+    fn pause(&mut self) -> Result<(), Gone> {
+        self.calls.lock().unwrap().lifecycle.push("pause");
+        Ok(())
+    }
+    fn resume(&mut self) -> Result<(), Gone> {
+        self.calls.lock().unwrap().lifecycle.push("resume");
         Ok(())
     }
 }
@@ -310,6 +320,12 @@ fn no_device_cap_without_a_window_and_bad_ids_refused() {
             Ok(())
         }
         fn reset(&mut self) -> Result<(), Gone> {
+            Ok(())
+        }
+        fn pause(&mut self) -> Result<(), Gone> {
+            Ok(())
+        }
+        fn resume(&mut self) -> Result<(), Gone> {
             Ok(())
         }
     }
@@ -589,4 +605,30 @@ fn a_config_change_from_the_device_moves_the_generation_and_interrupts() {
     let mut status = [0u8];
     r.dev.bar_read(0, 20, &mut status);
     assert_eq!(status[0] & STATUS_NEEDS_RESET, 0, "a change is no failure");
+}
+
+/// Only a running device has anything to pause; a pause or resume asked
+/// twice reaches the device once, and a reset ends a pause.
+#[test]
+fn a_pause_reaches_a_running_device_once() {
+    use crate::lifecycle::Pausable;
+    let mut r = rig(&[64, 64], 40);
+    r.dev.place_bar(0xc000_0000);
+    r.dev.pause();
+    r.dev.resume();
+    assert!(r.calls.lock().unwrap().lifecycle.is_empty(), "not running");
+    r.bring_up(1 << 32);
+    r.dev.pause();
+    r.dev.pause();
+    r.dev.resume();
+    r.dev.resume();
+    assert_eq!(r.calls.lock().unwrap().lifecycle, ["pause", "resume"]);
+    r.dev.pause();
+    r.set_status(0);
+    r.dev.resume();
+    assert_eq!(
+        r.calls.lock().unwrap().lifecycle,
+        ["pause", "resume", "pause"],
+        "a reset ended the pause"
+    );
 }

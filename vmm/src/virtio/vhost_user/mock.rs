@@ -107,7 +107,9 @@ impl VhostUserBackendReqHandlerMut for Mock {
     }
     fn get_vring_base(&mut self, index: u32) -> VuResult<VhostUserVringState> {
         self.log.push(format!("GET_VRING_BASE {index}"));
-        Ok(VhostUserVringState::new(index, 0))
+        // Where a pause stopped ring `index`: a value of its own, so a
+        // test sees it come back at resume.
+        Ok(VhostUserVringState::new(index, 7 + 10 * index))
     }
     fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> VuResult<()> {
         self.note(format!("SET_VRING_KICK {index} {}", fd.is_some()))

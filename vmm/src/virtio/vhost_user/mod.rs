@@ -90,6 +90,12 @@ pub struct GenericVhostUser {
     config_bytes: Option<Vec<u8>>,
     /// Queues the backend is running.
     started: Vec<usize>,
+    /// The rings as the driver set them up, kept from DRIVER_OK to reset
+    /// so that a pause can hand them back to the backend.
+    rings: Vec<ActiveQueue>,
+    /// Each stopped ring's next available index (GET_VRING_BASE), while
+    /// the VM is paused.
+    paused: Vec<(usize, u16)>,
     /// Whether the acked features carried VHOST_USER_F_PROTOCOL_FEATURES,
     /// which makes SET_VRING_ENABLE available.
     vring_enable: bool,
@@ -129,6 +135,8 @@ impl GenericVhostUser {
             },
             config_bytes,
             started: Vec::new(),
+            rings: Vec::new(),
+            paused: Vec::new(),
             vring_enable: false,
             interrupt: None,
         };
@@ -358,7 +366,13 @@ impl GenericVhostUser {
             .map_err(|_| bad)
     }
 
-    fn start_queues(&mut self, queues: &[ActiveQueue]) -> Result<(), Error> {
+    /// Starts `queues`, each at the available index `base` gives (0 at
+    /// DRIVER_OK, where GET_VRING_BASE left it after a pause).
+    fn start_queues(
+        &mut self,
+        queues: &[ActiveQueue],
+        base: impl Fn(usize) -> u16,
+    ) -> Result<(), Error> {
         // Firecracker's order: every ring size first, then per queue
         // address, base, call, kick and enable (the kick starts the ring,
         // so the call fd is in place before it).
@@ -379,7 +393,8 @@ impl GenericVhostUser {
                 log_addr: None,
             };
             self.request("SET_VRING_ADDR", |f| f.set_vring_addr(q.index, &ring))?;
-            self.request("SET_VRING_BASE", |f| f.set_vring_base(q.index, 0))?;
+            let at = base(q.index);
+            self.request("SET_VRING_BASE", |f| f.set_vring_base(q.index, at))?;
             self.request("SET_VRING_CALL", |f| f.set_vring_call(q.index, &q.call))?;
             self.request("SET_VRING_KICK", |f| f.set_vring_kick(q.index, &q.kick))?;
             if self.vring_enable {
@@ -421,16 +436,21 @@ impl GenericVhostUser {
     /// Stops the rings the backend runs.
     fn stop_queues(&mut self) {
         for q in std::mem::take(&mut self.started) {
-            if self.vring_enable {
-                if let Err(e) = self.request("SET_VRING_ENABLE", |f| f.set_vring_enable(q, false)) {
-                    log::warn!("{}: queue {q}: {}", self.params.id, error_chain(&e));
-                }
-            }
-            // GET_VRING_BASE is what stops a ring.
-            if let Err(e) = self.request("GET_VRING_BASE", |f| f.get_vring_base(q)) {
+            if let Err(e) = self.stop_queue(q) {
                 log::warn!("{}: queue {q}: {}", self.params.id, error_chain(&e));
             }
         }
+    }
+
+    /// Stops ring `q` and says where the backend stopped in it.
+    fn stop_queue(&mut self, q: usize) -> Result<u16, Error> {
+        if self.vring_enable {
+            self.request("SET_VRING_ENABLE", |f| f.set_vring_enable(q, false))?;
+        }
+        // GET_VRING_BASE is what stops a ring.
+        let base = self.request("GET_VRING_BASE", |f| f.get_vring_base(q))?;
+        // The split ring's indices are 16 bits; the message carries 32.
+        Ok(base as u16)
     }
 }
 
@@ -555,7 +575,9 @@ impl VirtioDevice for GenericVhostUser {
         self.request("SET_FEATURES", |f| f.set_features(acked))?;
         self.vring_enable = acked & VHOST_USER_F_PROTOCOL_FEATURES != 0;
         self.set_mem_table()?;
-        self.start_queues(&queues)?;
+        self.paused.clear();
+        self.start_queues(&queues, |_| 0)?;
+        self.rings = queues;
         log::info!(
             "{}: started queues {:?} with features {acked:#x}",
             self.params.id,
@@ -578,6 +600,8 @@ impl VirtioDevice for GenericVhostUser {
             }
         }
         self.started.clear();
+        self.rings.clear();
+        self.paused.clear();
         if !self.broken {
             self.reset_backend_device();
         }
@@ -590,6 +614,42 @@ impl VirtioDevice for GenericVhostUser {
             self.params.socket.display()
         );
         self.connect()
+    }
+
+    /// Stops every ring the vhost-user way (GET_VRING_BASE, after
+    /// SET_VRING_ENABLE 0 where there is one) and keeps where each
+    /// stopped: the backend then neither reads nor writes them.
+    fn pause(&mut self) -> Result<(), Error> {
+        self.paused.clear();
+        for q in std::mem::take(&mut self.started) {
+            let base = self.stop_queue(q)?;
+            log::debug!("{}: queue {q} stopped at {base}", self.params.id);
+            self.paused.push((q, base));
+        }
+        Ok(())
+    }
+
+    /// Starts the rings again where they stopped, and kicks each once:
+    /// what the driver made available while they were stopped, or just
+    /// before, is served without waiting for its next kick.
+    fn resume(&mut self) -> Result<(), Error> {
+        let paused = std::mem::take(&mut self.paused);
+        let rings: Vec<ActiveQueue> = std::mem::take(&mut self.rings)
+            .into_iter()
+            .filter(|r| paused.iter().any(|(q, _)| *q == r.index))
+            .collect();
+        let base = |index| {
+            paused
+                .iter()
+                .find(|(q, _)| *q == index)
+                .map_or(0, |(_, base)| *base)
+        };
+        let started = self.start_queues(&rings, base);
+        for ring in &rings {
+            let _ = ring.kick.write(1);
+        }
+        self.rings = rings;
+        started
     }
 }
 

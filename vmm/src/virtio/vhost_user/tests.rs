@@ -311,6 +311,56 @@ fn activation_and_reset_follow_the_protocol() {
     );
 }
 
+/// A pause stops every ring the vhost-user way and keeps where each
+/// stopped; a resume starts them there, as they were laid out, and kicks
+/// each once so nothing made available meanwhile waits for the next kick.
+#[test]
+fn a_pause_stops_the_rings_and_a_resume_restarts_them_where_they_stopped() {
+    let server = Server::start(Mock::fs(), 1);
+    let mut dev = device(&server);
+    let rings = Rings::new(2);
+    dev.activate(rings.context(&dev, VERSION_1, 2)).unwrap();
+    server.take_log();
+
+    dev.pause().unwrap();
+    assert_eq!(
+        server.take_log(),
+        vec![
+            "SET_VRING_ENABLE 0 0",
+            "GET_VRING_BASE 0",
+            "SET_VRING_ENABLE 1 0",
+            "GET_VRING_BASE 1",
+        ]
+    );
+    dev.resume().unwrap();
+    let mut expected = vec![
+        "SET_VRING_NUM 0 64".to_string(),
+        "SET_VRING_NUM 1 64".into(),
+    ];
+    for (q, base) in [(0, 7), (1, 17)] {
+        expected.extend([
+            format!("SET_VRING_ADDR {q}"),
+            format!("SET_VRING_BASE {q} {base}"),
+            format!("SET_VRING_CALL {q} true"),
+            format!("SET_VRING_KICK {q} true"),
+            format!("SET_VRING_ENABLE {q} 1"),
+        ]);
+    }
+    assert_eq!(server.take_log(), expected);
+    for kick in &rings.kicks {
+        // One of ours on top, so that a missing kick fails instead of
+        // blocking the read.
+        kick.write(1).unwrap();
+        assert_eq!(kick.read().unwrap(), 2, "no kick after the resume");
+    }
+    // A reset after a resume stops the rings as after any activation.
+    dev.reset().unwrap();
+    assert_eq!(
+        server.take_log()[..2],
+        ["SET_VRING_ENABLE 0 0", "GET_VRING_BASE 0"]
+    );
+}
+
 /// The guest's reset reaches the backend's device state: a buffer it holds
 /// back, a FUSE session. Without RESET_DEVICE the echo mock kept a message
 /// read from a ring chaos had started and answered the first request after

@@ -1,0 +1,271 @@
+//! HTTP/1.1 on the API's Unix socket, on threads of its own: one accepts,
+//! one serves each connection (so a client that sends nothing, or sends
+//! slowly, holds only its own thread). Requests are parsed by `httparse`,
+//! routed (`routes`) and handed to the VMM thread, whose answer goes back
+//! as JSON. Only the socket's owner may talk to it: the socket is 0600
+//! and each peer's uid is checked (SO_PEERCRED).
+
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::routes::{self, HttpError};
+use super::{ApiReply, Requests};
+
+/// A request's line and headers: anything longer is no client of ours.
+const MAX_HEAD: usize = 16 << 10;
+/// A body (a VM configuration is a few KiB).
+pub const MAX_BODY: usize = 1 << 20;
+const MAX_HEADERS: usize = 64;
+/// Connections served at once; more are told 503 and closed.
+const MAX_CONNECTIONS: usize = 128;
+/// A client silent this long mid-request, or between requests, is closed.
+const IDLE: Duration = Duration::from_secs(30);
+
+/// Accepts until the listener fails for good (the process ends it).
+pub fn serve(listener: UnixListener, requests: Requests) {
+    let open = Arc::new(AtomicUsize::new(0));
+    let owner = effective_uid();
+    for stream in listener.incoming() {
+        let mut stream = match stream {
+            Ok(stream) => stream,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                log::error!("API socket: accept failed: {e}");
+                // EMFILE and friends pass; do not spin meanwhile.
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        match peer_uid(&stream) {
+            Ok(uid) if uid == owner => {}
+            Ok(uid) => {
+                log::warn!("API socket: refused a client of uid {uid}");
+                let _ = respond(&mut stream, &HttpError::Forbidden(uid).reply(), false);
+                continue;
+            }
+            Err(e) => {
+                log::warn!("API socket: cannot tell a client's uid: {e}");
+                continue;
+            }
+        }
+        if open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            open.fetch_sub(1, Ordering::SeqCst);
+            let _ = respond(&mut stream, &HttpError::Busy.reply(), false);
+            continue;
+        }
+        let (open_here, requests) = (open.clone(), requests.clone());
+        let spawned = std::thread::Builder::new()
+            .name("api-client".into())
+            .spawn(move || {
+                connection(stream, &requests);
+                open_here.fetch_sub(1, Ordering::SeqCst);
+            });
+        if let Err(e) = spawned {
+            open.fetch_sub(1, Ordering::SeqCst);
+            log::error!("API socket: cannot start a client thread: {e}");
+        }
+    }
+}
+
+/// Serves one client's requests in turn until it closes, goes quiet or
+/// sends something that ends the conversation.
+fn connection(mut stream: UnixStream, requests: &Requests) {
+    if stream.set_read_timeout(Some(IDLE)).is_err() || stream.set_write_timeout(Some(IDLE)).is_err()
+    {
+        return;
+    }
+    let mut buffer = Vec::new();
+    loop {
+        let request = match read_request(&mut stream, &mut buffer) {
+            Ok(Some(request)) => request,
+            Ok(None) => return,
+            Err(error) => {
+                log::debug!("API socket: {error}");
+                let _ = respond(&mut stream, &error.reply(), false);
+                return;
+            }
+        };
+        let reply = match routes::route(&request.method, &request.path, &request.body) {
+            Ok(api) => requests.ask(api),
+            Err(error) => error.reply(),
+        };
+        if respond(&mut stream, &reply, request.keep_alive).is_err() || !request.keep_alive {
+            return;
+        }
+    }
+}
+
+struct Request {
+    method: String,
+    path: String,
+    body: Vec<u8>,
+    keep_alive: bool,
+}
+
+/// The next request on the connection, with its whole body; None when the
+/// client closed (or went quiet) between requests.
+fn read_request(
+    stream: &mut UnixStream,
+    buffer: &mut Vec<u8>,
+) -> Result<Option<Request>, HttpError> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Request::new(&mut headers);
+        match parsed.parse(buffer) {
+            Ok(httparse::Status::Complete(head_len)) => {
+                let request = head(&parsed)?;
+                let body_len = request.content_length;
+                if body_len > MAX_BODY {
+                    return Err(HttpError::TooLarge(body_len));
+                }
+                buffer.drain(..head_len);
+                if request.expect_continue && buffer.len() < body_len {
+                    // The client waits for this before it sends the body.
+                    let _ = stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
+                }
+                while buffer.len() < body_len {
+                    match stream.read(&mut chunk) {
+                        Ok(0) => return Err(HttpError::Truncated),
+                        Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => return Err(HttpError::Truncated),
+                    }
+                }
+                let body: Vec<u8> = buffer.drain(..body_len).collect();
+                return Ok(Some(Request {
+                    method: request.method,
+                    path: request.path,
+                    body,
+                    keep_alive: request.keep_alive,
+                }));
+            }
+            Ok(httparse::Status::Partial) if buffer.len() >= MAX_HEAD => {
+                return Err(HttpError::HeadTooLarge)
+            }
+            Ok(httparse::Status::Partial) => {}
+            Err(e) => return Err(HttpError::Malformed(e.to_string())),
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) if buffer.is_empty() => return Ok(None),
+            Ok(0) => return Err(HttpError::Truncated),
+            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) if buffer.is_empty() => return Ok(None),
+            Err(_) => return Err(HttpError::Truncated),
+        }
+    }
+}
+
+/// What the head of a request says.
+struct Head {
+    method: String,
+    path: String,
+    content_length: usize,
+    keep_alive: bool,
+    expect_continue: bool,
+}
+
+fn head(parsed: &httparse::Request<'_, '_>) -> Result<Head, HttpError> {
+    let method = parsed.method.unwrap_or_default().to_owned();
+    let path = parsed.path.unwrap_or_default().to_owned();
+    // HTTP/1.0 closes unless asked not to; 1.1 keeps the connection.
+    let mut keep_alive = parsed.version == Some(1);
+    let mut content_length = 0;
+    let mut expect_continue = false;
+    for header in parsed.headers.iter() {
+        let value = std::str::from_utf8(header.value).unwrap_or_default().trim();
+        if header.name.eq_ignore_ascii_case("content-length") {
+            content_length = value
+                .parse()
+                .map_err(|_| HttpError::Malformed(format!("Content-Length {value:?}")))?;
+        } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(HttpError::LengthRequired);
+        } else if header.name.eq_ignore_ascii_case("connection") {
+            keep_alive = !value.eq_ignore_ascii_case("close");
+        } else if header.name.eq_ignore_ascii_case("expect") {
+            expect_continue = value.eq_ignore_ascii_case("100-continue");
+        }
+    }
+    Ok(Head {
+        method,
+        path,
+        content_length,
+        keep_alive,
+        expect_continue,
+    })
+}
+
+fn respond(stream: &mut UnixStream, reply: &ApiReply, keep_alive: bool) -> io::Result<()> {
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\nServer: vmm\r\n",
+        reply.status,
+        reason(reply.status)
+    );
+    if !keep_alive {
+        out.push_str("Connection: close\r\n");
+    }
+    match &reply.body {
+        Some(body) => {
+            out.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            ));
+            out.push_str(body);
+        }
+        // 204 carries no Content-Length (RFC 9110, 8.6).
+        None if reply.status == 204 => out.push_str("\r\n"),
+        None => out.push_str("Content-Length: 0\r\n\r\n"),
+    }
+    stream.write_all(out.as_bytes())?;
+    stream.flush()
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        204 => "No Content",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        411 => "Length Required",
+        413 => "Payload Too Large",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "",
+    }
+}
+
+fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// The uid of the process at the other end (SO_PEERCRED).
+fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
+    // SAFETY: ucred is plain data; zero is valid for each field.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` outlive the call and `len` says how much
+    // room `cred` has; the result is checked.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            std::ptr::addr_of_mut!(cred).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cred.uid)
+}

@@ -1,0 +1,168 @@
+//! The API a running VM is driven by, in Cloud Hypervisor's names, bodies
+//! and codes: HTTP on a Unix socket (`http`, `routes`) in front, and the
+//! requests the VMM thread answers behind. A client's thread hands its
+//! request over a channel, wakes the VMM thread through an eventfd and
+//! waits for the answer; the VMM thread serves requests between guest
+//! events, so no request ever runs on a vCPU or device thread.
+
+mod http;
+mod routes;
+mod socket;
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use vmm_sys_util::eventfd::EventFd;
+
+pub use self::socket::SocketError;
+use crate::util::lock;
+
+/// Where the API listens: `--api-socket path=PATH` or `fd=N`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiSocket {
+    Path(PathBuf),
+    /// A socket the caller bound and listens on, handed down open.
+    Fd(RawFd),
+}
+
+/// What a client asks of the VMM thread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiRequest {
+    VmmPing,
+    VmInfo,
+    VmPause,
+    VmResume,
+    VmmShutdown,
+}
+
+/// An HTTP status and, unless empty, a JSON body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiReply {
+    pub status: u16,
+    pub body: Option<String>,
+}
+
+impl ApiReply {
+    pub fn no_content() -> ApiReply {
+        ApiReply {
+            status: 204,
+            body: None,
+        }
+    }
+
+    pub fn json(value: &serde_json::Value) -> ApiReply {
+        ApiReply {
+            status: 200,
+            body: Some(value.to_string()),
+        }
+    }
+
+    /// Cloud Hypervisor's error body: the error chain, outermost first.
+    pub fn error(status: u16, chain: &[String]) -> ApiReply {
+        ApiReply {
+            status,
+            body: Some(serde_json::Value::from(chain.to_vec()).to_string()),
+        }
+    }
+}
+
+type Exchange = (ApiRequest, mpsc::SyncSender<ApiReply>);
+
+/// The client threads' end: how a request reaches the VMM thread.
+#[derive(Clone)]
+pub struct Requests {
+    queue: Arc<Mutex<mpsc::Sender<Exchange>>>,
+    wake: Arc<EventFd>,
+}
+
+impl Requests {
+    /// Hands `request` to the VMM thread and waits for its answer.
+    pub fn ask(&self, request: ApiRequest) -> ApiReply {
+        let (answer, reply) = mpsc::sync_channel(1);
+        let gone = || {
+            ApiReply::error(
+                503,
+                &["the VMM is shutting down and takes no more requests".into()],
+            )
+        };
+        if lock(&self.queue).send((request, answer)).is_err() {
+            return gone();
+        }
+        if let Err(e) = self.wake.write(1) {
+            log::error!("API socket: cannot wake the VMM thread: {e}");
+        }
+        reply.recv().unwrap_or_else(|_| gone())
+    }
+}
+
+/// The VMM thread's end: an eventfd to wait on and the requests behind it.
+pub struct ApiEndpoint {
+    wake: Arc<EventFd>,
+    queue: mpsc::Receiver<Exchange>,
+    /// The socket file vmm created, removed when the VMM ends.
+    created: Option<PathBuf>,
+}
+
+impl Drop for ApiEndpoint {
+    fn drop(&mut self) {
+        if let Some(path) = &self.created {
+            if let Err(e) = std::fs::remove_file(path) {
+                log::warn!("Cannot remove the API socket {}: {e}", path.display());
+            }
+        }
+    }
+}
+
+impl ApiEndpoint {
+    /// The requests that came since the last call, each with where its
+    /// answer goes.
+    pub fn take(&self) -> Vec<(ApiRequest, Answer)> {
+        let _ = self.wake.read();
+        self.queue
+            .try_iter()
+            .map(|(request, to)| (request, Answer(to)))
+            .collect()
+    }
+}
+
+impl AsRawFd for ApiEndpoint {
+    fn as_raw_fd(&self) -> RawFd {
+        self.wake.as_raw_fd()
+    }
+}
+
+/// Where one request's answer goes; a client that left is no error.
+pub struct Answer(mpsc::SyncSender<ApiReply>);
+
+impl Answer {
+    pub fn send(self, reply: ApiReply) {
+        let _ = self.0.send(reply);
+    }
+}
+
+/// Opens the socket and starts serving it. Until the VMM thread takes
+/// requests from the endpoint, clients wait for their answers.
+pub fn start(socket: &ApiSocket) -> Result<ApiEndpoint, SocketError> {
+    let listener = socket::listen(socket)?;
+    let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(SocketError::EventFd)?);
+    let (queue, requests) = mpsc::channel();
+    let handle = Requests {
+        queue: Arc::new(Mutex::new(queue)),
+        wake: wake.clone(),
+    };
+    std::thread::Builder::new()
+        .name("api-accept".into())
+        .spawn(move || http::serve(listener, handle))
+        .map_err(SocketError::Thread)?;
+    let created = match socket {
+        ApiSocket::Path(path) => Some(path.clone()),
+        ApiSocket::Fd(_) => None,
+    };
+    Ok(ApiEndpoint {
+        wake,
+        queue: requests,
+        created,
+    })
+}

@@ -1,0 +1,143 @@
+//! What the VMM wants of its vCPU threads (run or pause) and where they
+//! are: a pause is answered once every thread is parked outside KVM_RUN
+//! or has ended, and a resume lets them all go. Threads read it between
+//! two KVM_RUNs; the VMM kicks them out of KVM_RUN to make them look.
+
+use std::sync::{Condvar, Mutex};
+
+use crate::util::lock;
+
+#[derive(Debug, Default)]
+struct State {
+    pause: bool,
+    /// The VM is ending: nothing parks any more.
+    stopping: bool,
+    parked: usize,
+    ended: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct VcpuControl {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+impl VcpuControl {
+    pub fn pause_wanted(&self) -> bool {
+        let state = lock(&self.state);
+        state.pause && !state.stopping
+    }
+
+    /// On a vCPU thread, outside KVM_RUN with nothing pending: waits while
+    /// a pause is wanted.
+    pub fn park(&self) {
+        let mut state = lock(&self.state);
+        state.parked += 1;
+        self.changed.notify_all();
+        while state.pause && !state.stopping {
+            state = match self.changed.wait(state) {
+                Ok(state) => state,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+        }
+        state.parked -= 1;
+        self.changed.notify_all();
+    }
+
+    /// On a vCPU thread, as it ends.
+    pub fn ended(&self) {
+        lock(&self.state).ended += 1;
+        self.changed.notify_all();
+    }
+
+    /// Asks every thread to park; they look once kicked.
+    pub fn request_pause(&self) {
+        lock(&self.state).pause = true;
+    }
+
+    /// Waits until all `threads` are parked or ended.
+    pub fn wait_parked(&self, threads: usize) {
+        let mut state = lock(&self.state);
+        while state.parked + state.ended < threads && !state.stopping {
+            state = match self.changed.wait(state) {
+                Ok(state) => state,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+        }
+    }
+
+    /// Lets parked threads go, and waits until each has left its park, so
+    /// that the next pause counts only threads that parked again.
+    pub fn resume(&self) {
+        let mut state = lock(&self.state);
+        state.pause = false;
+        self.changed.notify_all();
+        while state.parked > 0 {
+            state = match self.changed.wait(state) {
+                Ok(state) => state,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+        }
+    }
+
+    /// The VM ends: parked threads go, and none parks again.
+    pub fn stop(&self) {
+        lock(&self.state).stopping = true;
+        self.changed.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// Threads that count while running and park when asked: while
+    /// paused no count moves; resumed, all move again.
+    #[test]
+    fn pause_waits_for_every_thread_and_resume_lets_them_all_go() {
+        let control = Arc::new(VcpuControl::default());
+        let counts: Arc<Vec<AtomicU64>> = Arc::new((0..3).map(|_| AtomicU64::new(0)).collect());
+        let threads: Vec<_> = (0..3)
+            .map(|i| {
+                let (control, counts) = (control.clone(), counts.clone());
+                std::thread::spawn(move || {
+                    while !lock(&control.state).stopping {
+                        if control.pause_wanted() {
+                            control.park();
+                            continue;
+                        }
+                        counts[i].fetch_add(1, Ordering::SeqCst);
+                        std::thread::yield_now();
+                    }
+                    control.ended();
+                })
+            })
+            .collect();
+        let snapshot = || -> Vec<u64> { counts.iter().map(|c| c.load(Ordering::SeqCst)).collect() };
+        for _ in 0..20 {
+            control.request_pause();
+            control.wait_parked(3);
+            let before = snapshot();
+            std::thread::sleep(Duration::from_millis(5));
+            assert_eq!(snapshot(), before, "a parked thread ran");
+            control.resume();
+            let resumed = snapshot();
+            while snapshot()
+                .iter()
+                .zip(&resumed)
+                .any(|(now, then)| now == then)
+            {
+                std::thread::yield_now();
+            }
+        }
+        control.request_pause();
+        control.wait_parked(3);
+        control.stop();
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+}

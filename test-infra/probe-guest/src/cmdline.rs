@@ -123,6 +123,11 @@ pub struct Args {
     pub chaos_empty_rings: bool,
     /// Milliseconds between two of `tick`'s lines.
     pub tick_ms: u64,
+    /// Times the run list is run (0: for ever).
+    pub repeat: u64,
+    /// Notify a queue again when it has completed nothing for this long
+    /// (0: never): for VMMs known to lose a notification.
+    pub rekick_ms: u64,
     unknown: List,
 }
 
@@ -241,6 +246,8 @@ impl Args {
             chaos_devices: 0,
             chaos_empty_rings: false,
             tick_ms: 10,
+            repeat: 1,
+            rekick_ms: 0,
             unknown: List::new(),
         };
         for word in line.split_ascii_whitespace() {
@@ -368,6 +375,8 @@ impl Args {
                     .map(|v| a.chaos_empty_rings = v)
                     .is_some(),
                 "tick_ms" => millis(value).map(|v| a.tick_ms = v).is_some(),
+                "repeat" => value.parse().map(|v| a.repeat = v).is_ok(),
+                "rekick_ms" => value.parse().map(|v| a.rekick_ms = v).is_ok(),
                 _ => false,
             };
             if !good {

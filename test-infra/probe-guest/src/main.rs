@@ -114,6 +114,7 @@ fn run() -> Result<(Option<platform::SleepRegister>, Clock), Failure> {
     if !platform.warnings.as_str().is_empty() {
         record!("warn {}", Quoted(platform.warnings.as_str().as_bytes()));
     }
+    virtio::REKICK_MS.store(args.rekick_ms, core::sync::atomic::Ordering::Relaxed);
     let clock = Clock {
         tsc_hz: apic::calibrate_tsc_hz(),
     };
@@ -134,8 +135,19 @@ fn run() -> Result<(Option<platform::SleepRegister>, Clock), Failure> {
     io::sti();
 
     let tests = ctx.args.run;
-    for name in tests.iter() {
-        tests::run(name, &mut ctx)?;
+    let rounds = ctx.args.repeat;
+    let mut round: u64 = 0;
+    loop {
+        for name in tests.iter() {
+            tests::run(name, &mut ctx)?;
+        }
+        round += 1;
+        if rounds != 1 {
+            record!("round {}", round);
+        }
+        if rounds != 0 && round >= rounds {
+            break;
+        }
     }
     apic::stop_timer();
     Ok((sleep, ctx.clock))

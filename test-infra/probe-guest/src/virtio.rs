@@ -2,12 +2,16 @@
 //! virtqueues, MSI-X or polled completions, config space with the
 //! generation counter.
 
-use core::sync::atomic::{fence, Ordering};
+use core::sync::atomic::{fence, AtomicU64, Ordering};
 
 use crate::io::{self, mmio};
 use crate::pci::{self, Function, VirtioCap};
 use crate::rt::Failure;
-use crate::{bail, boot, Clock, Dma};
+use crate::{bail, boot, record, Clock, Dma};
+
+/// `probe.rekick_ms`: how long a queue may complete nothing before it is
+/// notified again (0: never). Set once at start-up.
+pub static REKICK_MS: AtomicU64 = AtomicU64::new(0);
 
 pub const STATUS_ACKNOWLEDGE: u8 = 1;
 pub const STATUS_DRIVER: u8 = 2;
@@ -472,7 +476,26 @@ impl Device {
         clock: &Clock,
         timeout_ms: u64,
     ) -> Result<u32, Failure> {
-        match self.wait_used_until(index, clock, clock.deadline_ms(timeout_ms))? {
+        let deadline = clock.deadline_ms(timeout_ms);
+        let rekick_ms = REKICK_MS.load(Ordering::Relaxed);
+        let mut waited_ms = 0;
+        while rekick_ms > 0 && waited_ms + rekick_ms < timeout_ms {
+            if let Some(written) =
+                self.wait_used_until(index, clock, clock.deadline_ms(rekick_ms))?
+            {
+                return Ok(written);
+            }
+            // A spurious notification is allowed (VIRTIO 1.3, 2.7.13);
+            // said, so a run that needed one shows it.
+            waited_ms += rekick_ms;
+            record!(
+                "warn rekick {} queue={index} after_ms={waited_ms}",
+                self.f.bdf
+            );
+            let q = self.queue_mut(index)?;
+            mmio::write16(q.notify, index);
+        }
+        match self.wait_used_until(index, clock, deadline)? {
             Some(written) => Ok(written),
             None => bail!(
                 "{} queue {index}: no completion within {timeout_ms} ms (status 0x{:02x})",

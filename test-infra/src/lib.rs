@@ -1,6 +1,7 @@
 //! Test harness: finds the binaries, detects the host, boots the probe guest
 //! under `vmm` or QEMU, and turns its serial output into typed records.
 
+pub mod api;
 pub mod conformance;
 pub mod conformance_linux;
 pub mod console;

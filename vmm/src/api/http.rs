@@ -40,20 +40,28 @@ pub fn serve(listener: UnixListener, requests: Requests) {
                 continue;
             }
         };
-        match peer_uid(&stream) {
-            Ok(uid) if uid == owner => {}
+        // A stranger's request is read before it is refused, on the
+        // client's thread: closing a socket with unread data resets it,
+        // and the client would never see why.
+        let stranger = match peer_uid(&stream) {
+            Ok(uid) if uid == owner => None,
             Ok(uid) => {
                 log::warn!("API socket: refused a client of uid {uid}");
-                let _ = respond(&mut stream, &HttpError::Forbidden(uid).reply(), false);
-                continue;
+                Some(uid)
             }
             Err(e) => {
                 log::warn!("API socket: cannot tell a client's uid: {e}");
                 continue;
             }
-        }
+        };
         if open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
             open.fetch_sub(1, Ordering::SeqCst);
+            // Whatever the client sent already, read without waiting.
+            if stream.set_nonblocking(true).is_ok() {
+                let mut sink = [0u8; 4096];
+                while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+                let _ = stream.set_nonblocking(false);
+            }
             let _ = respond(&mut stream, &HttpError::Busy.reply(), false);
             continue;
         }
@@ -61,7 +69,7 @@ pub fn serve(listener: UnixListener, requests: Requests) {
         let spawned = std::thread::Builder::new()
             .name("api-client".into())
             .spawn(move || {
-                connection(stream, &requests);
+                connection(stream, &requests, stranger);
                 open_here.fetch_sub(1, Ordering::SeqCst);
             });
         if let Err(e) = spawned {
@@ -72,8 +80,9 @@ pub fn serve(listener: UnixListener, requests: Requests) {
 }
 
 /// Serves one client's requests in turn until it closes, goes quiet or
-/// sends something that ends the conversation.
-fn connection(mut stream: UnixStream, requests: &Requests) {
+/// sends something that ends the conversation; a `stranger` (another
+/// uid) gets 403 for its first request, and nothing more.
+fn connection(mut stream: UnixStream, requests: &Requests, stranger: Option<u32>) {
     if stream.set_read_timeout(Some(IDLE)).is_err() || stream.set_write_timeout(Some(IDLE)).is_err()
     {
         return;
@@ -89,11 +98,19 @@ fn connection(mut stream: UnixStream, requests: &Requests) {
                 return;
             }
         };
-        let reply = match routes::route(&request.method, &request.path, &request.body) {
-            Ok(api) => requests.ask(api),
-            Err(error) => error.reply(),
+        if let Some(uid) = stranger {
+            let _ = respond(&mut stream, &HttpError::Forbidden(uid).reply(), false);
+            return;
+        }
+        let (reply, asked) = match routes::route(&request.method, &request.path, &request.body) {
+            Ok(api) => (requests.ask(api), true),
+            Err(error) => (error.reply(), false),
         };
-        if respond(&mut stream, &reply, request.keep_alive).is_err() || !request.keep_alive {
+        let written = respond(&mut stream, &reply, request.keep_alive);
+        if asked {
+            requests.answered();
+        }
+        if written.is_err() || !request.keep_alive {
             return;
         }
     }

@@ -12,7 +12,8 @@ mod socket;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::EventFd;
 
@@ -70,16 +71,38 @@ impl ApiReply {
 
 type Exchange = (ApiRequest, mpsc::SyncSender<ApiReply>);
 
+/// How long the VMM, as it ends, waits for answers still being written
+/// (the reply to `vmm.shutdown` among them).
+const LAST_ANSWERS: Duration = Duration::from_secs(5);
+
+/// Requests handed over and not yet answered on their sockets.
+#[derive(Debug, Default)]
+struct InFlight {
+    count: Mutex<usize>,
+    done: Condvar,
+}
+
+impl InFlight {
+    fn finished(&self) {
+        let mut count = lock(&self.count);
+        *count = count.saturating_sub(1);
+        self.done.notify_all();
+    }
+}
+
 /// The client threads' end: how a request reaches the VMM thread.
 #[derive(Clone)]
 pub struct Requests {
     queue: Arc<Mutex<mpsc::Sender<Exchange>>>,
     wake: Arc<EventFd>,
+    in_flight: Arc<InFlight>,
 }
 
 impl Requests {
-    /// Hands `request` to the VMM thread and waits for its answer.
+    /// Hands `request` to the VMM thread and waits for its answer. The
+    /// caller says `answered` once the answer is on its socket.
     pub fn ask(&self, request: ApiRequest) -> ApiReply {
+        *lock(&self.in_flight.count) += 1;
         let (answer, reply) = mpsc::sync_channel(1);
         let gone = || {
             ApiReply::error(
@@ -95,18 +118,42 @@ impl Requests {
         }
         reply.recv().unwrap_or_else(|_| gone())
     }
+
+    /// The answer `ask` gave is written (or could not be).
+    pub fn answered(&self) {
+        self.in_flight.finished();
+    }
 }
 
 /// The VMM thread's end: an eventfd to wait on and the requests behind it.
 pub struct ApiEndpoint {
     wake: Arc<EventFd>,
-    queue: mpsc::Receiver<Exchange>,
+    /// None once the VMM ends: requests that come then are told so.
+    queue: Option<mpsc::Receiver<Exchange>>,
+    in_flight: Arc<InFlight>,
     /// The socket file vmm created, removed when the VMM ends.
     created: Option<PathBuf>,
 }
 
 impl Drop for ApiEndpoint {
+    /// Requests still queued are told the VMM is ending; answers being
+    /// written get a few seconds to reach their clients.
     fn drop(&mut self) {
+        drop(self.queue.take());
+        let deadline = Instant::now() + LAST_ANSWERS;
+        let mut count = lock(&self.in_flight.count);
+        while *count > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                log::warn!("{} API answers not written as the VMM ends", *count);
+                break;
+            }
+            count = match self.in_flight.done.wait_timeout(count, left) {
+                Ok((count, _)) => count,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+        drop(count);
         if let Some(path) = &self.created {
             if let Err(e) = std::fs::remove_file(path) {
                 log::warn!("Cannot remove the API socket {}: {e}", path.display());
@@ -121,7 +168,8 @@ impl ApiEndpoint {
     pub fn take(&self) -> Vec<(ApiRequest, Answer)> {
         let _ = self.wake.read();
         self.queue
-            .try_iter()
+            .iter()
+            .flat_map(mpsc::Receiver::try_iter)
             .map(|(request, to)| (request, Answer(to)))
             .collect()
     }
@@ -148,9 +196,11 @@ pub fn start(socket: &ApiSocket) -> Result<ApiEndpoint, SocketError> {
     let listener = socket::listen(socket)?;
     let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(SocketError::EventFd)?);
     let (queue, requests) = mpsc::channel();
+    let in_flight = Arc::new(InFlight::default());
     let handle = Requests {
         queue: Arc::new(Mutex::new(queue)),
         wake: wake.clone(),
+        in_flight: in_flight.clone(),
     };
     std::thread::Builder::new()
         .name("api-accept".into())
@@ -162,7 +212,8 @@ pub fn start(socket: &ApiSocket) -> Result<ApiEndpoint, SocketError> {
     };
     Ok(ApiEndpoint {
         wake,
-        queue: requests,
+        queue: Some(requests),
+        in_flight,
         created,
     })
 }

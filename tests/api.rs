@@ -1,0 +1,441 @@
+//! The API socket of a running VM, as Cloud Hypervisor's users drive it:
+//! Debian's curl for what they send, a raw socket for what no client
+//! should. The probe guest shows what a pause does: its ticks stop and
+//! its vCPU threads use no CPU; every byte of I/O across 200 pauses is
+//! checked, by the guest and on the host.
+
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rstest::rstest;
+use test_infra::api::{curl, raw, status_of, vcpu_cpu_ticks, wait_for_socket, Reply};
+use test_infra::host::{kvm, KvmHost};
+use test_infra::process::Child;
+use test_infra::tempdir;
+use test_infra::virtiofsd::Virtiofsd;
+use test_infra::vmm::VmmCommand;
+use test_infra::{Disk, Guest, Hypervisor, ProbeReport};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// `vmm` with the probe and `--api-socket DIR/api.sock`, once it listens.
+fn start(dir: &Path, mut cmd: VmmCommand) -> (Child, PathBuf) {
+    let socket = dir.join("api.sock");
+    cmd.arg("--api-socket")
+        .arg(format!("path={}", socket.display()));
+    let child = cmd.spawn(dir).expect("vmm starts");
+    wait_for_socket(&socket, WAIT).expect("the API socket");
+    (child, socket)
+}
+
+fn ticks(child: &Child) -> usize {
+    child
+        .stdout_so_far()
+        .lines()
+        .filter(|l| l.starts_with("probe: tick "))
+        .count()
+}
+
+/// Waits until the guest has ticked `more` times since `from`.
+fn wait_ticks(child: &mut Child, from: usize, more: usize) {
+    assert!(
+        child.wait_until(WAIT, |c| ticks(c) >= from + more),
+        "the guest did not tick: {}",
+        child.stderr_so_far()
+    );
+}
+
+fn assert_no_content(reply: &Reply, what: &str) {
+    assert_eq!(reply.status, 204, "{what}: {reply:?}");
+    assert!(reply.body.is_empty(), "{what}: {reply:?}");
+}
+
+#[rstest]
+fn ping_info_pause_resume_and_shutdown(kvm: Option<KvmHost>) {
+    let Some(_kvm) = kvm else { return };
+    let dir = tempdir();
+    let image = dir.path().join("disk.img");
+    std::fs::write(&image, vec![0u8; 1 << 20]).expect("image");
+    let mut cmd = VmmCommand::probe("probe.run=tick").expect("probe");
+    cmd.arg("--disk")
+        .arg(format!("path={},id=data", image.display()));
+    let (mut child, socket) = start(dir.path(), cmd);
+
+    let ping = curl(&socket, "GET", "vmm.ping", None);
+    assert_eq!(ping.status, 200, "{ping:?}");
+    assert_eq!(ping.json()["pid"], u64::from(child.id()));
+    assert!(ping.json()["version"].is_string(), "{ping:?}");
+
+    let info = curl(&socket, "GET", "vm.info", None).json();
+    assert_eq!(info["state"], "Running", "{info}");
+    assert_eq!(info["config"]["cpus"]["boot_vcpus"], 1, "{info}");
+    assert_eq!(info["config"]["disks"][0]["id"], "data", "{info}");
+    let bdf = info["device_tree"]["data"]["pci_bdf"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(bdf.starts_with("0000:00:") && bdf.ends_with(".0"), "{info}");
+
+    wait_ticks(&mut child, 0, 5);
+    assert_no_content(&curl(&socket, "PUT", "vm.pause", None), "pause");
+    assert_eq!(
+        curl(&socket, "GET", "vm.info", None).json()["state"],
+        "Paused"
+    );
+    let (before, cpu_before) = (ticks(&child), vcpu_cpu_ticks(child.id()));
+    std::thread::sleep(Duration::from_secs(1));
+    let (after, cpu_after) = (ticks(&child), vcpu_cpu_ticks(child.id()));
+    assert_eq!(after, before, "the guest ticked while paused");
+    // One clock tick of slack: the accounting's granularity, not work.
+    assert!(
+        cpu_after - cpu_before <= 1,
+        "paused vCPU threads used {} clock ticks in 1 s",
+        cpu_after - cpu_before
+    );
+
+    let again = curl(&socket, "PUT", "vm.pause", None);
+    assert_eq!(again.status, 409, "{again:?}");
+    let chain: Vec<String> = serde_json::from_str(&again.body).expect("a JSON array");
+    assert!(chain[0].contains("Paused"), "{chain:?}");
+
+    assert_no_content(&curl(&socket, "PUT", "vm.resume", None), "resume");
+    wait_ticks(&mut child, after, 5);
+    assert_eq!(curl(&socket, "PUT", "vm.resume", None).status, 409);
+    assert_eq!(
+        curl(&socket, "GET", "vm.info", None).json()["state"],
+        "Running"
+    );
+
+    assert_no_content(&curl(&socket, "PUT", "vmm.shutdown", None), "shutdown");
+    let out = child.wait(WAIT).expect("vmm exits");
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    assert!(!socket.exists(), "the socket is removed at the end");
+}
+
+/// Each request no client should send gets its own status, and the VM
+/// runs on as if nothing had come.
+#[rstest]
+fn bad_requests_get_a_clear_status_and_the_vm_runs_on(kvm: Option<KvmHost>) {
+    let Some(_kvm) = kvm else { return };
+    let dir = tempdir();
+    let (mut child, socket) = start(
+        dir.path(),
+        VmmCommand::probe("probe.run=tick").expect("probe"),
+    );
+    let cases: &[(&str, Vec<u8>, u16)] = &[
+        (
+            "unknown name",
+            b"GET /api/v1/vm.nothing HTTP/1.1\r\n\r\n".to_vec(),
+            404,
+        ),
+        (
+            "not the API",
+            b"GET /index.html HTTP/1.1\r\n\r\n".to_vec(),
+            404,
+        ),
+        (
+            "wrong method",
+            b"POST /api/v1/vm.pause HTTP/1.1\r\n\r\n".to_vec(),
+            405,
+        ),
+        (
+            "a body where none is taken",
+            b"PUT /api/v1/vm.pause HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}".to_vec(),
+            400,
+        ),
+        ("not HTTP", b"hello there\r\n\r\n".to_vec(), 400),
+        (
+            "a bad Content-Length",
+            b"PUT /api/v1/vm.pause HTTP/1.1\r\nContent-Length: lots\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "a body cut short",
+            b"PUT /api/v1/vm.pause HTTP/1.1\r\nContent-Length: 10\r\n\r\n{}".to_vec(),
+            400,
+        ),
+        (
+            "chunked",
+            b"PUT /api/v1/vm.pause HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+                .to_vec(),
+            411,
+        ),
+        (
+            "a 100 MiB body announced",
+            b"PUT /api/v1/vm.pause HTTP/1.1\r\nContent-Length: 104857600\r\n\r\n".to_vec(),
+            413,
+        ),
+        (
+            "a head without end",
+            [
+                b"GET /api/v1/vmm.ping HTTP/1.1\r\nX: ".as_slice(),
+                &vec![b'a'; 64 << 10],
+            ]
+            .concat(),
+            431,
+        ),
+    ];
+    for (what, request, status) in cases {
+        let response = raw(&socket, request);
+        assert_eq!(status_of(&response), Some(*status), "{what}: {response:?}");
+        let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+        let chain: Vec<String> = serde_json::from_str(body)
+            .unwrap_or_else(|e| panic!("{what}: no JSON error body ({e}): {response:?}"));
+        assert_eq!(chain.len(), 1, "{what}: {chain:?}");
+    }
+    // curl sending a real 100 MiB body is told before it sends it.
+    let body = dir.path().join("big.json");
+    std::fs::write(&body, vec![b' '; 100 << 20]).expect("body");
+    let big = curl(
+        &socket,
+        "PUT",
+        "vm.pause",
+        Some(&format!("@{}", body.display())),
+    );
+    assert_eq!(big.status, 413, "{big:?}");
+    // A request cut off in its head: the server drops it, nothing else.
+    let _ = raw(&socket, b"GET /api/v1/vm");
+
+    let running = ticks(&child);
+    wait_ticks(&mut child, running, 5);
+    assert_eq!(
+        curl(&socket, "GET", "vm.info", None).json()["state"],
+        "Running"
+    );
+    child.signal(libc::SIGTERM);
+    let out = child.wait(WAIT).expect("vmm exits");
+    assert_eq!(out.code(), Some(128 + libc::SIGTERM), "{}", out.describe());
+}
+
+/// A client that connects and says nothing holds nobody up: 64 others at
+/// once are all answered, and the VM is paused and resumed meanwhile.
+#[rstest]
+fn a_silent_client_and_64_at_once_block_nobody(kvm: Option<KvmHost>) {
+    let Some(_kvm) = kvm else { return };
+    let dir = tempdir();
+    let (mut child, socket) = start(
+        dir.path(),
+        VmmCommand::probe("probe.run=tick").expect("probe"),
+    );
+    let _silent = UnixStream::connect(&socket).expect("connect");
+    let _half = {
+        let mut s = UnixStream::connect(&socket).expect("connect");
+        std::io::Write::write_all(&mut s, b"GET /api/v1/vmm.ping HTTP/1.1\r\n").expect("write");
+        s
+    };
+    let clients: Vec<_> = (0..64)
+        .map(|_| {
+            let socket = socket.clone();
+            std::thread::spawn(move || curl(&socket, "GET", "vmm.ping", None).status)
+        })
+        .collect();
+    assert_no_content(&curl(&socket, "PUT", "vm.pause", None), "pause");
+    assert_no_content(&curl(&socket, "PUT", "vm.resume", None), "resume");
+    for client in clients {
+        assert_eq!(client.join().expect("client thread"), 200);
+    }
+    let running = ticks(&child);
+    wait_ticks(&mut child, running, 5);
+    assert_no_content(&curl(&socket, "PUT", "vmm.shutdown", None), "shutdown");
+    let out = child.wait(WAIT).expect("vmm exits");
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+}
+
+/// Only the socket's owner drives the VM: the socket is 0600, and a
+/// client of another uid that reaches it anyway is refused with 403.
+#[rstest]
+fn another_uid_is_refused(kvm: Option<KvmHost>) {
+    let Some(_kvm) = kvm else { return };
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("another_uid_is_refused: needs root to act as another uid; skipped");
+        return;
+    }
+    let dir = tempdir();
+    let (child, socket) = start(
+        dir.path(),
+        VmmCommand::probe("probe.run=tick").expect("probe"),
+    );
+    let as_nobody = || {
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "curl"])
+            .args(["--silent", "--write-out", "%{http_code}", "--unix-socket"])
+            .arg(&socket)
+            .arg("http://localhost/api/v1/vmm.ping")
+            .output()
+            .expect("setpriv runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    use std::os::unix::fs::PermissionsExt;
+    // The test directory is the test's own; let nobody reach the socket.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    // curl exit 7: it could not connect.
+    assert_eq!(as_nobody().0, Some(7), "0600 lets nobody in");
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    let (code, out) = as_nobody();
+    assert!(out.ends_with("403"), "{code:?} {out:?}");
+    assert_eq!(curl(&socket, "GET", "vmm.ping", None).status, 200);
+    child.signal(libc::SIGTERM);
+    child.wait(WAIT).expect("vmm exits");
+}
+
+/// A live socket is another VMM's: a second `vmm` on it is refused and
+/// the first one keeps it. A stale one (its VMM gone) is replaced.
+#[rstest]
+fn a_live_socket_is_refused_and_a_stale_one_replaced(kvm: Option<KvmHost>) {
+    let Some(_kvm) = kvm else { return };
+    let dir = tempdir();
+    let socket = dir.path().join("api.sock");
+    drop(std::os::unix::net::UnixListener::bind(&socket).expect("a stale socket"));
+    let (first, socket) = start(
+        dir.path(),
+        VmmCommand::probe("probe.run=tick").expect("probe"),
+    );
+    let mut second = VmmCommand::probe("probe.run=tick").expect("probe");
+    second
+        .arg("--api-socket")
+        .arg(format!("path={}", socket.display()));
+    let out = second
+        .spawn(dir.path())
+        .expect("vmm starts")
+        .wait(WAIT)
+        .expect("vmm exits");
+    assert_eq!(out.code(), Some(1), "{}", out.describe());
+    assert!(
+        out.stderr.contains("is the socket of a running process"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(
+        curl(&socket, "GET", "vmm.ping", None).json()["pid"],
+        u64::from(first.id())
+    );
+    first.signal(libc::SIGTERM);
+    first.wait(WAIT).expect("vmm exits");
+    assert!(!socket.exists());
+}
+
+/// 200 pauses and resumes while the probe reads and writes a virtio-fs
+/// share and a disk, round after round: every round's bytes are right,
+/// as the guest reads them back and as the host hashes them.
+#[rstest]
+fn io_is_exact_across_200_pauses(kvm: Option<KvmHost>) {
+    let Some(_kvm) = kvm else { return };
+    const CYCLES: usize = 200;
+    let dir = tempdir();
+    let fs = Virtiofsd::start(dir.path(), "myfs").expect("virtiofsd starts");
+    let input: Vec<u8> = (0..4u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(fs.shared_dir().join("input.bin"), &input).expect("input");
+    let image = dir.path().join("disk.img");
+    std::fs::write(&image, vec![0u8; 16 << 20]).expect("image");
+    let guest = Guest::probe(
+        Hypervisor::Vmm,
+        "probe.run=fs,blk probe.repeat=0 probe.fs.read=input.bin probe.fs.write=out.bin:4194304 probe.blk.write=0:8192 probe.blk.sha=0:8192",
+    )
+    .virtiofs(&fs)
+    .disk(Disk::new(&image));
+    let (mut child, socket) = start(dir.path(), guest.vmm_command().expect("command"));
+    let rounds = |c: &Child| {
+        c.stdout_so_far()
+            .lines()
+            .filter(|l| l.starts_with("probe: round "))
+            .count()
+    };
+    assert!(
+        child.wait_until(WAIT, |c| rounds(c) >= 1),
+        "{}",
+        child.stderr_so_far()
+    );
+
+    let first = rounds(&child);
+    let start = Instant::now();
+    for cycle in 0..CYCLES {
+        for name in ["vm.pause", "vm.resume"] {
+            let reply = curl(&socket, "PUT", name, None);
+            assert_eq!(
+                reply.status,
+                204,
+                "cycle {cycle}, {name}: {reply:?}\n{}\n{}",
+                child.stdout_so_far(),
+                child.stderr_so_far()
+            );
+        }
+    }
+    let during = rounds(&child) - first;
+    eprintln!(
+        "{CYCLES} pause/resume cycles in {:?}, {during} rounds of I/O meanwhile",
+        start.elapsed()
+    );
+    // The guest goes on: one more whole round after the last resume.
+    let last = rounds(&child);
+    assert!(
+        child.wait_until(WAIT, |c| rounds(c) > last + 1),
+        "{}",
+        child.stderr_so_far()
+    );
+    // Paused, the host's files hold still: the disk's range is the
+    // pattern, and the share's file (rewritten every round) a prefix of
+    // its pattern.
+    assert_no_content(&curl(&socket, "PUT", "vm.pause", None), "pause");
+    let disk_pattern: Vec<u8> = (0..8192usize * 512).map(|o| (o % 251) as u8).collect();
+    let on_disk = std::fs::read(&image).expect("image");
+    assert!(
+        on_disk[..disk_pattern.len()] == disk_pattern[..],
+        "the disk differs from the pattern"
+    );
+    let pattern: Vec<u8> = (0..4usize << 20).map(|i| (i % 251) as u8).collect();
+    let written = std::fs::read(fs.shared_dir().join("out.bin")).expect("the guest's file");
+    assert!(
+        written.len() <= pattern.len() && written[..] == pattern[..written.len()],
+        "out.bin is no prefix of its pattern"
+    );
+    assert_no_content(&curl(&socket, "PUT", "vmm.shutdown", None), "shutdown");
+    let out = child.wait(WAIT).expect("vmm exits");
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    assert!(during >= 1, "no round of I/O ran during the cycles");
+
+    let report = ProbeReport::parse(&out.stdout);
+    assert!(
+        report.result().is_none(),
+        "the guest failed: {}",
+        out.describe()
+    );
+    let host_sha = |bytes: &[u8]| test_infra::digest::sha256_hex(bytes).expect("sha256");
+    let read_sha = host_sha(&input);
+    let (mut reads, mut writes, mut blk) = (0, 0, 0);
+    for record in report.all("fs") {
+        match record.positional.first().map(String::as_str) {
+            Some("read") => {
+                assert_eq!(record.get("sha256"), Some(read_sha.as_str()), "{record:?}");
+                reads += 1;
+            }
+            Some("write") => {
+                assert_eq!(record.get("readback"), Some("ok"), "{record:?}");
+                assert_eq!(
+                    record.get("sha256"),
+                    Some(host_sha(&pattern).as_str()),
+                    "{record:?}"
+                );
+                writes += 1;
+            }
+            _ => {}
+        }
+    }
+    for record in report.all("blk") {
+        if record.positional.first().map(String::as_str) == Some("write") {
+            assert_eq!(record.get("readback"), Some("ok"), "{record:?}");
+            assert_eq!(record.get("status"), Some("0"), "{record:?}");
+            blk += 1;
+        }
+    }
+    let rounds_done = report.all("round").count();
+    assert!(
+        reads >= rounds_done && writes >= rounds_done && blk >= rounds_done,
+        "{reads} reads, {writes} writes, {blk} disk writes in {rounds_done} rounds"
+    );
+}

@@ -6,7 +6,9 @@
 //! registered exactly at the decoded BAR's notify addresses, the identity
 //! and num_queues never change, and the device is asked only what the
 //! transport promises (config inside its window, features it offered,
-//! queues it has).
+//! queues it has), and paused only between activation and reset, resumed
+//! only when paused. While the VM is paused the driver is silent (its
+//! vCPUs are parked); the device's own threads and backends are not.
 
 #![no_main]
 
@@ -17,8 +19,8 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm::fuzzing::{
-    msix_vectors, ActivateContext, FakeIoEvents, FakeMsiGroup, MsiInterruptGroup, PciDevice,
-    VirtioDevice, VirtioInterrupt, VirtioPciDevice, BAR_SIZE,
+    msix_vectors, ActivateContext, FakeIoEvents, FakeMsiGroup, MsiInterruptGroup, Pausable,
+    PciDevice, VirtioDevice, VirtioInterrupt, VirtioPciDevice, BAR_SIZE,
 };
 use vmm_fuzz::{le, Width};
 
@@ -42,6 +44,9 @@ struct FuzzDevice {
     config: Vec<u8>,
     fail: Arc<AtomicBool>,
     interrupt: Arc<Mutex<Option<VirtioInterrupt>>>,
+    /// Activated (successfully or not) since the last reset.
+    activated: bool,
+    paused: bool,
 }
 
 impl VirtioDevice for FuzzDevice {
@@ -103,12 +108,33 @@ impl VirtioDevice for FuzzDevice {
             let size = virtio_queue::QueueT::size(&q.queue);
             assert!(size <= max && size.is_power_of_two(), "queue size {size}");
         }
+        assert!(!self.paused, "activated while paused");
+        self.activated = true;
         if self.fail.load(Ordering::Relaxed) {
             return Err(Failed);
         }
         Ok(())
     }
     fn reset(&mut self) -> Result<(), Failed> {
+        self.activated = false;
+        self.paused = false;
+        if self.fail.load(Ordering::Relaxed) {
+            return Err(Failed);
+        }
+        Ok(())
+    }
+    fn pause(&mut self) -> Result<(), Failed> {
+        assert!(self.activated, "paused before activation");
+        assert!(!self.paused, "paused twice");
+        self.paused = true;
+        if self.fail.load(Ordering::Relaxed) {
+            return Err(Failed);
+        }
+        Ok(())
+    }
+    fn resume(&mut self) -> Result<(), Failed> {
+        assert!(self.paused, "resumed without a pause");
+        self.paused = false;
         if self.fail.load(Ordering::Relaxed) {
             return Err(Failed);
         }
@@ -164,6 +190,9 @@ enum Op {
     Signal {
         vector: u8,
     },
+    /// The VM pauses or resumes.
+    Pause,
+    Resume,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -222,6 +251,8 @@ fuzz_target!(|input: Input| {
         config: config.clone(),
         fail: fail.clone(),
         interrupt: interrupt.clone(),
+        activated: false,
+        paused: false,
     };
     let Ok(mut dev) = VirtioPciDevice::new(
         device,
@@ -236,7 +267,20 @@ fuzz_target!(|input: Input| {
     }
     let identity = 0x1af4 | (0x1040 + device_type) << 16;
     let (nq, ncfg, nvec) = (queues.len() as u64, config.len() as u64, vectors as u64);
+    let mut paused = false;
     for op in input.ops.iter().take(512) {
+        let from_the_driver = !matches!(
+            op,
+            Op::DeviceFails(_)
+                | Op::NeedsReset
+                | Op::ConfigChanged
+                | Op::Signal { .. }
+                | Op::Pause
+                | Op::Resume
+        );
+        if paused && from_the_driver {
+            continue;
+        }
         match *op {
             Op::BarRead {
                 region: r,
@@ -292,6 +336,14 @@ fuzz_target!(|input: Input| {
                     let _ = fd.write(1);
                 }
                 msi.poll();
+            }
+            Op::Pause => {
+                dev.pause();
+                paused = true;
+            }
+            Op::Resume => {
+                dev.resume();
+                paused = false;
             }
         }
 

@@ -231,6 +231,12 @@ impl vmm::fuzzing::VirtioDevice for NullDevice {
     fn reset(&mut self) -> Result<(), Never> {
         Ok(())
     }
+    fn pause(&mut self) -> Result<(), Never> {
+        Ok(())
+    }
+    fn resume(&mut self) -> Result<(), Never> {
+        Ok(())
+    }
 }
 
 /// A virtio-pci function with `NullDevice` behind it, fake vectors and

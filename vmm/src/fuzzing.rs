@@ -2,10 +2,12 @@
 //! models and parsers as the program uses them, and fake interrupts and
 //! ioeventfds in place of KVM. Nothing here is for the program itself.
 
+pub use crate::api::{parse_stream as parse_api_stream, ApiRequest, HttpError};
 pub use crate::arch::x86_64::boot::{load_payload, BootError, Payload};
 pub use crate::bus::{Bus, BusDevice, SharedDevice};
 pub use crate::interrupt::fake::{FakeIoEvents, FakeMsiGroup};
 pub use crate::interrupt::{IoEventRegistry, MsiInterruptGroup};
+pub use crate::lifecycle::Pausable;
 pub use crate::pci::config::{
     ConfigSpace, PciClass, BAR0, CLASS_HOST_BRIDGE, COMMAND, COMMAND_MEMORY,
 };

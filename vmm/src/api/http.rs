@@ -125,8 +125,8 @@ struct Request {
 
 /// The next request on the connection, with its whole body; None when the
 /// client closed (or went quiet) between requests.
-fn read_request(
-    stream: &mut UnixStream,
+fn read_request<S: Read + Write>(
+    stream: &mut S,
     buffer: &mut Vec<u8>,
 ) -> Result<Option<Request>, HttpError> {
     let mut chunk = [0u8; 4096];
@@ -285,4 +285,44 @@ fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
         return Err(io::Error::last_os_error());
     }
     Ok(cred.uid)
+}
+
+/// What the server makes of `bytes` arriving on one connection: each
+/// request in turn, routed, or the error that ends the connection. For
+/// the fuzz target; no VMM answers, so a routed request is returned as is.
+#[cfg(feature = "fuzzing")]
+pub fn parse_stream(bytes: &[u8]) -> Vec<Result<super::ApiRequest, HttpError>> {
+    /// Reads the bytes; what the server writes (100 Continue) is dropped.
+    struct Duplex<'a>(&'a [u8]);
+    impl Read for Duplex<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.0.read(buf)
+        }
+    }
+    impl Write for Duplex<'_> {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut stream = Duplex(bytes);
+    let mut buffer = Vec::new();
+    let mut out = Vec::new();
+    loop {
+        match read_request(&mut stream, &mut buffer) {
+            Ok(Some(request)) => {
+                out.push(routes::route(&request.method, &request.path, &request.body));
+                if !request.keep_alive {
+                    return out;
+                }
+            }
+            Ok(None) => return out,
+            Err(error) => {
+                out.push(Err(error));
+                return out;
+            }
+        }
+    }
 }

@@ -9,6 +9,11 @@ mod http;
 mod routes;
 mod socket;
 
+#[cfg(feature = "fuzzing")]
+pub use self::http::parse_stream;
+#[cfg(feature = "fuzzing")]
+pub use self::routes::HttpError;
+
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::mpsc;

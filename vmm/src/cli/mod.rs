@@ -41,7 +41,8 @@ Guest exit device:
   iosize=4). ACPI power-off and reset make vmm exit with status 0.
 
 Exit status:
-  0              the guest powered off or reset
+  0              the guest powered off or reset, or vmm.shutdown came
+                 through the API
   1              vmm could not start, or the guest or a vCPU failed
   2              bad command line (or --log-file cannot be opened)
   (V << 1) | 1   the guest wrote V to the exit device

@@ -159,6 +159,10 @@ pub struct VirtioPciDevice<D: VirtioDevice> {
     memory: GuestMemoryMmap,
     /// One error line per burst of failed config accesses.
     config_failing: bool,
+    /// The device's `activate` was called since the last reset (whether
+    /// or not it succeeded: a device that failed half way may run some
+    /// of its queues).
+    activated: bool,
     /// The device was paused (it was running when the VM paused).
     paused: bool,
 }
@@ -247,6 +251,7 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
             interrupt,
             memory,
             config_failing: false,
+            activated: false,
             paused: false,
         })
     }
@@ -426,15 +431,17 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
             .map(|(index, q)| self.active_queue(index, q))
             .collect::<Result<Vec<_>, _>>();
         let result = match queues {
-            Ok(queues) => self
-                .device
-                .activate(ActivateContext {
-                    mem: self.memory.clone(),
-                    features: self.common.driver_features,
-                    queues,
-                    interrupt: self.interrupt.clone(),
-                })
-                .map_err(|e| error_chain(&e)),
+            Ok(queues) => {
+                self.activated = true;
+                self.device
+                    .activate(ActivateContext {
+                        mem: self.memory.clone(),
+                        features: self.common.driver_features,
+                        queues,
+                        interrupt: self.interrupt.clone(),
+                    })
+                    .map_err(|e| error_chain(&e))
+            }
             Err(e) => Err(error_chain(&e)),
         };
         if let Err(e) = result {
@@ -508,6 +515,7 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
         // while it was stopping is stale.
         self.interrupt.reset();
         self.config_failing = false;
+        self.activated = false;
         self.paused = false;
         // Stale kicks would reach the backend at the next activation.
         for fd in self.kicks.iter().chain(&self.unrouted_calls) {
@@ -518,10 +526,11 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
 }
 
 /// Only a device the driver set running has anything to pause: before
-/// DRIVER_OK no ring is in use.
+/// DRIVER_OK (or when DRIVER_OK found the rings unusable and never reached
+/// the device) no ring is in use.
 impl<D: VirtioDevice> Pausable for VirtioPciDevice<D> {
     fn pause(&mut self) {
-        if self.paused || !self.common.driver_ok() {
+        if self.paused || !self.activated {
             return;
         }
         self.paused = true;

@@ -439,3 +439,58 @@ fn io_is_exact_across_200_pauses(kvm: Option<KvmHost>) {
         "{reads} reads, {writes} writes, {blk} disk writes in {rounds_done} rounds"
     );
 }
+
+/// Cloud Hypervisor's own client, unchanged: `CH_REMOTE` names a
+/// ch-remote built from Cloud Hypervisor's source (never part of this
+/// repository; the README's Testing section says how). Without it the
+/// test says so and checks nothing.
+#[rstest]
+fn ch_remote_drives_the_vm_unchanged(kvm: Option<KvmHost>) {
+    let Some(_kvm) = kvm else { return };
+    let Some(ch_remote) = std::env::var_os("CH_REMOTE") else {
+        eprintln!("ch_remote_drives_the_vm_unchanged: CH_REMOTE is not set; skipped");
+        return;
+    };
+    let dir = tempdir();
+    let (mut child, socket) = start(
+        dir.path(),
+        VmmCommand::probe("probe.run=tick").expect("probe"),
+    );
+    let run = |command: &str| {
+        let out = std::process::Command::new(&ch_remote)
+            .arg("--api-socket")
+            .arg(&socket)
+            .arg(command)
+            .output()
+            .expect("ch-remote runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, ping, err) = run("ping");
+    assert_eq!(code, Some(0), "{err}");
+    let ping: serde_json::Value = serde_json::from_str(&ping).expect("ping JSON");
+    assert_eq!(ping["pid"], u64::from(child.id()));
+    let (code, info, err) = run("info");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(info.contains("\"state\":\"Running\""), "{info}");
+
+    assert_eq!(run("pause").0, Some(0));
+    let (_, info, _) = run("info");
+    assert!(info.contains("\"state\":\"Paused\""), "{info}");
+    let paused = ticks(&child);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(ticks(&child), paused, "ticks while paused");
+    // A wrong state fails the command, with our reason in its chain.
+    let (code, _, err) = run("pause");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("the VM is Paused: cannot pause"), "{err}");
+    assert_eq!(run("resume").0, Some(0));
+    wait_ticks(&mut child, paused, 5);
+
+    assert_eq!(run("shutdown-vmm").0, Some(0));
+    let out = child.wait(WAIT).expect("vmm exits");
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+}

@@ -218,11 +218,9 @@ fn head(parsed: &httparse::Request<'_, '_>) -> Result<Head, HttpError> {
 }
 
 fn respond(stream: &mut UnixStream, reply: &ApiReply, keep_alive: bool) -> io::Result<()> {
-    let mut out = format!(
-        "HTTP/1.1 {} {}\r\nServer: vmm\r\n",
-        reply.status,
-        reason(reply.status)
-    );
+    // No reason phrase, as Cloud Hypervisor's server writes it: ch-remote
+    // reads everything after the version as the status number.
+    let mut out = format!("HTTP/1.1 {} \r\nServer: vmm\r\n", reply.status);
     if !keep_alive {
         out.push_str("Connection: close\r\n");
     }
@@ -240,24 +238,6 @@ fn respond(stream: &mut UnixStream, reply: &ApiReply, keep_alive: bool) -> io::R
     }
     stream.write_all(out.as_bytes())?;
     stream.flush()
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        204 => "No Content",
-        400 => "Bad Request",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        409 => "Conflict",
-        411 => "Length Required",
-        413 => "Payload Too Large",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        503 => "Service Unavailable",
-        _ => "",
-    }
 }
 
 fn effective_uid() -> u32 {
@@ -324,5 +304,40 @@ pub fn parse_stream(bytes: &[u8]) -> Vec<Result<super::ApiRequest, HttpError>> {
                 return out;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn written(reply: &ApiReply, keep_alive: bool) -> String {
+        let (mut ours, mut theirs) = UnixStream::pair().unwrap();
+        respond(&mut ours, reply, keep_alive).unwrap();
+        drop(ours);
+        let mut out = String::new();
+        theirs.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    /// ch-remote reads everything between "HTTP/1.1 " and the line's end
+    /// as the status number, and looks for "Content-Length" as written:
+    /// with a reason phrase it failed on every answer.
+    #[test]
+    fn answers_are_framed_as_cloud_hypervisor_s_clients_read_them() {
+        let ok = written(&ApiReply::json(&serde_json::json!({"a": 1})), true);
+        assert!(ok.starts_with("HTTP/1.1 200 \r\n"), "{ok:?}");
+        assert!(ok.contains("\r\nContent-Length: 7\r\n"), "{ok:?}");
+        assert!(ok.ends_with("\r\n\r\n{\"a\":1}"), "{ok:?}");
+        assert!(!ok.contains("Connection: close"), "{ok:?}");
+
+        let none = written(&ApiReply::no_content(), false);
+        assert!(none.starts_with("HTTP/1.1 204 \r\n"), "{none:?}");
+        assert!(!none.contains("Content-Length"), "{none:?}");
+        assert!(none.contains("Connection: close\r\n"), "{none:?}");
+
+        let refused = written(&ApiReply::error(409, &["no".into()]), true);
+        assert!(refused.starts_with("HTTP/1.1 409 \r\n"), "{refused:?}");
+        assert!(refused.ends_with("[\"no\"]"), "{refused:?}");
     }
 }

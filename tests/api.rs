@@ -352,6 +352,12 @@ fn io_is_exact_across_200_pauses(kvm: Option<KvmHost>) {
         child.stderr_so_far()
     );
 
+    let counters = |socket: &Path| {
+        let reply = curl(socket, "GET", "vm.counters", None);
+        assert_eq!(reply.status, 200, "{reply:?}");
+        reply.json()
+    };
+    let before = counters(&socket);
     let first = rounds(&child);
     let start = Instant::now();
     for cycle in 0..CYCLES {
@@ -389,6 +395,7 @@ fn io_is_exact_across_200_pauses(kvm: Option<KvmHost>) {
         "the disk differs from the pattern"
     );
     let pattern: Vec<u8> = (0..4usize << 20).map(|i| (i % 251) as u8).collect();
+    let after = counters(&socket);
     let written = std::fs::read(fs.shared_dir().join("out.bin")).expect("the guest's file");
     assert!(
         written.len() <= pattern.len() && written[..] == pattern[..written.len()],
@@ -438,6 +445,40 @@ fn io_is_exact_across_200_pauses(kvm: Option<KvmHost>) {
         reads >= rounds_done && writes >= rounds_done && blk >= rounds_done,
         "{reads} reads, {writes} writes, {blk} disk writes in {rounds_done} rounds"
     );
+    // vm.counters moved with the guest's I/O: every round wrote the
+    // 4 MiB range and read it back, through vmm's own virtio-blk.
+    let grew = |device: &str, name: &str| {
+        let at = |c: &serde_json::Value| {
+            c[device][name]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no {device}.{name} in {c}"))
+        };
+        at(&after) - at(&before)
+    };
+    let range = 8192 * 512;
+    let rounds_meanwhile = during as u64;
+    assert!(
+        grew("_disk0", "write_bytes") >= rounds_meanwhile * range,
+        "{before}\n{after}"
+    );
+    assert!(
+        grew("_disk0", "read_bytes") >= 2 * rounds_meanwhile * range,
+        "{before}\n{after}"
+    );
+    assert!(grew("_disk0", "write_ops") >= rounds_meanwhile, "{after}");
+    // Each round's bring-ups reset and activate both devices again.
+    for device in ["_disk0", "_generic_vhost_user0"] {
+        assert!(
+            grew(device, "activations") >= rounds_meanwhile,
+            "{device}: {after}"
+        );
+        assert!(
+            grew(device, "resets") >= rounds_meanwhile,
+            "{device}: {after}"
+        );
+        assert_eq!(after[device]["needs_reset"], 0, "{device}: {after}");
+    }
+    assert_eq!(after["_generic_vhost_user0"]["reconnects"], 0, "{after}");
 }
 
 /// Cloud Hypervisor's own client, unchanged: `CH_REMOTE` names a

@@ -7,7 +7,7 @@ pub use crate::arch::x86_64::boot::{load_payload, BootError, Payload};
 pub use crate::bus::{Bus, BusDevice, SharedDevice};
 pub use crate::interrupt::fake::{FakeIoEvents, FakeMsiGroup};
 pub use crate::interrupt::{IoEventRegistry, MsiInterruptGroup};
-pub use crate::lifecycle::Pausable;
+pub use crate::lifecycle::ManagedDevice;
 pub use crate::pci::config::{
     ConfigSpace, PciClass, BAR0, CLASS_HOST_BRIDGE, COMMAND, COMMAND_MEMORY,
 };

@@ -246,6 +246,7 @@ impl Vmm {
         let done = match request {
             ApiRequest::VmmPing => return ApiReply::json(&ping()),
             ApiRequest::VmInfo => return ApiReply::json(&self.info()),
+            ApiRequest::VmCounters => return ApiReply::json(&self.counters()),
             ApiRequest::VmPause => self.pause(),
             ApiRequest::VmResume => self.resume(),
             ApiRequest::VmmShutdown => {
@@ -316,6 +317,23 @@ impl Vmm {
             "memory_actual_size": self.config.memory.size,
             "device_tree": device_tree,
         })
+    }
+
+    /// Cloud Hypervisor's `vm.counters`: each device's counters by id.
+    fn counters(&self) -> serde_json::Value {
+        let devices: serde_json::Map<String, serde_json::Value> = self
+            .devices
+            .counters()
+            .into_iter()
+            .map(|(id, counters)| {
+                let counters: serde_json::Map<String, serde_json::Value> = counters
+                    .into_iter()
+                    .map(|(name, value)| (name.to_owned(), value.into()))
+                    .collect();
+                (id, counters.into())
+            })
+            .collect();
+        devices.into()
     }
 
     /// Interrupts every vCPU's KVM_RUN: the thread then sees what the VMM

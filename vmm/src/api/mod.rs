@@ -38,6 +38,7 @@ pub enum ApiSocket {
 pub enum ApiRequest {
     VmmPing,
     VmInfo,
+    VmCounters,
     VmPause,
     VmResume,
     VmmShutdown,

@@ -65,6 +65,7 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, HttpEr
     let (request, allowed) = match name {
         "vmm.ping" => (ApiRequest::VmmPing, "GET"),
         "vm.info" => (ApiRequest::VmInfo, "GET"),
+        "vm.counters" => (ApiRequest::VmCounters, "GET"),
         "vm.pause" => (ApiRequest::VmPause, "PUT"),
         "vm.resume" => (ApiRequest::VmResume, "PUT"),
         "vmm.shutdown" => (ApiRequest::VmmShutdown, "PUT"),
@@ -94,6 +95,7 @@ mod tests {
     #[rstest]
     #[case("GET", "/api/v1/vmm.ping", ApiRequest::VmmPing)]
     #[case("GET", "/api/v1/vm.info?x=1", ApiRequest::VmInfo)]
+    #[case("GET", "/api/v1/vm.counters", ApiRequest::VmCounters)]
     #[case("PUT", "/api/v1/vm.pause", ApiRequest::VmPause)]
     #[case("PUT", "/api/v1/vm.resume", ApiRequest::VmResume)]
     #[case("PUT", "/api/v1/vmm.shutdown", ApiRequest::VmmShutdown)]

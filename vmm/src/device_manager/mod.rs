@@ -17,7 +17,7 @@ use self::allocator::BarAllocator;
 use crate::arch::x86_64::layout::*;
 use crate::bus::{Bus, BusError, SharedDevice};
 use crate::devices::{acpi_power::AcpiPower, debug_exit::DebugExit, i8042::I8042, serial::Serial};
-use crate::lifecycle::Pausable;
+use crate::lifecycle::{Counter, ManagedDevice};
 use crate::pci::host_bridge::HostBridge;
 use crate::pci::segment::{Bdf, SegmentError};
 use crate::pci::{PciConfigIo, PciEcam, PciSegment};
@@ -62,7 +62,7 @@ pub struct DeviceNode {
     /// The user's `id=`, or the one given in its place (`_disk0`).
     pub id: String,
     pub bdf: Bdf,
-    device: Arc<Mutex<dyn Pausable>>,
+    device: Arc<Mutex<dyn ManagedDevice>>,
 }
 
 /// What the device manager leaves once the VM is built.
@@ -89,6 +89,14 @@ impl Devices {
         for node in &self.nodes {
             crate::util::lock(&node.device).resume();
         }
+    }
+
+    /// Every device's counters, by id.
+    pub fn counters(&self) -> Vec<(String, Vec<Counter>)> {
+        self.nodes
+            .iter()
+            .map(|node| (node.id.clone(), crate::util::lock(&node.device).counters()))
+            .collect()
     }
 }
 

@@ -57,10 +57,16 @@ pub enum ConsoleError {
 /// writes (which come on a vCPU thread).
 pub type Sink = Arc<Mutex<GuestOutput>>;
 
-/// The guest's output and whether a failure to write it was said yet.
+/// The guest's output, whether a failure to write it was said yet, and
+/// what passed (for `vm.counters`).
 pub struct GuestOutput {
     writer: Box<dyn Write + Send>,
     said: bool,
+    /// Bytes the guest sent, written or not.
+    tx_bytes: u64,
+    /// Bytes it received as input, and notifications `vmm` sent it.
+    rx_bytes: u64,
+    queue_interrupts: u64,
 }
 
 impl GuestOutput {
@@ -68,6 +74,9 @@ impl GuestOutput {
         GuestOutput {
             writer,
             said: false,
+            tx_bytes: 0,
+            rx_bytes: 0,
+            queue_interrupts: 0,
         }
     }
 
@@ -76,6 +85,7 @@ impl GuestOutput {
     /// the UART does; a full pty that nobody reads is its normal state and
     /// only logged at debug level.
     fn write(&mut self, id: &str, bytes: &[u8]) {
+        self.tx_bytes += bytes.len() as u64;
         let Err(e) = self
             .writer
             .write_all(bytes)
@@ -304,6 +314,15 @@ impl VirtioDevice for Console {
         }
         Ok(())
     }
+
+    fn counters(&self) -> Vec<crate::lifecycle::Counter> {
+        let sink = lock(&self.sink);
+        vec![
+            ("tx_bytes", sink.tx_bytes),
+            ("rx_bytes", sink.rx_bytes),
+            ("queue_interrupts", sink.queue_interrupts),
+        ]
+    }
 }
 
 /// Where input comes from. A regular file (or /dev/null) cannot be
@@ -378,6 +397,7 @@ impl ConsoleHandler {
         }
         self.output(&mut out);
         if self.tx.needs_notification(mem)? {
+            lock(&self.sink).queue_interrupts += 1;
             let _ = self.tx_call.write(1);
         }
         Ok(())
@@ -418,11 +438,13 @@ impl ConsoleHandler {
                 }
             }
             self.rx.add_used(mem, head, written)?;
+            lock(&self.sink).rx_bytes += u64::from(written);
             used = true;
         }
         let full = pending.len() >= INPUT_BUFFER;
         drop(pending);
         if used && self.rx.needs_notification(mem)? {
+            lock(&self.sink).queue_interrupts += 1;
             let _ = self.rx_call.write(1);
         }
         self.pause_input(full);

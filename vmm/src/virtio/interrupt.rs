@@ -3,7 +3,7 @@
 //! Lock-free, so a device thread never waits for the transport (which may
 //! be waiting for that very thread to stop).
 
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use crate::interrupt::MsiInterruptGroup;
@@ -23,6 +23,10 @@ struct State {
     /// Changes the device made to its config since the transport last
     /// looked: each bumps config_generation.
     config_changes: AtomicU8,
+    /// Config interrupts asked for, and times the device asked for a
+    /// reset: for `vm.counters`.
+    config_interrupts: AtomicU64,
+    needs_reset_count: AtomicU64,
 }
 
 /// Shared by the transport and the device it activated; clones are handles
@@ -41,6 +45,8 @@ impl VirtioInterrupt {
                 isr: AtomicU8::new(0),
                 needs_reset: AtomicBool::new(false),
                 config_changes: AtomicU8::new(0),
+                config_interrupts: AtomicU64::new(0),
+                needs_reset_count: AtomicU64::new(0),
             }),
         }
     }
@@ -48,6 +54,7 @@ impl VirtioInterrupt {
     /// Tells the driver the device's configuration changed: the ISR's
     /// config bit and the config vector (kept pending while masked).
     pub fn trigger_config(&self) {
+        self.state.config_interrupts.fetch_add(1, Ordering::Relaxed);
         self.state.isr.fetch_or(ISR_CONFIG, Ordering::SeqCst);
         let vector = self.state.config_vector.load(Ordering::SeqCst);
         if vector != NO_VECTOR {
@@ -75,9 +82,18 @@ impl VirtioInterrupt {
     pub fn set_needs_reset(&self) -> bool {
         let first = !self.state.needs_reset.swap(true, Ordering::SeqCst);
         if first {
+            self.state.needs_reset_count.fetch_add(1, Ordering::Relaxed);
             self.trigger_config();
         }
         first
+    }
+
+    /// Config interrupts asked for, and reset requests, since creation.
+    pub(super) fn counts(&self) -> (u64, u64) {
+        (
+            self.state.config_interrupts.load(Ordering::Relaxed),
+            self.state.needs_reset_count.load(Ordering::Relaxed),
+        )
     }
 
     /// Whether the device asked for a reset.

@@ -117,4 +117,10 @@ pub trait VirtioDevice: Send {
     fn pause(&mut self) -> Result<(), Self::Error>;
     /// Goes on from where `pause` stopped.
     fn resume(&mut self) -> Result<(), Self::Error>;
+    /// What the device counts of its own (requests, bytes, reconnects),
+    /// for `vm.counters`; the transport adds config accesses, resets and
+    /// config interrupts to it.
+    fn counters(&self) -> Vec<crate::lifecycle::Counter> {
+        Vec::new()
+    }
 }

@@ -21,7 +21,7 @@ use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
 
 use self::disk::{DiskFile, SECTOR_SIZE};
-use self::queue::{QueueHandler, QueueParams};
+use self::queue::{BlockCounts, QueueHandler, QueueParams};
 use self::request::{DiskInfo, ID_BYTES, MAX_DISCARD_SECTORS, MAX_DISCARD_SEGMENTS};
 use super::worker::Worker;
 use super::{ActivateContext, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
@@ -68,6 +68,8 @@ pub struct Block {
     features: u64,
     config: [u8; CONFIG_LEN],
     workers: Vec<Worker>,
+    /// Shared by every queue's worker, kept across resets.
+    counts: Arc<BlockCounts>,
 }
 
 impl Block {
@@ -127,6 +129,7 @@ impl Block {
             features,
             config,
             workers: Vec::new(),
+            counts: Arc::default(),
         }
     }
 }
@@ -236,6 +239,7 @@ impl VirtioDevice for Block {
                 info: info.clone(),
                 interrupt: context.interrupt.clone(),
                 io_threads,
+                counts: self.counts.clone(),
             })
             .map_err(|source| BlockError::Worker { index, source })?;
             let sources = handler.sources();
@@ -275,6 +279,10 @@ impl VirtioDevice for Block {
             worker.resume();
         }
         Ok(())
+    }
+
+    fn counters(&self) -> Vec<crate::lifecycle::Counter> {
+        self.counts.counters()
     }
 }
 

@@ -8,6 +8,7 @@
 //! and completes them as they finish, in any order, as the spec allows.
 
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -19,7 +20,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::disk::{Disk, DiskFile};
-use super::request::{self, Completion, DiskInfo, Refusal};
+use super::request::{self, Completion, DiskInfo, Moved, Refusal};
 use crate::util::lock;
 use crate::virtio::worker::{EventHandler, Source};
 use crate::virtio::{pop_chain, VirtioInterrupt};
@@ -31,6 +32,50 @@ const LOGGED_REFUSALS: u32 = 8;
 pub const DIRECT_IO_THREADS: usize = 16;
 const TOKEN_KICK: u64 = 0;
 const TOKEN_DONE: u64 = 1;
+
+/// What a disk's queues count, together, for `vm.counters`.
+#[derive(Debug, Default)]
+pub struct BlockCounts {
+    read_ops: AtomicU64,
+    read_bytes: AtomicU64,
+    write_ops: AtomicU64,
+    write_bytes: AtomicU64,
+    flush_ops: AtomicU64,
+    /// Used-buffer notifications `vmm` sent the guest itself.
+    queue_interrupts: AtomicU64,
+}
+
+impl BlockCounts {
+    fn count(&self, moved: Moved) {
+        let add = |counter: &AtomicU64, n| {
+            counter.fetch_add(n, Ordering::Relaxed);
+        };
+        match moved {
+            Moved::Read(bytes) => {
+                add(&self.read_ops, 1);
+                add(&self.read_bytes, bytes);
+            }
+            Moved::Written(bytes) => {
+                add(&self.write_ops, 1);
+                add(&self.write_bytes, bytes);
+            }
+            Moved::Flushed => add(&self.flush_ops, 1),
+            Moved::Nothing => {}
+        }
+    }
+
+    pub fn counters(&self) -> Vec<crate::lifecycle::Counter> {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        vec![
+            ("read_ops", get(&self.read_ops)),
+            ("read_bytes", get(&self.read_bytes)),
+            ("write_ops", get(&self.write_ops)),
+            ("write_bytes", get(&self.write_bytes)),
+            ("flush_ops", get(&self.flush_ops)),
+            ("queue_interrupts", get(&self.queue_interrupts)),
+        ]
+    }
+}
 
 /// Generic over the disk so that the fuzz targets run this very loop
 /// against a disk in memory.
@@ -57,6 +102,7 @@ struct Ring {
     queue: Queue,
     call: EventFd,
     refusals: u32,
+    counts: Arc<BlockCounts>,
 }
 
 /// What a queue needs to run.
@@ -72,6 +118,7 @@ pub struct QueueParams<D: Disk = DiskFile> {
     pub interrupt: VirtioInterrupt,
     /// 0: every request on the worker thread.
     pub io_threads: usize,
+    pub counts: Arc<BlockCounts>,
 }
 
 impl<D: Disk + 'static> QueueHandler<D> {
@@ -94,6 +141,7 @@ impl<D: Disk + 'static> QueueHandler<D> {
                 queue: p.queue,
                 call: p.call,
                 refusals: 0,
+                counts: p.counts,
             },
             kick: p.kick,
             disk: p.disk,
@@ -202,8 +250,10 @@ impl Ring {
         if let Some(problem) = done.problem {
             self.log_refusal(problem);
         }
+        self.counts.count(done.moved);
         self.queue.add_used(mem, head, done.used_len)?;
         if self.queue.needs_notification(mem)? {
+            self.counts.queue_interrupts.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = self.call.write(1) {
                 log::error!(
                     "{}: queue {}: cannot signal the guest: {e}",
@@ -359,6 +409,7 @@ pub mod fuzzing {
                 info: Arc::new(info),
                 interrupt,
                 io_threads: 0,
+                counts: Arc::default(),
             })?;
             Ok(BlockQueue { handler })
         }
@@ -440,6 +491,7 @@ mod tests {
             }),
             interrupt: interrupt.clone(),
             io_threads,
+            counts: Arc::default(),
         })
         .unwrap();
         let (done, finished) = mpsc::channel();

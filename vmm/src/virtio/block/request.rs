@@ -53,6 +53,19 @@ pub struct Completion {
     /// Why the request failed, for the log; None when it succeeded or
     /// failed for the guest's own reason (e.g. writing a read-only disk).
     pub problem: Option<Refusal>,
+    /// What a request that succeeded did to the disk, for the counters.
+    pub moved: Moved,
+}
+
+/// What a request did to the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Moved {
+    Read(u64),
+    Written(u64),
+    Flushed,
+    /// Nothing counted: GET_ID, DISCARD, a failed request.
+    #[default]
+    Nothing,
 }
 
 /// Device-readable or device-writable bytes of a chain, as guest memory
@@ -175,6 +188,7 @@ where
             return Completion {
                 used_len: 0,
                 problem: Some(Refusal::BadChain(why)),
+                moved: Moved::Nothing,
             }
         }
     };
@@ -182,14 +196,21 @@ where
         return Completion {
             used_len: 0,
             problem: Some(Refusal::BadChain("no device-writable status byte")),
+            moved: Moved::Nothing,
         };
     };
-    let (result, data_written) = match readable.take_front(HEADER_LEN) {
+    let (result, data_written, moved) = match readable.take_front(HEADER_LEN) {
         None => (
             Err(Refusal::BadChain("the header is shorter than 16 bytes")),
             0,
+            Moved::Nothing,
         ),
         Some(header) => execute(&header, &readable, &writable, disk, info),
+    };
+    let moved = if result.is_ok() {
+        moved
+    } else {
+        Moved::Nothing
     };
     let (code, problem) = match result {
         Ok(()) => (VIRTIO_BLK_S_OK, None),
@@ -202,18 +223,19 @@ where
     Completion {
         used_len: data_written.saturating_add(1),
         problem,
+        moved,
     }
 }
 
-/// The request the header names; returns the result and how many data
-/// bytes it wrote into the chain.
+/// The request the header names; returns the result, how many data bytes
+/// it wrote into the chain, and what it did to the disk if it succeeds.
 fn execute<B: BitmapSlice, D: Disk>(
     header: &[u8],
     readable: &Stream<'_, B>,
     writable: &Stream<'_, B>,
     disk: &D,
     info: &DiskInfo,
-) -> (Result<(), Refusal>, u32) {
+) -> (Result<(), Refusal>, u32, Moved) {
     let le32 = |at: usize| {
         u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
     };
@@ -232,12 +254,12 @@ fn execute<B: BitmapSlice, D: Disk>(
             } else {
                 0
             };
-            (result, written)
+            (result, written, Moved::Read(len))
         }
         VIRTIO_BLK_T_OUT => {
             if info.readonly {
                 // The guest's own mistake: refused, not logged.
-                return (Err(Refusal::IoError(String::new())), 0);
+                return (Err(Refusal::IoError(String::new())), 0, Moved::Nothing);
             }
             let len = readable.len();
             let result = check_range(info, sector, len).and_then(|offset| {
@@ -245,7 +267,7 @@ fn execute<B: BitmapSlice, D: Disk>(
                     Refusal::IoError(format!("write of {len} bytes at sector {sector}: {e}"))
                 })
             });
-            (result, 0)
+            (result, 0, Moved::Written(len))
         }
         VIRTIO_BLK_T_FLUSH => {
             let result = if info.readonly {
@@ -254,7 +276,7 @@ fn execute<B: BitmapSlice, D: Disk>(
                 disk.flush()
                     .map_err(|e| Refusal::IoError(format!("flush: {e}")))
             };
-            (result, 0)
+            (result, 0, Moved::Flushed)
         }
         VIRTIO_BLK_T_GET_ID => {
             let n = writable.len().min(ID_BYTES as u64) as usize;
@@ -263,12 +285,14 @@ fn execute<B: BitmapSlice, D: Disk>(
                 slice.copy_from(&info.id[at..at + slice.len()]);
                 at += slice.len();
             }
-            (Ok(()), n as u32)
+            (Ok(()), n as u32, Moved::Nothing)
         }
-        VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES if info.discard => {
-            (discard(request_type, readable, disk, info), 0)
-        }
-        other => (Err(Refusal::Unsupported(other)), 0),
+        VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES if info.discard => (
+            discard(request_type, readable, disk, info),
+            0,
+            Moved::Nothing,
+        ),
+        other => (Err(Refusal::Unsupported(other)), 0, Moved::Nothing),
     }
 }
 

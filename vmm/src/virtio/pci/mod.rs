@@ -17,7 +17,7 @@ use vmm_sys_util::eventfd::EventFd;
 use self::common::{Action, CommonConfig, QueueState};
 use super::{ActivateContext, ActiveQueue, VirtioDevice, VirtioInterrupt, VIRTIO_RING_F_EVENT_IDX};
 use crate::interrupt::{IoEventRegistry, MsiInterruptGroup};
-use crate::lifecycle::Pausable;
+use crate::lifecycle::{Counter, ManagedDevice};
 use crate::pci::config::{
     ConfigSpace, ConfigSpaceError, PciClass, COMMAND, COMMAND_MEMORY, SUBSYSTEM_ID,
     SUBSYSTEM_VENDOR_ID,
@@ -165,6 +165,17 @@ pub struct VirtioPciDevice<D: VirtioDevice> {
     activated: bool,
     /// The device was paused (it was running when the VM paused).
     paused: bool,
+    counts: TransportCounts,
+}
+
+/// What the transport counts for `vm.counters`.
+#[derive(Debug, Default, Clone, Copy)]
+struct TransportCounts {
+    config_reads: u64,
+    config_writes: u64,
+    config_failures: u64,
+    activations: u64,
+    resets: u64,
 }
 
 impl<D: VirtioDevice> VirtioPciDevice<D> {
@@ -253,6 +264,7 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
             config_failing: false,
             activated: false,
             paused: false,
+            counts: TransportCounts::default(),
         })
     }
 
@@ -368,6 +380,7 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
         if n == 0 {
             return;
         }
+        self.counts.config_reads += 1;
         match self.device.read_config(offset as u32, &mut data[..n]) {
             Ok(()) => self.config_failing = false,
             Err(e) => {
@@ -382,6 +395,7 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
         if n == 0 {
             return;
         }
+        self.counts.config_writes += 1;
         match self.device.write_config(offset as u32, &data[..n]) {
             Ok(()) => {
                 self.config_failing = false;
@@ -394,6 +408,7 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
     /// A failed config access never stops the VM: the device asks for a
     /// reset (DEVICE_NEEDS_RESET) and tells the guest by a config interrupt.
     fn config_failed(&mut self, what: &str, offset: u64, e: &D::Error) {
+        self.counts.config_failures += 1;
         if !self.config_failing {
             log::error!(
                 "{}: config {what} at offset {offset:#x} failed; device needs reset: {}",
@@ -433,6 +448,7 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
         let result = match queues {
             Ok(queues) => {
                 self.activated = true;
+                self.counts.activations += 1;
                 self.device
                     .activate(ActivateContext {
                         mem: self.memory.clone(),
@@ -506,6 +522,7 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
     }
 
     fn reset(&mut self) {
+        self.counts.resets += 1;
         let was_running = self.common.driver_ok();
         if let Err(e) = self.device.reset() {
             log::error!("{}: reset: {}", self.id(), error_chain(&e));
@@ -528,7 +545,7 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
 /// Only a device the driver set running has anything to pause: before
 /// DRIVER_OK (or when DRIVER_OK found the rings unusable and never reached
 /// the device) no ring is in use.
-impl<D: VirtioDevice> Pausable for VirtioPciDevice<D> {
+impl<D: VirtioDevice> ManagedDevice for VirtioPciDevice<D> {
     fn pause(&mut self) {
         if self.paused || !self.activated {
             return;
@@ -542,6 +559,23 @@ impl<D: VirtioDevice> Pausable for VirtioPciDevice<D> {
             );
             self.needs_reset();
         }
+    }
+
+    /// The transport's own counts, then the device's.
+    fn counters(&self) -> Vec<Counter> {
+        let c = self.counts;
+        let (config_interrupts, needs_reset) = self.interrupt.counts();
+        let mut counters = vec![
+            ("config_reads", c.config_reads),
+            ("config_writes", c.config_writes),
+            ("config_failures", c.config_failures),
+            ("activations", c.activations),
+            ("resets", c.resets),
+            ("needs_reset", needs_reset),
+            ("config_interrupts", config_interrupts),
+        ];
+        counters.extend(self.device.counters());
+        counters
     }
 
     fn resume(&mut self) {

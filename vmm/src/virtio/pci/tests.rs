@@ -611,7 +611,7 @@ fn a_config_change_from_the_device_moves_the_generation_and_interrupts() {
 /// twice reaches the device once, and a reset ends a pause.
 #[test]
 fn a_pause_reaches_a_running_device_once() {
-    use crate::lifecycle::Pausable;
+    use crate::lifecycle::ManagedDevice;
     let mut r = rig(&[64, 64], 40);
     r.dev.place_bar(0xc000_0000);
     r.dev.pause();

@@ -102,6 +102,9 @@ pub struct GenericVhostUser {
     /// Where the watchdog reports a backend that hung up: the transport's
     /// interrupt handle, from attachment on, kept across reconnects.
     interrupt: Option<VirtioInterrupt>,
+    /// Connections made after the first, and those that failed.
+    reconnects: u64,
+    failed_reconnects: u64,
 }
 
 impl GenericVhostUser {
@@ -139,6 +142,8 @@ impl GenericVhostUser {
             paused: Vec::new(),
             vring_enable: false,
             interrupt: None,
+            reconnects: 0,
+            failed_reconnects: 0,
         };
         device.connect()?;
         if device.params.config_len_by_features {
@@ -613,7 +618,19 @@ impl VirtioDevice for GenericVhostUser {
             self.params.id,
             self.params.socket.display()
         );
-        self.connect()
+        let connected = self.connect();
+        match connected {
+            Ok(()) => self.reconnects += 1,
+            Err(_) => self.failed_reconnects += 1,
+        }
+        connected
+    }
+
+    fn counters(&self) -> Vec<crate::lifecycle::Counter> {
+        vec![
+            ("reconnects", self.reconnects),
+            ("failed_reconnects", self.failed_reconnects),
+        ]
     }
 
     /// Stops every ring the vhost-user way (GET_VRING_BASE, after

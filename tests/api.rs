@@ -535,3 +535,95 @@ fn ch_remote_drives_the_vm_unchanged(kvm: Option<KvmHost>) {
     let out = child.wait(WAIT).expect("vmm exits");
     assert_eq!(out.code(), Some(0), "{}", out.describe());
 }
+
+/// The event monitor tells, one JSON object a line in Cloud Hypervisor's
+/// shape, what the VM and its devices did: boot, a pause and a resume
+/// asked through the API, a backend lost at DRIVER_OK (the device asks
+/// for a reset), back at the guest's reset and then activated, and the
+/// shutdown.
+#[rstest]
+fn the_event_monitor_tells_what_happened(kvm: Option<KvmHost>) {
+    let Some(_kvm) = kvm else { return };
+    let dir = tempdir();
+    let mock = test_infra::MockOptions::new("kick")
+        .fault("SET_VRING_KICK#1:close")
+        .relisten()
+        .start(dir.path())
+        .expect("mock");
+    let events_path = dir.path().join("events.json");
+    let mut cmd = VmmCommand::probe("probe.run=echo,tick probe.echo.rounds=4 probe.echo.recover=1")
+        .expect("probe");
+    cmd.args(["--memory", "size=512M,shared=on"])
+        .arg("--generic-vhost-user")
+        .arg(format!("{},id=echo", mock.device("60", &[256, 256])))
+        .arg("--event-monitor")
+        .arg(format!("path={}", events_path.display()));
+    let (mut child, socket) = start(dir.path(), cmd);
+    wait_ticks(&mut child, 0, 5);
+    assert_no_content(&curl(&socket, "PUT", "vm.pause", None), "pause");
+    assert_no_content(&curl(&socket, "PUT", "vm.resume", None), "resume");
+    let counted = curl(&socket, "GET", "vm.counters", None).json();
+    assert_no_content(&curl(&socket, "PUT", "vmm.shutdown", None), "shutdown");
+    let out = child.wait(WAIT).expect("vmm exits");
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+
+    let text = std::fs::read_to_string(&events_path).expect("events");
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}")))
+        .collect();
+    for event in &events {
+        assert!(event["timestamp"]["secs"].is_u64(), "{event}");
+        assert!(event["timestamp"]["nanos"].is_u64(), "{event}");
+    }
+    let said: Vec<String> = events
+        .iter()
+        .map(|e| {
+            let id = e["properties"]["id"].as_str().unwrap_or("");
+            format!(
+                "{} {} {id}",
+                e["source"].as_str().unwrap_or(""),
+                e["event"].as_str().unwrap_or("")
+            )
+            .trim_end()
+            .to_owned()
+        })
+        .collect();
+    let position = |what: &str| {
+        said.iter()
+            .position(|s| s == what)
+            .unwrap_or_else(|| panic!("no {what:?} in {said:#?}"))
+    };
+    let order = [
+        "vmm starting",
+        "vm booting",
+        "vm booted",
+        "vhost-user disconnected echo",
+        "virtio-device needs-reset echo",
+        "vhost-user reconnected echo",
+        "virtio-device activated echo",
+    ];
+    let at: Vec<usize> = order.iter().map(|what| position(what)).collect();
+    // The guest's reset is what reconnects.
+    assert_eq!(said[at[4] - 2], "virtio-device reset echo", "{said:#?}");
+    assert!(
+        at.windows(2).all(|w| w[0] < w[1]),
+        "out of order: {said:#?}"
+    );
+    let (pausing, paused) = (position("vm pausing"), position("vm paused"));
+    let (resuming, resumed) = (position("vm resuming"), position("vm resumed"));
+    assert!(
+        pausing < paused && paused < resuming && resuming < resumed,
+        "{said:#?}"
+    );
+    assert_eq!(
+        said.last().map(String::as_str),
+        Some("vm shutdown"),
+        "{said:#?}"
+    );
+    assert_eq!(counted["event-monitor"]["dropped"], 0, "{counted}");
+    assert!(
+        counted["event-monitor"]["events"].as_u64() >= Some(12),
+        "{counted}"
+    );
+}

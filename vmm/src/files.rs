@@ -31,6 +31,8 @@ pub enum FileError {
     LockedByOther(String),
     #[error("it is {0} too: a file the guest writes serves one disk and nothing else (readonly=on disks may share one)")]
     WrittenTwice(String),
+    #[error("the descriptor is open for reading only: expected one open for writing")]
+    ReadOnly,
 }
 
 /// A file by what it is, not by the path that names it: a link, another
@@ -174,6 +176,27 @@ pub fn open_output(
     }
     set_blocking(&file)?;
     Ok(file)
+}
+
+/// Takes the descriptor `fd` the caller opened for vmm (`fd=N`) as an
+/// output, written as it is.
+pub fn adopt_output(fd: std::os::fd::RawFd) -> Result<File, FileError> {
+    // SAFETY: F_GETFL only reads the descriptor's flags; a closed one
+    // fails with EBADF, checked.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(FileError::Io(io::Error::last_os_error()));
+    }
+    if flags & libc::O_ACCMODE == libc::O_RDONLY {
+        return Err(FileError::ReadOnly);
+    }
+    // SAFETY: F_SETFD on a descriptor just found open.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+        return Err(FileError::Io(io::Error::last_os_error()));
+    }
+    // SAFETY: the caller handed this descriptor to vmm; from here the File
+    // owns it and nothing else uses it.
+    Ok(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
 /// Whether any other open file holds a lock on `file` (the OFD or POSIX

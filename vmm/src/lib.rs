@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 mod device_manager;
 mod devices;
+pub mod events;
 pub mod files;
 mod interrupt;
 mod lifecycle;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use vmm::files::FilesInUse;
 use vmm::util::{error_chain, escape_controls};
-use vmm::{api, builder, cli, config, logger, signals, vm_exit};
+use vmm::{api, builder, cli, config, events, logger, signals, vm_exit};
 
 /// Exit status for start-up failures (bad configuration is 2, from the CLI).
 const EXIT_START_FAILED: u8 = 1;
@@ -49,6 +49,13 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    let event_monitor = match args.event_monitor() {
+        Ok(monitor) => monitor,
+        Err(e) => {
+            eprintln!("vmm: error: {}", error_chain(&e));
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     // Every input is known before any output is opened, so that no output
     // (the log, the serial or console file) overwrites one.
     let mut in_use = FilesInUse::default();
@@ -61,6 +68,13 @@ fn main() -> ExitCode {
     if let Err(e) = logger::init(args.log_level(), args.log_file.as_deref(), &mut in_use) {
         eprintln!("vmm: error: {}", error_chain(&e));
         return ExitCode::from(EXIT_USAGE);
+    }
+    if let Some(monitor) = &event_monitor {
+        if let Err(e) = start_event_monitor(monitor, &mut in_use) {
+            eprintln!("vmm: error: --event-monitor: {}", error_chain(&*e));
+            return ExitCode::from(EXIT_START_FAILED);
+        }
+        events::emit("vmm", "starting", &[("version", env!("CARGO_PKG_VERSION"))]);
     }
     // Before the VM is built, so that a client can connect at once; it
     // waits for answers until the VM runs.
@@ -87,7 +101,9 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_START_FAILED);
         }
     };
-    match vmm.run(&signals, api) {
+    let ran = vmm.run(&signals, api);
+    events::flush(std::time::Duration::from_secs(2));
+    match ran {
         Ok(reason) => {
             let status = reason.exit_status();
             if status != 0 && !matches!(reason, vm_exit::ExitReason::DebugExit(_)) {
@@ -100,4 +116,23 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_START_FAILED)
         }
     }
+}
+
+/// Opens where events go (a path as any output: never over a file the VM
+/// uses) and starts the monitor's writer.
+fn start_event_monitor(
+    monitor: &cli::PathOrFd,
+    in_use: &mut FilesInUse,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let file = match monitor {
+        cli::PathOrFd::Path(path) => vmm::files::open_output(
+            path,
+            false,
+            in_use,
+            format!("--event-monitor path={}", path.display()),
+        )?,
+        cli::PathOrFd::Fd(fd) => vmm::files::adopt_output(*fd)?,
+    };
+    events::start(file)?;
+    Ok(())
 }

@@ -23,6 +23,7 @@ use crate::config::schema::VmConfigJson;
 use crate::config::VmConfig;
 use crate::device_manager::Devices;
 use crate::devices::serial::Serial;
+use crate::events;
 use crate::signals::TerminationSignals;
 use crate::terminal;
 use crate::util::lock;
@@ -167,6 +168,7 @@ impl Vmm {
             add(api.as_raw_fd(), EVENT_API)?;
         }
 
+        events::emit("vm", "booting", &[]);
         let vcpus = std::mem::take(&mut self.vcpus);
         for mut vcpu in vcpus {
             let buses = self.devices.buses.clone();
@@ -192,9 +194,10 @@ impl Vmm {
             }
         }
 
-        let mut events = vec![EpollEvent::default(); 4];
+        events::emit("vm", "booted", &[]);
+        let mut ready = vec![EpollEvent::default(); 4];
         while !self.exit.is_requested() {
-            let n = match epoll.wait(-1, &mut events) {
+            let n = match epoll.wait(-1, &mut ready) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -205,7 +208,7 @@ impl Vmm {
                     break;
                 }
             };
-            for event in &events[..n] {
+            for event in &ready[..n] {
                 match event.data() {
                     EVENT_SIGNAL => {
                         if let Some(signo) = signals.read() {
@@ -235,10 +238,12 @@ impl Vmm {
         }
 
         self.stop_vcpus();
-        Ok(self.exit.reason().unwrap_or(ExitReason::VcpuError {
+        let reason = self.exit.reason().unwrap_or(ExitReason::VcpuError {
             vcpu: 0,
             message: "stopped without a reason".into(),
-        }))
+        });
+        events::emit("vm", "shutdown", &[("reason", &reason.to_string())]);
+        Ok(reason)
     }
 
     /// One API request, on the VMM thread.
@@ -268,12 +273,13 @@ impl Vmm {
                 action: "pause",
             });
         }
+        events::emit("vm", "pausing", &[]);
         self.control.request_pause();
         self.kick_vcpus();
         self.control.wait_parked(self.threads.len());
         self.devices.pause();
         self.state = VmState::Paused;
-        log::info!("VM paused");
+        events::emit("vm", "paused", &[]);
         Ok(())
     }
 
@@ -285,10 +291,11 @@ impl Vmm {
                 action: "resume",
             });
         }
+        events::emit("vm", "resuming", &[]);
         self.devices.resume();
         self.control.resume();
         self.state = VmState::Running;
-        log::info!("VM resumed");
+        events::emit("vm", "resumed", &[]);
         Ok(())
     }
 
@@ -319,9 +326,10 @@ impl Vmm {
         })
     }
 
-    /// Cloud Hypervisor's `vm.counters`: each device's counters by id.
+    /// Cloud Hypervisor's `vm.counters`: each device's counters by id,
+    /// and the event monitor's under `event-monitor`.
     fn counters(&self) -> serde_json::Value {
-        let devices: serde_json::Map<String, serde_json::Value> = self
+        let mut devices: serde_json::Map<String, serde_json::Value> = self
             .devices
             .counters()
             .into_iter()
@@ -333,6 +341,12 @@ impl Vmm {
                 (id, counters.into())
             })
             .collect();
+        if let Some((sent, dropped)) = events::counts() {
+            devices.insert(
+                "event-monitor".into(),
+                serde_json::json!({ "events": sent, "dropped": dropped }),
+            );
+        }
         devices.into()
     }
 

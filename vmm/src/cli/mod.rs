@@ -8,6 +8,7 @@ mod parse;
 
 #[cfg(feature = "fuzzing")]
 pub use parse::every_key;
+pub use parse::PathOrFd;
 
 use std::ffi::OsStr;
 use std::path::PathBuf;
@@ -199,6 +200,20 @@ pub struct Args {
     /// listening. Only clients of vmm's own uid are served.
     #[arg(long, value_name = "path=PATH|fd=N", value_parser = Utf8, verbatim_doc_comment)]
     pub api_socket: Option<String>,
+
+    /// Write what happens as JSON lines: path=PATH or fd=N
+    ///
+    /// One object per line in Cloud Hypervisor's event shape: timestamp
+    /// (secs and nanos since vmm started), source, event, properties. The
+    /// VM's booting, booted, pausing, paused, resuming, resumed and
+    /// shutdown; each device's activated, reset and needs-reset, and a
+    /// vhost-user backend's disconnected and reconnected, with its id. A
+    /// reader that falls behind never slows the VM: events beyond 4096
+    /// waiting are dropped, counted in vm.counters, and said in an
+    /// events-dropped event once the reader catches up. path=PATH is
+    /// created or truncated; fd=N is written as it is.
+    #[arg(long, value_name = "path=PATH|fd=N", value_parser = Utf8, verbatim_doc_comment)]
+    pub event_monitor: Option<String>,
 
     /// Log more: warnings by default, -v info, -vv debug, -vvv trace
     #[arg(short, long, action = ArgAction::Count)]
@@ -415,4 +430,25 @@ mod tests {
             format!("error: {option}: \"size=\\xFF\\u{{1b}}\" is not valid UTF-8\n")
         );
     }
+
+    /// `--api-socket` and `--event-monitor` take Cloud Hypervisor's forms:
+    /// path=, fd= or a bare path; anything else is a usage error naming
+    /// the option.
+    #[test]
+    fn endpoints_take_a_path_or_a_descriptor() {
+        use crate::api::ApiSocket;
+        let api = |value: &str| parse(&["--api-socket", value]).unwrap().api_socket();
+        assert_eq!(api("path=/a").unwrap(), Some(ApiSocket::Path("/a".into())));
+        assert_eq!(api("/b").unwrap(), Some(ApiSocket::Path("/b".into())));
+        assert_eq!(api("fd=7").unwrap(), Some(ApiSocket::Fd(7)));
+        for bad in ["fd=2", "fd=x", "path=/a,fd=7", "size=1", "path="] {
+            let err = api(bad).unwrap_err().to_string();
+            assert!(err.starts_with("--api-socket"), "{bad}: {err}");
+        }
+        let events = |value: &str| parse(&["--event-monitor", value]).unwrap().event_monitor();
+        assert_eq!(events("fd=9").unwrap(), Some(PathOrFd::Fd(9)));
+        assert!(events("fd=1").unwrap_err().to_string().starts_with("--event-monitor"));
+        assert_eq!(parse(&[]).unwrap().event_monitor().unwrap(), None);
+    }
 }
+

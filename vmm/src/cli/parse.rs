@@ -87,6 +87,10 @@ const API_SOCKET: OptionForm = OptionForm {
     keys: &["path", "fd"],
     form: "path=PATH or fd=N",
 };
+const EVENT_MONITOR: OptionForm = OptionForm {
+    name: "--event-monitor",
+    ..API_SOCKET
+};
 const DISK: OptionForm = OptionForm {
     name: "--disk",
     keys: &[
@@ -118,37 +122,54 @@ pub fn every_key() -> Vec<&'static str> {
     keys
 }
 
+/// Where an endpoint of the VMM (the API socket, the event monitor) is:
+/// a path, or a descriptor the caller opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathOrFd {
+    Path(PathBuf),
+    Fd(i32),
+}
+
+/// `path=PATH`, `fd=N`, or (as Cloud Hypervisor also takes it) a bare path.
+fn parse_path_or_fd(form: &OptionForm, value: &str) -> Result<PathOrFd, OptionError> {
+    if !value.contains('=') {
+        return Ok(PathOrFd::Path(non_empty_path(form.name, Path::new(value))?));
+    }
+    let options = Options::parse(form, value)?;
+    match (options.get("path"), options.get("fd")) {
+        (Some(path), None) => Ok(PathOrFd::Path(non_empty_path(form.name, Path::new(path))?)),
+        (None, Some(fd)) => {
+            let fd = parse_number(
+                form,
+                "fd",
+                fd,
+                3..=i32::MAX as u64,
+                "an open descriptor from 3 up",
+            )?;
+            Ok(PathOrFd::Fd(fd as i32))
+        }
+        _ => Err(form.error("expected exactly one of path= and fd=")),
+    }
+}
+
 impl Args {
-    /// Where the API listens, if anywhere: `path=PATH`, `fd=N`, or (as
-    /// Cloud Hypervisor also takes it) a bare path.
+    /// Where the API listens, if anywhere.
     pub fn api_socket(&self) -> Result<Option<ApiSocket>, OptionError> {
         let Some(value) = &self.api_socket else {
             return Ok(None);
         };
-        if !value.contains('=') {
-            return Ok(Some(ApiSocket::Path(non_empty_path(
-                API_SOCKET.name,
-                Path::new(value),
-            )?)));
-        }
-        let options = Options::parse(&API_SOCKET, value)?;
-        match (options.get("path"), options.get("fd")) {
-            (Some(path), None) => Ok(Some(ApiSocket::Path(non_empty_path(
-                API_SOCKET.name,
-                Path::new(path),
-            )?))),
-            (None, Some(fd)) => {
-                let fd = parse_number(
-                    &API_SOCKET,
-                    "fd",
-                    fd,
-                    3..=i32::MAX as u64,
-                    "an open descriptor from 3 up",
-                )?;
-                Ok(Some(ApiSocket::Fd(fd as i32)))
-            }
-            _ => Err(API_SOCKET.error("expected exactly one of path= and fd=")),
-        }
+        Ok(Some(match parse_path_or_fd(&API_SOCKET, value)? {
+            PathOrFd::Path(path) => ApiSocket::Path(path),
+            PathOrFd::Fd(fd) => ApiSocket::Fd(fd),
+        }))
+    }
+
+    /// Where events go, if anywhere.
+    pub fn event_monitor(&self) -> Result<Option<PathOrFd>, OptionError> {
+        self.event_monitor
+            .as_deref()
+            .map(|value| parse_path_or_fd(&EVENT_MONITOR, value))
+            .transpose()
     }
 }
 

@@ -5,6 +5,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
+use std::sync::OnceLock;
 
 use crate::interrupt::MsiInterruptGroup;
 use crate::util::error_chain;
@@ -27,6 +28,8 @@ struct State {
     /// reset: for `vm.counters`.
     config_interrupts: AtomicU64,
     needs_reset_count: AtomicU64,
+    /// The device's id, for the events it causes.
+    id: OnceLock<String>,
 }
 
 /// Shared by the transport and the device it activated; clones are handles
@@ -47,6 +50,7 @@ impl VirtioInterrupt {
                 config_changes: AtomicU8::new(0),
                 config_interrupts: AtomicU64::new(0),
                 needs_reset_count: AtomicU64::new(0),
+                id: OnceLock::new(),
             }),
         }
     }
@@ -83,9 +87,16 @@ impl VirtioInterrupt {
         let first = !self.state.needs_reset.swap(true, Ordering::SeqCst);
         if first {
             self.state.needs_reset_count.fetch_add(1, Ordering::Relaxed);
+            let id = self.state.id.get().map_or("", String::as_str);
+            crate::events::emit("virtio-device", "needs-reset", &[("id", id)]);
             self.trigger_config();
         }
         first
+    }
+
+    /// Names the device in the events it causes; once.
+    pub(super) fn set_id(&self, id: &str) {
+        let _ = self.state.id.set(id.to_owned());
     }
 
     /// Config interrupts asked for, and reset requests, since creation.

@@ -188,6 +188,7 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
         let queue_count = device.queue_sizes().len();
         let vector_count = msix_vectors(queue_count);
         let interrupt = VirtioInterrupt::new(vectors.clone());
+        interrupt.set_id(device.id());
         device.attach(interrupt.clone());
         let msix = Msix::new(vectors, vector_count);
         if MSIX_TABLE_OFFSET + msix.table_len() > MSIX_PBA_OFFSET
@@ -460,12 +461,15 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
             }
             Err(e) => Err(error_chain(&e)),
         };
-        if let Err(e) = result {
-            log::error!(
-                "{}: activation failed; device needs reset: {e}",
-                self.device.id()
-            );
-            self.needs_reset();
+        match result {
+            Ok(()) => crate::events::emit("virtio-device", "activated", &[("id", self.id())]),
+            Err(e) => {
+                log::error!(
+                    "{}: activation failed; device needs reset: {e}",
+                    self.device.id()
+                );
+                self.needs_reset();
+            }
         }
     }
 
@@ -522,6 +526,8 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
     }
 
     fn reset(&mut self) {
+        // Said first: what the reset brings about (a reconnect) follows.
+        crate::events::emit("virtio-device", "reset", &[("id", self.id())]);
         self.counts.resets += 1;
         let was_running = self.common.driver_ok();
         if let Err(e) = self.device.reset() {

@@ -620,7 +620,10 @@ impl VirtioDevice for GenericVhostUser {
         );
         let connected = self.connect();
         match connected {
-            Ok(()) => self.reconnects += 1,
+            Ok(()) => {
+                self.reconnects += 1;
+                crate::events::emit("vhost-user", "reconnected", &[("id", &self.params.id)]);
+            }
             Err(_) => self.failed_reconnects += 1,
         }
         connected

@@ -140,7 +140,15 @@ impl EventHandler for Guard {
                 let gone = EventSet::READ_HANG_UP | EventSet::HANG_UP | EventSet::ERROR;
                 if events.intersects(gone) {
                     log::debug!("{}: the vhost-user backend hung up", self.0.id);
-                    lock(&self.0.state).lost = true;
+                    let mut state = lock(&self.0.state);
+                    if !state.lost {
+                        state.lost = true;
+                        crate::events::emit(
+                            "vhost-user",
+                            "disconnected",
+                            &[("id", self.0.id.as_str())],
+                        );
+                    }
                 }
             }
             _ => {}

@@ -49,6 +49,18 @@ impl HttpError {
         }
     }
 
+    /// Whether the server closes the connection after saying it: the
+    /// request could not be framed, so nothing after it can be either.
+    /// A request framed but not routed leaves the connection open.
+    pub fn ends_connection(&self) -> bool {
+        !matches!(
+            self,
+            HttpError::NotFound(_)
+                | HttpError::MethodNotAllowed { .. }
+                | HttpError::UnexpectedBody { .. }
+        )
+    }
+
     pub fn reply(&self) -> ApiReply {
         ApiReply::error(self.status(), &[self.to_string()])
     }

@@ -447,8 +447,10 @@ mod tests {
         }
         let events = |value: &str| parse(&["--event-monitor", value]).unwrap().event_monitor();
         assert_eq!(events("fd=9").unwrap(), Some(PathOrFd::Fd(9)));
-        assert!(events("fd=1").unwrap_err().to_string().starts_with("--event-monitor"));
+        assert!(events("fd=1")
+            .unwrap_err()
+            .to_string()
+            .starts_with("--event-monitor"));
         assert_eq!(parse(&[]).unwrap().event_monitor().unwrap(), None);
     }
 }
-

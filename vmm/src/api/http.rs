@@ -102,15 +102,20 @@ fn connection(mut stream: UnixStream, requests: &Requests, stranger: Option<u32>
             let _ = respond(&mut stream, &HttpError::Forbidden(uid).reply(), false);
             return;
         }
-        let (reply, asked) = match routes::route(&request.method, &request.path, &request.body) {
-            Ok(api) => (requests.ask(api), true),
-            Err(error) => (error.reply(), false),
-        };
-        let written = respond(&mut stream, &reply, request.keep_alive);
+        let (reply, asked, keep_alive) =
+            match routes::route(&request.method, &request.path, &request.body) {
+                Ok(api) => (requests.ask(api), true, request.keep_alive),
+                Err(error) => (
+                    error.reply(),
+                    false,
+                    request.keep_alive && !error.ends_connection(),
+                ),
+            };
+        let written = respond(&mut stream, &reply, keep_alive);
         if asked {
             requests.answered();
         }
-        if written.is_err() || !request.keep_alive {
+        if written.is_err() || !keep_alive {
             return;
         }
     }
@@ -293,8 +298,10 @@ pub fn parse_stream(bytes: &[u8]) -> Vec<Result<super::ApiRequest, HttpError>> {
     loop {
         match read_request(&mut stream, &mut buffer) {
             Ok(Some(request)) => {
-                out.push(routes::route(&request.method, &request.path, &request.body));
-                if !request.keep_alive {
+                let routed = routes::route(&request.method, &request.path, &request.body);
+                let ends = routed.as_ref().is_err_and(HttpError::ends_connection);
+                out.push(routed);
+                if ends || !request.keep_alive {
                     return out;
                 }
             }

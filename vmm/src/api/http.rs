@@ -9,11 +9,12 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use super::routes::{self, HttpError};
 use super::{ApiReply, Requests};
+use crate::util::lock;
 
 /// A request's line and headers: anything longer is no client of ours.
 const MAX_HEAD: usize = 16 << 10;
@@ -28,6 +29,7 @@ const IDLE: Duration = Duration::from_secs(30);
 /// Accepts until the listener fails for good (the process ends it).
 pub fn serve(listener: UnixListener, requests: Requests) {
     let open = Arc::new(AtomicUsize::new(0));
+    let clients = Clients::new();
     let owner = effective_uid();
     for stream in listener.incoming() {
         let mut stream = match stream {
@@ -65,17 +67,63 @@ pub fn serve(listener: UnixListener, requests: Requests) {
             let _ = respond(&mut stream, &HttpError::Busy.reply(), false);
             continue;
         }
-        let (open_here, requests) = (open.clone(), requests.clone());
-        let spawned = std::thread::Builder::new()
-            .name("api-client".into())
-            .spawn(move || {
-                connection(stream, &requests, stranger);
-                open_here.fetch_sub(1, Ordering::SeqCst);
-            });
-        if let Err(e) = spawned {
-            open.fetch_sub(1, Ordering::SeqCst);
-            log::error!("API socket: cannot start a client thread: {e}");
+        // Each connection claims an idle thread, or gets a new one: none
+        // ever waits behind another client.
+        let claimed = clients
+            .idle
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if !claimed {
+            if let Err(e) = clients.add(&open, &requests) {
+                open.fetch_sub(1, Ordering::SeqCst);
+                log::error!("API socket: cannot start a client thread: {e}");
+                continue;
+            }
         }
+        if clients.queue.send((stream, stranger)).is_err() {
+            open.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+type Accepted = (UnixStream, Option<u32>);
+
+/// The client threads: one per connection being served, kept for the
+/// next connection once theirs ends, so that a request on a new
+/// connection (curl's, ch-remote's) costs no thread start; a new thread
+/// only when none is idle, so a silent client holds up nobody.
+struct Clients {
+    queue: mpsc::Sender<Accepted>,
+    accepted: Arc<Mutex<mpsc::Receiver<Accepted>>>,
+    /// Threads waiting for a connection that no connection has claimed.
+    idle: Arc<AtomicUsize>,
+}
+
+impl Clients {
+    fn new() -> Clients {
+        let (queue, accepted) = mpsc::channel();
+        Clients {
+            queue,
+            accepted: Arc::new(Mutex::new(accepted)),
+            idle: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    fn add(&self, open: &Arc<AtomicUsize>, requests: &Requests) -> io::Result<()> {
+        let (accepted, idle) = (self.accepted.clone(), self.idle.clone());
+        let (open, requests) = (open.clone(), requests.clone());
+        // Not idle at first: the connection that asked for it is its own.
+        std::thread::Builder::new()
+            .name("api-client".into())
+            .spawn(move || loop {
+                let Ok((stream, stranger)) = lock(&accepted).recv() else {
+                    return;
+                };
+                connection(stream, &requests, stranger);
+                open.fetch_sub(1, Ordering::SeqCst);
+                idle.fetch_add(1, Ordering::SeqCst);
+            })
+            .map(drop)
     }
 }
 

@@ -66,18 +66,12 @@ impl VcpuControl {
         }
     }
 
-    /// Lets parked threads go, and waits until each has left its park, so
-    /// that the next pause counts only threads that parked again.
+    /// Lets parked threads go, without waiting for them: one that has not
+    /// left its park when the next pause comes stays in it, still counted
+    /// as parked, and it is (it has not run the guest since).
     pub fn resume(&self) {
-        let mut state = lock(&self.state);
-        state.pause = false;
+        lock(&self.state).pause = false;
         self.changed.notify_all();
-        while state.parked > 0 {
-            state = match self.changed.wait(state) {
-                Ok(state) => state,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-        }
     }
 
     /// The VM ends: parked threads go, and none parks again.

@@ -8,15 +8,17 @@
 //! Cloud Hypervisor's generic device, same virtiofsd, same guest), the
 //! notification round trip through the echo mock by queue size and device
 //! count, with `vmm`'s exits per round trip, and virtio-blk on one image
-//! (blk.rs). Last, the wall time of the whole integration suite (built
-//! first, so only the run is timed).
+//! (blk.rs), and the API's round trips and pause latency (api.rs). Last,
+//! the wall time of the whole integration suite (built first, so only the
+//! run is timed).
 //!
-//! Usage: bench [--runs N] [--fs-runs N] [--only startup|fs|echo|blk|nested|suite]
+//! Usage: bench [--runs N] [--fs-runs N] [--only startup|fs|echo|blk|api|nested|suite]
 //! [--cloud-hypervisor PATH] (or CLOUD_HYPERVISOR=PATH). `--runs` is per
 //! start-up row (default 20) and per blk row (default 5). Ratios within one
 //! run are what count: the machines are shared and absolute figures are
 //! noisy.
 
+mod api;
 mod blk;
 
 use std::io::Read;
@@ -486,7 +488,7 @@ fn main() {
             "--cloud-hypervisor" => ch = args.next().map(PathBuf::from),
             "-h" | "--help" => {
                 println!(
-                    "bench [--runs N] [--fs-runs N] [--only startup|fs|echo|blk|nested|suite] [--cloud-hypervisor PATH]"
+                    "bench [--runs N] [--fs-runs N] [--only startup|fs|echo|blk|api|nested|suite] [--cloud-hypervisor PATH]"
                 );
                 return;
             }
@@ -516,6 +518,11 @@ fn main() {
     if wanted("blk") {
         if let Err(e) = blk::blk_bench(runs.unwrap_or(5), ch.as_ref()) {
             eprintln!("bench: blk: {e}");
+        }
+    }
+    if wanted("api") {
+        if let Err(e) = api::api_bench(runs.unwrap_or(100), ch.as_ref()) {
+            eprintln!("bench: api: {e}");
         }
     }
     if wanted("nested") {

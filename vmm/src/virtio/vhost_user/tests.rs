@@ -9,7 +9,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::mock::{Mock, Server, PROTOCOL, VERSION_1};
 use super::*;
-use vm_memory::FileOffset;
+use virtio_queue::QueueT;
+use vm_memory::{FileOffset, GuestAddress};
 
 use crate::interrupt::fake::FakeMsiGroup;
 

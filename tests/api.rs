@@ -627,3 +627,63 @@ fn the_event_monitor_tells_what_happened(kvm: Option<KvmHost>) {
         "{counted}"
     );
 }
+
+/// Cloud Hypervisor's `fd=` forms: a listening socket and an event file
+/// the caller opened, handed down as descriptors 3 and 4.
+#[rstest]
+fn an_api_socket_and_an_event_monitor_handed_down_as_descriptors(kvm: Option<KvmHost>) {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+    let Some(_kvm) = kvm else { return };
+    let dir = tempdir();
+    let socket = dir.path().join("given.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+    let events_path = dir.path().join("events.json");
+    let events = std::fs::File::create(&events_path).expect("events file");
+    let mut cmd = VmmCommand::probe("probe.run=tick").expect("probe");
+    cmd.args(["--api-socket", "fd=3", "--event-monitor", "fd=4"]);
+    let mut command = cmd.command().expect("command");
+    let (listener_fd, events_fd) = (listener.as_raw_fd(), events.as_raw_fd());
+    // SAFETY: fcntl and dup2 only, between fork and exec; the descriptors
+    // stay open in the parent until the child has started.
+    unsafe {
+        command.pre_exec(move || {
+            // Out of the way first: either may already be 3 or 4, and
+            // dup2 onto itself would keep its close-on-exec.
+            let high = [listener_fd, events_fd].map(|fd| libc::fcntl(fd, libc::F_DUPFD, 100));
+            for (from, to) in high.into_iter().zip([3, 4]) {
+                if from < 0 || libc::dup2(from, to) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    command.current_dir(dir.path());
+    let mut child = Child::spawn("vmm", command, dir.path()).expect("vmm starts");
+    drop(OwnedFd::from(listener));
+    drop(events);
+    wait_ticks(&mut child, 0, 3);
+    assert_eq!(
+        curl(&socket, "GET", "vmm.ping", None).json()["pid"],
+        u64::from(child.id())
+    );
+    assert_no_content(&curl(&socket, "PUT", "vmm.shutdown", None), "shutdown");
+    let out = child.wait(WAIT).expect("vmm exits");
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    let text = std::fs::read_to_string(&events_path).expect("events");
+    assert!(
+        text.lines()
+            .next()
+            .is_some_and(|l| l.contains("\"starting\"")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .last()
+            .is_some_and(|l| l.contains("\"shutdown\"")),
+        "{text}"
+    );
+    // The socket was the caller's: vmm leaves its file alone.
+    assert!(socket.exists());
+}

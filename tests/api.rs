@@ -687,3 +687,62 @@ fn an_api_socket_and_an_event_monitor_handed_down_as_descriptors(kvm: Option<Kvm
     // The socket was the caller's: vmm leaves its file alone.
     assert!(socket.exists());
 }
+
+/// `vm.shutdown` ends the VM and keeps vmm with its configuration
+/// (`Created`); `vm.boot` boots it again and `vm.reboot` ends and boots
+/// it in one step: the probe starts anew each time, with its disk (whose
+/// lock the shut-down VM gave back). Each request is answered once done.
+#[rstest]
+fn shutdown_boot_and_reboot_run_the_guest_again(kvm: Option<KvmHost>) {
+    let Some(_kvm) = kvm else { return };
+    let dir = tempdir();
+    let image = dir.path().join("disk.img");
+    std::fs::write(&image, vec![0u8; 1 << 20]).expect("image");
+    let mut cmd = VmmCommand::probe("probe.run=tick").expect("probe");
+    cmd.arg("--disk").arg(format!("path={}", image.display()));
+    let (mut child, socket) = start(dir.path(), cmd);
+    let starts = |c: &Child| {
+        c.stdout_so_far()
+            .lines()
+            .filter(|l| *l == "probe: start")
+            .count()
+    };
+    let state = || curl(&socket, "GET", "vm.info", None).json()["state"].clone();
+    wait_ticks(&mut child, 0, 3);
+
+    assert_no_content(&curl(&socket, "PUT", "vm.shutdown", None), "shutdown");
+    assert_eq!(state(), "Created");
+    let stopped = ticks(&child);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(ticks(&child), stopped, "a shut-down VM ticked");
+    for name in ["vm.pause", "vm.resume", "vm.shutdown", "vm.reboot"] {
+        let refused = curl(&socket, "PUT", name, None);
+        assert_eq!(refused.status, 409, "{name}: {refused:?}");
+    }
+    // The shut-down VM's disk is free: another process may lock it.
+    let probe_lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&image)
+        .expect("image");
+    drop(probe_lock);
+
+    assert_no_content(&curl(&socket, "PUT", "vm.boot", None), "boot");
+    assert_eq!(state(), "Running");
+    assert_eq!(curl(&socket, "PUT", "vm.boot", None).status, 409);
+    wait_ticks(&mut child, stopped, 3);
+    assert_eq!(starts(&child), 2);
+
+    assert_no_content(&curl(&socket, "PUT", "vm.reboot", None), "reboot");
+    assert_eq!(state(), "Running");
+    assert!(child.wait_until(WAIT, |c| starts(c) == 3), "no third boot");
+    let info = curl(&socket, "GET", "vm.info", None).json();
+    assert!(
+        info["device_tree"]["_disk0"]["pci_bdf"].is_string(),
+        "{info}"
+    );
+
+    assert_no_content(&curl(&socket, "PUT", "vmm.shutdown", None), "vmm.shutdown");
+    let out = child.wait(WAIT).expect("vmm exits");
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+}

@@ -81,6 +81,16 @@ impl Bus {
         self.ranges_mut().remove(&base).is_some()
     }
 
+    /// Takes every range off the bus, for a VM's teardown: devices refer
+    /// back to the bus (the PCI segment moves BARs on it), so the ranges
+    /// would otherwise keep every device, its files and its backend
+    /// connection alive after the VM is gone.
+    pub fn clear(&self) {
+        // Dropped after the lock: a device's drop may touch the bus.
+        let ranges = std::mem::take(&mut *self.ranges_mut());
+        drop(ranges);
+    }
+
     /// The device covering `addr` and the offset of `addr` inside it. The
     /// device is cloned out so that the range lock is released before it runs.
     fn resolve(&self, addr: u64) -> Option<(SharedDevice, u64)> {
@@ -204,5 +214,25 @@ mod tests {
             .unwrap();
         assert!(bus.write(0, &[1]));
         assert!(bus.read(0x9000, &mut [0u8; 1]));
+    }
+
+    /// A device that holds the bus it is on (as the PCI segment does) is
+    /// let go once the bus is cleared.
+    #[test]
+    fn clearing_the_bus_lets_its_devices_go() {
+        struct Holder {
+            _bus: Bus,
+        }
+        impl BusDevice for Holder {
+            fn read(&mut self, _offset: u64, _data: &mut [u8]) {}
+            fn write(&mut self, _offset: u64, _data: &[u8]) {}
+        }
+        let bus = Bus::new();
+        let device = Arc::new(Mutex::new(Holder { _bus: bus.clone() }));
+        bus.insert(device.clone(), 0, 0x10).unwrap();
+        assert_eq!(Arc::strong_count(&device), 2);
+        bus.clear();
+        assert_eq!(Arc::strong_count(&device), 1);
+        assert!(!bus.write(0, &[0]));
     }
 }

@@ -53,13 +53,14 @@ impl FileId {
 }
 
 /// The files one VM reads and writes, each with the option that names it,
-/// so that no output is opened over one of them.
-#[derive(Debug, Default)]
+/// so that no output is opened over one of them. A VM booted again starts
+/// from a copy of what was known before its first boot.
+#[derive(Debug, Default, Clone)]
 pub struct FilesInUse {
     files: Vec<InUse>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct InUse {
     id: FileId,
     what: String,

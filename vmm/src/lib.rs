@@ -10,6 +10,7 @@ pub mod builder;
 mod bus;
 pub mod cli;
 pub mod config;
+pub mod control;
 mod device_manager;
 mod devices;
 pub mod events;

@@ -3,9 +3,10 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use vmm::control::{Control, ControlError};
 use vmm::files::FilesInUse;
 use vmm::util::{error_chain, escape_controls};
-use vmm::{api, builder, cli, config, events, logger, signals, vm_exit};
+use vmm::{api, cli, config, events, logger, signals, vm_exit};
 
 /// Exit status for start-up failures (bad configuration is 2, from the CLI).
 const EXIT_START_FAILED: u8 = 1;
@@ -85,9 +86,17 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_START_FAILED);
         }
     };
-    let vmm = match builder::build_vm(&config, in_use) {
-        Ok(vmm) => vmm,
-        Err(e) => {
+    let ran = Control::new(config, in_use, &signals, api).run();
+    events::flush(std::time::Duration::from_secs(2));
+    match ran {
+        Ok(reason) => {
+            let status = reason.exit_status();
+            if status != 0 && !matches!(reason, vm_exit::ExitReason::DebugExit(_)) {
+                eprintln!("vmm: error: {reason}");
+            }
+            ExitCode::from(status as u8)
+        }
+        Err(ControlError::Build(e)) => {
             // Start-up steps that wait give up when a signal comes; whatever
             // failed then, the signal is why vmm stops.
             if let Some(signo) = signals.read() {
@@ -98,18 +107,7 @@ fn main() -> ExitCode {
             }
             // Once, on stderr: the logger writes there too by default.
             eprintln!("vmm: error: {}", error_chain(&e));
-            return ExitCode::from(EXIT_START_FAILED);
-        }
-    };
-    let ran = vmm.run(&signals, api);
-    events::flush(std::time::Duration::from_secs(2));
-    match ran {
-        Ok(reason) => {
-            let status = reason.exit_status();
-            if status != 0 && !matches!(reason, vm_exit::ExitReason::DebugExit(_)) {
-                eprintln!("vmm: error: {reason}");
-            }
-            ExitCode::from(status as u8)
+            ExitCode::from(EXIT_START_FAILED)
         }
         Err(e) => {
             eprintln!("vmm: error: {}", error_chain(&e));

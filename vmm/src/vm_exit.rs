@@ -24,13 +24,21 @@ pub enum ExitReason {
     Signal(i32),
     /// `vmm.shutdown` through the API.
     ApiShutdown,
+    /// `vm.shutdown` through the API: the VM ends, vmm stays.
+    ApiVmShutdown,
+    /// `vm.reboot` through the API: the VM ends and boots again.
+    ApiVmReboot,
 }
 
 impl ExitReason {
     /// The process exit status for this reason. Documented in `--help`.
     pub fn exit_status(&self) -> i32 {
         match self {
-            ExitReason::PowerOff | ExitReason::Reset | ExitReason::ApiShutdown => 0,
+            ExitReason::PowerOff
+            | ExitReason::Reset
+            | ExitReason::ApiShutdown
+            | ExitReason::ApiVmShutdown
+            | ExitReason::ApiVmReboot => 0,
             // Same as QEMU's isa-debug-exit, so one guest serves both VMMs.
             ExitReason::DebugExit(value) => (((value & 0x7f) << 1) | 1) as i32,
             ExitReason::TripleFault { .. } | ExitReason::VcpuError { .. } => 1,
@@ -51,6 +59,8 @@ impl std::fmt::Display for ExitReason {
             ExitReason::VcpuError { vcpu, message } => write!(f, "vCPU {vcpu} failed: {message}"),
             ExitReason::Signal(signo) => write!(f, "stopped by signal {signo}"),
             ExitReason::ApiShutdown => write!(f, "vmm.shutdown asked through the API"),
+            ExitReason::ApiVmShutdown => write!(f, "vm.shutdown asked through the API"),
+            ExitReason::ApiVmReboot => write!(f, "vm.reboot asked through the API"),
         }
     }
 }

@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
-use crate::api::{ApiEndpoint, ApiReply, ApiRequest};
+use crate::api::{Answer, ApiEndpoint, ApiReply, ApiRequest};
 use crate::builder::Terminals;
 use crate::config::schema::VmConfigJson;
 use crate::config::VmConfig;
@@ -129,15 +129,17 @@ impl Vmm {
 
     /// Runs the guest to the end and says why it ended. `signals` are the
     /// SIGINT and SIGTERM that `main` blocked before any thread started.
-    /// `api`, if given, is served for as long as the VM runs.
+    /// `api`, if given, is served for as long as the VM runs. Returns why
+    /// the VM ended and, when a request ended it, where the answer to that
+    /// request goes: it is given once the VM is gone (or booted again).
     pub fn run(
         mut self,
         signals: &TerminationSignals,
-        api: Option<ApiEndpoint>,
-    ) -> Result<ExitReason, RunError> {
+        api: Option<&ApiEndpoint>,
+    ) -> Result<(ExitReason, Option<Answer>), RunError> {
         // One that came during start-up stops the VM before it runs.
         if let Some(signo) = signals.read() {
-            return Ok(ExitReason::Signal(signo));
+            return Ok((ExitReason::Signal(signo), None));
         }
         register_signal_handler(SIGRTMIN(), kick_handler)
             .map_err(|e| RunError::Signals(std::io::Error::from_raw_os_error(e.errno())))?;
@@ -164,7 +166,7 @@ impl Vmm {
             }
         }
 
-        if let Some(api) = &api {
+        if let Some(api) = api {
             add(api.as_raw_fd(), EVENT_API)?;
         }
 
@@ -196,6 +198,7 @@ impl Vmm {
 
         events::emit("vm", "booted", &[]);
         let mut ready = vec![EpollEvent::default(); 4];
+        let mut deferred = None;
         while !self.exit.is_requested() {
             let n = match epoll.wait(-1, &mut ready) {
                 Ok(n) => n,
@@ -226,9 +229,11 @@ impl Vmm {
                         }
                     }
                     EVENT_API => {
-                        if let Some(api) = &api {
-                            for (request, answer) in api.take() {
-                                answer.send(self.serve(request));
+                        for (request, answer) in api.map(ApiEndpoint::take).unwrap_or_default() {
+                            match self.serve(request) {
+                                Some(reply) => answer.send(reply),
+                                // Answered when the VM is gone.
+                                None => deferred = Some(answer),
                             }
                         }
                     }
@@ -243,26 +248,35 @@ impl Vmm {
             message: "stopped without a reason".into(),
         });
         events::emit("vm", "shutdown", &[("reason", &reason.to_string())]);
-        Ok(reason)
+        Ok((reason, deferred))
     }
 
-    /// One API request, on the VMM thread.
-    fn serve(&mut self, request: ApiRequest) -> ApiReply {
+    /// One API request, on the VMM thread. None: a request that ends the
+    /// VM, answered once it is gone.
+    fn serve(&mut self, request: ApiRequest) -> Option<ApiReply> {
         let done = match request {
-            ApiRequest::VmmPing => return ApiReply::json(&ping()),
-            ApiRequest::VmInfo => return ApiReply::json(&self.info()),
-            ApiRequest::VmCounters => return ApiReply::json(&self.counters()),
+            ApiRequest::VmmPing => return Some(ApiReply::json(&ping())),
+            ApiRequest::VmInfo => return Some(ApiReply::json(&self.info())),
+            ApiRequest::VmCounters => return Some(ApiReply::json(&self.counters())),
             ApiRequest::VmPause => self.pause(),
             ApiRequest::VmResume => self.resume(),
-            ApiRequest::VmmShutdown => {
-                self.exit.request(ExitReason::ApiShutdown);
-                Ok(())
+            ApiRequest::VmBoot => Err(InvalidState {
+                state: self.state,
+                action: "boot",
+            }),
+            ApiRequest::VmmShutdown | ApiRequest::VmShutdown | ApiRequest::VmReboot => {
+                self.exit.request(match request {
+                    ApiRequest::VmShutdown => ExitReason::ApiVmShutdown,
+                    ApiRequest::VmReboot => ExitReason::ApiVmReboot,
+                    _ => ExitReason::ApiShutdown,
+                });
+                return None;
             }
         };
-        match done {
+        Some(match done {
             Ok(()) => ApiReply::no_content(),
             Err(e) => ApiReply::error(409, &[e.to_string()]),
-        }
+        })
     }
 
     /// Parks every vCPU outside KVM_RUN, then pauses every device.
@@ -397,7 +411,7 @@ impl Vmm {
 }
 
 /// Cloud Hypervisor's `VmmPingResponse`.
-fn ping() -> serde_json::Value {
+pub fn ping() -> serde_json::Value {
     serde_json::json!({
         "build_version": env!("CARGO_PKG_VERSION"),
         "version": env!("CARGO_PKG_VERSION"),

@@ -41,6 +41,9 @@ pub enum ApiRequest {
     VmCounters,
     VmPause,
     VmResume,
+    VmShutdown,
+    VmReboot,
+    VmBoot,
     VmmShutdown,
 }
 

@@ -80,6 +80,9 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, HttpEr
         "vm.counters" => (ApiRequest::VmCounters, "GET"),
         "vm.pause" => (ApiRequest::VmPause, "PUT"),
         "vm.resume" => (ApiRequest::VmResume, "PUT"),
+        "vm.shutdown" => (ApiRequest::VmShutdown, "PUT"),
+        "vm.reboot" => (ApiRequest::VmReboot, "PUT"),
+        "vm.boot" => (ApiRequest::VmBoot, "PUT"),
         "vmm.shutdown" => (ApiRequest::VmmShutdown, "PUT"),
         _ => return Err(HttpError::NotFound(path.to_owned())),
     };
@@ -111,6 +114,9 @@ mod tests {
     #[case("PUT", "/api/v1/vm.pause", ApiRequest::VmPause)]
     #[case("PUT", "/api/v1/vm.resume", ApiRequest::VmResume)]
     #[case("PUT", "/api/v1/vmm.shutdown", ApiRequest::VmmShutdown)]
+    #[case("PUT", "/api/v1/vm.shutdown", ApiRequest::VmShutdown)]
+    #[case("PUT", "/api/v1/vm.reboot", ApiRequest::VmReboot)]
+    #[case("PUT", "/api/v1/vm.boot", ApiRequest::VmBoot)]
     fn known_names_route(#[case] method: &str, #[case] path: &str, #[case] want: ApiRequest) {
         assert_eq!(route(method, path, b""), Ok(want));
     }

@@ -193,7 +193,7 @@ pub struct Args {
     ///
     /// With it, ch-remote and curl --unix-socket drive the running VM
     /// (/api/v1/vmm.ping, vm.info, vm.counters, vm.pause, vm.resume,
-    /// vmm.shutdown).
+    /// vm.shutdown, vm.boot, vm.reboot, vmm.shutdown).
     /// path=PATH creates the socket, readable and writable by its owner
     /// alone; a stale socket there is replaced, a live one (another VMM's)
     /// or any other file refused. fd=N takes a Unix socket already

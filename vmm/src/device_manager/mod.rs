@@ -71,6 +71,18 @@ pub struct Devices {
     nodes: Vec<DeviceNode>,
 }
 
+/// The buses and the PCI segment refer to each other (ECAM reaches the
+/// segment, the segment moves BARs on the bus): cleared, they let every
+/// device go, and with it its image's lock, its threads and its backend
+/// connection, before the next VM is built.
+impl Drop for Devices {
+    fn drop(&mut self) {
+        self.nodes.clear();
+        self.buses.io.clear();
+        self.buses.mmio.clear();
+    }
+}
+
 impl Devices {
     /// In the order they were added (their PCI slots' order).
     pub fn iter(&self) -> impl Iterator<Item = &DeviceNode> {

@@ -1,0 +1,174 @@
+//! The VMM around its VM: the VM is built from the configuration and run;
+//! with the API, a VM shut down (`vm.shutdown`) leaves vmm waiting, its
+//! configuration kept, for `vm.boot`, and `vm.reboot` builds it again.
+//! A request that ends or starts a VM is answered once that is done.
+
+use std::os::fd::AsRawFd;
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+use crate::api::{Answer, ApiEndpoint, ApiReply, ApiRequest};
+use crate::builder::{build_vm, BuildError};
+use crate::config::schema::VmConfigJson;
+use crate::config::VmConfig;
+use crate::events;
+use crate::files::FilesInUse;
+use crate::signals::TerminationSignals;
+use crate::util::error_chain;
+use crate::vm_exit::ExitReason;
+use crate::vmm::{ping, RunError};
+
+const EVENT_SIGNAL: u64 = 0;
+const EVENT_API: u64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error("Failed to wait for API requests with no VM running")]
+    Epoll(#[source] std::io::Error),
+}
+
+pub struct Control<'a> {
+    config: VmConfig,
+    /// What every build starts from: the inputs, the log, the events.
+    files: FilesInUse,
+    signals: &'a TerminationSignals,
+    api: Option<ApiEndpoint>,
+}
+
+/// What ends the wait of a VMM without a VM.
+enum Next {
+    Boot(Answer),
+    End(ExitReason),
+}
+
+impl<'a> Control<'a> {
+    pub fn new(
+        config: VmConfig,
+        files: FilesInUse,
+        signals: &'a TerminationSignals,
+        api: Option<ApiEndpoint>,
+    ) -> Self {
+        Self {
+            config,
+            files,
+            signals,
+            api,
+        }
+    }
+
+    /// Runs VMs until one ends in a way that ends vmm (a power-off, a
+    /// signal, `vmm.shutdown`), and says why.
+    pub fn run(mut self) -> Result<ExitReason, ControlError> {
+        // The request that asked for this boot, answered once it is done.
+        let mut booting: Option<Answer> = None;
+        loop {
+            let vm = match build_vm(&self.config, self.files.clone()) {
+                Ok(vm) => vm,
+                Err(e) => {
+                    let Some(answer) = booting.take() else {
+                        return Err(e.into());
+                    };
+                    log::error!("vm.boot: {}", error_chain(&e));
+                    answer.send(ApiReply::error(500, &[error_chain(&e)]));
+                    match self.wait_for_boot()? {
+                        Next::Boot(answer) => booting = Some(answer),
+                        Next::End(reason) => return Ok(reason),
+                    }
+                    continue;
+                }
+            };
+            if let Some(answer) = booting.take() {
+                answer.send(ApiReply::no_content());
+            }
+            let (reason, answer) = vm.run(self.signals, self.api.as_ref())?;
+            // The VM is gone: its threads joined, its devices dropped.
+            match reason {
+                ExitReason::ApiVmReboot => {
+                    events::emit("vm", "rebooting", &[]);
+                    booting = answer;
+                }
+                ExitReason::ApiVmShutdown => {
+                    if let Some(answer) = answer {
+                        answer.send(ApiReply::no_content());
+                    }
+                    match self.wait_for_boot()? {
+                        Next::Boot(answer) => booting = Some(answer),
+                        Next::End(reason) => return Ok(reason),
+                    }
+                }
+                other => {
+                    if let Some(answer) = answer {
+                        answer.send(ApiReply::no_content());
+                    }
+                    return Ok(other);
+                }
+            }
+        }
+    }
+
+    /// No VM runs: serves the API and watches the signals until `vm.boot`
+    /// or the end.
+    fn wait_for_boot(&mut self) -> Result<Next, ControlError> {
+        let Some(api) = &self.api else {
+            // Only the API shuts a VM down and keeps vmm.
+            return Ok(Next::End(ExitReason::ApiVmShutdown));
+        };
+        let epoll = Epoll::new().map_err(ControlError::Epoll)?;
+        for (fd, token) in [
+            (self.signals.as_raw_fd(), EVENT_SIGNAL),
+            (api.as_raw_fd(), EVENT_API),
+        ] {
+            epoll
+                .ctl(
+                    ControlOperation::Add,
+                    fd,
+                    EpollEvent::new(EventSet::IN, token),
+                )
+                .map_err(ControlError::Epoll)?;
+        }
+        let mut ready = [EpollEvent::default(); 2];
+        loop {
+            let n = match epoll.wait(-1, &mut ready) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(ControlError::Epoll(e)),
+            };
+            for event in &ready[..n] {
+                if event.data() == EVENT_SIGNAL {
+                    if let Some(signo) = self.signals.read() {
+                        return Ok(Next::End(ExitReason::Signal(signo)));
+                    }
+                    continue;
+                }
+                for (request, answer) in api.take() {
+                    match request {
+                        ApiRequest::VmBoot => return Ok(Next::Boot(answer)),
+                        ApiRequest::VmmShutdown => {
+                            answer.send(ApiReply::no_content());
+                            return Ok(Next::End(ExitReason::ApiShutdown));
+                        }
+                        ApiRequest::VmmPing => answer.send(ApiReply::json(&ping())),
+                        ApiRequest::VmInfo => answer.send(ApiReply::json(&serde_json::json!({
+                            "config": VmConfigJson::from(&self.config),
+                            "state": "Created",
+                            "memory_actual_size": 0,
+                            "device_tree": {},
+                        }))),
+                        ApiRequest::VmCounters
+                        | ApiRequest::VmPause
+                        | ApiRequest::VmResume
+                        | ApiRequest::VmShutdown
+                        | ApiRequest::VmReboot => answer.send(ApiReply::error(
+                            409,
+                            &["the VM is Created (not booted): vm.boot starts it".into()],
+                        )),
+                    }
+                }
+            }
+        }
+    }
+}

@@ -719,13 +719,26 @@ fn shutdown_boot_and_reboot_run_the_guest_again(kvm: Option<KvmHost>) {
         let refused = curl(&socket, "PUT", name, None);
         assert_eq!(refused.status, 409, "{name}: {refused:?}");
     }
-    // The shut-down VM's disk is free: another process may lock it.
-    let probe_lock = std::fs::OpenOptions::new()
+    // The shut-down VM's disk is free: a writer's lock is granted.
+    let taken = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(&image)
         .expect("image");
-    drop(probe_lock);
+    // SAFETY: flock is plain data; zero is valid for each field.
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = libc::F_WRLCK as libc::c_short;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: F_OFD_SETLK reads `lock`, which outlives the call.
+    let rc = unsafe {
+        libc::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&taken),
+            libc::F_OFD_SETLK,
+            &lock,
+        )
+    };
+    assert_eq!(rc, 0, "the shut-down VM still locks its image");
+    drop(taken);
 
     assert_no_content(&curl(&socket, "PUT", "vm.boot", None), "boot");
     assert_eq!(state(), "Running");

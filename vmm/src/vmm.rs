@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+use vmm_sys_util::signal::{Killable, SIGRTMIN};
 
 use crate::api::{Answer, ApiEndpoint, ApiReply, ApiRequest};
 use crate::builder::Terminals;
@@ -29,7 +29,7 @@ use crate::terminal;
 use crate::util::lock;
 use crate::vm_exit::{ExitReason, VmExit};
 use crate::vstate::memory::GuestMemory;
-use crate::vstate::vcpu::{kick_handler, Vcpu};
+use crate::vstate::vcpu::{install_kick_handler, Vcpu};
 use crate::vstate::vcpu_control::VcpuControl;
 use crate::vstate::vm::Vm;
 
@@ -141,8 +141,7 @@ impl Vmm {
         if let Some(signo) = signals.read() {
             return Ok((ExitReason::Signal(signo), None));
         }
-        register_signal_handler(SIGRTMIN(), kick_handler)
-            .map_err(|e| RunError::Signals(std::io::Error::from_raw_os_error(e.errno())))?;
+        install_kick_handler().map_err(RunError::Signals)?;
 
         let epoll = Epoll::new().map_err(RunError::Epoll)?;
         let add = |fd, data| {

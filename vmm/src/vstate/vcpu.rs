@@ -56,6 +56,32 @@ pub extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut 
     }
 }
 
+/// Installs `kick_handler` for SIGRTMIN. SA_RESTART: a kick that lands
+/// while the vCPU thread is blocked in a device access (a vhost-user
+/// GET_CONFIG reading its reply) must not fail that access; KVM_RUN
+/// itself returns EINTR whatever the flags say, which is what the kick is
+/// for.
+pub fn install_kick_handler() -> std::io::Result<()> {
+    // SAFETY: sigaction is plain data; zero is valid (empty mask, no flags).
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    action.sa_sigaction = kick_handler as *const () as usize;
+    action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+    // SAFETY: `action` is fully set up and outlives the call; the handler
+    // only writes one byte of this thread's own kvm_run, which is
+    // async-signal-safe.
+    let rc = unsafe {
+        libc::sigaction(
+            vmm_sys_util::signal::SIGRTMIN(),
+            &action,
+            std::ptr::null_mut(),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The buses a vCPU exit can reach.
 #[derive(Clone)]
 pub struct Buses {

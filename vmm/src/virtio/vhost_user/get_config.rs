@@ -83,9 +83,16 @@ pub fn get_config(socket: &UnixStream, offset: u32, size: u32) -> Result<Vec<u8>
     // File descriptors come with the first byte, so only the first read
     // needs to look for them.
     let mut header = [0u8; HEADER_LEN];
-    let (got, fd) = socket
-        .recv_with_fd(&mut header)
-        .map_err(|e| Error::Receive(std::io::Error::from_raw_os_error(e.errno())))?;
+    // A signal (a vCPU kick) may cut the wait short: wait again.
+    let (got, fd) = loop {
+        match socket.recv_with_fd(&mut header) {
+            Err(e) if e.errno() == libc::EINTR => continue,
+            received => {
+                break received
+                    .map_err(|e| Error::Receive(std::io::Error::from_raw_os_error(e.errno())))?
+            }
+        }
+    };
     if got == 0 {
         return Err(Error::Receive(std::io::ErrorKind::UnexpectedEof.into()));
     }
@@ -156,6 +163,38 @@ mod tests {
         }
         bytes.extend_from_slice(data);
         bytes
+    }
+
+    /// Issue 22: a vCPU reading a config field blocks in GET_CONFIG; the
+    /// VMM's pause kicks it (SIGRTMIN) meanwhile. Found by a CI run: the
+    /// read failed with EINTR, so the device asked for a reset and the
+    /// guest failed. With the kick handler vmm installs, the read waits on.
+    #[test]
+    fn a_kick_while_waiting_for_the_reply_loses_nothing() {
+        crate::vstate::vcpu::install_kick_handler().unwrap();
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        let backend = std::thread::spawn(move || {
+            let mut request = vec![0u8; HEADER_LEN + CONFIG_LEN + 4];
+            (&theirs).read_exact(&mut request).unwrap();
+            // The reader is blocked in its read by now; kick it, twice.
+            for _ in 0..2 {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                // SAFETY: `me` is the test thread, alive until it joins
+                // this one.
+                let rc = unsafe { libc::pthread_kill(me, vmm_sys_util::signal::SIGRTMIN()) };
+                assert_eq!(rc, 0);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            (&theirs)
+                .write_all(&reply(24, 5, 16, 0, 4, b"myfs"))
+                .unwrap();
+            theirs
+        });
+        let result = get_config(&ours, 0, 4);
+        let _theirs = backend.join().unwrap();
+        assert_eq!(result.unwrap(), b"myfs");
     }
 
     #[test]

@@ -9,14 +9,13 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use crate::api::{Answer, ApiEndpoint, ApiReply, ApiRequest};
 use crate::builder::{build_vm, BuildError};
-use crate::config::schema::VmConfigJson;
 use crate::config::VmConfig;
 use crate::events;
 use crate::files::FilesInUse;
 use crate::signals::TerminationSignals;
 use crate::util::error_chain;
 use crate::vm_exit::ExitReason;
-use crate::vmm::{ping, RunError};
+use crate::vmm::{ping, vm_info, RunError};
 
 const EVENT_SIGNAL: u64 = 0;
 const EVENT_API: u64 = 1;
@@ -152,12 +151,12 @@ impl<'a> Control<'a> {
                             return Ok(Next::End(ExitReason::ApiShutdown));
                         }
                         ApiRequest::VmmPing => answer.send(ApiReply::json(&ping())),
-                        ApiRequest::VmInfo => answer.send(ApiReply::json(&serde_json::json!({
-                            "config": VmConfigJson::from(&self.config),
-                            "state": "Created",
-                            "memory_actual_size": 0,
-                            "device_tree": {},
-                        }))),
+                        ApiRequest::VmInfo => answer.send(ApiReply::json(&vm_info(
+                            &self.config,
+                            "Created",
+                            0,
+                            serde_json::Map::new(),
+                        ))),
                         ApiRequest::VmCounters
                         | ApiRequest::VmPause
                         | ApiRequest::VmResume

@@ -331,12 +331,12 @@ impl Vmm {
                 )
             })
             .collect();
-        serde_json::json!({
-            "config": VmConfigJson::from(&self.config),
-            "state": self.state.name(),
-            "memory_actual_size": self.config.memory.size,
-            "device_tree": device_tree,
-        })
+        vm_info(
+            &self.config,
+            self.state.name(),
+            self.config.memory.size,
+            device_tree,
+        )
     }
 
     /// Cloud Hypervisor's `vm.counters`: each device's counters by id,
@@ -407,6 +407,22 @@ impl Vmm {
             }
         }
     }
+}
+
+/// Cloud Hypervisor's `VmInfo`, for a VM in `state` (or one only
+/// created: no memory, no devices).
+pub fn vm_info(
+    config: &VmConfig,
+    state: &str,
+    memory_actual_size: u64,
+    device_tree: serde_json::Map<String, serde_json::Value>,
+) -> serde_json::Value {
+    serde_json::json!({
+        "config": VmConfigJson::from(config),
+        "state": state,
+        "memory_actual_size": memory_actual_size,
+        "device_tree": device_tree,
+    })
 }
 
 /// Cloud Hypervisor's `VmmPingResponse`.

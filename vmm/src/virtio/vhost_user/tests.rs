@@ -258,6 +258,18 @@ fn a_refused_config_read_fails_at_once_and_keeps_the_connection() {
     assert_eq!(&tag, b"myfs");
 }
 
+/// What starting ring `q` at available index `base` sends, in order
+/// (after every ring's SET_VRING_NUM).
+fn ring_started(q: usize, base: u16) -> [String; 5] {
+    [
+        format!("SET_VRING_ADDR {q}"),
+        format!("SET_VRING_BASE {q} {base}"),
+        format!("SET_VRING_CALL {q} true"),
+        format!("SET_VRING_KICK {q} true"),
+        format!("SET_VRING_ENABLE {q} 1"),
+    ]
+}
+
 #[test]
 fn activation_and_reset_follow_the_protocol() {
     let server = Server::start(Mock::fs(), 1);
@@ -275,13 +287,7 @@ fn activation_and_reset_follow_the_protocol() {
         "SET_VRING_NUM 1 64".into(),
     ];
     for q in 0..2 {
-        expected.extend([
-            format!("SET_VRING_ADDR {q}"),
-            format!("SET_VRING_BASE {q} 0"),
-            format!("SET_VRING_CALL {q} true"),
-            format!("SET_VRING_KICK {q} true"),
-            format!("SET_VRING_ENABLE {q} 1"),
-        ]);
+        expected.extend(ring_started(q, 0));
     }
     assert_eq!(server.take_log(), expected);
 
@@ -339,13 +345,7 @@ fn a_pause_stops_the_rings_and_a_resume_restarts_them_where_they_stopped() {
         "SET_VRING_NUM 1 64".into(),
     ];
     for (q, base) in [(0, 7), (1, 17)] {
-        expected.extend([
-            format!("SET_VRING_ADDR {q}"),
-            format!("SET_VRING_BASE {q} {base}"),
-            format!("SET_VRING_CALL {q} true"),
-            format!("SET_VRING_KICK {q} true"),
-            format!("SET_VRING_ENABLE {q} 1"),
-        ]);
+        expected.extend(ring_started(q, base));
     }
     assert_eq!(server.take_log(), expected);
     for kick in &rings.kicks {

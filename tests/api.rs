@@ -501,7 +501,7 @@ fn ch_remote_drives_the_vm_unchanged(kvm: Option<KvmHost>) {
         let out = std::process::Command::new(&ch_remote)
             .arg("--api-socket")
             .arg(&socket)
-            .arg(command)
+            .args(command.split(' '))
             .output()
             .expect("ch-remote runs");
         (
@@ -530,6 +530,27 @@ fn ch_remote_drives_the_vm_unchanged(kvm: Option<KvmHost>) {
     assert!(err.contains("the VM is Paused: cannot pause"), "{err}");
     assert_eq!(run("resume").0, Some(0));
     wait_ticks(&mut child, paused, 5);
+
+    // What info says, create takes back: delete, create and boot again.
+    let (_, info, _) = run("info");
+    let info: serde_json::Value = serde_json::from_str(&info).expect("info JSON");
+    let config = dir.path().join("config.json");
+    std::fs::write(&config, info["config"].to_string()).expect("config.json");
+    assert_eq!(run("delete").0, Some(0));
+    let (code, _, err) = run("info");
+    assert_eq!(code, Some(1), "info after delete");
+    assert!(err.contains("no VM is created"), "{err}");
+    let (code, _, err) = run(&format!("create {}", config.display()));
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = run("boot");
+    assert_eq!(code, Some(0), "{err}");
+    let starts = |c: &Child| {
+        c.stdout_so_far()
+            .lines()
+            .filter(|l| *l == "probe: start")
+            .count()
+    };
+    assert!(child.wait_until(WAIT, |c| starts(c) == 2), "no second boot");
 
     assert_eq!(run("shutdown-vmm").0, Some(0));
     let out = child.wait(WAIT).expect("vmm exits");
@@ -754,6 +775,81 @@ fn shutdown_boot_and_reboot_run_the_guest_again(kvm: Option<KvmHost>) {
         info["device_tree"]["_disk0"]["pci_bdf"].is_string(),
         "{info}"
     );
+
+    assert_no_content(&curl(&socket, "PUT", "vmm.shutdown", None), "vmm.shutdown");
+    let out = child.wait(WAIT).expect("vmm exits");
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+}
+
+/// vmm started with only `--api-socket` has no VM until `vm.create`
+/// brings one in Cloud Hypervisor's JSON; `vm.delete` forgets it.
+#[rstest]
+fn vm_create_boot_and_delete_from_json(kvm: Option<KvmHost>) {
+    let Some(_kvm) = kvm else { return };
+    let dir = tempdir();
+    let image = dir.path().join("disk.img");
+    std::fs::write(&image, vec![0u8; 1 << 20]).expect("image");
+    let (mut child, socket) = start(dir.path(), VmmCommand::bare());
+    let starts = |c: &Child| {
+        c.stdout_so_far()
+            .lines()
+            .filter(|l| *l == "probe: start")
+            .count()
+    };
+    let no_vm = |name: &str, method: &str| {
+        let reply = curl(&socket, method, name, None);
+        assert_eq!(reply.status, 409, "{name}: {reply:?}");
+        assert!(reply.body.contains("no VM is created"), "{name}: {reply:?}");
+    };
+    no_vm("vm.info", "GET");
+    no_vm("vm.boot", "PUT");
+    no_vm("vm.pause", "PUT");
+
+    let kernel = test_infra::paths::probe_guest().expect("probe guest");
+    let body = serde_json::json!({
+        "payload": {"kernel": kernel, "cmdline": "probe.run=tick"},
+        "disks": [{"path": image, "id": "data"}],
+        "serial": {"mode": "Tty"},
+        "console": {"mode": "Off"},
+    });
+    let mut bad = body.clone();
+    bad["disks"][0]["queue_size"] = 3.into();
+    let refused = curl(&socket, "PUT", "vm.create", Some(&bad.to_string()));
+    assert_eq!(refused.status, 400, "{refused:?}");
+    assert!(
+        refused
+            .body
+            .contains("disks[0].queue_size: 3: expected a power of two"),
+        "{refused:?}"
+    );
+    no_vm("vm.info", "GET");
+
+    let create = || curl(&socket, "PUT", "vm.create", Some(&body.to_string()));
+    assert_no_content(&create(), "create");
+    assert_eq!(create().status, 409, "a second create");
+    let info = curl(&socket, "GET", "vm.info", None).json();
+    assert_eq!(info["state"], "Created", "{info}");
+    assert_eq!(info["config"]["disks"][0]["id"], "data", "{info}");
+    assert_eq!(info["config"]["memory"]["size"], 512u64 << 20, "{info}");
+    assert_eq!(starts(&child), 0, "the VM ran before vm.boot");
+
+    assert_no_content(&curl(&socket, "PUT", "vm.boot", None), "boot");
+    wait_ticks(&mut child, 0, 3);
+    let info = curl(&socket, "GET", "vm.info", None).json();
+    assert_eq!(info["state"], "Running", "{info}");
+    assert!(info["device_tree"]["data"]["pci_bdf"].is_string(), "{info}");
+
+    // A running VM is deleted: it stops, and its configuration is gone.
+    assert_no_content(&curl(&socket, "PUT", "vm.delete", None), "delete");
+    let stopped = ticks(&child);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(ticks(&child), stopped, "a deleted VM ticked");
+    no_vm("vm.info", "GET");
+    assert_no_content(&curl(&socket, "PUT", "vm.delete", None), "delete again");
+
+    assert_no_content(&create(), "create again");
+    assert_no_content(&curl(&socket, "PUT", "vm.boot", None), "boot again");
+    assert!(child.wait_until(WAIT, |c| starts(c) == 2), "no second boot");
 
     assert_no_content(&curl(&socket, "PUT", "vmm.shutdown", None), "vmm.shutdown");
     let out = child.wait(WAIT).expect("vmm exits");

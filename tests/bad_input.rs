@@ -408,7 +408,7 @@ fn platform_limits_are_usage_errors_at_once(
 /// linux-loader refused these at start-up with status 1 and without
 /// naming the option.
 #[rstest::rstest]
-#[case::too_long("x".repeat(2048), &["--cmdline is 2048 bytes long", "at most 2047"])]
+#[case::too_long("x".repeat(2048), &["--cmdline: 2048 bytes long", "at most 2047"])]
 #[case::not_ascii("root=/dev/vda \u{e9}".into(), &["--cmdline", "'\u{e9}' at byte 14", "printable ASCII"])]
 #[case::control_byte("a\u{1b}[2J".into(), &["--cmdline", "'\\u{1b}' at byte 1"])]
 fn a_bad_cmdline_is_a_usage_error_naming_it(#[case] cmdline: String, #[case] needles: &[&str]) {

@@ -3,6 +3,7 @@
 //! line is `cli`'s business; nothing here opens files.
 
 use std::collections::HashSet;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 
 use virtio_types::VirtioDeviceType;
@@ -24,6 +25,44 @@ pub const MAX_QUEUES: usize = 64;
 pub const MAX_QUEUE_SIZE: u16 = 32768;
 /// Largest device config window (`config_size=`, `config=`).
 pub const MAX_CONFIG_SIZE: u32 = 4096;
+
+// The limits of single values, which the command line and the API check
+// alike and each say in their own words.
+pub const VCPUS: RangeInclusive<u64> = 1..=MAX_VCPUS as u64;
+pub const DISK_QUEUES: RangeInclusive<u64> = 1..=MAX_QUEUES as u64;
+pub const CONFIG_SIZES: RangeInclusive<u64> = 0..=MAX_CONFIG_SIZE as u64;
+
+/// A generic vhost-user queue: a power of two the split ring takes.
+pub fn is_queue_size(size: u64) -> bool {
+    size.is_power_of_two() && size <= u64::from(MAX_QUEUE_SIZE)
+}
+
+/// A virtio-blk queue: two entries hold no request of header, data and
+/// status without indirect descriptors (QEMU refuses 2 as well).
+pub fn is_disk_queue_size(size: u64) -> bool {
+    size.is_power_of_two() && (4..=u64::from(MAX_DISK_QUEUE_SIZE)).contains(&size)
+}
+
+/// Why a guest RAM size is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemorySizeError {
+    NotPageMultiple,
+    NotHugePageMultiple,
+    OutOfRange,
+}
+
+pub fn check_memory_size(size: u64, hugepages: bool) -> Result<(), MemorySizeError> {
+    if !size.is_multiple_of(PAGE_SIZE) {
+        return Err(MemorySizeError::NotPageMultiple);
+    }
+    if hugepages && !size.is_multiple_of(HUGE_PAGE_SIZE) {
+        return Err(MemorySizeError::NotHugePageMultiple);
+    }
+    if !(MIN_MEMORY_SIZE..=MAX_MEMORY_SIZE).contains(&size) {
+        return Err(MemorySizeError::OutOfRange);
+    }
+    Ok(())
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmConfig {
@@ -165,10 +204,91 @@ pub enum DiskBackend {
     VhostUser { socket: PathBuf },
 }
 
+/// The kinds of device a configuration lists, each with its command-line
+/// option and its list in Cloud Hypervisor's JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    GenericVhostUser,
+    Disk,
+}
+
+impl DeviceKind {
+    pub fn option(self) -> &'static str {
+        match self {
+            DeviceKind::GenericVhostUser => "--generic-vhost-user",
+            DeviceKind::Disk => "--disk",
+        }
+    }
+
+    pub fn json_list(self) -> &'static str {
+        match self {
+            DeviceKind::GenericVhostUser => "generic_vhost_user",
+            DeviceKind::Disk => "disks",
+        }
+    }
+
+    fn ids(self, config: &VmConfig) -> Vec<&str> {
+        match self {
+            DeviceKind::GenericVhostUser => config
+                .generic_vhost_user
+                .iter()
+                .map(|d| d.id.as_str())
+                .collect(),
+            DeviceKind::Disk => config.disks.iter().map(|d| d.id.as_str()).collect(),
+        }
+    }
+}
+
+/// Where the value an error is about sits. Messages name the device and
+/// the problem; the command line puts the option in front, the API the
+/// JSON path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Field {
+    /// The configuration as a whole (limits of the platform).
+    Whole,
+    /// A VM-wide value: its option, and its path in the JSON.
+    Value {
+        option: &'static str,
+        json: &'static str,
+    },
+    /// A key of one device; `key` as the JSON spells it.
+    Device {
+        kind: DeviceKind,
+        id: String,
+        key: &'static str,
+    },
+}
+
+impl Field {
+    pub fn option(&self) -> Option<&'static str> {
+        match self {
+            Field::Whole => None,
+            Field::Value { option, .. } => Some(option),
+            Field::Device { kind, .. } => Some(kind.option()),
+        }
+    }
+
+    /// The path in `config`'s JSON: `disks[1].queue_size`. A device is
+    /// found by its id; the first of two with one id is named.
+    pub fn json_path(&self, config: &VmConfig) -> Option<String> {
+        match self {
+            Field::Whole => None,
+            Field::Value { json, .. } => Some((*json).to_owned()),
+            Field::Device { kind, id, key } => {
+                let list = kind.json_list();
+                Some(match kind.ids(config).iter().position(|i| i == id) {
+                    Some(index) => format!("{list}[{index}].{key}"),
+                    None => format!("{list}[id={id:?}].{key}"),
+                })
+            }
+        }
+    }
+}
+
 /// A configuration whose values each parsed but do not fit together.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("--generic-vhost-user: device {id:?} of type {device_type} needs {queues}: expected at least {min} in queue_sizes, got {count}")]
+    #[error("device {id:?} of type {device_type} needs {queues}: expected at least {min} in queue_sizes, got {count}")]
     TooFewQueues {
         id: String,
         device_type: VirtioDeviceType,
@@ -176,26 +296,51 @@ pub enum ConfigError {
         min: usize,
         queues: &'static str,
     },
-    #[error(
-        "--generic-vhost-user: device {id:?} has {count} queues: expected at most {MAX_QUEUES}"
-    )]
+    #[error("device {id:?} has {count} queues: expected at most {MAX_QUEUES}")]
     TooManyQueues { id: String, count: usize },
-    #[error("--generic-vhost-user: config= of device {id:?} has {len} bytes: expected at most {max}, the config window")]
+    #[error("config of device {id:?} has {len} bytes: expected at most {max}, the config window")]
     ConfigTooLong { id: String, len: usize, max: u32 },
-    #[error(
-        "--generic-vhost-user: id {id:?} is given to more than one device: expected unique ids"
-    )]
-    DuplicateId { id: String },
-    #[error("--generic-vhost-user needs guest memory shared with the backends: expected --memory with shared=on")]
+    #[error("id {id:?} is given to more than one device: expected unique ids")]
+    DuplicateId { id: String, kind: DeviceKind },
+    #[error("generic vhost-user devices need guest memory shared with their backends: expected shared=on")]
     NeedsSharedMemory,
-    #[error("--disk: vhost_user=on needs guest memory shared with the backend: expected --memory with shared=on")]
+    #[error("vhost-user disks need guest memory shared with their backends: expected shared=on")]
     DiskNeedsSharedMemory,
-    #[error("--disk: id {id:?} is given to more than one device: expected unique ids")]
-    DuplicateDiskId { id: String },
-    #[error("--serial and --console are both tty: expected at most one of them on the terminal, e.g. --serial null")]
+    #[error("both tty: expected at most one of them on the terminal, e.g. a null serial port")]
     DoubleTty,
     #[error(transparent)]
     Platform(#[from] PlatformError),
+}
+
+impl ConfigError {
+    pub fn field(&self) -> Field {
+        let generic = |id: &String, key| Field::Device {
+            kind: DeviceKind::GenericVhostUser,
+            id: id.clone(),
+            key,
+        };
+        let shared = Field::Value {
+            option: "--memory",
+            json: "memory.shared",
+        };
+        match self {
+            ConfigError::TooFewQueues { id, .. } | ConfigError::TooManyQueues { id, .. } => {
+                generic(id, "queue_sizes")
+            }
+            ConfigError::ConfigTooLong { id, .. } => generic(id, "config"),
+            ConfigError::DuplicateId { id, kind } => Field::Device {
+                kind: *kind,
+                id: id.clone(),
+                key: "id",
+            },
+            ConfigError::NeedsSharedMemory | ConfigError::DiskNeedsSharedMemory => shared,
+            ConfigError::DoubleTty => Field::Value {
+                option: "--serial and --console",
+                json: "serial.mode and console.mode",
+            },
+            ConfigError::Platform(e) => e.field(),
+        }
+    }
 }
 
 impl VmConfig {
@@ -220,13 +365,15 @@ impl VmConfig {
             if !ids.insert(device.id.as_str()) {
                 return Err(ConfigError::DuplicateId {
                     id: device.id.clone(),
+                    kind: DeviceKind::GenericVhostUser,
                 });
             }
         }
         for disk in &self.disks {
             if !ids.insert(disk.id.as_str()) {
-                return Err(ConfigError::DuplicateDiskId {
+                return Err(ConfigError::DuplicateId {
                     id: disk.id.clone(),
+                    kind: DeviceKind::Disk,
                 });
             }
         }

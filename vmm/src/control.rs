@@ -1,7 +1,9 @@
 //! The VMM around its VM: the VM is built from the configuration and run;
 //! with the API, a VM shut down (`vm.shutdown`) leaves vmm waiting, its
 //! configuration kept, for `vm.boot`, and `vm.reboot` builds it again.
-//! A request that ends or starts a VM is answered once that is done.
+//! vmm started with only `--api-socket`, or after `vm.delete`, has no
+//! configuration until `vm.create` brings one. A request that ends or
+//! starts a VM is answered once that is done.
 
 use std::os::fd::AsRawFd;
 
@@ -31,7 +33,9 @@ pub enum ControlError {
 }
 
 pub struct Control<'a> {
-    config: VmConfig,
+    /// None until `vm.create` when vmm started without a VM, and after
+    /// `vm.delete`.
+    config: Option<VmConfig>,
     /// What every build starts from: the inputs, the log, the events.
     files: FilesInUse,
     signals: &'a TerminationSignals,
@@ -46,7 +50,7 @@ enum Next {
 
 impl<'a> Control<'a> {
     pub fn new(
-        config: VmConfig,
+        config: Option<VmConfig>,
         files: FilesInUse,
         signals: &'a TerminationSignals,
         api: Option<ApiEndpoint>,
@@ -64,8 +68,18 @@ impl<'a> Control<'a> {
     pub fn run(mut self) -> Result<ExitReason, ControlError> {
         // The request that asked for this boot, answered once it is done.
         let mut booting: Option<Answer> = None;
+        if self.config.is_none() {
+            match self.wait_for_boot()? {
+                Next::Boot(answer) => booting = Some(answer),
+                Next::End(reason) => return Ok(reason),
+            }
+        }
         loop {
-            let vm = match build_vm(&self.config, self.files.clone()) {
+            // wait_for_boot ends with a configuration, or the end.
+            let Some(config) = &self.config else {
+                return Ok(ExitReason::ApiShutdown);
+            };
+            let vm = match build_vm(config, self.files.clone()) {
                 Ok(vm) => vm,
                 Err(e) => {
                     let Some(answer) = booting.take() else {
@@ -90,7 +104,10 @@ impl<'a> Control<'a> {
                     events::emit("vm", "rebooting", &[]);
                     booting = answer;
                 }
-                ExitReason::ApiVmShutdown => {
+                ExitReason::ApiVmShutdown | ExitReason::ApiVmDelete => {
+                    if reason == ExitReason::ApiVmDelete {
+                        self.delete();
+                    }
                     if let Some(answer) = answer {
                         answer.send(ApiReply::no_content());
                     }
@@ -109,17 +126,45 @@ impl<'a> Control<'a> {
         }
     }
 
+    fn delete(&mut self) {
+        if self.config.take().is_some() {
+            self.files.forget_inputs();
+            events::emit("vm", "deleted", &[]);
+        }
+    }
+
+    /// `vm.create`: the configuration's inputs are known before the VM
+    /// opens any output, as at start-up.
+    fn create(&mut self, config: VmConfig) -> ApiReply {
+        if self.config.is_some() {
+            return ApiReply::error(
+                409,
+                &["a VM is created already: vm.delete removes it first".into()],
+            );
+        }
+        let mut files = self.files.clone();
+        for input in config.input_files() {
+            if let Err(e) = files.add_input(&input.path, &input.what, input.written) {
+                return ApiReply::error(400, &[input.what, error_chain(&e)]);
+            }
+        }
+        self.files = files;
+        self.config = Some(config);
+        events::emit("vm", "created", &[]);
+        ApiReply::no_content()
+    }
+
     /// No VM runs: serves the API and watches the signals until `vm.boot`
     /// or the end.
     fn wait_for_boot(&mut self) -> Result<Next, ControlError> {
-        let Some(api) = &self.api else {
+        let Some(api_fd) = self.api.as_ref().map(AsRawFd::as_raw_fd) else {
             // Only the API shuts a VM down and keeps vmm.
             return Ok(Next::End(ExitReason::ApiVmShutdown));
         };
         let epoll = Epoll::new().map_err(ControlError::Epoll)?;
         for (fd, token) in [
             (self.signals.as_raw_fd(), EVENT_SIGNAL),
-            (api.as_raw_fd(), EVENT_API),
+            (api_fd, EVENT_API),
         ] {
             epoll
                 .ctl(
@@ -143,28 +188,45 @@ impl<'a> Control<'a> {
                     }
                     continue;
                 }
-                for (request, answer) in api.take() {
+                let requests = self.api.as_ref().map(ApiEndpoint::take);
+                for (request, answer) in requests.unwrap_or_default() {
+                    let no_vm =
+                        || ApiReply::error(409, &["no VM is created: vm.create brings one".into()]);
+                    let created = self.config.is_some();
                     match request {
-                        ApiRequest::VmBoot => return Ok(Next::Boot(answer)),
+                        ApiRequest::VmBoot if created => return Ok(Next::Boot(answer)),
                         ApiRequest::VmmShutdown => {
                             answer.send(ApiReply::no_content());
                             return Ok(Next::End(ExitReason::ApiShutdown));
                         }
                         ApiRequest::VmmPing => answer.send(ApiReply::json(&ping())),
-                        ApiRequest::VmInfo => answer.send(ApiReply::json(&vm_info(
-                            &self.config,
-                            "Created",
-                            0,
-                            serde_json::Map::new(),
-                        ))),
-                        ApiRequest::VmCounters
+                        ApiRequest::VmCreate(config) => answer.send(self.create(*config)),
+                        ApiRequest::VmDelete => {
+                            self.delete();
+                            answer.send(ApiReply::no_content());
+                        }
+                        ApiRequest::VmInfo => answer.send(match &self.config {
+                            Some(config) => ApiReply::json(&vm_info(
+                                config,
+                                "Created",
+                                0,
+                                serde_json::Map::new(),
+                            )),
+                            None => no_vm(),
+                        }),
+                        ApiRequest::VmBoot
+                        | ApiRequest::VmCounters
                         | ApiRequest::VmPause
                         | ApiRequest::VmResume
                         | ApiRequest::VmShutdown
-                        | ApiRequest::VmReboot => answer.send(ApiReply::error(
-                            409,
-                            &["the VM is Created (not booted): vm.boot starts it".into()],
-                        )),
+                        | ApiRequest::VmReboot => answer.send(if created {
+                            ApiReply::error(
+                                409,
+                                &["the VM is Created (not booted): vm.boot starts it".into()],
+                            )
+                        } else {
+                            no_vm()
+                        }),
                     }
                 }
             }

@@ -65,6 +65,8 @@ struct InUse {
     id: FileId,
     what: String,
     written: bool,
+    /// An input of the VM's configuration, forgotten with it.
+    input: bool,
 }
 
 impl FilesInUse {
@@ -94,8 +96,15 @@ impl FilesInUse {
             id,
             what: what.into(),
             written,
+            input: true,
         });
         Ok(())
+    }
+
+    /// Forgets the inputs of a VM deleted (`vm.delete`); the outputs stay
+    /// open, and in use, for the next one.
+    pub fn forget_inputs(&mut self) {
+        self.files.retain(|f| !f.input);
     }
 
     fn user_of(&self, id: FileId) -> Option<&str> {
@@ -170,6 +179,7 @@ pub fn open_output(
             id,
             what: what.into(),
             written: true,
+            input: false,
         });
         if !append && meta.file_type().is_file() {
             file.set_len(0)?;

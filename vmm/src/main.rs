@@ -2,7 +2,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use vmm::control::{Control, ControlError};
 use vmm::files::FilesInUse;
 use vmm::util::{error_chain, escape_controls};
@@ -23,7 +22,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_START_FAILED);
         }
     };
-    let args = match cli::Args::try_parse() {
+    let args = match cli::Args::try_parse_noting(std::env::args_os()) {
         Ok(args) => args,
         // --help and --version.
         Err(e) if !e.use_stderr() => {
@@ -36,7 +35,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let config = match config::VmConfig::try_from(&args) {
+    let config = match args.vm_config() {
         Ok(config) => config,
         Err(e) => {
             eprintln!("vmm: error: {}", error_chain(&e));
@@ -60,7 +59,7 @@ fn main() -> ExitCode {
     // Every input is known before any output is opened, so that no output
     // (the log, the serial or console file) overwrites one.
     let mut in_use = FilesInUse::default();
-    for input in config.input_files() {
+    for input in config.iter().flat_map(config::VmConfig::input_files) {
         if let Err(e) = in_use.add_input(&input.path, &input.what, input.written) {
             eprintln!("vmm: error: {}: {}", input.what, error_chain(&e));
             return ExitCode::from(EXIT_START_FAILED);

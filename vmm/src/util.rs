@@ -45,6 +45,31 @@ pub fn escape_controls(text: &str, keep_newlines: bool) -> String {
     escaped
 }
 
+/// Bytes from pairs of hex digits (either case); `None` for an odd count
+/// or anything else.
+pub fn parse_hex(value: &str) -> Option<Vec<u8>> {
+    fn nibble(digit: u8) -> Option<u8> {
+        char::from(digit)
+            .to_digit(16)
+            .and_then(|d| u8::try_from(d).ok())
+    }
+    let pairs = value.as_bytes().chunks_exact(2);
+    if !pairs.remainder().is_empty() {
+        return None;
+    }
+    pairs
+        .map(|pair| match pair {
+            [hi, lo] => Some(nibble(*hi)? << 4 | nibble(*lo)?),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Lower-case hex, two digits a byte: what `parse_hex` reads back.
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,6 +28,9 @@ pub enum ExitReason {
     ApiVmShutdown,
     /// `vm.reboot` through the API: the VM ends and boots again.
     ApiVmReboot,
+    /// `vm.delete` through the API: the VM ends and its configuration is
+    /// forgotten; vmm stays.
+    ApiVmDelete,
 }
 
 impl ExitReason {
@@ -38,7 +41,8 @@ impl ExitReason {
             | ExitReason::Reset
             | ExitReason::ApiShutdown
             | ExitReason::ApiVmShutdown
-            | ExitReason::ApiVmReboot => 0,
+            | ExitReason::ApiVmReboot
+            | ExitReason::ApiVmDelete => 0,
             // Same as QEMU's isa-debug-exit, so one guest serves both VMMs.
             ExitReason::DebugExit(value) => (((value & 0x7f) << 1) | 1) as i32,
             ExitReason::TripleFault { .. } | ExitReason::VcpuError { .. } => 1,
@@ -61,6 +65,7 @@ impl std::fmt::Display for ExitReason {
             ExitReason::ApiShutdown => write!(f, "vmm.shutdown asked through the API"),
             ExitReason::ApiVmShutdown => write!(f, "vm.shutdown asked through the API"),
             ExitReason::ApiVmReboot => write!(f, "vm.reboot asked through the API"),
+            ExitReason::ApiVmDelete => write!(f, "vm.delete asked through the API"),
         }
     }
 }

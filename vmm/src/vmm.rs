@@ -263,10 +263,18 @@ impl Vmm {
                 state: self.state,
                 action: "boot",
             }),
-            ApiRequest::VmmShutdown | ApiRequest::VmShutdown | ApiRequest::VmReboot => {
+            ApiRequest::VmCreate(_) => Err(InvalidState {
+                state: self.state,
+                action: "create another VM (vm.delete first)",
+            }),
+            ApiRequest::VmmShutdown
+            | ApiRequest::VmShutdown
+            | ApiRequest::VmReboot
+            | ApiRequest::VmDelete => {
                 self.exit.request(match request {
                     ApiRequest::VmShutdown => ExitReason::ApiVmShutdown,
                     ApiRequest::VmReboot => ExitReason::ApiVmReboot,
+                    ApiRequest::VmDelete => ExitReason::ApiVmDelete,
                     _ => ExitReason::ApiShutdown,
                 });
                 return None;

@@ -45,6 +45,9 @@ pub enum ApiRequest {
     VmReboot,
     VmBoot,
     VmmShutdown,
+    /// A configuration in Cloud Hypervisor's JSON, checked as it came.
+    VmCreate(Box<crate::config::VmConfig>),
+    VmDelete,
 }
 
 /// An HTTP status and, unless empty, a JSON body.

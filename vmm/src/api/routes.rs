@@ -4,6 +4,7 @@
 //! name does not take and 400 for a body it does not want.
 
 use super::{ApiReply, ApiRequest};
+use crate::config::VmConfig;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HttpError {
@@ -31,6 +32,12 @@ pub enum HttpError {
     Forbidden(u32),
     #[error("too many clients at once: try again")]
     Busy,
+    #[error("{path}: the body is refused: {problem}")]
+    BadBody {
+        path: String,
+        /// Where in the JSON, and what is wrong there.
+        problem: String,
+    },
 }
 
 impl HttpError {
@@ -38,9 +45,10 @@ impl HttpError {
         match self {
             HttpError::NotFound(_) => 404,
             HttpError::MethodNotAllowed { .. } => 405,
-            HttpError::UnexpectedBody { .. } | HttpError::Malformed(_) | HttpError::Truncated => {
-                400
-            }
+            HttpError::UnexpectedBody { .. }
+            | HttpError::BadBody { .. }
+            | HttpError::Malformed(_)
+            | HttpError::Truncated => 400,
             HttpError::TooLarge(_) => 413,
             HttpError::HeadTooLarge => 431,
             HttpError::LengthRequired => 411,
@@ -58,6 +66,7 @@ impl HttpError {
             HttpError::NotFound(_)
                 | HttpError::MethodNotAllowed { .. }
                 | HttpError::UnexpectedBody { .. }
+                | HttpError::BadBody { .. }
         )
     }
 
@@ -74,16 +83,19 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, HttpEr
     let name = path
         .strip_prefix(PREFIX)
         .ok_or_else(|| HttpError::NotFound(path.to_owned()))?;
+    // vm.create alone takes a body; its request is made from it below.
     let (request, allowed) = match name {
-        "vmm.ping" => (ApiRequest::VmmPing, "GET"),
-        "vm.info" => (ApiRequest::VmInfo, "GET"),
-        "vm.counters" => (ApiRequest::VmCounters, "GET"),
-        "vm.pause" => (ApiRequest::VmPause, "PUT"),
-        "vm.resume" => (ApiRequest::VmResume, "PUT"),
-        "vm.shutdown" => (ApiRequest::VmShutdown, "PUT"),
-        "vm.reboot" => (ApiRequest::VmReboot, "PUT"),
-        "vm.boot" => (ApiRequest::VmBoot, "PUT"),
-        "vmm.shutdown" => (ApiRequest::VmmShutdown, "PUT"),
+        "vmm.ping" => (Some(ApiRequest::VmmPing), "GET"),
+        "vm.info" => (Some(ApiRequest::VmInfo), "GET"),
+        "vm.counters" => (Some(ApiRequest::VmCounters), "GET"),
+        "vm.pause" => (Some(ApiRequest::VmPause), "PUT"),
+        "vm.resume" => (Some(ApiRequest::VmResume), "PUT"),
+        "vm.shutdown" => (Some(ApiRequest::VmShutdown), "PUT"),
+        "vm.reboot" => (Some(ApiRequest::VmReboot), "PUT"),
+        "vm.boot" => (Some(ApiRequest::VmBoot), "PUT"),
+        "vm.delete" => (Some(ApiRequest::VmDelete), "PUT"),
+        "vmm.shutdown" => (Some(ApiRequest::VmmShutdown), "PUT"),
+        "vm.create" => (None, "PUT"),
         _ => return Err(HttpError::NotFound(path.to_owned())),
     };
     if method != allowed {
@@ -93,6 +105,16 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, HttpEr
             allowed,
         });
     }
+    let Some(request) = request else {
+        // Checked here, on the client's thread: a bad body never reaches
+        // the VMM thread.
+        return VmConfig::from_json(body)
+            .map(|config| ApiRequest::VmCreate(Box::new(config)))
+            .map_err(|e| HttpError::BadBody {
+                path: path.to_owned(),
+                problem: e.to_string(),
+            });
+    };
     if !body.is_empty() {
         return Err(HttpError::UnexpectedBody {
             path: path.to_owned(),
@@ -117,6 +139,7 @@ mod tests {
     #[case("PUT", "/api/v1/vm.shutdown", ApiRequest::VmShutdown)]
     #[case("PUT", "/api/v1/vm.reboot", ApiRequest::VmReboot)]
     #[case("PUT", "/api/v1/vm.boot", ApiRequest::VmBoot)]
+    #[case("PUT", "/api/v1/vm.delete", ApiRequest::VmDelete)]
     fn known_names_route(#[case] method: &str, #[case] path: &str, #[case] want: ApiRequest) {
         assert_eq!(route(method, path, b""), Ok(want));
     }
@@ -145,5 +168,25 @@ mod tests {
         let err = route("PUT", "/api/v1/vm.pause", b"{}").unwrap_err();
         assert_eq!(err.status(), 400);
         assert!(err.to_string().contains("takes no body"), "{err}");
+    }
+
+    #[test]
+    fn vm_create_takes_a_vm_config_and_names_what_is_wrong_in_it() {
+        let body = br#"{"payload":{"kernel":"/k"},"cpus":{"boot_vcpus":2}}"#;
+        let Ok(ApiRequest::VmCreate(config)) = route("PUT", "/api/v1/vm.create", body) else {
+            panic!("not created");
+        };
+        assert_eq!(config.cpus.boot, 2);
+        let err = route("PUT", "/api/v1/vm.create", br#"{"payload":{"kernel":""}}"#).unwrap_err();
+        assert_eq!(err.status(), 400);
+        assert!(!err.ends_connection());
+        assert_eq!(
+            err.to_string(),
+            "/api/v1/vm.create: the body is refused: payload.kernel: empty path: expected a file name"
+        );
+        assert_eq!(
+            route("GET", "/api/v1/vm.create", b"").unwrap_err().status(),
+            405
+        );
     }
 }

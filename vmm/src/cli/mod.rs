@@ -79,8 +79,11 @@ pub struct Args {
     pub memory: String,
 
     /// The kernel: a PVH ELF (vmlinux) or a bzImage
+    ///
+    /// Needed unless --api-socket is given: then vmm may start without a
+    /// VM, and vm.create brings its whole configuration as JSON.
     #[arg(long, value_name = "PATH")]
-    pub kernel: PathBuf,
+    pub kernel: Option<PathBuf>,
 
     /// An initramfs loaded next to the kernel
     #[arg(long, value_name = "PATH")]
@@ -193,7 +196,10 @@ pub struct Args {
     ///
     /// With it, ch-remote and curl --unix-socket drive the running VM
     /// (/api/v1/vmm.ping, vm.info, vm.counters, vm.pause, vm.resume,
-    /// vm.shutdown, vm.boot, vm.reboot, vmm.shutdown).
+    /// vm.shutdown, vm.boot, vm.reboot, vm.create, vm.delete,
+    /// vmm.shutdown). Given without --kernel, vmm starts without a VM:
+    /// vm.create brings its configuration as Cloud Hypervisor's VmConfig
+    /// JSON, and vm.boot starts it.
     /// path=PATH creates the socket, readable and writable by its owner
     /// alone; a stale socket there is replaced, a live one (another VMM's)
     /// or any other file refused. fd=N takes a Unix socket already
@@ -225,7 +231,24 @@ pub struct Args {
     /// stderr and carries on; the exit status stays the guest's.
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
+
+    /// The options describing the VM that the command line gave (not
+    /// defaults), as `--disk`: without --kernel, none may be given.
+    #[arg(skip)]
+    pub vm_options_given: Vec<String>,
 }
+
+/// The options that describe the VM rather than vmm itself.
+const VM_OPTIONS: [&str; 8] = [
+    "cpus",
+    "memory",
+    "initramfs",
+    "cmdline",
+    "serial",
+    "console",
+    "generic_vhost_user",
+    "disk",
+];
 
 /// The value parser of every option that takes text: clap's own reports a
 /// value that is not UTF-8 in five lines without naming the option.
@@ -254,6 +277,24 @@ impl TypedValueParser for Utf8 {
 }
 
 impl Args {
+    /// `argv` as clap reads it, noting which VM options it gave.
+    pub fn try_parse_noting<I, T>(argv: I) -> Result<Args, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::{CommandFactory, FromArgMatches};
+        let mut matches = Args::command().try_get_matches_from(argv)?;
+        let given = VM_OPTIONS
+            .iter()
+            .filter(|id| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine))
+            .map(|id| format!("--{}", id.replace('_', "-")))
+            .collect();
+        let mut args = Args::from_arg_matches_mut(&mut matches)?;
+        args.vm_options_given = given;
+        Ok(args)
+    }
+
     /// The log level that `-v` asks for.
     pub fn log_level(&self) -> log::LevelFilter {
         match self.verbose {
@@ -286,7 +327,7 @@ mod tests {
         let args = parse(&[]).expect("defaults parse");
         assert_eq!(args.cpus, "boot=1");
         assert_eq!(args.memory, "size=512M");
-        assert_eq!(args.kernel, PathBuf::from("/boot/vmlinux"));
+        assert_eq!(args.kernel, Some(PathBuf::from("/boot/vmlinux")));
         assert_eq!(args.initramfs, None);
         assert_eq!(args.cmdline, "");
         assert_eq!(args.serial, "null");
@@ -355,9 +396,25 @@ mod tests {
     }
 
     #[test]
-    fn kernel_is_required() {
-        let err = Args::try_parse_from(["vmm"]).expect_err("no kernel");
-        assert_eq!(err.kind(), ErrorKind::MissingRequiredArgument);
+    fn the_vm_options_given_are_noted_and_defaults_are_not() {
+        let args = Args::try_parse_noting(["vmm", "--api-socket", "/s"]).unwrap();
+        assert!(
+            args.vm_options_given.is_empty(),
+            "{:?}",
+            args.vm_options_given
+        );
+        let args = Args::try_parse_noting([
+            "vmm",
+            "--api-socket",
+            "/s",
+            "--cpus",
+            "boot=1",
+            "--generic-vhost-user",
+            "socket=/x",
+            "-v",
+        ])
+        .unwrap();
+        assert_eq!(args.vm_options_given, ["--cpus", "--generic-vhost-user"]);
     }
 
     #[test]

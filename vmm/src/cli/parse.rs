@@ -44,10 +44,22 @@ pub enum OptionError {
         "--generic-vhost-user: virtio_id= and device_type= are synonyms: expected only one of them"
     )]
     DeviceTypeTwice,
-    #[error(transparent)]
+    /// The configuration's own words, behind the option they are about.
+    #[error("{}", spelled_for_the_command_line(.0))]
     Config(#[from] ConfigError),
     #[error("{option}: empty path: expected a file name")]
     EmptyPath { option: &'static str },
+    #[error("--kernel is missing: expected the kernel to boot, or --api-socket alone to create the VM later with vm.create")]
+    NoKernel,
+    #[error("{options} given without --kernel: expected --kernel to boot the VM they describe (with --api-socket alone, vm.create brings the whole configuration)")]
+    VmOptionsWithoutKernel { options: String },
+}
+
+fn spelled_for_the_command_line(e: &ConfigError) -> String {
+    match e.field().option() {
+        Some(option) => format!("{option}: {e}"),
+        None => e.to_string(),
+    }
 }
 
 const CPUS: OptionForm = OptionForm {
@@ -173,15 +185,32 @@ impl Args {
     }
 }
 
+impl Args {
+    /// The VM the command line describes; None when vmm starts without
+    /// one, waiting for `vm.create` on its API socket.
+    pub fn vm_config(&self) -> Result<Option<VmConfig>, OptionError> {
+        if self.kernel.is_some() || self.api_socket.is_none() {
+            return VmConfig::try_from(self).map(Some);
+        }
+        if !self.vm_options_given.is_empty() {
+            return Err(OptionError::VmOptionsWithoutKernel {
+                options: self.vm_options_given.join(", "),
+            });
+        }
+        Ok(None)
+    }
+}
+
 impl TryFrom<&Args> for VmConfig {
     type Error = OptionError;
 
     fn try_from(args: &Args) -> Result<Self, OptionError> {
+        let kernel = args.kernel.as_deref().ok_or(OptionError::NoKernel)?;
         let config = VmConfig {
             cpus: parse_cpus(&args.cpus)?,
             memory: parse_memory(&args.memory)?,
             payload: PayloadConfig {
-                kernel: non_empty_path("--kernel", &args.kernel)?,
+                kernel: non_empty_path("--kernel", kernel)?,
                 initramfs: args
                     .initramfs
                     .as_deref()
@@ -216,7 +245,7 @@ fn parse_cpus(value: &str) -> Result<CpusConfig, OptionError> {
         &CPUS,
         "boot",
         boot,
-        1..=u64::from(MAX_VCPUS),
+        VCPUS,
         "a number from 1 to 254, e.g. boot=2",
     )?;
     Ok(CpusConfig {
@@ -264,14 +293,15 @@ fn parse_memory_size(value: &str, hugepages: bool) -> Result<u64, OptionError> {
     let size = number
         .checked_mul(1 << shift)
         .ok_or_else(|| invalid(OUT_OF_RANGE, None))?;
-    if size % PAGE_SIZE != 0 {
-        return Err(invalid("a multiple of 4K, e.g. size=512M", None));
-    }
-    if hugepages && size % HUGE_PAGE_SIZE != 0 {
-        return Err(invalid("a multiple of 2M with hugepages=on", None));
-    }
-    if !(MIN_MEMORY_SIZE..=MAX_MEMORY_SIZE).contains(&size) {
-        return Err(invalid(OUT_OF_RANGE, None));
+    match check_memory_size(size, hugepages) {
+        Ok(()) => {}
+        Err(MemorySizeError::NotPageMultiple) => {
+            return Err(invalid("a multiple of 4K, e.g. size=512M", None))
+        }
+        Err(MemorySizeError::NotHugePageMultiple) => {
+            return Err(invalid("a multiple of 2M with hugepages=on", None))
+        }
+        Err(MemorySizeError::OutOfRange) => return Err(invalid(OUT_OF_RANGE, None)),
     }
     Ok(size)
 }
@@ -313,7 +343,7 @@ fn parse_generic_vhost_user(
                 &GENERIC_VHOST_USER,
                 "config_size",
                 size,
-                0..=u64::from(MAX_CONFIG_SIZE),
+                CONFIG_SIZES,
                 "a number from 0 to 4096",
             )
         })
@@ -369,7 +399,7 @@ fn parse_queue_sizes(value: &str) -> Result<Vec<u16>, OptionError> {
         .map(|size| {
             let invalid = |source| GENERIC_VHOST_USER.invalid("queue size", size, EXPECTED, source);
             match size.parse::<u16>() {
-                Ok(n) if n.is_power_of_two() && n <= MAX_QUEUE_SIZE => Ok(n),
+                Ok(n) if is_queue_size(n.into()) => Ok(n),
                 Ok(_) => Err(invalid(None)),
                 Err(e) if *e.kind() == IntErrorKind::PosOverflow => Err(invalid(None)),
                 Err(e) => Err(invalid(Some(e))),
@@ -379,55 +409,24 @@ fn parse_queue_sizes(value: &str) -> Result<Vec<u16>, OptionError> {
 }
 
 fn parse_hex(value: &str) -> Result<Vec<u8>, OptionError> {
-    fn nibble(digit: u8) -> Option<u8> {
-        char::from(digit)
-            .to_digit(16)
-            .and_then(|d| u8::try_from(d).ok())
-    }
-    let pairs = value.as_bytes().chunks_exact(2);
-    let parsed = if pairs.remainder().is_empty() {
-        pairs
-            .map(|pair| match pair {
-                [hi, lo] => Some(nibble(*hi)? << 4 | nibble(*lo)?),
-                _ => None,
-            })
-            .collect::<Option<Vec<u8>>>()
-    } else {
-        None
-    };
     let expected = "an even number of hex digits, e.g. config=0a0b0c0d";
-    parsed.ok_or_else(|| GENERIC_VHOST_USER.invalid("config", value, expected, None))
+    crate::util::parse_hex(value)
+        .ok_or_else(|| GENERIC_VHOST_USER.invalid("config", value, expected, None))
 }
 
 fn parse_disk(index: usize, value: &str) -> Result<DiskConfig, OptionError> {
     let options = Options::parse(&DISK, value)?;
     let num_queues = options
         .get("num_queues")
-        .map(|n| {
-            parse_number(
-                &DISK,
-                "num_queues",
-                n,
-                1..=MAX_QUEUES as u64,
-                "a number from 1 to 64",
-            )
-        })
+        .map(|n| parse_number(&DISK, "num_queues", n, DISK_QUEUES, "a number from 1 to 64"))
         .transpose()?
         .map_or(DEFAULT_DISK_QUEUES, |n| u16::try_from(n).unwrap_or(1));
     let queue_size = match options.get("queue_size") {
         None => DEFAULT_DISK_QUEUE_SIZE,
         Some(size) => {
-            // Two entries hold no request of header, data and status
-            // without indirect descriptors (QEMU refuses 2 as well).
             const EXPECTED: &str = "a power of two from 4 to 32768, e.g. queue_size=128";
-            let n = parse_number(
-                &DISK,
-                "queue_size",
-                size,
-                4..=u64::from(MAX_DISK_QUEUE_SIZE),
-                EXPECTED,
-            )?;
-            if !n.is_power_of_two() {
+            let n = parse_number(&DISK, "queue_size", size, 0..=u64::MAX, EXPECTED)?;
+            if !is_disk_queue_size(n) {
                 return Err(DISK.invalid("queue_size", size, EXPECTED, None));
             }
             u16::try_from(n).unwrap_or(DEFAULT_DISK_QUEUE_SIZE)

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use virtio_types::VirtioDeviceType;
 
-use super::{ConsoleOutput, DiskBackend, VmConfig};
+use super::{ConsoleOutput, DeviceKind, DiskBackend, Field, VmConfig};
 use crate::arch::x86_64::layout::CMDLINE_MAX_SIZE;
 use crate::pci::segment::DEVICES_PER_BUS;
 use crate::virtio::pci::msix_vectors;
@@ -33,23 +33,49 @@ pub enum PlatformError {
     TooManyDevices { count: usize, devices: String },
     #[error("the virtio-pci devices need {count} MSI-X vectors (one per queue plus one per device): expected at most {MAX_MSI_VECTORS}")]
     TooManyVectors { count: usize },
-    #[error("{option}: socket path {path:?} is {len} bytes long: expected at most {MAX_SOCKET_PATH_LEN} (the sun_path limit)")]
+    #[error("device {id:?}: socket path {path:?} is {len} bytes long: expected at most {MAX_SOCKET_PATH_LEN} (the sun_path limit)")]
     SocketPathTooLong {
-        option: &'static str,
+        kind: DeviceKind,
+        id: String,
         path: PathBuf,
         len: usize,
     },
-    #[error("{option}: device {id:?} uses socket {path:?}, as device {other:?} does: expected one device per backend socket")]
+    #[error("device {id:?} uses socket {path:?}, as device {other:?} does: expected one device per backend socket")]
     DuplicateSocket {
-        option: &'static str,
+        kind: DeviceKind,
         id: String,
         path: PathBuf,
         other: String,
     },
-    #[error("--cmdline is {len} bytes long: expected at most {MAX_CMDLINE_LEN} (Linux's COMMAND_LINE_SIZE less the NUL)")]
+    #[error("{len} bytes long: expected at most {MAX_CMDLINE_LEN} (Linux's COMMAND_LINE_SIZE less the NUL)")]
     CmdlineTooLong { len: usize },
-    #[error("--cmdline: {character:?} at byte {offset} is not printable ASCII: expected characters from ' ' to '~'")]
+    #[error("{character:?} at byte {offset} is not printable ASCII: expected characters from ' ' to '~'")]
     CmdlineNotAscii { character: char, offset: usize },
+}
+
+impl PlatformError {
+    pub fn field(&self) -> Field {
+        match self {
+            PlatformError::TooManyDevices { .. } | PlatformError::TooManyVectors { .. } => {
+                Field::Whole
+            }
+            PlatformError::SocketPathTooLong { kind, id, .. }
+            | PlatformError::DuplicateSocket { kind, id, .. } => Field::Device {
+                kind: *kind,
+                id: id.clone(),
+                key: match kind {
+                    DeviceKind::GenericVhostUser => "socket",
+                    DeviceKind::Disk => "vhost_socket",
+                },
+            },
+            PlatformError::CmdlineTooLong { .. } | PlatformError::CmdlineNotAscii { .. } => {
+                Field::Value {
+                    option: "--cmdline",
+                    json: "payload.cmdline",
+                }
+            }
+        }
+    }
 }
 
 /// One virtio-pci device as the platform sees it.
@@ -104,24 +130,25 @@ impl VmConfig {
         let generic = self
             .generic_vhost_user
             .iter()
-            .map(|d| ("--generic-vhost-user", &d.id, d.socket.as_path()));
+            .map(|d| (DeviceKind::GenericVhostUser, &d.id, d.socket.as_path()));
         let disks = self.disks.iter().filter_map(|d| match &d.backend {
-            DiskBackend::VhostUser { socket } => Some(("--disk", &d.id, socket.as_path())),
+            DiskBackend::VhostUser { socket } => Some((DeviceKind::Disk, &d.id, socket.as_path())),
             DiskBackend::Image { .. } => None,
         });
         let mut seen: HashMap<&Path, &String> = HashMap::new();
-        for (option, id, path) in generic.chain(disks) {
+        for (kind, id, path) in generic.chain(disks) {
             let len = path.as_os_str().len();
             if len > MAX_SOCKET_PATH_LEN {
                 return Err(PlatformError::SocketPathTooLong {
-                    option,
+                    kind,
+                    id: id.clone(),
                     path: path.to_owned(),
                     len,
                 });
             }
             if let Some(other) = seen.insert(path, id) {
                 return Err(PlatformError::DuplicateSocket {
-                    option,
+                    kind,
                     id: id.clone(),
                     path: path.to_owned(),
                     other: other.clone(),

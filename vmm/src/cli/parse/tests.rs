@@ -451,7 +451,7 @@ fn ids_default_by_index_and_must_be_unique() {
     let named = format!("{fs},id=a");
     let err = vhost(&[&named, &named]).expect_err("duplicate");
     assert!(
-        matches!(&err, OptionError::Config(ConfigError::DuplicateId { id }) if id == "a"),
+        matches!(&err, OptionError::Config(ConfigError::DuplicateId { id, .. }) if id == "a"),
         "{err}"
     );
 
@@ -481,8 +481,7 @@ fn generic_vhost_user_needs_shared_memory(#[case] memory: &[&str]) {
     ));
     let message = err.to_string();
     assert!(
-        message.contains("--generic-vhost-user")
-            && message.contains("--memory")
+        message.starts_with("--memory: generic vhost-user devices")
             && message.contains("shared=on"),
         "{message}"
     );
@@ -727,4 +726,23 @@ proptest! {
             &format!("--generic-vhost-user={value}"),
         ]);
     }
+}
+
+#[rstest]
+#[case::nothing(&[], "--kernel is missing")]
+#[case::vm_options_but_no_kernel(&["--disk", "path=/a"], "--kernel is missing")]
+#[case::api_with_vm_options(&["--api-socket", "/s", "--disk", "path=/a", "--cpus", "boot=1"], "--cpus, --disk given without --kernel")]
+fn without_a_kernel_only_the_api_socket_may_start_vmm(#[case] argv: &[&str], #[case] want: &str) {
+    let argv = ["vmm"].iter().chain(argv);
+    let args = Args::try_parse_noting(argv).expect("clap accepts the arguments");
+    let err = args.vm_config().expect_err("refused");
+    assert!(err.to_string().starts_with(want), "{err}");
+}
+
+#[test]
+fn the_api_socket_alone_starts_vmm_without_a_vm() {
+    let args = Args::try_parse_noting(["vmm", "--api-socket", "/s", "-v"]).unwrap();
+    assert_eq!(args.vm_config().unwrap(), None);
+    let args = Args::try_parse_noting(["vmm", "--api-socket", "/s", "--kernel", "/k"]).unwrap();
+    assert!(args.vm_config().unwrap().is_some());
 }

@@ -118,7 +118,7 @@ fn two_devices_on_one_socket_are_refused() {
     let err = config.validate_platform().unwrap_err();
     assert_eq!(
         err.to_string(),
-        "--generic-vhost-user: device \"_generic_vhost_user1\" uses socket \"/run/backend0.sock\", as device \"_generic_vhost_user0\" does: expected one device per backend socket"
+        "device \"_generic_vhost_user1\" uses socket \"/run/backend0.sock\", as device \"_generic_vhost_user0\" does: expected one device per backend socket"
     );
     // Across options too, and however the path is spelled.
     let mut config = with_generic(1, 2);
@@ -128,7 +128,7 @@ fn two_devices_on_one_socket_are_refused() {
         matches!(
             err,
             PlatformError::DuplicateSocket {
-                option: "--disk",
+                kind: DeviceKind::Disk,
                 ..
             }
         ),
@@ -145,7 +145,7 @@ fn the_command_line_must_fit_and_be_printable_ascii() {
     let err = config.validate_platform().unwrap_err();
     assert_eq!(
         err.to_string(),
-        "--cmdline is 2048 bytes long: expected at most 2047 (Linux's COMMAND_LINE_SIZE less the NUL)"
+        "2048 bytes long: expected at most 2047 (Linux's COMMAND_LINE_SIZE less the NUL)"
     );
     for (cmdline, offset, character) in [
         ("console=ttyS0\tquiet", 13, '\t'),

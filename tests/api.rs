@@ -552,9 +552,16 @@ fn ch_remote_drives_the_vm_unchanged(kvm: Option<KvmHost>) {
     };
     assert!(child.wait_until(WAIT, |c| starts(c) == 2), "no second boot");
 
-    assert_eq!(run("shutdown-vmm").0, Some(0));
+    // The guest powers itself off at the press, and vmm ends with it.
+    let (code, _, err) = run("power-button");
+    assert_eq!(code, Some(0), "{err}");
     let out = child.wait(WAIT).expect("vmm exits");
     assert_eq!(out.code(), Some(0), "{}", out.describe());
+    assert!(
+        out.stdout.lines().any(|l| l == "probe: power-button"),
+        "{}",
+        out.describe()
+    );
 }
 
 /// The event monitor tells, one JSON object a line in Cloud Hypervisor's
@@ -854,4 +861,57 @@ fn vm_create_boot_and_delete_from_json(kvm: Option<KvmHost>) {
     assert_no_content(&curl(&socket, "PUT", "vmm.shutdown", None), "vmm.shutdown");
     let out = child.wait(WAIT).expect("vmm exits");
     assert_eq!(out.code(), Some(0), "{}", out.describe());
+}
+
+/// `vm.power-button` is an ACPI event: the guest takes the GED's
+/// interrupt, reads its status byte (which says power button, once) and
+/// powers off on its own; vmm ends as for any guest power-off.
+#[rstest]
+fn the_power_button_reaches_the_guest_which_powers_off(kvm: Option<KvmHost>) {
+    let Some(_kvm) = kvm else { return };
+    let dir = tempdir();
+    let (mut child, socket) = start(
+        dir.path(),
+        VmmCommand::probe("probe.run=tick").expect("probe"),
+    );
+    wait_ticks(&mut child, 0, 3);
+    let out = child.stdout_so_far();
+    assert!(
+        out.lines().any(|l| l == "probe: acpi-ged port=0x610 gsi=5"),
+        "the guest found no ACPI event device:\n{out}"
+    );
+
+    // A paused guest takes no interrupt: the press is refused, not queued.
+    assert_no_content(&curl(&socket, "PUT", "vm.pause", None), "pause");
+    let refused = curl(&socket, "PUT", "vm.power-button", None);
+    assert_eq!(refused.status, 409, "{refused:?}");
+    assert!(refused.body.contains("Paused"), "{refused:?}");
+    assert_no_content(&curl(&socket, "PUT", "vm.resume", None), "resume");
+    let resumed = ticks(&child);
+    wait_ticks(&mut child, resumed, 3);
+    assert!(
+        !child.stdout_so_far().contains("acpi-event"),
+        "an event while paused"
+    );
+
+    assert_no_content(
+        &curl(&socket, "PUT", "vm.power-button", None),
+        "power-button",
+    );
+    let out = child.wait(WAIT).expect("the guest powers off");
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    let events: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("probe: acpi-event") || *l == "probe: power-button")
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "probe: acpi-event status=0x1 interrupts=1",
+            "probe: power-button"
+        ],
+        "{}",
+        out.describe()
+    );
 }

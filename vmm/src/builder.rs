@@ -93,7 +93,8 @@ pub fn build_vm(config: &VmConfig, mut in_use: FilesInUse) -> Result<Vmm, BuildE
         Some(end) => (Some(end.output), end.input),
         None => (None, None),
     };
-    let serial = devices.add_legacy_devices(&vm, &exit, serial_output)?;
+    let mut platform = devices.add_legacy_devices(&vm, &exit, serial_output)?;
+    let serial = platform.serial.take();
     for device in &config.generic_vhost_user {
         add_vhost_user(&mut devices, vhost_user_params(device), &memory)?;
     }
@@ -108,7 +109,7 @@ pub fn build_vm(config: &VmConfig, mut in_use: FilesInUse) -> Result<Vmm, BuildE
             window: end.window,
         }))?;
     }
-    let devices = devices.finish()?;
+    let devices = devices.finish(platform)?;
 
     let rsdp = acpi::create_acpi_tables(&memory, cpus).map_err(BuildError::Acpi)?;
     let entry = load_payload(&memory, config, rsdp)?;

@@ -219,7 +219,8 @@ impl<'a> Control<'a> {
                         | ApiRequest::VmPause
                         | ApiRequest::VmResume
                         | ApiRequest::VmShutdown
-                        | ApiRequest::VmReboot => answer.send(if created {
+                        | ApiRequest::VmReboot
+                        | ApiRequest::VmPowerButton => answer.send(if created {
                             ApiReply::error(
                                 409,
                                 &["the VM is Created (not booted): vm.boot starts it".into()],

@@ -259,6 +259,7 @@ impl Vmm {
             ApiRequest::VmCounters => return Some(ApiReply::json(&self.counters())),
             ApiRequest::VmPause => self.pause(),
             ApiRequest::VmResume => self.resume(),
+            ApiRequest::VmPowerButton => return Some(self.power_button()),
             ApiRequest::VmBoot => Err(InvalidState {
                 state: self.state,
                 action: "boot",
@@ -284,6 +285,31 @@ impl Vmm {
             Ok(()) => ApiReply::no_content(),
             Err(e) => ApiReply::error(409, &[e.to_string()]),
         })
+    }
+
+    /// Presses the ACPI power button; what follows is the guest's
+    /// business. A paused VM takes no interrupt, so it is refused then.
+    fn power_button(&mut self) -> ApiReply {
+        if self.state != VmState::Running {
+            let refused = InvalidState {
+                state: self.state,
+                action: "press the power button",
+            };
+            return ApiReply::error(409, &[refused.to_string()]);
+        }
+        match self.devices.acpi_events.power_button() {
+            Ok(()) => {
+                events::emit("vm", "power-button", &[]);
+                ApiReply::no_content()
+            }
+            Err(e) => ApiReply::error(
+                500,
+                &[
+                    "cannot raise the ACPI event interrupt".into(),
+                    e.to_string(),
+                ],
+            ),
+        }
     }
 
     /// Parks every vCPU outside KVM_RUN, then pauses every device.

@@ -27,7 +27,27 @@ const TRAMPOLINE_CODE: [u8; 11] = [
     0xfa, 0xf0, 0x2e, 0x66, 0xff, 0x06, 0x00, 0x01, 0xf4, 0xeb, 0xfd,
 ];
 
+const IOAPIC_BASE: u64 = 0xfec0_0000;
+const IOAPIC_WINDOW: u64 = IOAPIC_BASE + 0x10;
+
+/// Routes IOAPIC pin `gsi` to `vector` on the boot CPU: fixed delivery,
+/// physical destination 0, edge, active high, unmasked.
+pub fn route_ioapic_pin(gsi: u32, vector: u8) {
+    let write = |index: u32, value: u32| {
+        mmio::write32(IOAPIC_BASE, index);
+        mmio::write32(IOAPIC_WINDOW, value);
+    };
+    write(0x11 + 2 * gsi, 0);
+    write(0x10 + 2 * gsi, u32::from(vector));
+}
+
+/// Enables the local APIC and masks both 8259s: KVM's default routing
+/// sends GSIs below 16 to the PIC as well as the IOAPIC, and the PIC's
+/// vectors (base 0 until programmed) would arrive as exceptions through
+/// the BSP's LINT0, which KVM leaves in ExtINT mode.
 pub fn enable() {
+    io::outb(0x21, 0xff);
+    io::outb(0xa1, 0xff);
     mmio::write32(BASE + SVR, 0x100 | u32::from(SPURIOUS_VECTOR));
 }
 

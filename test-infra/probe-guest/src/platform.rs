@@ -21,7 +21,17 @@ pub struct Platform {
     pub cpus: u32,
     pub ecam: Option<u64>,
     pub sleep: Option<SleepRegister>,
+    /// The ACPI Generic Event Device, where the DSDT has one with an I/O
+    /// status register.
+    pub ged: Option<Ged>,
     pub warnings: FixedString<512>,
+}
+
+/// An `ACPI0013` device: the status byte its `_EVT` reads, and its GSI.
+#[derive(Clone, Copy, Debug)]
+pub struct Ged {
+    pub port: u16,
+    pub gsi: u32,
 }
 
 /// Where writing SLP_TYP(5) | SLP_EN powers the machine off.
@@ -50,6 +60,7 @@ pub fn discover(image_end: u64, start_info: u64) -> Result<Platform, crate::rt::
         cpus: 1,
         ecam: None,
         sleep: None,
+        ged: None,
         warnings: FixedString::new(),
     };
 
@@ -140,6 +151,48 @@ fn parse_acpi(p: &mut Platform) {
     if p.ecam.is_none() && dsdt != 0 {
         p.ecam = dsdt_ecam(dsdt);
     }
+    if dsdt != 0 {
+        p.ged = dsdt_ged(dsdt);
+    }
+}
+
+/// Where `bytes` first occurs in the DSDT's body.
+fn dsdt_find(dsdt: u64, bytes: &[u8]) -> Option<u64> {
+    let len = u64::from(mmio::read32(dsdt + 4));
+    (36..len.saturating_sub(bytes.len() as u64)).find(|&i| {
+        bytes
+            .iter()
+            .enumerate()
+            .all(|(k, &b)| mmio::read8(dsdt + i + k as u64) == b)
+    })
+}
+
+/// The `ACPI0013` device's resources, as `_CRS` lists them after its
+/// `_HID` string: an I/O descriptor and an extended interrupt.
+fn dsdt_ged(dsdt: u64) -> Option<Ged> {
+    let len = u64::from(mmio::read32(dsdt + 4));
+    let start = dsdt_find(dsdt, b"\x0dACPI0013\0")?;
+    let (mut port, mut gsi) = (None, None);
+    let mut i = start;
+    while i + 9 < (start + 128).min(len) && (port.is_none() || gsi.is_none()) {
+        match mmio::read8(dsdt + i) {
+            // IO: tag, decode, min(2), max(2), align, len
+            0x47 if port.is_none() => {
+                port = Some(mmio::read16(dsdt + i + 2));
+                i += 8;
+            }
+            // Extended IRQ: tag, len(2) = 6, flags, count = 1, number(4)
+            0x89 if mmio::read16(dsdt + i + 1) == 6 && mmio::read8(dsdt + i + 4) == 1 => {
+                gsi = Some(mmio::read32(dsdt + i + 5));
+                i += 9;
+            }
+            _ => i += 1,
+        }
+    }
+    Some(Ged {
+        port: port?,
+        gsi: gsi?,
+    })
 }
 
 fn count_cpus(madt: u64) -> u32 {

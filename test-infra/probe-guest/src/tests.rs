@@ -29,16 +29,44 @@ pub fn run(name: &str, ctx: &mut Ctx) -> Result<(), Failure> {
                 io::pause();
             }
         }
-        "tick" => {
-            // Forever: a paused VM shows as ticks that stop, then go on.
-            let mut n: u64 = 0;
-            loop {
-                record!("tick {}", n);
-                n += 1;
-                ctx.clock.delay_us(ctx.args.tick_ms.saturating_mul(1000));
-            }
-        }
+        "tick" => tick_test(ctx),
         other => bail!("unknown test {}", Quoted(other.as_bytes())),
+    }
+}
+
+/// Where the ACPI event device's interrupt arrives.
+const ACPI_EVENT_VECTOR: u8 = 0x30;
+/// The status bit the DSDT's `_EVT` turns into a power-button press.
+const ACPI_EVENT_POWER_BUTTON: u8 = 1;
+
+/// Forever: a paused VM shows as ticks that stop, then go on. As an ACPI
+/// event interrupt comes, the guest does what `_EVT` would: reads the
+/// status byte and, for the power button, powers off as a guest's own
+/// handler does.
+fn tick_test(ctx: &mut Ctx) -> Result<(), Failure> {
+    let ged = ctx.platform.ged;
+    if let Some(ged) = ged {
+        apic::route_ioapic_pin(ged.gsi, ACPI_EVENT_VECTOR);
+        record!("acpi-ged port=0x{:x} gsi={}", ged.port, ged.gsi);
+    }
+    let mut seen = boot::irq_count(ACPI_EVENT_VECTOR);
+    let mut n: u64 = 0;
+    loop {
+        record!("tick {}", n);
+        n += 1;
+        ctx.clock.delay_us(ctx.args.tick_ms.saturating_mul(1000));
+        let Some(ged) = ged else { continue };
+        let count = boot::irq_count(ACPI_EVENT_VECTOR);
+        if count == seen {
+            continue;
+        }
+        seen = count;
+        let status = io::inb(ged.port);
+        record!("acpi-event status=0x{:x} interrupts={}", status, count);
+        if status & ACPI_EVENT_POWER_BUTTON != 0 {
+            record!("power-button");
+            crate::platform::power_off(ctx.platform.sleep, &ctx.clock);
+        }
     }
 }
 

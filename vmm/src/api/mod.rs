@@ -43,6 +43,7 @@ pub enum ApiRequest {
     VmResume,
     VmShutdown,
     VmReboot,
+    VmPowerButton,
     VmBoot,
     VmmShutdown,
     /// A configuration in Cloud Hypervisor's JSON, checked as it came.

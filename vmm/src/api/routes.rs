@@ -92,6 +92,7 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, HttpEr
         "vm.resume" => (Some(ApiRequest::VmResume), "PUT"),
         "vm.shutdown" => (Some(ApiRequest::VmShutdown), "PUT"),
         "vm.reboot" => (Some(ApiRequest::VmReboot), "PUT"),
+        "vm.power-button" => (Some(ApiRequest::VmPowerButton), "PUT"),
         "vm.boot" => (Some(ApiRequest::VmBoot), "PUT"),
         "vm.delete" => (Some(ApiRequest::VmDelete), "PUT"),
         "vmm.shutdown" => (Some(ApiRequest::VmmShutdown), "PUT"),
@@ -138,6 +139,7 @@ mod tests {
     #[case("PUT", "/api/v1/vmm.shutdown", ApiRequest::VmmShutdown)]
     #[case("PUT", "/api/v1/vm.shutdown", ApiRequest::VmShutdown)]
     #[case("PUT", "/api/v1/vm.reboot", ApiRequest::VmReboot)]
+    #[case("PUT", "/api/v1/vm.power-button", ApiRequest::VmPowerButton)]
     #[case("PUT", "/api/v1/vm.boot", ApiRequest::VmBoot)]
     #[case("PUT", "/api/v1/vm.delete", ApiRequest::VmDelete)]
     fn known_names_route(#[case] method: &str, #[case] path: &str, #[case] want: ApiRequest) {

@@ -196,7 +196,7 @@ pub struct Args {
     ///
     /// With it, ch-remote and curl --unix-socket drive the running VM
     /// (/api/v1/vmm.ping, vm.info, vm.counters, vm.pause, vm.resume,
-    /// vm.shutdown, vm.boot, vm.reboot, vm.create, vm.delete,
+    /// vm.shutdown, vm.boot, vm.reboot, vm.power-button, vm.create, vm.delete,
     /// vmm.shutdown). Given without --kernel, vmm starts without a VM:
     /// vm.create brings its configuration as Cloud Hypervisor's VmConfig
     /// JSON, and vm.boot starts it.

@@ -16,6 +16,7 @@ use vmm_sys_util::eventfd::EventFd;
 use self::allocator::BarAllocator;
 use crate::arch::x86_64::layout::*;
 use crate::bus::{Bus, BusError, SharedDevice};
+use crate::devices::acpi_ged::{acpi_ged, GedEvents};
 use crate::devices::{acpi_power::AcpiPower, debug_exit::DebugExit, i8042::I8042, serial::Serial};
 use crate::lifecycle::{Counter, ManagedDevice};
 use crate::pci::host_bridge::HostBridge;
@@ -34,6 +35,8 @@ pub enum DeviceManagerError {
     EventFd(#[source] std::io::Error),
     #[error("Failed to connect the serial port's interrupt")]
     SerialIrq(#[source] VmError),
+    #[error("Failed to connect the ACPI event device's interrupt")]
+    GedIrq(#[source] VmError),
     #[error("Failed to place a device on a bus")]
     Bus(#[source] BusError),
     #[error("Failed to add a PCI device")]
@@ -57,6 +60,13 @@ pub enum DeviceManagerError {
 /// The serial device, shared with the run loop that feeds it input.
 pub type SharedSerial = Arc<Mutex<Serial>>;
 
+/// What the VMM drives of the platform devices: the UART's input, and
+/// the ACPI events (for `finish`).
+pub struct PlatformDevices {
+    pub serial: Option<SharedSerial>,
+    pub acpi_events: GedEvents,
+}
+
 /// A device of the VM, as the VMM finds it after boot.
 pub struct DeviceNode {
     /// The user's `id=`, or the one given in its place (`_disk0`).
@@ -69,6 +79,8 @@ pub struct DeviceNode {
 pub struct Devices {
     pub buses: Buses,
     nodes: Vec<DeviceNode>,
+    /// The ACPI events the VMM raises (the power button).
+    pub acpi_events: GedEvents,
 }
 
 /// The buses and the PCI segment refer to each other (ECAM reaches the
@@ -147,14 +159,14 @@ impl DeviceManager {
         })
     }
 
-    /// The exit port, ACPI power registers, the i8042 and, given an
-    /// output, the COM1 UART on its IRQ.
+    /// The exit port, ACPI power registers and event device, the i8042
+    /// and, given an output, the COM1 UART on its IRQ.
     pub fn add_legacy_devices(
         &mut self,
         vm: &Vm,
         exit: &Arc<VmExit>,
         serial_output: Option<Box<dyn Write + Send>>,
-    ) -> Result<Option<SharedSerial>, DeviceManagerError> {
+    ) -> Result<PlatformDevices, DeviceManagerError> {
         let serial = match serial_output {
             Some(out) => {
                 let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(DeviceManagerError::EventFd)?;
@@ -176,12 +188,20 @@ impl DeviceManager {
             PORT_ACPI_POWER,
             PORT_ACPI_POWER_LEN,
         )?;
+        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(DeviceManagerError::EventFd)?;
+        vm.register_irqfd(&irq, GED_IRQ)
+            .map_err(DeviceManagerError::GedIrq)?;
+        let (ged, acpi_events) = acpi_ged(irq);
+        self.add_port_device(Arc::new(Mutex::new(ged)), PORT_ACPI_GED, PORT_ACPI_GED_LEN)?;
         self.add_port_device(
             Arc::new(Mutex::new(I8042::new(exit.clone()))),
             PORT_I8042_DATA,
             PORT_I8042_COMMAND - PORT_I8042_DATA + 1,
         )?;
-        Ok(serial)
+        Ok(PlatformDevices {
+            serial,
+            acpi_events,
+        })
     }
 
     fn add_port_device(
@@ -243,7 +263,7 @@ impl DeviceManager {
 
     /// Opens the segment's configuration space (ECAM and ports
     /// 0xcf8/0xcfc): the buses for the vCPUs, and the devices by id.
-    pub fn finish(self) -> Result<Devices, DeviceManagerError> {
+    pub fn finish(self, platform: PlatformDevices) -> Result<Devices, DeviceManagerError> {
         let segment = Arc::new(self.segment);
         self.mmio
             .insert(
@@ -265,6 +285,7 @@ impl DeviceManager {
                 mmio: self.mmio,
             },
             nodes: self.nodes,
+            acpi_events: platform.acpi_events,
         })
     }
 }

@@ -3,8 +3,10 @@
 //! MADT (one LAPIC per vCPU, the IOAPIC) and MCFG (ECAM).
 
 use acpi_tables::aml::{
-    self, AddressSpace, AddressSpaceCacheable, Device, EISAName, Interrupt, Memory32Fixed, Name,
-    Package, Path, ResourceTemplate, IO,
+    self, AddressSpace, AddressSpaceCacheable, And, Device, EISAName, Equal, Field,
+    FieldAccessType, FieldEntry, FieldLockRule, FieldUpdateRule, If, Interrupt, Local,
+    Memory32Fixed, Method, Name, Notify, OpRegion, OpRegionSpace, Package, Path, ResourceTemplate,
+    Store, IO,
 };
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace as GasSpace, GAS};
@@ -19,6 +21,7 @@ use acpi_tables::Aml;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap as GuestMemory};
 
 use super::layout::*;
+use crate::devices::acpi_ged::EVENT_POWER_BUTTON;
 use crate::devices::acpi_power::{
     RESET_OFFSET, RESET_VALUE, SLEEP_CONTROL_OFFSET, SLEEP_STATUS_OFFSET, SLP_TYP_S5,
 };
@@ -104,6 +107,7 @@ fn dsdt() -> Vec<u8> {
         ],
     )
     .to_aml_bytes(&mut aml);
+    power_button(&mut aml);
     Name::new(
         Path::new("_S5_"),
         &Package::new(vec![&SLP_TYP_S5, &aml::ZERO, &aml::ZERO, &aml::ZERO]),
@@ -113,6 +117,66 @@ fn dsdt() -> Vec<u8> {
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     dsdt.append_slice(&aml);
     dsdt.as_slice().to_vec()
+}
+
+/// The power button of a hardware-reduced platform: a `PNP0C0C` device
+/// the Generic Event Device notifies (0x80, "pressed") from `_EVT` when
+/// its status byte, which reading clears, has the power-button bit.
+fn power_button(aml: &mut Vec<u8>) {
+    let ged_hid = "ACPI0013".to_owned();
+    let port = PORT_ACPI_GED;
+    let len = PORT_ACPI_GED_LEN as u8;
+    Device::new(
+        "_SB_.GED_".into(),
+        vec![
+            &Name::new("_HID".into(), &ged_hid),
+            &Name::new("_UID".into(), &aml::ZERO),
+            &Name::new(
+                "_CRS".into(),
+                &ResourceTemplate::new(vec![
+                    &IO::new(port, port, 1, len),
+                    &Interrupt::new(true, true, false, false, GED_IRQ),
+                ]),
+            ),
+            &OpRegion::new(
+                "GDST".into(),
+                OpRegionSpace::SystemIO,
+                &u64::from(port),
+                &u64::from(len),
+            ),
+            &Field::new(
+                "GDST".into(),
+                FieldAccessType::Byte,
+                FieldLockRule::NoLock,
+                FieldUpdateRule::WriteAsZeroes,
+                vec![FieldEntry::Named(*b"GDAT", 8)],
+            ),
+            &Method::new(
+                "_EVT".into(),
+                1,
+                true,
+                vec![
+                    &Store::new(&Local(0), &Path::new("GDAT")),
+                    &If::new(
+                        &Equal::new(
+                            &And::new(&Local(1), &Local(0), &EVENT_POWER_BUTTON),
+                            &EVENT_POWER_BUTTON,
+                        ),
+                        vec![&Notify::new(&Path::new("\\_SB_.PWRB"), &0x80u8)],
+                    ),
+                ],
+            ),
+        ],
+    )
+    .to_aml_bytes(aml);
+    Device::new(
+        "_SB_.PWRB".into(),
+        vec![
+            &Name::new("_HID".into(), &EISAName::new("PNP0C0C")),
+            &Name::new("_UID".into(), &aml::ZERO),
+        ],
+    )
+    .to_aml_bytes(aml);
 }
 
 fn io_register(port: u64) -> GAS {
@@ -274,5 +338,21 @@ mod tests {
             u64::from_le_bytes(table[248..256].try_into().unwrap()),
             0x600
         );
+    }
+
+    /// What iasl -d shows (checked by hand): the GED with its port and
+    /// GSI, an `_EVT` reading GDAT, and the button it notifies.
+    #[test]
+    fn dsdt_has_the_event_device_and_the_power_button() {
+        let table = dsdt();
+        let has = |needle: &[u8]| table.windows(needle.len()).any(|w| w == needle);
+        assert!(has(b"ACPI0013\0"));
+        assert!(has(b"_EVT"));
+        assert!(has(b"GDAT"));
+        // EISAID("PNP0C0C").
+        assert!(has(&0x0c0c_d041u32.to_le_bytes()));
+        // IO(Decode16, 0x610, 0x610, 1, 1) and Interrupt(..., Edge, ...) {5}.
+        assert!(has(&[0x47, 0x01, 0x10, 0x06, 0x10, 0x06, 0x01, 0x01]));
+        assert!(has(&[0x89, 0x06, 0x00, 0x03, 0x01, 0x05, 0x00, 0x00, 0x00]));
     }
 }

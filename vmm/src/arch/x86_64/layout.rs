@@ -67,12 +67,18 @@ pub const PORT_DEBUG_EXIT_LEN: u16 = 4;
 /// ACPI hardware-reduced sleep control and reset registers (see `devices::acpi_power`).
 pub const PORT_ACPI_POWER: u16 = 0x600;
 pub const PORT_ACPI_POWER_LEN: u16 = 3;
+/// The ACPI Generic Event Device's status byte (see `devices::acpi_ged`).
+pub const PORT_ACPI_GED: u16 = 0x610;
+pub const PORT_ACPI_GED_LEN: u16 = 1;
 /// Legacy PCI configuration mechanism #1.
 pub const PORT_PCI_CONFIG_ADDRESS: u16 = 0xcf8;
 pub const PORT_PCI_CONFIG_LEN: u16 = 8;
 
 /// Legacy IRQ of COM1 (IOAPIC pin 4).
 pub const COM1_IRQ: u32 = 4;
+/// The ACPI Generic Event Device's interrupt (IOAPIC pin 5, edge, active
+/// high), which no ISA device of ours uses.
+pub const GED_IRQ: u32 = 5;
 
 /// The guest-physical RAM ranges for `size` bytes: up to the 32-bit gap,
 /// then the rest from 4 GiB.

@@ -915,3 +915,37 @@ fn the_power_button_reaches_the_guest_which_powers_off(kvm: Option<KvmHost>) {
         out.describe()
     );
 }
+
+/// A reboot builds a new VM from the same configuration; a console file
+/// keeps what the earlier boots wrote, as a user reading it expects.
+#[rstest]
+fn a_serial_file_keeps_every_boot(kvm: Option<KvmHost>) {
+    let Some(_kvm) = kvm else { return };
+    let dir = tempdir();
+    let log = dir.path().join("serial.log");
+    let mut cmd = VmmCommand::probe("probe.run=tick").expect("probe");
+    cmd.serial(&format!("file={}", log.display()));
+    let (mut child, socket) = start(dir.path(), cmd);
+    let starts = |_: &Child| {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| *l == "probe: start")
+            .count()
+    };
+    assert!(child.wait_until(WAIT, |c| starts(c) == 1), "no first boot");
+    assert_no_content(&curl(&socket, "PUT", "vm.reboot", None), "reboot");
+    assert!(
+        child.wait_until(WAIT, |c| starts(c) == 2),
+        "no second boot in the file"
+    );
+    assert_no_content(&curl(&socket, "PUT", "vm.shutdown", None), "shutdown");
+    assert_no_content(&curl(&socket, "PUT", "vm.boot", None), "boot");
+    assert!(
+        child.wait_until(WAIT, |c| starts(c) == 3),
+        "no third boot in the file"
+    );
+    assert_no_content(&curl(&socket, "PUT", "vmm.shutdown", None), "vmm.shutdown");
+    let out = child.wait(WAIT).expect("vmm exits");
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+}

@@ -72,9 +72,19 @@ pub enum BuildError {
     Internal(&'static str),
 }
 
+/// How this build stands to the configuration's earlier ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Boot {
+    /// The configuration's first VM: console files start empty.
+    First,
+    /// The same configuration again (`vm.reboot`, `vm.boot` after
+    /// `vm.shutdown`): console files keep what the earlier boots wrote.
+    Again,
+}
+
 /// `in_use` holds the VM's inputs (and the log file): no console output
 /// is opened over one of them.
-pub fn build_vm(config: &VmConfig, mut in_use: FilesInUse) -> Result<Vmm, BuildError> {
+pub fn build_vm(config: &VmConfig, mut in_use: FilesInUse, boot: Boot) -> Result<Vmm, BuildError> {
     let cpus = config.cpus.boot;
     let memory = create_guest_memory(&config.memory).map_err(BuildError::Memory)?;
     let vm = Vm::new(&memory).map_err(BuildError::Vm)?;
@@ -85,8 +95,8 @@ pub fn build_vm(config: &VmConfig, mut in_use: FilesInUse) -> Result<Vmm, BuildE
         .map_err(BuildError::Vcpu)?;
 
     let mut terminals = Terminals::default();
-    let serial_end = terminals.open("--serial", &config.serial, &mut in_use)?;
-    let console_end = terminals.open("--console", &config.console, &mut in_use)?;
+    let serial_end = terminals.open("--serial", &config.serial, &mut in_use, boot)?;
+    let console_end = terminals.open("--console", &config.console, &mut in_use, boot)?;
 
     let mut devices = DeviceManager::new(&vm, &memory)?;
     let (serial_output, serial_input) = match serial_end {
@@ -239,6 +249,7 @@ impl Terminals {
         option: &'static str,
         output: &ConsoleOutput,
         in_use: &mut FilesInUse,
+        boot: Boot,
     ) -> Result<Option<ConsoleEnd>, BuildError> {
         let terminal_error = |source| BuildError::Terminal { option, source };
         Ok(Some(match output {
@@ -276,7 +287,7 @@ impl Terminals {
                 output: Box::new(
                     open_output(
                         path,
-                        false,
+                        boot == Boot::Again,
                         in_use,
                         format!("{option} file={}", path.display()),
                     )

@@ -10,7 +10,7 @@ use std::os::fd::AsRawFd;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use crate::api::{Answer, ApiEndpoint, ApiReply, ApiRequest};
-use crate::builder::{build_vm, BuildError};
+use crate::builder::{build_vm, Boot, BuildError};
 use crate::config::VmConfig;
 use crate::events;
 use crate::files::FilesInUse;
@@ -40,6 +40,9 @@ pub struct Control<'a> {
     files: FilesInUse,
     signals: &'a TerminationSignals,
     api: Option<ApiEndpoint>,
+    /// Again once the configuration has been built: its next builds keep
+    /// what the earlier ones wrote to console files.
+    boot: Boot,
 }
 
 /// What ends the wait of a VMM without a VM.
@@ -60,6 +63,7 @@ impl<'a> Control<'a> {
             files,
             signals,
             api,
+            boot: Boot::First,
         }
     }
 
@@ -79,7 +83,7 @@ impl<'a> Control<'a> {
             let Some(config) = &self.config else {
                 return Ok(ExitReason::ApiShutdown);
             };
-            let vm = match build_vm(config, self.files.clone()) {
+            let vm = match build_vm(config, self.files.clone(), self.boot) {
                 Ok(vm) => vm,
                 Err(e) => {
                     let Some(answer) = booting.take() else {
@@ -97,6 +101,7 @@ impl<'a> Control<'a> {
             if let Some(answer) = booting.take() {
                 answer.send(ApiReply::no_content());
             }
+            self.boot = Boot::Again;
             let (reason, answer) = vm.run(self.signals, self.api.as_ref())?;
             // The VM is gone: its threads joined, its devices dropped.
             match reason {
@@ -129,6 +134,7 @@ impl<'a> Control<'a> {
     fn delete(&mut self) {
         if self.config.take().is_some() {
             self.files.forget_inputs();
+            self.boot = Boot::First;
             events::emit("vm", "deleted", &[]);
         }
     }

@@ -7,11 +7,10 @@
 
 use std::os::fd::AsRawFd;
 
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-
 use crate::api::{Answer, ApiEndpoint, ApiReply, ApiRequest};
 use crate::builder::{build_vm, Boot, BuildError};
 use crate::config::VmConfig;
+use crate::event_loop::EventLoop;
 use crate::events;
 use crate::files::FilesInUse;
 use crate::signals::TerminationSignals;
@@ -19,8 +18,12 @@ use crate::util::error_chain;
 use crate::vm_exit::ExitReason;
 use crate::vmm::{ping, vm_info, RunError};
 
-const EVENT_SIGNAL: u64 = 0;
-const EVENT_API: u64 = 1;
+/// What a VMM without a VM waits on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Signal,
+    Api,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -167,40 +170,43 @@ impl<'a> Control<'a> {
             // Only the API shuts a VM down and keeps vmm.
             return Ok(Next::End(ExitReason::ApiVmShutdown));
         };
-        let epoll = Epoll::new().map_err(ControlError::Epoll)?;
-        for (fd, token) in [
-            (self.signals.as_raw_fd(), EVENT_SIGNAL),
-            (api_fd, EVENT_API),
-        ] {
-            epoll
-                .ctl(
-                    ControlOperation::Add,
-                    fd,
-                    EpollEvent::new(EventSet::IN, token),
-                )
-                .map_err(ControlError::Epoll)?;
-        }
-        let mut ready = [EpollEvent::default(); 2];
+        let mut sources = EventLoop::new().map_err(ControlError::Epoll)?;
+        sources
+            .add(self.signals.as_raw_fd(), Source::Signal)
+            .map_err(ControlError::Epoll)?;
+        sources
+            .add(api_fd, Source::Api)
+            .map_err(ControlError::Epoll)?;
         loop {
-            let n = match epoll.wait(-1, &mut ready) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(ControlError::Epoll(e)),
-            };
-            for event in &ready[..n] {
-                if event.data() == EVENT_SIGNAL {
+            for source in sources.wait().map_err(ControlError::Epoll)? {
+                if source == Source::Signal {
                     if let Some(signo) = self.signals.read() {
                         return Ok(Next::End(ExitReason::Signal(signo)));
                     }
                     continue;
                 }
-                let requests = self.api.as_ref().map(ApiEndpoint::take);
-                for (request, answer) in requests.unwrap_or_default() {
+                let mut requests = self
+                    .api
+                    .as_ref()
+                    .map(ApiEndpoint::take)
+                    .unwrap_or_default()
+                    .into_iter();
+                while let Some((request, answer)) = requests.next() {
                     let no_vm =
                         || ApiReply::error(409, &["no VM is created: vm.create brings one".into()]);
                     let created = self.config.is_some();
                     match request {
-                        ApiRequest::VmBoot if created => return Ok(Next::Boot(answer)),
+                        ApiRequest::VmBoot if created => {
+                            // Those that came with it are asked again once
+                            // the VM runs.
+                            for (_, later) in requests {
+                                later.send(ApiReply::error(
+                                    503,
+                                    &["the VM is booting: try again".into()],
+                                ));
+                            }
+                            return Ok(Next::Boot(answer));
+                        }
                         ApiRequest::VmmShutdown => {
                             answer.send(ApiReply::no_content());
                             return Ok(Next::End(ExitReason::ApiShutdown));

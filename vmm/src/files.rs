@@ -35,6 +35,14 @@ pub enum FileError {
     ReadOnly,
 }
 
+/// Where an endpoint of the VMM is (`--api-socket`, `--event-monitor`):
+/// a path, or a descriptor the caller opened and handed down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathOrFd {
+    Path(std::path::PathBuf),
+    Fd(std::os::fd::RawFd),
+}
+
 /// A file by what it is, not by the path that names it: a link, another
 /// path or `/proc/self/fd/N` give the same identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,13 +209,21 @@ pub fn adopt_output(fd: std::os::fd::RawFd) -> Result<File, FileError> {
     if flags & libc::O_ACCMODE == libc::O_RDONLY {
         return Err(FileError::ReadOnly);
     }
-    // SAFETY: F_SETFD on a descriptor just found open.
+    Ok(File::from(take_handed_down(fd)?))
+}
+
+/// Owns the descriptor `fd=N` handed down to vmm, once the caller checked
+/// what it is: closed on exec from here, so no program vmm starts (a
+/// backend's helper) inherits it.
+pub fn take_handed_down(fd: std::os::fd::RawFd) -> io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: F_SETFD changes only this descriptor's flags; a closed one
+    // fails with EBADF, checked.
     if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
-        return Err(FileError::Io(io::Error::last_os_error()));
+        return Err(io::Error::last_os_error());
     }
-    // SAFETY: the caller handed this descriptor to vmm; from here the File
-    // owns it and nothing else uses it.
-    Ok(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+    // SAFETY: the caller handed this descriptor to vmm (`fd=`) and it is
+    // open; from here the OwnedFd owns it and nothing else uses it.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
 /// Whether any other open file holds a lock on `file` (the OFD or POSIX

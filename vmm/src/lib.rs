@@ -13,6 +13,7 @@ pub mod config;
 pub mod control;
 mod device_manager;
 mod devices;
+mod event_loop;
 pub mod events;
 pub mod files;
 mod interrupt;

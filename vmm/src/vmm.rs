@@ -14,7 +14,6 @@ use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::signal::{Killable, SIGRTMIN};
 
 use crate::api::{Answer, ApiEndpoint, ApiReply, ApiRequest};
@@ -23,6 +22,7 @@ use crate::config::schema::VmConfigJson;
 use crate::config::VmConfig;
 use crate::device_manager::Devices;
 use crate::devices::serial::Serial;
+use crate::event_loop::EventLoop;
 use crate::events;
 use crate::signals::TerminationSignals;
 use crate::terminal;
@@ -33,10 +33,14 @@ use crate::vstate::vcpu::{install_kick_handler, Vcpu};
 use crate::vstate::vcpu_control::VcpuControl;
 use crate::vstate::vm::Vm;
 
-const EVENT_EXIT: u64 = 0;
-const EVENT_SIGNAL: u64 = 1;
-const EVENT_SERIAL_INPUT: u64 = 2;
-const EVENT_API: u64 = 3;
+/// What the run loop waits on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Exit,
+    Signal,
+    SerialInput,
+    Api,
+}
 
 /// Cloud Hypervisor's names for the states `vm.info` reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,30 +147,28 @@ impl Vmm {
         }
         install_kick_handler().map_err(RunError::Signals)?;
 
-        let epoll = Epoll::new().map_err(RunError::Epoll)?;
-        let add = |fd, data| {
-            epoll
-                .ctl(
-                    ControlOperation::Add,
-                    fd,
-                    EpollEvent::new(EventSet::IN, data),
-                )
-                .map_err(RunError::Epoll)
-        };
-        add(self.exit.event().as_raw_fd(), EVENT_EXIT)?;
-        add(signals.as_raw_fd(), EVENT_SIGNAL)?;
+        let mut sources = EventLoop::new().map_err(RunError::Epoll)?;
+        sources
+            .add(self.exit.event().as_raw_fd(), Source::Exit)
+            .map_err(RunError::Epoll)?;
+        sources
+            .add(signals.as_raw_fd(), Source::Signal)
+            .map_err(RunError::Epoll)?;
         if let Some(input) = &self.serial_input {
             if terminal::pollable(input.as_raw_fd()) {
-                add(input.as_raw_fd(), EVENT_SERIAL_INPUT)?;
+                sources
+                    .add(input.as_raw_fd(), Source::SerialInput)
+                    .map_err(RunError::Epoll)?;
             } else {
                 log::info!(
                     "Serial input is not a terminal, pipe or socket: the UART gets no input"
                 );
             }
         }
-
         if let Some(api) = api {
-            add(api.as_raw_fd(), EVENT_API)?;
+            sources
+                .add(api.as_raw_fd(), Source::Api)
+                .map_err(RunError::Epoll)?;
         }
 
         events::emit("vm", "booting", &[]);
@@ -196,12 +198,10 @@ impl Vmm {
         }
 
         events::emit("vm", "booted", &[]);
-        let mut ready = vec![EpollEvent::default(); 4];
         let mut deferred = None;
         while !self.exit.is_requested() {
-            let n = match epoll.wait(-1, &mut ready) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            let ready = match sources.wait() {
+                Ok(ready) => ready,
                 Err(e) => {
                     self.exit.request(ExitReason::VcpuError {
                         vcpu: 0,
@@ -210,24 +210,22 @@ impl Vmm {
                     break;
                 }
             };
-            for event in &ready[..n] {
-                match event.data() {
-                    EVENT_SIGNAL => {
+            for source in ready {
+                match source {
+                    // The loop's condition reads it.
+                    Source::Exit => {}
+                    Source::Signal => {
                         if let Some(signo) = signals.read() {
                             self.exit.request(ExitReason::Signal(signo));
                         }
                     }
                     // EOF or error: stop watching the input, keep running.
-                    EVENT_SERIAL_INPUT if !self.forward_serial_input() => {
-                        if let Some(input) = self.serial_input.take() {
-                            let _ = epoll.ctl(
-                                ControlOperation::Delete,
-                                input.as_raw_fd(),
-                                EpollEvent::default(),
-                            );
-                        }
+                    Source::SerialInput if !self.forward_serial_input() => {
+                        let _ = sources.remove(Source::SerialInput);
+                        self.serial_input = None;
                     }
-                    EVENT_API => {
+                    Source::SerialInput => {}
+                    Source::Api => {
                         for (request, answer) in api.map(ApiEndpoint::take).unwrap_or_default() {
                             match self.serve(request) {
                                 Some(reply) => answer.send(reply),
@@ -236,7 +234,6 @@ impl Vmm {
                             }
                         }
                     }
-                    _ => {}
                 }
             }
         }

@@ -23,15 +23,8 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::EventFd;
 
 pub use self::socket::SocketError;
+use crate::files::PathOrFd;
 use crate::util::lock;
-
-/// Where the API listens: `--api-socket path=PATH` or `fd=N`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ApiSocket {
-    Path(PathBuf),
-    /// A socket the caller bound and listens on, handed down open.
-    Fd(RawFd),
-}
 
 /// What a client asks of the VMM thread.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,7 +198,7 @@ impl Answer {
 
 /// Opens the socket and starts serving it. Until the VMM thread takes
 /// requests from the endpoint, clients wait for their answers.
-pub fn start(socket: &ApiSocket) -> Result<ApiEndpoint, SocketError> {
+pub fn start(socket: &PathOrFd) -> Result<ApiEndpoint, SocketError> {
     let listener = socket::listen(socket)?;
     let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(SocketError::EventFd)?);
     let (queue, requests) = mpsc::channel();
@@ -220,8 +213,8 @@ pub fn start(socket: &ApiSocket) -> Result<ApiEndpoint, SocketError> {
         .spawn(move || http::serve(listener, handle))
         .map_err(SocketError::Thread)?;
     let created = match socket {
-        ApiSocket::Path(path) => Some(path.clone()),
-        ApiSocket::Fd(_) => None,
+        PathOrFd::Path(path) => Some(path.clone()),
+        PathOrFd::Fd(_) => None,
     };
     Ok(ApiEndpoint {
         wake,

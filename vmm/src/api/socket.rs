@@ -3,12 +3,12 @@
 //! left alone), or a listening socket handed down by its descriptor.
 
 use std::io;
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
-use super::ApiSocket;
+use crate::files::PathOrFd;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
@@ -46,10 +46,10 @@ pub enum SocketError {
     Thread(#[source] io::Error),
 }
 
-pub fn listen(socket: &ApiSocket) -> Result<UnixListener, SocketError> {
+pub fn listen(socket: &PathOrFd) -> Result<UnixListener, SocketError> {
     match socket {
-        ApiSocket::Path(path) => listen_at(path),
-        ApiSocket::Fd(fd) => adopt(*fd),
+        PathOrFd::Path(path) => listen_at(path),
+        PathOrFd::Fd(fd) => adopt(*fd),
     }
 }
 
@@ -105,13 +105,9 @@ fn adopt(fd: RawFd) -> Result<UnixListener, SocketError> {
     if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK || !listening_unix(fd) {
         return Err(SocketError::NotListening { fd });
     }
-    // SAFETY: F_SETFD on a descriptor we checked is open.
-    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
-        return Err(fd_error(io::Error::last_os_error()));
-    }
-    // SAFETY: the caller handed this descriptor to vmm (`fd=`); from here
-    // the listener owns it and nothing else uses it.
-    Ok(unsafe { UnixListener::from_raw_fd(fd) })
+    Ok(UnixListener::from(
+        crate::files::take_handed_down(fd).map_err(fd_error)?,
+    ))
 }
 
 /// Whether `fd` is a Unix stream socket in the listening state.
@@ -140,7 +136,7 @@ fn listening_unix(fd: RawFd) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::IntoRawFd;
+    use std::os::fd::{FromRawFd, IntoRawFd};
 
     #[test]
     fn a_path_is_bound_for_the_owner_alone() {

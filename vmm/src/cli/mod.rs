@@ -6,9 +6,9 @@
 mod options;
 mod parse;
 
+pub use crate::files::PathOrFd;
 #[cfg(feature = "fuzzing")]
 pub use parse::every_key;
-pub use parse::PathOrFd;
 
 use std::ffi::OsStr;
 use std::path::PathBuf;
@@ -493,11 +493,10 @@ mod tests {
     /// the option.
     #[test]
     fn endpoints_take_a_path_or_a_descriptor() {
-        use crate::api::ApiSocket;
         let api = |value: &str| parse(&["--api-socket", value]).unwrap().api_socket();
-        assert_eq!(api("path=/a").unwrap(), Some(ApiSocket::Path("/a".into())));
-        assert_eq!(api("/b").unwrap(), Some(ApiSocket::Path("/b".into())));
-        assert_eq!(api("fd=7").unwrap(), Some(ApiSocket::Fd(7)));
+        assert_eq!(api("path=/a").unwrap(), Some(PathOrFd::Path("/a".into())));
+        assert_eq!(api("/b").unwrap(), Some(PathOrFd::Path("/b".into())));
+        assert_eq!(api("fd=7").unwrap(), Some(PathOrFd::Fd(7)));
         for bad in ["fd=2", "fd=x", "path=/a,fd=7", "size=1", "path="] {
             let err = api(bad).unwrap_err().to_string();
             assert!(err.starts_with("--api-socket"), "{bad}: {err}");

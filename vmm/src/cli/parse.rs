@@ -10,8 +10,8 @@ use virtio_types::{DeviceTypeError, VirtioDeviceType};
 
 use super::options::{OptionForm, Options};
 use super::Args;
-use crate::api::ApiSocket;
 use crate::config::*;
+use crate::files::PathOrFd;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OptionError {
@@ -134,14 +134,6 @@ pub fn every_key() -> Vec<&'static str> {
     keys
 }
 
-/// Where an endpoint of the VMM (the API socket, the event monitor) is:
-/// a path, or a descriptor the caller opened.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PathOrFd {
-    Path(PathBuf),
-    Fd(i32),
-}
-
 /// `path=PATH`, `fd=N`, or (as Cloud Hypervisor also takes it) a bare path.
 fn parse_path_or_fd(form: &OptionForm, value: &str) -> Result<PathOrFd, OptionError> {
     if !value.contains('=') {
@@ -166,14 +158,11 @@ fn parse_path_or_fd(form: &OptionForm, value: &str) -> Result<PathOrFd, OptionEr
 
 impl Args {
     /// Where the API listens, if anywhere.
-    pub fn api_socket(&self) -> Result<Option<ApiSocket>, OptionError> {
-        let Some(value) = &self.api_socket else {
-            return Ok(None);
-        };
-        Ok(Some(match parse_path_or_fd(&API_SOCKET, value)? {
-            PathOrFd::Path(path) => ApiSocket::Path(path),
-            PathOrFd::Fd(fd) => ApiSocket::Fd(fd),
-        }))
+    pub fn api_socket(&self) -> Result<Option<PathOrFd>, OptionError> {
+        self.api_socket
+            .as_deref()
+            .map(|value| parse_path_or_fd(&API_SOCKET, value))
+            .transpose()
     }
 
     /// Where events go, if anywhere.

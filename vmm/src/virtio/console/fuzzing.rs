@@ -1,7 +1,12 @@
 //! The console's queue processing without its thread, for the fuzz
 //! targets: a hostile driver's chains on both queues, input as bytes.
 
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+
 use super::*;
+use crate::virtio::worker::EventHandler;
+use crate::virtio::VirtioInterrupt;
 
 pub struct ConsoleQueues {
     handler: ConsoleHandler,

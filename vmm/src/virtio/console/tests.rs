@@ -1,10 +1,13 @@
 //! The console handler on queues in guest memory, without a worker
 //! thread: what the guest sends, what it is given, and the bounds on both.
 
-use vm_memory::{Address, Bytes, GuestAddress};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;
 use crate::interrupt::fake::FakeMsiGroup;
+use crate::virtio::worker::EventHandler;
+use crate::virtio::VirtioInterrupt;
 
 fn queue(mem: &GuestMemoryMmap, base: u64, avail_idx: u16) -> Queue {
     mem.write_obj(avail_idx, GuestAddress(base + 0x1002))

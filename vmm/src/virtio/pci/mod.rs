@@ -7,6 +7,7 @@
 //! signals. The VMM sees only set-up, config space and reset.
 
 pub mod common;
+mod lifecycle;
 
 use std::sync::Arc;
 
@@ -17,7 +18,6 @@ use vmm_sys_util::eventfd::EventFd;
 use self::common::{Action, CommonConfig, QueueState};
 use super::{ActivateContext, ActiveQueue, VirtioDevice, VirtioInterrupt, VIRTIO_RING_F_EVENT_IDX};
 use crate::interrupt::{IoEventRegistry, MsiInterruptGroup};
-use crate::lifecycle::{Counter, ManagedDevice};
 use crate::pci::config::{
     ConfigSpace, ConfigSpaceError, PciClass, COMMAND, COMMAND_MEMORY, SUBSYSTEM_ID,
     SUBSYSTEM_VENDOR_ID,
@@ -545,57 +545,6 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
             let _ = fd.read();
         }
         log::debug!("{}: reset (was running: {was_running})", self.id());
-    }
-}
-
-/// Only a device the driver set running has anything to pause: before
-/// DRIVER_OK (or when DRIVER_OK found the rings unusable and never reached
-/// the device) no ring is in use.
-impl<D: VirtioDevice> ManagedDevice for VirtioPciDevice<D> {
-    fn pause(&mut self) {
-        if self.paused || !self.activated {
-            return;
-        }
-        self.paused = true;
-        if let Err(e) = self.device.pause() {
-            log::error!(
-                "{}: pause failed; device needs reset: {}",
-                self.id(),
-                error_chain(&e)
-            );
-            self.needs_reset();
-        }
-    }
-
-    /// The transport's own counts, then the device's.
-    fn counters(&self) -> Vec<Counter> {
-        let c = self.counts;
-        let (config_interrupts, needs_reset) = self.interrupt.counts();
-        let mut counters = vec![
-            ("config_reads", c.config_reads),
-            ("config_writes", c.config_writes),
-            ("config_failures", c.config_failures),
-            ("activations", c.activations),
-            ("resets", c.resets),
-            ("needs_reset", needs_reset),
-            ("config_interrupts", config_interrupts),
-        ];
-        counters.extend(self.device.counters());
-        counters
-    }
-
-    fn resume(&mut self) {
-        if !std::mem::take(&mut self.paused) {
-            return;
-        }
-        if let Err(e) = self.device.resume() {
-            log::error!(
-                "{}: resume failed; device needs reset: {}",
-                self.id(),
-                error_chain(&e)
-            );
-            self.needs_reset();
-        }
     }
 }
 

@@ -1,0 +1,59 @@
+//! The transport's part in the VM's lifecycle: pause and resume reach
+//! the device only while the driver has it running, and `vm.counters`
+//! gets the transport's counts before the device's.
+
+use super::VirtioPciDevice;
+use crate::lifecycle::{Counter, ManagedDevice};
+use crate::util::error_chain;
+use crate::virtio::VirtioDevice;
+
+/// Only a device the driver set running has anything to pause: before
+/// DRIVER_OK (or when DRIVER_OK found the rings unusable and never reached
+/// the device) no ring is in use.
+impl<D: VirtioDevice> ManagedDevice for VirtioPciDevice<D> {
+    fn pause(&mut self) {
+        if self.paused || !self.activated {
+            return;
+        }
+        self.paused = true;
+        if let Err(e) = self.device.pause() {
+            log::error!(
+                "{}: pause failed; device needs reset: {}",
+                self.id(),
+                error_chain(&e)
+            );
+            self.needs_reset();
+        }
+    }
+
+    /// The transport's own counts, then the device's.
+    fn counters(&self) -> Vec<Counter> {
+        let c = self.counts;
+        let (config_interrupts, needs_reset) = self.interrupt.counts();
+        let mut counters = vec![
+            ("config_reads", c.config_reads),
+            ("config_writes", c.config_writes),
+            ("config_failures", c.config_failures),
+            ("activations", c.activations),
+            ("resets", c.resets),
+            ("needs_reset", needs_reset),
+            ("config_interrupts", config_interrupts),
+        ];
+        counters.extend(self.device.counters());
+        counters
+    }
+
+    fn resume(&mut self) {
+        if !std::mem::take(&mut self.paused) {
+            return;
+        }
+        if let Err(e) = self.device.resume() {
+            log::error!(
+                "{}: resume failed; device needs reset: {}",
+                self.id(),
+                error_chain(&e)
+            );
+            self.needs_reset();
+        }
+    }
+}

@@ -167,24 +167,32 @@ fn dsdt_find(dsdt: u64, bytes: &[u8]) -> Option<u64> {
     })
 }
 
-/// The `ACPI0013` device's resources, as `_CRS` lists them after its
-/// `_HID` string: an I/O descriptor and an extended interrupt.
+/// The `ACPI0013` device after its `_HID` string: the GSI its `_CRS`
+/// lists (an extended interrupt, the only resource Linux's GED driver
+/// takes there) and the status byte, an `OperationRegion` in system I/O
+/// that `_EVT` reads.
 fn dsdt_ged(dsdt: u64) -> Option<Ged> {
     let len = u64::from(mmio::read32(dsdt + 4));
     let start = dsdt_find(dsdt, b"\x0dACPI0013\0")?;
     let (mut port, mut gsi) = (None, None);
     let mut i = start;
-    while i + 9 < (start + 128).min(len) && (port.is_none() || gsi.is_none()) {
-        match mmio::read8(dsdt + i) {
-            // IO: tag, decode, min(2), max(2), align, len
-            0x47 if port.is_none() => {
-                port = Some(mmio::read16(dsdt + i + 2));
-                i += 8;
-            }
+    while i + 12 < (start + 256).min(len) && (port.is_none() || gsi.is_none()) {
+        match (mmio::read8(dsdt + i), mmio::read8(dsdt + i + 1)) {
             // Extended IRQ: tag, len(2) = 6, flags, count = 1, number(4)
-            0x89 if mmio::read16(dsdt + i + 1) == 6 && mmio::read8(dsdt + i + 4) == 1 => {
+            (0x89, 0x06) if gsi.is_none() && mmio::read8(dsdt + i + 4) == 1 => {
                 gsi = Some(mmio::read32(dsdt + i + 5));
                 i += 9;
+            }
+            // OperationRegion: 5B 80, name(4), space (1 = I/O), offset
+            (0x5b, 0x80) if port.is_none() && mmio::read8(dsdt + i + 6) == 1 => {
+                let at = dsdt + i + 7;
+                port = match mmio::read8(at) {
+                    0x0a => Some(u16::from(mmio::read8(at + 1))),
+                    0x0b => Some(mmio::read16(at + 1)),
+                    0x0c => u16::try_from(mmio::read32(at + 1)).ok(),
+                    _ => None,
+                };
+                i += 8;
             }
             _ => i += 1,
         }

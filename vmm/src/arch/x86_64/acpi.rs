@@ -131,12 +131,11 @@ fn power_button(aml: &mut Vec<u8>) {
         vec![
             &Name::new("_HID".into(), &ged_hid),
             &Name::new("_UID".into(), &aml::ZERO),
+            // Interrupts only: Linux's GED driver refuses any other
+            // resource in _CRS ("unable to parse IRQ resource").
             &Name::new(
                 "_CRS".into(),
-                &ResourceTemplate::new(vec![
-                    &IO::new(port, port, 1, len),
-                    &Interrupt::new(true, true, false, false, GED_IRQ),
-                ]),
+                &ResourceTemplate::new(vec![&Interrupt::new(true, true, false, false, GED_IRQ)]),
             ),
             &OpRegion::new(
                 "GDST".into(),
@@ -351,8 +350,13 @@ mod tests {
         assert!(has(b"GDAT"));
         // EISAID("PNP0C0C").
         assert!(has(&0x0c0c_d041u32.to_le_bytes()));
-        // IO(Decode16, 0x610, 0x610, 1, 1) and Interrupt(..., Edge, ...) {5}.
-        assert!(has(&[0x47, 0x01, 0x10, 0x06, 0x10, 0x06, 0x01, 0x01]));
+        // OperationRegion(GDST, SystemIO, 0x610, 1), and a _CRS of
+        // Interrupt(..., Edge, ...) {5} alone: Linux's GED driver refuses
+        // anything else there, an IO descriptor included.
+        assert!(has(&[
+            0x5b, 0x80, b'G', b'D', b'S', b'T', 0x01, 0x0b, 0x10, 0x06, 0x01
+        ]));
         assert!(has(&[0x89, 0x06, 0x00, 0x03, 0x01, 0x05, 0x00, 0x00, 0x00]));
+        assert!(!has(&[0x47, 0x01, 0x10, 0x06]));
     }
 }

@@ -8,6 +8,8 @@ use std::path::Path;
 pub const VSOCK_ECHO: &str = include_str!("c/vsock-echo.c");
 /// A program on a pseudo-terminal that is resized on cue.
 pub const PTY_RUN: &str = include_str!("c/pty-run.c");
+/// A client of vmm's API socket, for an L1 without curl.
+pub const API_REQUEST: &str = include_str!("c/api-request.c");
 
 /// `source` built as `dir/name`, once; its bytes.
 pub fn build(name: &str, source: &str, dir: &Path) -> Result<Vec<u8>, String> {

@@ -637,7 +637,10 @@ fn the_event_monitor_tells_what_happened(kvm: Option<KvmHost>) {
     // The lost backend and the failed activation are one fault seen by two
     // threads (the backend's watcher, the vCPU that set DRIVER_OK): both
     // are told, in whichever order they saw it, before the reconnection.
-    for what in ["vhost-user disconnected echo", "virtio-device needs-reset echo"] {
+    for what in [
+        "vhost-user disconnected echo",
+        "virtio-device needs-reset echo",
+    ] {
         let when = position(what);
         assert!(at[2] < when && when < at[3], "{what}: {said:#?}");
     }

@@ -39,7 +39,10 @@ fuzz_target!(|input: Input| {
         return;
     };
     let sectors = u64::from(input.sectors);
-    let disk = Arc::new(MemoryDisk::new(vec![0x5a; (sectors * SECTOR_SIZE) as usize]));
+    let disk = Arc::new(MemoryDisk::new(vec![
+        0x5a;
+        (sectors * SECTOR_SIZE) as usize
+    ]));
     let info = DiskInfo {
         capacity: sectors,
         readonly: input.readonly,
@@ -66,9 +69,6 @@ fuzz_target!(|input: Input| {
         );
     }
     if input.readonly {
-        assert!(
-            disk.bytes() == before,
-            "a read-only disk changed"
-        );
+        assert!(disk.bytes() == before, "a read-only disk changed");
     }
 });

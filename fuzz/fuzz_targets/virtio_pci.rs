@@ -19,7 +19,7 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm::fuzzing::{
-    msix_vectors, ActivateContext, FakeIoEvents, FakeMsiGroup, MsiInterruptGroup, ManagedDevice,
+    msix_vectors, ActivateContext, FakeIoEvents, FakeMsiGroup, ManagedDevice, MsiInterruptGroup,
     PciDevice, VirtioDevice, VirtioInterrupt, VirtioPciDevice, BAR_SIZE,
 };
 use vmm_fuzz::{le, Width};

@@ -211,8 +211,8 @@ pub struct Args {
     ///
     /// One object per line in Cloud Hypervisor's event shape: timestamp
     /// (secs and nanos since vmm started), source, event, properties. The
-    /// VM's booting, booted, pausing, paused, resuming, resumed and
-    /// shutdown; each device's activated, reset and needs-reset, and a
+    /// VM's created, booting, booted, pausing, paused, resuming, resumed,
+    /// power-button, shutdown, rebooting and deleted; each device's activated, reset and needs-reset, and a
     /// vhost-user backend's disconnected and reconnected, with its id. A
     /// reader that falls behind never slows the VM: events beyond 4096
     /// waiting are dropped, counted in vm.counters, and said in an

@@ -1,6 +1,6 @@
-//! HTTP/1.1 on the API's Unix socket, on threads of its own: one accepts,
-//! one serves each connection (so a client that sends nothing, or sends
-//! slowly, holds only its own thread). Requests are parsed by `httparse`,
+//! HTTP/1.1 on the API's Unix socket, on threads of its own: each
+//! connection is served by the thread that accepted it (so a client that
+//! sends nothing, or sends slowly, holds only its own thread). Requests are parsed by `httparse`,
 //! routed (`routes`) and handed to the VMM thread, whose answer goes back
 //! as JSON. Only the socket's owner may talk to it: the socket is 0600
 //! and each peer's uid is checked (SO_PEERCRED).
@@ -9,12 +9,11 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::routes::{self, HttpError};
 use super::{ApiReply, Requests};
-use crate::util::lock;
 
 /// A request's line and headers: anything longer is no client of ours.
 const MAX_HEAD: usize = 16 << 10;
@@ -26,38 +25,79 @@ const MAX_CONNECTIONS: usize = 128;
 /// A client silent this long mid-request, or between requests, is closed.
 const IDLE: Duration = Duration::from_secs(30);
 
-/// Accepts until the listener fails for good (the process ends it).
+/// Accepts until the listener fails for good (the process ends it). The
+/// thread that accepts a connection serves it: no hand-off between
+/// accepting and reading the request. While it serves, another thread
+/// waits in `accept` (a new one if none is), so a silent client holds
+/// up nobody; threads are kept for later connections once theirs ends,
+/// so a request on a new connection (curl's, ch-remote's) costs no
+/// thread start.
 pub fn serve(listener: UnixListener, requests: Requests) {
-    let open = Arc::new(AtomicUsize::new(0));
-    let clients = Clients::new();
-    let owner = effective_uid();
-    for stream in listener.incoming() {
-        let mut stream = match stream {
-            Ok(stream) => stream,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                log::error!("API socket: accept failed: {e}");
-                // EMFILE and friends pass; do not spin meanwhile.
-                std::thread::sleep(Duration::from_millis(100));
-                continue;
+    let acceptors = Arc::new(Acceptors {
+        listener,
+        requests,
+        owner: effective_uid(),
+        open: AtomicUsize::new(0),
+        waiting: AtomicUsize::new(0),
+    });
+    acceptors.accept_and_serve();
+}
+
+struct Acceptors {
+    listener: UnixListener,
+    requests: Requests,
+    owner: u32,
+    /// Connections being served.
+    open: AtomicUsize,
+    /// Threads waiting in `accept`.
+    waiting: AtomicUsize,
+}
+
+impl Acceptors {
+    fn accept_and_serve(self: &Arc<Self>) {
+        loop {
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            let accepted = self.listener.accept();
+            if self.waiting.fetch_sub(1, Ordering::SeqCst) == 1 {
+                // The last one waiting took a connection: another waits
+                // in its place before this one serves.
+                let next = self.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("api-client".into())
+                    .spawn(move || next.accept_and_serve());
+                if let Err(e) = spawned {
+                    log::error!("API socket: cannot start a client thread: {e}");
+                }
             }
-        };
-        // A stranger's request is read before it is refused, on the
-        // client's thread: closing a socket with unread data resets it,
-        // and the client would never see why.
+            match accepted {
+                Ok((stream, _)) => self.serve_one(stream),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::error!("API socket: accept failed: {e}");
+                    // EMFILE and friends pass; do not spin meanwhile.
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
+    fn serve_one(&self, mut stream: UnixStream) {
+        // A stranger's request is read before it is refused: closing a
+        // socket with unread data resets it, and the client would never
+        // see why.
         let stranger = match peer_uid(&stream) {
-            Ok(uid) if uid == owner => None,
+            Ok(uid) if uid == self.owner => None,
             Ok(uid) => {
                 log::warn!("API socket: refused a client of uid {uid}");
                 Some(uid)
             }
             Err(e) => {
                 log::warn!("API socket: cannot tell a client's uid: {e}");
-                continue;
+                return;
             }
         };
-        if open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-            open.fetch_sub(1, Ordering::SeqCst);
+        if self.open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            self.open.fetch_sub(1, Ordering::SeqCst);
             // Whatever the client sent already, read without waiting.
             if stream.set_nonblocking(true).is_ok() {
                 let mut sink = [0u8; 4096];
@@ -65,65 +105,10 @@ pub fn serve(listener: UnixListener, requests: Requests) {
                 let _ = stream.set_nonblocking(false);
             }
             let _ = respond(&mut stream, &HttpError::Busy.reply(), false);
-            continue;
+            return;
         }
-        // Each connection claims an idle thread, or gets a new one: none
-        // ever waits behind another client.
-        let claimed = clients
-            .idle
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
-        if !claimed {
-            if let Err(e) = clients.add(&open, &requests) {
-                open.fetch_sub(1, Ordering::SeqCst);
-                log::error!("API socket: cannot start a client thread: {e}");
-                continue;
-            }
-        }
-        if clients.queue.send((stream, stranger)).is_err() {
-            open.fetch_sub(1, Ordering::SeqCst);
-        }
-    }
-}
-
-type Accepted = (UnixStream, Option<u32>);
-
-/// The client threads: one per connection being served, kept for the
-/// next connection once theirs ends, so that a request on a new
-/// connection (curl's, ch-remote's) costs no thread start; a new thread
-/// only when none is idle, so a silent client holds up nobody.
-struct Clients {
-    queue: mpsc::Sender<Accepted>,
-    accepted: Arc<Mutex<mpsc::Receiver<Accepted>>>,
-    /// Threads waiting for a connection that no connection has claimed.
-    idle: Arc<AtomicUsize>,
-}
-
-impl Clients {
-    fn new() -> Clients {
-        let (queue, accepted) = mpsc::channel();
-        Clients {
-            queue,
-            accepted: Arc::new(Mutex::new(accepted)),
-            idle: Arc::new(AtomicUsize::new(0)),
-        }
-    }
-
-    fn add(&self, open: &Arc<AtomicUsize>, requests: &Requests) -> io::Result<()> {
-        let (accepted, idle) = (self.accepted.clone(), self.idle.clone());
-        let (open, requests) = (open.clone(), requests.clone());
-        // Not idle at first: the connection that asked for it is its own.
-        std::thread::Builder::new()
-            .name("api-client".into())
-            .spawn(move || loop {
-                let Ok((stream, stranger)) = lock(&accepted).recv() else {
-                    return;
-                };
-                connection(stream, &requests, stranger);
-                open.fetch_sub(1, Ordering::SeqCst);
-                idle.fetch_add(1, Ordering::SeqCst);
-            })
-            .map(drop)
+        connection(stream, &self.requests, stranger);
+        self.open.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

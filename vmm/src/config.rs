@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 use std::ops::RangeInclusive;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use virtio_types::VirtioDeviceType;
 
@@ -92,16 +92,83 @@ impl VmConfig {
                 written: false,
             });
         }
-        for disk in &self.disks {
-            if let DiskBackend::Image { path, readonly, .. } = &disk.backend {
-                files.push(InputFile {
-                    path: path.clone(),
-                    what: format!("--disk path={}", path.display()),
-                    written: !readonly,
-                });
-            }
-        }
+        files.extend(self.devices().iter().flat_map(|d| d.inputs()));
         files
+    }
+
+    /// Every device the configuration lists, in the order their PCI slots
+    /// are given: a new kind joins here, and the rules across devices
+    /// (ids, sockets, slots, vectors, shared memory) reach it.
+    pub fn devices(&self) -> Vec<&dyn DeviceSpec> {
+        let generic = self.generic_vhost_user.iter().map(|d| d as &dyn DeviceSpec);
+        let disks = self.disks.iter().map(|d| d as &dyn DeviceSpec);
+        generic.chain(disks).collect()
+    }
+}
+
+/// What the rules across devices need of one device's configuration.
+pub trait DeviceSpec {
+    fn kind(&self) -> DeviceKind;
+    /// Unique among all devices.
+    fn id(&self) -> &str;
+    /// Its virtio queues: one MSI-X vector each, beside the config one.
+    fn queues(&self) -> usize;
+    /// The vhost-user backend's socket, if a backend serves it: it maps
+    /// guest memory, which must then be shared.
+    fn socket(&self) -> Option<&Path>;
+    /// The files it opens.
+    fn inputs(&self) -> Vec<InputFile> {
+        Vec::new()
+    }
+}
+
+impl DeviceSpec for GenericVhostUserConfig {
+    fn kind(&self) -> DeviceKind {
+        DeviceKind::GenericVhostUser
+    }
+
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn queues(&self) -> usize {
+        self.queue_sizes.len()
+    }
+
+    fn socket(&self) -> Option<&Path> {
+        Some(&self.socket)
+    }
+}
+
+impl DeviceSpec for DiskConfig {
+    fn kind(&self) -> DeviceKind {
+        DeviceKind::Disk
+    }
+
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn queues(&self) -> usize {
+        usize::from(self.num_queues)
+    }
+
+    fn socket(&self) -> Option<&Path> {
+        match &self.backend {
+            DiskBackend::VhostUser { socket } => Some(socket),
+            DiskBackend::Image { .. } => None,
+        }
+    }
+
+    fn inputs(&self) -> Vec<InputFile> {
+        match &self.backend {
+            DiskBackend::Image { path, readonly, .. } => vec![InputFile {
+                path: path.clone(),
+                what: format!("--disk path={}", path.display()),
+                written: !readonly,
+            }],
+            DiskBackend::VhostUser { .. } => Vec::new(),
+        }
     }
 }
 
@@ -227,14 +294,11 @@ impl DeviceKind {
         }
     }
 
-    fn ids(self, config: &VmConfig) -> Vec<&str> {
+    /// What messages call a device of this kind.
+    pub fn name(self) -> &'static str {
         match self {
-            DeviceKind::GenericVhostUser => config
-                .generic_vhost_user
-                .iter()
-                .map(|d| d.id.as_str())
-                .collect(),
-            DeviceKind::Disk => config.disks.iter().map(|d| d.id.as_str()).collect(),
+            DeviceKind::GenericVhostUser => "generic vhost-user device",
+            DeviceKind::Disk => "disk",
         }
     }
 }
@@ -276,7 +340,8 @@ impl Field {
             Field::Value { json, .. } => Some((*json).to_owned()),
             Field::Device { kind, id, key } => {
                 let list = kind.json_list();
-                Some(match kind.ids(config).iter().position(|i| i == id) {
+                let ids = config.devices().into_iter().filter(|d| d.kind() == *kind);
+                Some(match ids.map(|d| d.id()).position(|i| i == id) {
                     Some(index) => format!("{list}[{index}].{key}"),
                     None => format!("{list}[id={id:?}].{key}"),
                 })
@@ -302,10 +367,8 @@ pub enum ConfigError {
     ConfigTooLong { id: String, len: usize, max: u32 },
     #[error("id {id:?} is given to more than one device: expected unique ids")]
     DuplicateId { id: String, kind: DeviceKind },
-    #[error("generic vhost-user devices need guest memory shared with their backends: expected shared=on")]
-    NeedsSharedMemory,
-    #[error("vhost-user disks need guest memory shared with their backends: expected shared=on")]
-    DiskNeedsSharedMemory,
+    #[error("{} {id:?} has a vhost-user backend, which maps guest memory: expected it shared (shared=on)", kind.name())]
+    NeedsSharedMemory { kind: DeviceKind, id: String },
     #[error("both tty: expected at most one of them on the terminal, e.g. a null serial port")]
     DoubleTty,
     #[error(transparent)]
@@ -333,7 +396,7 @@ impl ConfigError {
                 id: id.clone(),
                 key: "id",
             },
-            ConfigError::NeedsSharedMemory | ConfigError::DiskNeedsSharedMemory => shared,
+            ConfigError::NeedsSharedMemory { .. } => shared,
             ConfigError::DoubleTty => Field::Value {
                 option: "--serial and --console",
                 json: "serial.mode and console.mode",
@@ -350,30 +413,21 @@ impl VmConfig {
         if self.serial == ConsoleOutput::Tty && self.console == ConsoleOutput::Tty {
             return Err(ConfigError::DoubleTty);
         }
-        if !self.generic_vhost_user.is_empty() && !self.memory.shared {
-            return Err(ConfigError::NeedsSharedMemory);
-        }
-        let vhost_user_disk = self
-            .disks
-            .iter()
-            .any(|d| matches!(d.backend, DiskBackend::VhostUser { .. }));
-        if vhost_user_disk && !self.memory.shared {
-            return Err(ConfigError::DiskNeedsSharedMemory);
-        }
-        let mut ids = HashSet::new();
-        for device in &self.generic_vhost_user {
-            if !ids.insert(device.id.as_str()) {
-                return Err(ConfigError::DuplicateId {
-                    id: device.id.clone(),
-                    kind: DeviceKind::GenericVhostUser,
+        let devices = self.devices();
+        if let Some(d) = devices.iter().find(|d| d.socket().is_some()) {
+            if !self.memory.shared {
+                return Err(ConfigError::NeedsSharedMemory {
+                    kind: d.kind(),
+                    id: d.id().to_owned(),
                 });
             }
         }
-        for disk in &self.disks {
-            if !ids.insert(disk.id.as_str()) {
+        let mut ids = HashSet::new();
+        for device in &devices {
+            if !ids.insert(device.id()) {
                 return Err(ConfigError::DuplicateId {
-                    id: disk.id.clone(),
-                    kind: DeviceKind::Disk,
+                    id: device.id().to_owned(),
+                    kind: device.kind(),
                 });
             }
         }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use virtio_types::VirtioDeviceType;
 
-use super::{ConsoleOutput, DeviceKind, DiskBackend, Field, VmConfig};
+use super::{ConsoleOutput, DeviceKind, Field, VmConfig};
 use crate::arch::x86_64::layout::CMDLINE_MAX_SIZE;
 use crate::pci::segment::DEVICES_PER_BUS;
 use crate::virtio::pci::msix_vectors;
@@ -107,51 +107,43 @@ impl VmConfig {
     }
 
     fn pci_devices(&self) -> Vec<PciDevice> {
-        let generic = self.generic_vhost_user.iter().map(|d| PciDevice {
-            option: "--generic-vhost-user",
-            queues: d.queue_sizes.len(),
-        });
-        let disks = self.disks.iter().map(|d| PciDevice {
-            option: "--disk",
-            queues: usize::from(d.num_queues),
+        let listed = self.devices().into_iter().map(|d| PciDevice {
+            option: d.kind().option(),
+            queues: d.queues(),
         });
         // virtio-console without multiport: receiveq and transmitq.
         let console = (self.console != ConsoleOutput::Off).then(|| PciDevice {
             option: "--console",
             queues: VirtioDeviceType::new(3).map_or(2, |t| t.min_queues()),
         });
-        generic.chain(disks).chain(console).collect()
+        listed.chain(console).collect()
     }
 
     /// Each backend socket fits `sun_path` and serves one device: a second
     /// connection to a backend that serves one would wait for a reply
     /// that never comes.
     fn check_sockets(&self) -> Result<(), PlatformError> {
-        let generic = self
-            .generic_vhost_user
-            .iter()
-            .map(|d| (DeviceKind::GenericVhostUser, &d.id, d.socket.as_path()));
-        let disks = self.disks.iter().filter_map(|d| match &d.backend {
-            DiskBackend::VhostUser { socket } => Some((DeviceKind::Disk, &d.id, socket.as_path())),
-            DiskBackend::Image { .. } => None,
-        });
-        let mut seen: HashMap<&Path, &String> = HashMap::new();
-        for (kind, id, path) in generic.chain(disks) {
+        let mut seen: HashMap<&Path, &str> = HashMap::new();
+        for device in self.devices() {
+            let Some(path) = device.socket() else {
+                continue;
+            };
+            let (kind, id) = (device.kind(), device.id().to_owned());
             let len = path.as_os_str().len();
             if len > MAX_SOCKET_PATH_LEN {
                 return Err(PlatformError::SocketPathTooLong {
                     kind,
-                    id: id.clone(),
+                    id,
                     path: path.to_owned(),
                     len,
                 });
             }
-            if let Some(other) = seen.insert(path, id) {
+            if let Some(other) = seen.insert(path, device.id()) {
                 return Err(PlatformError::DuplicateSocket {
                     kind,
-                    id: id.clone(),
+                    id,
                     path: path.to_owned(),
-                    other: other.clone(),
+                    other: other.to_owned(),
                 });
             }
         }

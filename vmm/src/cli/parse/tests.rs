@@ -477,12 +477,13 @@ fn generic_vhost_user_needs_shared_memory(#[case] memory: &[&str]) {
     let err = parse(&argv).expect_err("refused");
     assert!(matches!(
         err,
-        OptionError::Config(ConfigError::NeedsSharedMemory)
+        OptionError::Config(ConfigError::NeedsSharedMemory { .. })
     ));
     let message = err.to_string();
     assert!(
-        message.starts_with("--memory: generic vhost-user devices")
-            && message.contains("shared=on"),
+        message.starts_with(
+            "--memory: generic vhost-user device \"_generic_vhost_user0\" has a vhost-user backend"
+        ) && message.contains("shared=on"),
         "{message}"
     );
 }

@@ -125,7 +125,7 @@ fn what_vm_info_answers_vm_create_takes_back_unchanged() {
 #[case::queue_size(r#"{"payload":{"kernel":"/k"},"memory":{"size":536870912,"shared":true},"generic_vhost_user":[{"socket":"/s","device_type":60,"queue_sizes":[8,12]}]}"#, "generic_vhost_user[0].queue_sizes: 12: expected a power of two")]
 #[case::fs_one_queue(r#"{"payload":{"kernel":"/k"},"memory":{"size":536870912,"shared":true},"generic_vhost_user":[{"socket":"/s","device_type":60,"queue_sizes":[8]},{"socket":"/t","device_type":26,"queue_sizes":[8]}]}"#, "generic_vhost_user[1].queue_sizes: device \"_generic_vhost_user1\" of type fs")]
 #[case::bad_hex(r#"{"payload":{"kernel":"/k"},"memory":{"size":536870912,"shared":true},"generic_vhost_user":[{"socket":"/s","device_type":60,"queue_sizes":[8],"config":"abc"}]}"#, "generic_vhost_user[0].config: \"abc\"")]
-#[case::not_shared(r#"{"payload":{"kernel":"/k"},"generic_vhost_user":[{"socket":"/s","device_type":60,"queue_sizes":[8]}]}"#, "memory.shared: generic vhost-user devices need")]
+#[case::not_shared(r#"{"payload":{"kernel":"/k"},"generic_vhost_user":[{"socket":"/s","device_type":60,"queue_sizes":[8]}]}"#, "memory.shared: generic vhost-user device \"_generic_vhost_user0\" has a vhost-user backend, which maps guest memory")]
 #[case::one_socket_twice(r#"{"payload":{"kernel":"/k"},"memory":{"size":536870912,"shared":true},"generic_vhost_user":[{"socket":"/s","device_type":60,"queue_sizes":[8]}],"disks":[{"vhost_user":true,"vhost_socket":"/s"}]}"#, "disks[0].vhost_socket: device \"_disk0\" uses socket \"/s\"")]
 #[case::one_id_twice(
     r#"{"payload":{"kernel":"/k"},"disks":[{"path":"/a","id":"x"},{"path":"/b","id":"x"}]}"#,

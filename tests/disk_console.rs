@@ -622,3 +622,47 @@ fn a_pty_serial_port_carries_the_guest_s_output(kvm: Option<KvmHost>) {
     let out = vmm.wait(Duration::from_secs(20)).expect("vmm exits");
     assert_eq!(out.code(), Some(128 + libc::SIGTERM), "{}", out.describe());
 }
+
+/// A reboot through the API builds a new VM but keeps the consoles' host
+/// ends: the user's pty is the same one (its path said once), and the
+/// second boot's output comes out of it.
+#[rstest]
+fn a_pty_stays_the_same_across_a_reboot(kvm: Option<KvmHost>) {
+    let Some(_kvm) = kvm else { return };
+    let dir = tempdir();
+    let socket = dir.path().join("api.sock");
+    let mut cmd = VmmCommand::bare();
+    cmd.arg("--kernel")
+        .arg(test_infra::paths::probe_guest().expect("probe"))
+        .args([
+            "--cmdline",
+            "probe.run=tick",
+            "--serial",
+            "pty",
+            "--console",
+            "off",
+        ])
+        .arg("--api-socket")
+        .arg(&socket);
+    let mut vmm = cmd.spawn(dir.path()).expect("vmm starts");
+    let path = pty_path(&mut vmm, "--serial");
+    let mut pty = std::fs::File::open(&path).expect("open the pty");
+    read_until(&mut pty, "probe: tick 1");
+    test_infra::api::wait_for_socket(&socket, Duration::from_secs(20)).expect("API socket");
+    let reboot = test_infra::api::curl(&socket, "PUT", "vm.reboot", None);
+    assert_eq!(reboot.status, 204, "{reboot:?}");
+    // The first boot's ticks may still be in the pty: the second boot
+    // starts again from tick 0, after its own start line.
+    read_until(&mut pty, "probe: start");
+    read_until(&mut pty, "probe: tick 0");
+    let shutdown = test_infra::api::curl(&socket, "PUT", "vmm.shutdown", None);
+    assert_eq!(shutdown.status, 204, "{shutdown:?}");
+    let out = vmm.wait(Duration::from_secs(20)).expect("vmm exits");
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    assert_eq!(
+        out.stderr.matches("--serial pty: ").count(),
+        1,
+        "one pty, said once: {}",
+        out.stderr
+    );
+}

@@ -73,18 +73,15 @@ pub enum BuildError {
 }
 
 /// How this build stands to the configuration's earlier ones.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Boot {
-    /// The configuration's first VM: console files start empty.
-    First,
-    /// The same configuration again (`vm.reboot`, `vm.boot` after
-    /// `vm.shutdown`): console files keep what the earlier boots wrote.
-    Again,
-}
-
 /// `in_use` holds the VM's inputs (and the log file): no console output
-/// is opened over one of them.
-pub fn build_vm(config: &VmConfig, mut in_use: FilesInUse, boot: Boot) -> Result<Vmm, BuildError> {
+/// is opened over one of them. `terminals` holds the consoles' host ends
+/// across the configuration's builds: a reboot keeps the user's pty, the
+/// file with the earlier boots' output, the terminal in raw mode.
+pub fn build_vm(
+    config: &VmConfig,
+    mut in_use: FilesInUse,
+    terminals: &mut Terminals,
+) -> Result<Vmm, BuildError> {
     let cpus = config.cpus.boot;
     let memory = create_guest_memory(&config.memory).map_err(BuildError::Memory)?;
     let vm = Vm::new(&memory).map_err(BuildError::Vm)?;
@@ -94,9 +91,8 @@ pub fn build_vm(config: &VmConfig, mut in_use: FilesInUse, boot: Boot) -> Result
         .collect::<Result<Vec<_>, _>>()
         .map_err(BuildError::Vcpu)?;
 
-    let mut terminals = Terminals::default();
-    let serial_end = terminals.open("--serial", &config.serial, &mut in_use, boot)?;
-    let console_end = terminals.open("--console", &config.console, &mut in_use, boot)?;
+    let serial_end = terminals.open("--serial", &config.serial, &mut in_use)?;
+    let console_end = terminals.open("--console", &config.console, &mut in_use)?;
 
     let mut devices = DeviceManager::new(&vm, &memory)?;
     let (serial_output, serial_input) = match serial_end {
@@ -140,7 +136,6 @@ pub fn build_vm(config: &VmConfig, mut in_use: FilesInUse, boot: Boot) -> Result
         devices,
         exit,
         serial: serial.map(|s| (s, serial_input)),
-        terminals,
         config: config.clone(),
     }))
 }
@@ -235,71 +230,110 @@ struct ConsoleEnd {
     window: Option<WindowSize>,
 }
 
-/// What the consoles hold for the VM's life: the user's terminal in raw
-/// mode, and the far ends of the ptys we made.
+/// The consoles' host ends, opened at a configuration's first build and
+/// lent to each build after it: the user's terminal in raw mode, the ptys
+/// we made (both ends), the output files. Dropped with the configuration
+/// (vm.delete, the end of vmm), which gives the terminal back as it was.
 #[derive(Default)]
 pub struct Terminals {
     _raw: Option<RawMode>,
+    /// The far ends of our ptys: while one is open, the near end never
+    /// reads EOF, whoever comes and goes on the far one.
     _ptys: Vec<File>,
+    /// Each option's end as first opened.
+    opened: Vec<(&'static str, Opened)>,
+}
+
+/// What a console's end is, to hand out again.
+enum Opened {
+    Null,
+    Tty,
+    /// The near end of a pty: output and input.
+    Pty(File),
+    File(File),
 }
 
 impl Terminals {
+    /// The end `option` (`--serial`) has for this build: opened now if this
+    /// is the configuration's first build, else the same one again.
     fn open(
         &mut self,
         option: &'static str,
         output: &ConsoleOutput,
         in_use: &mut FilesInUse,
-        boot: Boot,
     ) -> Result<Option<ConsoleEnd>, BuildError> {
         let terminal_error = |source| BuildError::Terminal { option, source };
-        Ok(Some(match output {
-            ConsoleOutput::Off => return Ok(None),
-            ConsoleOutput::Null => ConsoleEnd {
+        if !self.opened.iter().any(|(o, _)| *o == option) {
+            let Some(opened) = self.open_first(option, output, in_use)? else {
+                return Ok(None);
+            };
+            self.opened.push((option, opened));
+        }
+        let Some((_, opened)) = self.opened.iter().find(|(o, _)| *o == option) else {
+            return Ok(None);
+        };
+        Ok(Some(match opened {
+            Opened::Null => ConsoleEnd {
                 output: Box::new(std::io::sink()),
                 input: None,
                 window: None,
             },
-            ConsoleOutput::Tty => {
-                let stdin = stdin_file().map_err(terminal_error)?;
-                self._raw = RawMode::enable(stdin.as_raw_fd()).map_err(terminal_error)?;
-                ConsoleEnd {
-                    output: Box::new(std::io::stdout()),
-                    input: Some(stdin),
-                    window: match WindowSize::watch(libc::STDOUT_FILENO).map_err(terminal_error)? {
-                        Some(window) => Some(window),
-                        None => WindowSize::watch(libc::STDIN_FILENO).map_err(terminal_error)?,
-                    },
-                }
-            }
-            ConsoleOutput::Pty => {
-                let pty = Pty::open().map_err(terminal_error)?;
-                let input = pty.controller.try_clone().map_err(terminal_error)?;
-                eprintln!("vmm: {option} pty: {}", pty.path.display());
-                log::info!("{option} pty: {}", pty.path.display());
-                self._ptys.push(pty.peer);
-                ConsoleEnd {
-                    output: Box::new(pty.controller),
-                    input: Some(input),
-                    window: None,
-                }
-            }
-            ConsoleOutput::File(path) => ConsoleEnd {
-                output: Box::new(
-                    open_output(
-                        path,
-                        boot == Boot::Again,
-                        in_use,
-                        format!("{option} file={}", path.display()),
-                    )
-                    .map_err(|source| BuildError::OutputFile {
-                        option,
-                        path: path.clone(),
-                        source,
-                    })?,
-                ),
+            Opened::Tty => ConsoleEnd {
+                output: Box::new(std::io::stdout()),
+                input: Some(stdin_file().map_err(terminal_error)?),
+                window: match WindowSize::watch(libc::STDOUT_FILENO).map_err(terminal_error)? {
+                    Some(window) => Some(window),
+                    None => WindowSize::watch(libc::STDIN_FILENO).map_err(terminal_error)?,
+                },
+            },
+            Opened::Pty(near) => ConsoleEnd {
+                output: Box::new(near.try_clone().map_err(terminal_error)?),
+                input: Some(near.try_clone().map_err(terminal_error)?),
+                window: None,
+            },
+            Opened::File(file) => ConsoleEnd {
+                output: Box::new(file.try_clone().map_err(terminal_error)?),
                 input: None,
                 window: None,
             },
+        }))
+    }
+
+    fn open_first(
+        &mut self,
+        option: &'static str,
+        output: &ConsoleOutput,
+        in_use: &mut FilesInUse,
+    ) -> Result<Option<Opened>, BuildError> {
+        let terminal_error = |source| BuildError::Terminal { option, source };
+        Ok(Some(match output {
+            ConsoleOutput::Off => return Ok(None),
+            ConsoleOutput::Null => Opened::Null,
+            ConsoleOutput::Tty => {
+                let stdin = stdin_file().map_err(terminal_error)?;
+                self._raw = RawMode::enable(stdin.as_raw_fd()).map_err(terminal_error)?;
+                Opened::Tty
+            }
+            ConsoleOutput::Pty => {
+                let pty = Pty::open().map_err(terminal_error)?;
+                eprintln!("vmm: {option} pty: {}", pty.path.display());
+                log::info!("{option} pty: {}", pty.path.display());
+                self._ptys.push(pty.peer);
+                Opened::Pty(pty.controller)
+            }
+            ConsoleOutput::File(path) => Opened::File(
+                open_output(
+                    path,
+                    false,
+                    in_use,
+                    format!("{option} file={}", path.display()),
+                )
+                .map_err(|source| BuildError::OutputFile {
+                    option,
+                    path: path.clone(),
+                    source,
+                })?,
+            ),
         }))
     }
 }

@@ -8,7 +8,7 @@
 use std::os::fd::AsRawFd;
 
 use crate::api::{Answer, ApiEndpoint, ApiReply, ApiRequest};
-use crate::builder::{build_vm, Boot, BuildError};
+use crate::builder::{build_vm, BuildError, Terminals};
 use crate::config::VmConfig;
 use crate::event_loop::EventLoop;
 use crate::events;
@@ -43,9 +43,10 @@ pub struct Control<'a> {
     files: FilesInUse,
     signals: &'a TerminationSignals,
     api: Option<ApiEndpoint>,
-    /// Again once the configuration has been built: its next builds keep
-    /// what the earlier ones wrote to console files.
-    boot: Boot,
+    /// The consoles' host ends, kept across the configuration's builds (a
+    /// reboot keeps the user's pty and the console file's content) and
+    /// dropped with it, after its last VM, giving the terminal back.
+    terminals: Terminals,
 }
 
 /// What ends the wait of a VMM without a VM.
@@ -66,7 +67,7 @@ impl<'a> Control<'a> {
             files,
             signals,
             api,
-            boot: Boot::First,
+            terminals: Terminals::default(),
         }
     }
 
@@ -86,7 +87,7 @@ impl<'a> Control<'a> {
             let Some(config) = &self.config else {
                 return Ok(ExitReason::ApiShutdown);
             };
-            let vm = match build_vm(config, self.files.clone(), self.boot) {
+            let vm = match build_vm(config, self.files.clone(), &mut self.terminals) {
                 Ok(vm) => vm,
                 Err(e) => {
                     let Some(answer) = booting.take() else {
@@ -104,7 +105,6 @@ impl<'a> Control<'a> {
             if let Some(answer) = booting.take() {
                 answer.send(ApiReply::no_content());
             }
-            self.boot = Boot::Again;
             let (reason, answer) = vm.run(self.signals, self.api.as_ref())?;
             // The VM is gone: its threads joined, its devices dropped.
             match reason {
@@ -137,7 +137,7 @@ impl<'a> Control<'a> {
     fn delete(&mut self) {
         if self.config.take().is_some() {
             self.files.forget_inputs();
-            self.boot = Boot::First;
+            self.terminals = Terminals::default();
             events::emit("vm", "deleted", &[]);
         }
     }

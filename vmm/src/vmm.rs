@@ -17,7 +17,6 @@ use std::thread::JoinHandle;
 use vmm_sys_util::signal::{Killable, SIGRTMIN};
 
 use crate::api::{Answer, ApiEndpoint, ApiReply, ApiRequest};
-use crate::builder::Terminals;
 use crate::config::schema::VmConfigJson;
 use crate::config::VmConfig;
 use crate::device_manager::Devices;
@@ -93,8 +92,6 @@ pub struct Vmm {
     serial_input: Option<File>,
     _vm: Vm,
     _memory: GuestMemory,
-    /// Last: the terminal goes back to how it was once all else is gone.
-    _terminals: Terminals,
 }
 
 /// What `Vmm::new` takes beside the VM: the parts the builder made.
@@ -105,7 +102,6 @@ pub struct VmParts {
     pub devices: Devices,
     pub exit: Arc<VmExit>,
     pub serial: Option<(Arc<Mutex<Serial>>, Option<File>)>,
-    pub terminals: Terminals,
     pub config: VmConfig,
 }
 
@@ -127,7 +123,6 @@ impl Vmm {
             serial_input,
             _vm: parts.vm,
             _memory: parts.memory,
-            _terminals: parts.terminals,
         }
     }
 

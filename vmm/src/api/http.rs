@@ -58,19 +58,19 @@ impl Acceptors {
         loop {
             self.waiting.fetch_add(1, Ordering::SeqCst);
             let accepted = self.listener.accept();
-            if self.waiting.fetch_sub(1, Ordering::SeqCst) == 1 {
-                // The last one waiting took a connection: another waits
-                // in its place before this one serves.
-                let next = self.clone();
-                let spawned = std::thread::Builder::new()
-                    .name("api-client".into())
-                    .spawn(move || next.accept_and_serve());
-                if let Err(e) = spawned {
-                    log::error!("API socket: cannot start a client thread: {e}");
-                }
-            }
+            let last = self.waiting.fetch_sub(1, Ordering::SeqCst) == 1;
             match accepted {
-                Ok((stream, _)) => self.serve_one(stream),
+                Ok((stream, _)) => {
+                    if last {
+                        // The last one waiting took a connection: another
+                        // waits in its place before this one serves. (Not
+                        // on a failed accept: this thread goes back to
+                        // waiting itself, and EMFILE must not breed
+                        // threads.)
+                        self.spawn_waiter();
+                    }
+                    self.serve_one(stream);
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     log::error!("API socket: accept failed: {e}");
@@ -78,6 +78,16 @@ impl Acceptors {
                     std::thread::sleep(Duration::from_millis(100));
                 }
             }
+        }
+    }
+
+    fn spawn_waiter(self: &Arc<Self>) {
+        let next = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("api-client".into())
+            .spawn(move || next.accept_and_serve());
+        if let Err(e) = spawned {
+            log::error!("API socket: cannot start a client thread: {e}");
         }
     }
 

@@ -87,6 +87,18 @@ fn ping_info_pause_resume_and_shutdown(kvm: Option<KvmHost>) {
     assert!(bdf.starts_with("0000:00:") && bdf.ends_with(".0"), "{info}");
 
     wait_ticks(&mut child, 0, 5);
+    // Exit accounting: the guest's ticks are UART writes, each an exit to
+    // vmm at COM1's ports, counted by kind and by the range reached.
+    let exits = || curl(&socket, "GET", "vm.counters", None).json()["vcpu-exits"].clone();
+    let serial = |exits: &serde_json::Value| exits["io 0x3f8+0x8"].as_u64().unwrap_or(0);
+    let first = exits();
+    assert!(serial(&first) > 0, "{first}");
+    assert!(first["io"].as_u64() >= Some(serial(&first)), "{first}");
+    let seen = ticks(&child);
+    wait_ticks(&mut child, seen, 2);
+    let later = exits();
+    assert!(serial(&later) > serial(&first), "{first} then {later}");
+
     assert_no_content(&curl(&socket, "PUT", "vm.pause", None), "pause");
     assert_eq!(
         curl(&socket, "GET", "vm.info", None).json()["state"],

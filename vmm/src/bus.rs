@@ -7,6 +7,7 @@
 //! move ranges (a config write through ECAM relocating a BAR).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::util::lock;
@@ -33,6 +34,16 @@ pub enum BusError {
 struct Entry {
     len: u64,
     device: SharedDevice,
+    /// Guest accesses that reached this range (each one a vCPU exit).
+    accesses: Arc<AtomicU64>,
+}
+
+/// A range's accesses, for exit accounting (`vm.counters`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangeAccesses {
+    pub base: u64,
+    pub len: u64,
+    pub count: u64,
 }
 
 type Ranges = BTreeMap<u64, Entry>;
@@ -42,6 +53,8 @@ type Ranges = BTreeMap<u64, Entry>;
 #[derive(Clone, Default)]
 pub struct Bus {
     ranges: Arc<RwLock<Ranges>>,
+    /// Accesses nothing on the bus answered.
+    unassigned: Arc<AtomicU64>,
 }
 
 impl Bus {
@@ -72,7 +85,14 @@ impl Bus {
         if overlaps_before {
             return Err(BusError::Overlap { base, len });
         }
-        ranges.insert(base, Entry { len, device });
+        ranges.insert(
+            base,
+            Entry {
+                len,
+                device,
+                accesses: Arc::default(),
+            },
+        );
         Ok(())
     }
 
@@ -95,9 +115,32 @@ impl Bus {
     /// device is cloned out so that the range lock is released before it runs.
     fn resolve(&self, addr: u64) -> Option<(SharedDevice, u64)> {
         let ranges = self.ranges();
-        let (base, entry) = ranges.range(..=addr).next_back()?;
-        let offset = addr - base;
-        (offset < entry.len).then(|| (entry.device.clone(), offset))
+        let found = ranges
+            .range(..=addr)
+            .next_back()
+            .filter(|(base, entry)| addr - *base < entry.len);
+        let Some((base, entry)) = found else {
+            self.unassigned.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        entry.accesses.fetch_add(1, Ordering::Relaxed);
+        Some((entry.device.clone(), addr - base))
+    }
+
+    /// The ranges the guest reached, with how often (a range a BAR move
+    /// re-inserted counts from then), and the accesses nothing answered.
+    pub fn accesses(&self) -> (Vec<RangeAccesses>, u64) {
+        let reached = self
+            .ranges()
+            .iter()
+            .map(|(base, entry)| RangeAccesses {
+                base: *base,
+                len: entry.len,
+                count: entry.accesses.load(Ordering::Relaxed),
+            })
+            .filter(|range| range.count > 0)
+            .collect();
+        (reached, self.unassigned.load(Ordering::Relaxed))
     }
 
     /// Returns false when nothing lives at `addr`; `data` is then left as is.
@@ -218,6 +261,37 @@ mod tests {
 
     /// A device that holds the bus it is on (as the PCI segment does) is
     /// let go once the bus is cleared.
+    #[test]
+    fn accesses_are_counted_by_range_and_unassigned() {
+        let bus = Bus::new();
+        bus.insert(Arc::new(Mutex::new(Recorder::default())), 0x3f8, 8)
+            .unwrap();
+        bus.insert(Arc::new(Mutex::new(Recorder::default())), 0x600, 3)
+            .unwrap();
+        let mut byte = [0u8; 1];
+        for port in [0x3f8, 0x3fd, 0x3fd, 0x601, 0x80, 0x400] {
+            bus.read(port, &mut byte);
+        }
+        bus.write(0x3f8, &[1]);
+        let (reached, unassigned) = bus.accesses();
+        assert_eq!(
+            reached,
+            [
+                RangeAccesses {
+                    base: 0x3f8,
+                    len: 8,
+                    count: 4
+                },
+                RangeAccesses {
+                    base: 0x600,
+                    len: 3,
+                    count: 1
+                }
+            ]
+        );
+        assert_eq!(unassigned, 2);
+    }
+
     #[test]
     fn clearing_the_bus_lets_its_devices_go() {
         struct Holder {

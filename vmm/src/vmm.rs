@@ -11,6 +11,7 @@
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -28,7 +29,7 @@ use crate::terminal;
 use crate::util::lock;
 use crate::vm_exit::{ExitReason, VmExit};
 use crate::vstate::memory::GuestMemory;
-use crate::vstate::vcpu::{install_kick_handler, Vcpu};
+use crate::vstate::vcpu::{install_kick_handler, ExitCounts, Vcpu};
 use crate::vstate::vcpu_control::VcpuControl;
 use crate::vstate::vm::Vm;
 
@@ -83,6 +84,8 @@ pub struct Vmm {
     /// The running vCPUs' threads, each handing its vCPU back when joined.
     threads: Vec<JoinHandle<Vcpu>>,
     control: Arc<VcpuControl>,
+    /// Exits to vmm by kind, for `vm.counters`.
+    exits: Arc<ExitCounts>,
     state: VmState,
     devices: Devices,
     config: VmConfig,
@@ -115,6 +118,7 @@ impl Vmm {
             vcpus: parts.vcpus,
             threads: Vec::new(),
             control: Arc::new(VcpuControl::default()),
+            exits: Arc::default(),
             state: VmState::Running,
             devices: parts.devices,
             config: parts.config,
@@ -172,10 +176,11 @@ impl Vmm {
             let buses = self.devices.buses.clone();
             let exit = self.exit.clone();
             let control = self.control.clone();
+            let counts = self.exits.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("vcpu{}", vcpu.id()))
                 .spawn(move || {
-                    vcpu.run(&buses, &exit, &control);
+                    vcpu.run(&buses, &exit, &control, &counts);
                     control.ended();
                     vcpu
                 });
@@ -234,6 +239,11 @@ impl Vmm {
         }
 
         self.stop_vcpus();
+        // What vm.counters would have said, for runs without the API.
+        log::info!(
+            "Exits to vmm: {}",
+            serde_json::Value::from(self.exit_counters())
+        );
         let reason = self.exit.reason().unwrap_or(ExitReason::VcpuError {
             vcpu: 0,
             message: "stopped without a reason".into(),
@@ -380,6 +390,7 @@ impl Vmm {
                 (id, counters.into())
             })
             .collect();
+        devices.insert("vcpu-exits".into(), self.exit_counters().into());
         if let Some((sent, dropped)) = events::counts() {
             devices.insert(
                 "event-monitor".into(),
@@ -387,6 +398,29 @@ impl Vmm {
             );
         }
         devices.into()
+    }
+
+    /// Exits to vmm by kind, then by the bus range they reached
+    /// (`io 0x3f8+0x8`), and those nothing answered (`io unassigned`): what
+    /// profiles a boot.
+    fn exit_counters(&self) -> serde_json::Map<String, serde_json::Value> {
+        let load = |count: &AtomicU64| count.load(Ordering::Relaxed);
+        let mut counters = serde_json::Map::new();
+        counters.insert("io".into(), load(&self.exits.io).into());
+        counters.insert("mmio".into(), load(&self.exits.mmio).into());
+        counters.insert("other".into(), load(&self.exits.other).into());
+        let buses = &self.devices.buses;
+        for (space, bus) in [("io", &buses.io), ("mmio", &buses.mmio)] {
+            let (reached, unassigned) = bus.accesses();
+            for range in reached {
+                let name = format!("{space} {:#x}+{:#x}", range.base, range.len);
+                counters.insert(name, range.count.into());
+            }
+            if unassigned > 0 {
+                counters.insert(format!("{space} unassigned"), unassigned.into());
+            }
+        }
+        counters
     }
 
     /// Interrupts every vCPU's KVM_RUN: the thread then sees what the VMM

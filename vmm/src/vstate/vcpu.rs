@@ -3,6 +3,7 @@
 //! so that it can be tested with synthetic exits, without KVM.
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use kvm_bindings::{kvm_run, CpuId, Msrs};
@@ -80,6 +81,14 @@ pub fn install_kick_handler() -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The VM's exits to vmm by kind, summed over its vCPUs, for `vm.counters`.
+#[derive(Debug, Default)]
+pub struct ExitCounts {
+    pub io: AtomicU64,
+    pub mmio: AtomicU64,
+    pub other: AtomicU64,
 }
 
 /// The buses a vCPU exit can reach.
@@ -212,7 +221,13 @@ impl Vcpu {
     /// Runs the guest until the VM is asked to stop (by this vCPU, a device
     /// or the main thread, which then kicks us out of KVM_RUN with a signal),
     /// parking whenever `control` wants a pause.
-    pub fn run(&mut self, buses: &Buses, exit: &Arc<VmExit>, control: &VcpuControl) {
+    pub fn run(
+        &mut self,
+        buses: &Buses,
+        exit: &Arc<VmExit>,
+        control: &VcpuControl,
+        counts: &ExitCounts,
+    ) {
         let id = self.id;
         // Exits that reached us, by kind: the data path should add none
         // (kicks are ioeventfds, completions irqfds); benchmarks read this.
@@ -236,11 +251,15 @@ impl Vcpu {
             let action = match self.fd.run() {
                 Ok(vcpu_exit) => {
                     settled = false;
-                    match vcpu_exit {
-                        VcpuExit::IoIn(..) | VcpuExit::IoOut(..) => io += 1,
-                        VcpuExit::MmioRead(..) | VcpuExit::MmioWrite(..) => mmio += 1,
-                        _ => other += 1,
-                    }
+                    let (local, shared) = match vcpu_exit {
+                        VcpuExit::IoIn(..) | VcpuExit::IoOut(..) => (&mut io, &counts.io),
+                        VcpuExit::MmioRead(..) | VcpuExit::MmioWrite(..) => {
+                            (&mut mmio, &counts.mmio)
+                        }
+                        _ => (&mut other, &counts.other),
+                    };
+                    *local += 1;
+                    shared.fetch_add(1, Ordering::Relaxed);
                     handle_exit(vcpu_exit, buses, id)
                 }
                 Err(e) if e.errno() == libc::EINTR => {

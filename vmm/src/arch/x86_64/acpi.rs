@@ -29,6 +29,8 @@ use crate::devices::acpi_power::{
 const OEM_ID: [u8; 6] = *b"VMMGVU";
 const OEM_TABLE_ID: [u8; 8] = *b"VMMGVU  ";
 const OEM_REVISION: u32 = 1;
+/// FADT IAPC_BOOT_ARCH bit 5 (ACPI 6.5, table 5.11).
+const IAPC_BOOT_ARCH_NO_CMOS_RTC: u16 = 1 << 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AcpiError {
@@ -190,6 +192,10 @@ fn fadt(dsdt_addr: u64) -> Vec<u8> {
         .flag(Flags::ResetRegSup)
         .flag(Flags::PwrButton)
         .flag(Flags::SlpButton);
+    // IAPC_BOOT_ARCH "CMOS RTC not present": true until we have one, and
+    // without it Linux's rtc_cmos polls ports that read all ones (about
+    // 3 s of every Debian boot) before it gives up.
+    builder.iapc_boot_arch = IAPC_BOOT_ARCH_NO_CMOS_RTC.into();
     builder.reset_reg = io_register(power + RESET_OFFSET);
     builder.reset_value = RESET_VALUE;
     builder.sleep_control_reg = io_register(power + SLEEP_CONTROL_OFFSET);
@@ -324,6 +330,14 @@ mod tests {
         assert!(has(b"_S5_"));
         // EISAID("PNP0C02") as AML encodes it.
         assert!(has(&0x020c_d041u32.to_le_bytes()));
+    }
+
+    #[test]
+    fn fadt_says_there_is_no_cmos_rtc() {
+        let table = fadt(0x1000);
+        // IAPC_BOOT_ARCH at offset 109; nothing else claimed (no 8042, no
+        // legacy devices).
+        assert_eq!(u16::from_le_bytes([table[109], table[110]]), 1 << 5);
     }
 
     #[test]

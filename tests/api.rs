@@ -56,6 +56,14 @@ fn boots(output: &str) -> usize {
         .count()
 }
 
+/// `vmm.shutdown` answered 204, and vmm gone with status 0.
+fn shut_down(child: Child, socket: &Path) -> test_infra::Output {
+    assert_no_content(&curl(socket, "PUT", "vmm.shutdown", None), "vmm.shutdown");
+    let out = child.wait(WAIT).expect("vmm exits");
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    out
+}
+
 fn assert_no_content(reply: &Reply, what: &str) {
     assert_eq!(reply.status, 204, "{what}: {reply:?}");
     assert!(reply.body.is_empty(), "{what}: {reply:?}");
@@ -128,9 +136,7 @@ fn ping_info_pause_resume_and_shutdown(kvm: Option<KvmHost>) {
         "Running"
     );
 
-    assert_no_content(&curl(&socket, "PUT", "vmm.shutdown", None), "shutdown");
-    let out = child.wait(WAIT).expect("vmm exits");
-    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    shut_down(child, &socket);
     assert!(!socket.exists(), "the socket is removed at the end");
 }
 
@@ -258,9 +264,7 @@ fn a_silent_client_and_64_at_once_block_nobody(kvm: Option<KvmHost>) {
     }
     let running = ticks(&child);
     wait_ticks(&mut child, running, 5);
-    assert_no_content(&curl(&socket, "PUT", "vmm.shutdown", None), "shutdown");
-    let out = child.wait(WAIT).expect("vmm exits");
-    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    shut_down(child, &socket);
 }
 
 /// Only the socket's owner drives the VM: the socket is 0600, and a
@@ -423,9 +427,7 @@ fn io_is_exact_across_200_pauses(kvm: Option<KvmHost>) {
         written.len() <= pattern.len() && written[..] == pattern[..written.len()],
         "out.bin is no prefix of its pattern"
     );
-    assert_no_content(&curl(&socket, "PUT", "vmm.shutdown", None), "shutdown");
-    let out = child.wait(WAIT).expect("vmm exits");
-    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    let out = shut_down(child, &socket);
     assert!(during >= 1, "no round of I/O ran during the cycles");
 
     let report = ProbeReport::parse(&out.stdout);
@@ -608,9 +610,7 @@ fn the_event_monitor_tells_what_happened(kvm: Option<KvmHost>) {
     assert_no_content(&curl(&socket, "PUT", "vm.pause", None), "pause");
     assert_no_content(&curl(&socket, "PUT", "vm.resume", None), "resume");
     let counted = curl(&socket, "GET", "vm.counters", None).json();
-    assert_no_content(&curl(&socket, "PUT", "vmm.shutdown", None), "shutdown");
-    let out = child.wait(WAIT).expect("vmm exits");
-    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    shut_down(child, &socket);
 
     let text = std::fs::read_to_string(&events_path).expect("events");
     let events: Vec<serde_json::Value> = text
@@ -726,9 +726,7 @@ fn an_api_socket_and_an_event_monitor_handed_down_as_descriptors(kvm: Option<Kvm
         curl(&socket, "GET", "vmm.ping", None).json()["pid"],
         u64::from(child.id())
     );
-    assert_no_content(&curl(&socket, "PUT", "vmm.shutdown", None), "shutdown");
-    let out = child.wait(WAIT).expect("vmm exits");
-    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    shut_down(child, &socket);
     let text = std::fs::read_to_string(&events_path).expect("events");
     assert!(
         text.lines()
@@ -813,9 +811,7 @@ fn shutdown_boot_and_reboot_run_the_guest_again(kvm: Option<KvmHost>) {
         "{info}"
     );
 
-    assert_no_content(&curl(&socket, "PUT", "vmm.shutdown", None), "vmm.shutdown");
-    let out = child.wait(WAIT).expect("vmm exits");
-    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    shut_down(child, &socket);
 }
 
 /// vmm started with only `--api-socket` has no VM until `vm.create`
@@ -883,9 +879,7 @@ fn vm_create_boot_and_delete_from_json(kvm: Option<KvmHost>) {
     assert_no_content(&curl(&socket, "PUT", "vm.boot", None), "boot again");
     assert!(child.wait_until(WAIT, |c| starts(c) == 2), "no second boot");
 
-    assert_no_content(&curl(&socket, "PUT", "vmm.shutdown", None), "vmm.shutdown");
-    let out = child.wait(WAIT).expect("vmm exits");
-    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    shut_down(child, &socket);
 }
 
 /// `vm.power-button` is an ACPI event: the guest takes the GED's
@@ -964,9 +958,7 @@ fn a_serial_file_keeps_every_boot(kvm: Option<KvmHost>) {
         child.wait_until(WAIT, |c| starts(c) == 3),
         "no third boot in the file"
     );
-    assert_no_content(&curl(&socket, "PUT", "vmm.shutdown", None), "vmm.shutdown");
-    let out = child.wait(WAIT).expect("vmm exits");
-    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    shut_down(child, &socket);
 }
 
 /// With its descriptor table full, vmm cannot accept: clients wait in the
@@ -1021,7 +1013,5 @@ fn a_full_descriptor_table_breeds_no_threads(kvm: Option<KvmHost>) {
     drop(waiting);
     let ping = curl(&socket, "GET", "vmm.ping", None);
     assert_eq!(ping.status, 200, "{ping:?}");
-    assert_no_content(&curl(&socket, "PUT", "vmm.shutdown", None), "shutdown");
-    let out = child.wait(WAIT).expect("vmm exits");
-    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    shut_down(child, &socket);
 }

@@ -26,6 +26,8 @@ pub struct QemuCommand {
     initramfs: Option<PathBuf>,
     /// Software emulation instead of KVM.
     tcg: bool,
+    /// The MC146818 clock, which microvm leaves out unless asked.
+    rtc: bool,
     timeout: Duration,
 }
 
@@ -40,6 +42,7 @@ impl QemuCommand {
             shared_memory: false,
             initramfs: None,
             tcg: false,
+            rtc: false,
             timeout: DEFAULT_TIMEOUT,
         })
     }
@@ -55,6 +58,7 @@ impl QemuCommand {
             shared_memory: false,
             initramfs: Some(initramfs.to_path_buf()),
             tcg: false,
+            rtc: false,
             timeout: DEFAULT_TIMEOUT,
         }
     }
@@ -64,6 +68,13 @@ impl QemuCommand {
     /// so Linux can boot there.
     pub fn tcg(&mut self) -> &mut Self {
         self.tcg = true;
+        self
+    }
+
+    /// A CMOS real-time clock at 0x70, listed in the DSDT (q35 always
+    /// has one).
+    pub fn rtc(&mut self) -> &mut Self {
+        self.rtc = true;
         self
     }
 
@@ -101,10 +112,10 @@ impl QemuCommand {
         // microvm's PIT and, with no HPET or PM timer to fall back on,
         // hangs (seen here, 1 run in 3, next to a PVM Linux boot): q35 has
         // both.
-        let base = if self.tcg {
-            "q35"
-        } else {
-            "microvm,pcie=on,acpi=on"
+        let base = match (self.tcg, self.rtc) {
+            (true, _) => "q35",
+            (false, false) => "microvm,pcie=on,acpi=on",
+            (false, true) => "microvm,pcie=on,acpi=on,rtc=on",
         };
         let machine = if self.shared_memory {
             cmd.args(["-object"])

@@ -20,6 +20,7 @@ mod io;
 mod pci;
 mod platform;
 mod rt;
+mod rtc;
 mod sha256;
 mod tests;
 mod virtio;

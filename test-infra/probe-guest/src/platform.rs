@@ -24,7 +24,20 @@ pub struct Platform {
     /// The ACPI Generic Event Device, where the DSDT has one with an I/O
     /// status register.
     pub ged: Option<Ged>,
+    /// The CMOS real-time clock, where the DSDT has a `PNP0B00` device.
+    pub rtc: Option<RtcDevice>,
+    /// The FADT's `CENTURY`: the RTC register holding the century, or 0.
+    pub rtc_century: u8,
+    /// The FADT's IAPC_BOOT_ARCH says "CMOS RTC not present".
+    pub no_cmos_rtc: bool,
     pub warnings: FixedString<512>,
+}
+
+/// A `PNP0B00` device: its index port (data follows) and ISA IRQ.
+#[derive(Clone, Copy, Debug)]
+pub struct RtcDevice {
+    pub port: u16,
+    pub irq: u32,
 }
 
 /// An `ACPI0013` device: the status byte its `_EVT` reads, and its GSI.
@@ -61,6 +74,9 @@ pub fn discover(image_end: u64, start_info: u64) -> Result<Platform, crate::rt::
         ecam: None,
         sleep: None,
         ged: None,
+        rtc: None,
+        rtc_century: 0,
+        no_cmos_rtc: false,
         warnings: FixedString::new(),
     };
 
@@ -144,6 +160,10 @@ fn parse_acpi(p: &mut Platform) {
             b"FACP" => {
                 dsdt = fadt_dsdt(table);
                 p.sleep = fadt_sleep_register(table);
+                if mmio::read32(table + 4) > 110 {
+                    p.rtc_century = mmio::read8(table + 108);
+                    p.no_cmos_rtc = mmio::read16(table + 109) & (1 << 5) != 0;
+                }
             }
             _ => {}
         }
@@ -153,7 +173,46 @@ fn parse_acpi(p: &mut Platform) {
     }
     if dsdt != 0 {
         p.ged = dsdt_ged(dsdt);
+        p.rtc = dsdt_rtc(dsdt);
     }
+}
+
+/// The `PNP0B00` device after its `_HID`: the first I/O port and the IRQ
+/// of its `_CRS`, an `IRQNoFlags` (QEMU) or an extended interrupt (vmm).
+fn dsdt_rtc(dsdt: u64) -> Option<RtcDevice> {
+    let len = u64::from(mmio::read32(dsdt + 4));
+    // DWordConst(EISAID("PNP0B00")).
+    let start = dsdt_find(dsdt, &[0x0c, 0x41, 0xd0, 0x0b, 0x00])?;
+    let (mut port, mut irq) = (None, None);
+    let mut i = start;
+    while i + 9 < (start + 256).min(len) && (port.is_none() || irq.is_none()) {
+        match mmio::read8(dsdt + i) {
+            // IO: tag, decode, min(2), max(2), alignment, length
+            0x47 if port.is_none() => {
+                port = Some(mmio::read16(dsdt + i + 2));
+                i += 8;
+            }
+            // IRQ: tag (2 or 3 bytes follow), mask(2)
+            0x22 | 0x23 if irq.is_none() => {
+                let mask = mmio::read16(dsdt + i + 1);
+                irq = (mask != 0).then(|| mask.trailing_zeros());
+                i += 3;
+            }
+            // Extended IRQ: tag, len(2) = 6, flags, count = 1, number(4)
+            0x89 if irq.is_none()
+                && mmio::read8(dsdt + i + 1) == 6
+                && mmio::read8(dsdt + i + 4) == 1 =>
+            {
+                irq = Some(mmio::read32(dsdt + i + 5));
+                i += 9;
+            }
+            _ => i += 1,
+        }
+    }
+    Some(RtcDevice {
+        port: port?,
+        irq: irq?,
+    })
 }
 
 /// Where `bytes` first occurs in the DSDT's body.

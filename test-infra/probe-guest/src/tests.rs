@@ -30,6 +30,7 @@ pub fn run(name: &str, ctx: &mut Ctx) -> Result<(), Failure> {
             }
         }
         "tick" => tick_test(ctx),
+        "rtc" => crate::rtc::rtc_test(ctx),
         other => bail!("unknown test {}", Quoted(other.as_bytes())),
     }
 }

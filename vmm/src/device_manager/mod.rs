@@ -17,7 +17,9 @@ use self::allocator::BarAllocator;
 use crate::arch::x86_64::layout::*;
 use crate::bus::{Bus, BusError, SharedDevice};
 use crate::devices::acpi_ged::{acpi_ged, GedEvents};
-use crate::devices::{acpi_power::AcpiPower, debug_exit::DebugExit, i8042::I8042, serial::Serial};
+use crate::devices::{
+    acpi_power::AcpiPower, cmos::Cmos, debug_exit::DebugExit, i8042::I8042, serial::Serial,
+};
 use crate::lifecycle::{Counter, ManagedDevice};
 use crate::pci::host_bridge::HostBridge;
 use crate::pci::segment::{Bdf, SegmentError};
@@ -37,6 +39,10 @@ pub enum DeviceManagerError {
     SerialIrq(#[source] VmError),
     #[error("Failed to connect the ACPI event device's interrupt")]
     GedIrq(#[source] VmError),
+    #[error("Failed to connect the real-time clock's interrupt")]
+    RtcIrq(#[source] VmError),
+    #[error("Failed to start the real-time clock's timer thread")]
+    RtcTimer(#[source] std::io::Error),
     #[error("Failed to place a device on a bus")]
     Bus(#[source] BusError),
     #[error("Failed to add a PCI device")]
@@ -159,8 +165,8 @@ impl DeviceManager {
         })
     }
 
-    /// The exit port, ACPI power registers and event device, the i8042
-    /// and, given an output, the COM1 UART on its IRQ.
+    /// The exit port, ACPI power registers and event device, the i8042,
+    /// the real-time clock and, given an output, the COM1 UART on its IRQ.
     pub fn add_legacy_devices(
         &mut self,
         vm: &Vm,
@@ -198,6 +204,11 @@ impl DeviceManager {
             PORT_I8042_DATA,
             PORT_I8042_COMMAND - PORT_I8042_DATA + 1,
         )?;
+        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(DeviceManagerError::EventFd)?;
+        vm.register_irqfd(&irq, RTC_IRQ)
+            .map_err(DeviceManagerError::RtcIrq)?;
+        let rtc = Cmos::new(irq).map_err(DeviceManagerError::RtcTimer)?;
+        self.add_port_device(Arc::new(Mutex::new(rtc)), PORT_CMOS, PORT_CMOS_LEN)?;
         Ok(PlatformDevices {
             serial,
             acpi_events,

@@ -3,6 +3,7 @@
 
 pub mod acpi_ged;
 pub mod acpi_power;
+pub mod cmos;
 pub mod debug_exit;
 pub mod i8042;
 pub mod serial;

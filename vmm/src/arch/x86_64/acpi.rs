@@ -1,5 +1,6 @@
 //! ACPI tables: RSDP -> XSDT -> FADT (hardware-reduced, with sleep control
-//! and reset registers), DSDT (PCI host bridge, ECAM resource, COM1, \_S5),
+//! and reset registers), DSDT (PCI host bridge, ECAM resource, COM1, the
+//! RTC, the event device and power button, \_S5),
 //! MADT (one LAPIC per vCPU, the IOAPIC) and MCFG (ECAM).
 
 use acpi_tables::aml::{
@@ -25,12 +26,11 @@ use crate::devices::acpi_ged::EVENT_POWER_BUTTON;
 use crate::devices::acpi_power::{
     RESET_OFFSET, RESET_VALUE, SLEEP_CONTROL_OFFSET, SLEEP_STATUS_OFFSET, SLP_TYP_S5,
 };
+use crate::devices::cmos::CENTURY;
 
 const OEM_ID: [u8; 6] = *b"VMMGVU";
 const OEM_TABLE_ID: [u8; 8] = *b"VMMGVU  ";
 const OEM_REVISION: u32 = 1;
-/// FADT IAPC_BOOT_ARCH bit 5 (ACPI 6.5, table 5.11).
-const IAPC_BOOT_ARCH_NO_CMOS_RTC: u16 = 1 << 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AcpiError {
@@ -104,6 +104,22 @@ fn dsdt() -> Vec<u8> {
                 &ResourceTemplate::new(vec![
                     &IO::new(PORT_COM1, PORT_COM1, 1, PORT_COM1_LEN as u8),
                     &Interrupt::new(true, true, false, false, COM1_IRQ),
+                ]),
+            ),
+        ],
+    )
+    .to_aml_bytes(&mut aml);
+    // Where Linux's rtc_cmos finds the clock and its interrupt, as on a PC.
+    Device::new(
+        "_SB_.RTC_".into(),
+        vec![
+            &Name::new("_HID".into(), &EISAName::new("PNP0B00")),
+            &Name::new("_UID".into(), &aml::ZERO),
+            &Name::new(
+                "_CRS".into(),
+                &ResourceTemplate::new(vec![
+                    &IO::new(PORT_CMOS, PORT_CMOS, 1, PORT_CMOS_LEN as u8),
+                    &Interrupt::new(true, true, false, false, RTC_IRQ),
                 ]),
             ),
         ],
@@ -192,10 +208,9 @@ fn fadt(dsdt_addr: u64) -> Vec<u8> {
         .flag(Flags::ResetRegSup)
         .flag(Flags::PwrButton)
         .flag(Flags::SlpButton);
-    // IAPC_BOOT_ARCH "CMOS RTC not present": true until we have one, and
-    // without it Linux's rtc_cmos polls ports that read all ones (about
-    // 3 s of every Debian boot) before it gives up.
-    builder.iapc_boot_arch = IAPC_BOOT_ARCH_NO_CMOS_RTC.into();
+    // Ignored by ACPI on a hardware-reduced platform, yet Linux's rtc_cmos
+    // reads the century from there.
+    builder.century = CENTURY;
     builder.reset_reg = io_register(power + RESET_OFFSET);
     builder.reset_value = RESET_VALUE;
     builder.sleep_control_reg = io_register(power + SLEEP_CONTROL_OFFSET);
@@ -333,11 +348,22 @@ mod tests {
     }
 
     #[test]
-    fn fadt_says_there_is_no_cmos_rtc() {
+    fn fadt_names_the_rtc_century_register_and_no_legacy_flags() {
         let table = fadt(0x1000);
-        // IAPC_BOOT_ARCH at offset 109; nothing else claimed (no 8042, no
-        // legacy devices).
-        assert_eq!(u16::from_le_bytes([table[109], table[110]]), 1 << 5);
+        assert_eq!(table[108], 0x32, "CENTURY");
+        // IAPC_BOOT_ARCH at offset 109: not "no CMOS RTC", no 8042 claimed.
+        assert_eq!(u16::from_le_bytes([table[109], table[110]]), 0);
+    }
+
+    #[test]
+    fn dsdt_has_the_rtc_at_0x70_on_irq_8() {
+        let table = dsdt();
+        let has = |needle: &[u8]| table.windows(needle.len()).any(|w| w == needle);
+        // EISAID("PNP0B00"), IO(Decode16, 0x70, 0x70, 1, 2) and
+        // Interrupt(ResourceConsumer, Edge, ActiveHigh, Exclusive) {8}.
+        assert!(has(&0x000b_d041u32.to_le_bytes()));
+        assert!(has(&[0x47, 0x01, 0x70, 0x00, 0x70, 0x00, 0x01, 0x02]));
+        assert!(has(&[0x89, 0x06, 0x00, 0x03, 0x01, 0x08, 0x00, 0x00, 0x00]));
     }
 
     #[test]

@@ -59,6 +59,9 @@ pub const PCI_MMIO64_SIZE: u64 = 0x100_0000_0000;
 /// I/O ports.
 pub const PORT_I8042_DATA: u16 = 0x60;
 pub const PORT_I8042_COMMAND: u16 = 0x64;
+/// The CMOS real-time clock: index, then data (see `devices::cmos`).
+pub const PORT_CMOS: u16 = 0x70;
+pub const PORT_CMOS_LEN: u16 = 2;
 pub const PORT_COM1: u16 = 0x3f8;
 pub const PORT_COM1_LEN: u16 = 8;
 /// Guest exit device, compatible with QEMU's `isa-debug-exit,iobase=0xf4,iosize=4`.
@@ -76,6 +79,8 @@ pub const PORT_PCI_CONFIG_LEN: u16 = 8;
 
 /// Legacy IRQ of COM1 (IOAPIC pin 4).
 pub const COM1_IRQ: u32 = 4;
+/// The real-time clock's ISA IRQ (IOAPIC pin 8, edge, active high).
+pub const RTC_IRQ: u32 = 8;
 /// The ACPI Generic Event Device's interrupt (IOAPIC pin 5, edge, active
 /// high), which no ISA device of ours uses.
 pub const GED_IRQ: u32 = 5;

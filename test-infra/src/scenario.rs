@@ -78,6 +78,19 @@ start_vmm_as_given() {
     echo $? >"$WORK/vmm-$name.rc" ) &
 }
 run_vmm_as_given() { start_vmm_as_given "$@"; wait_vmm "$1" $(( $2 + 5 )); }
+# host_mounts: L1's /proc, /sys and /dev in the host's root (nested), so
+# that a program chrooted there finds /dev/kvm; then ON_HOST is the prefix
+# that runs a program of the host as on the host (empty when direct).
+host_mounts() {
+  ON_HOST=
+  [ -n "$HOSTROOT" ] || return 0
+  for fs in proc sys dev; do
+    if ! grep -q " $HOSTROOT/$fs " /proc/mounts; then
+      case $fs in proc) mount -t proc proc "$HOSTROOT/proc" ;; sys) mount -t sysfs sys "$HOSTROOT/sys" ;; dev) mount --bind /dev "$HOSTROOT/dev" ;; esac
+    fi
+  done
+  ON_HOST="chroot $HOSTROOT"
+}
 # start_host_program NAME DIR ARGV...: a program of the host, run as on the
 # host, from the directory the harness was started in, so relative paths
 # mean what the user meant (nested: chrooted into the host's root, which
@@ -88,11 +101,7 @@ start_host_program() {
   name=$1 dir=$2; shift 2
   if [ -n "$HOSTROOT" ]; then
     mkdir -p "$WORK/$name.d"
-    for fs in proc sys dev; do
-      if ! grep -q " $HOSTROOT/$fs " /proc/mounts; then
-        case $fs in proc) mount -t proc proc "$HOSTROOT/proc" ;; sys) mount -t sysfs sys "$HOSTROOT/sys" ;; dev) mount --bind /dev "$HOSTROOT/dev" ;; esac
-      fi
-    done
+    host_mounts
     mount --bind "$WORK/$name.d" "$HOSTROOT$dir"
     chroot "$HOSTROOT" /bin/sh -c 'cd "$0" && exec "$@"' "$HOSTCWD" "$@" >>"$OUT/$name.log" 2>&1 </dev/null &
     echo $! >"$WORK/$name.pid"
@@ -186,7 +195,9 @@ impl Scenario {
         Ok(path)
     }
 
-    fn input_path(&self, name: &str) -> PathBuf {
+    /// Where `$IN/NAME` is on the host: the path to give a program of the
+    /// host (`$ON_HOST`, `start_host_program`), which sees the host's files.
+    pub fn input_path(&self, name: &str) -> PathBuf {
         self.dir.path().join("share/in").join(name)
     }
 

@@ -10,6 +10,8 @@ pub const VSOCK_ECHO: &str = include_str!("c/vsock-echo.c");
 pub const PTY_RUN: &str = include_str!("c/pty-run.c");
 /// A client of vmm's API socket, for an L1 without curl.
 pub const API_REQUEST: &str = include_str!("c/api-request.c");
+/// Runs a VMM and times its guest's output, with its peak RSS (bench).
+pub const STAMP_RUN: &str = include_str!("c/stamp-run.c");
 /// An alarm set through `/dev/rtc0`, waited for.
 pub const RTC_ALARM: &str = include_str!("c/rtc-alarm.c");
 

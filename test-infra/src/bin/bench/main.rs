@@ -8,13 +8,14 @@
 //! Cloud Hypervisor's generic device, same virtiofsd, same guest), the
 //! notification round trip through the echo mock by queue size and device
 //! count, with `vmm`'s exits per round trip, and virtio-blk on one image
-//! (blk.rs), and the API's round trips and pause latency (api.rs). Last,
+//! (blk.rs), the API's round trips and pause latency (api.rs), and Linux
+//! to userspace under vmm, Cloud Hypervisor and QEMU (linux.rs). Last,
 //! the wall time of the whole integration suite (built first, so only the
 //! run is timed).
 //!
-//! Usage: bench [--runs N] [--fs-runs N] [--only startup|fs|echo|blk|api|nested|suite]
+//! Usage: bench [--runs N] [--fs-runs N] [--only startup|fs|echo|blk|api|nested|linux|suite]
 //! [--cloud-hypervisor PATH] (or CLOUD_HYPERVISOR=PATH). `--runs` is per
-//! start-up row (default 20) and per blk row (default 5). Ratios within one
+//! start-up row (default 20), per blk row and per Linux VMM (default 5). Ratios within one
 //! run are what count: the machines are shared and absolute figures are
 //! noisy.
 
@@ -22,6 +23,7 @@ mod api;
 mod blk;
 mod echo;
 mod fs;
+mod linux;
 mod nested;
 mod startup;
 
@@ -75,7 +77,7 @@ fn main() {
             "--cloud-hypervisor" => ch = args.next().map(PathBuf::from),
             "-h" | "--help" => {
                 println!(
-                    "bench [--runs N] [--fs-runs N] [--only startup|fs|echo|blk|api|nested|suite] [--cloud-hypervisor PATH]"
+                    "bench [--runs N] [--fs-runs N] [--only startup|fs|echo|blk|api|nested|linux|suite] [--cloud-hypervisor PATH]"
                 );
                 return;
             }
@@ -115,6 +117,11 @@ fn main() {
     if wanted("nested") {
         if let Err(e) = nested::nested_bench(fs_runs) {
             eprintln!("bench: nested: {e}");
+        }
+    }
+    if wanted("linux") {
+        if let Err(e) = linux::linux_bench(runs.unwrap_or(5), ch.as_ref()) {
+            eprintln!("bench: linux: {e}");
         }
     }
     if wanted("suite") {

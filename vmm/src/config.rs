@@ -195,6 +195,9 @@ pub struct MemoryConfig {
     /// Backed by a memfd that vhost-user backends can map.
     pub shared: bool,
     pub hugepages: bool,
+    /// Transparent huge pages asked for (MADV_HUGEPAGE) or refused
+    /// (MADV_NOHUGEPAGE) on RAM that is not `hugepages`.
+    pub thp: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

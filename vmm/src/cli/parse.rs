@@ -69,8 +69,8 @@ const CPUS: OptionForm = OptionForm {
 };
 const MEMORY: OptionForm = OptionForm {
     name: "--memory",
-    keys: &["size", "shared", "hugepages"],
-    form: "size=SIZE[,shared=on|off][,hugepages=on|off]",
+    keys: &["size", "shared", "hugepages", "thp"],
+    form: "size=SIZE[,shared=on|off][,hugepages=on|off][,thp=on|off]",
 };
 const SERIAL: OptionForm = OptionForm {
     name: "--serial",
@@ -246,6 +246,7 @@ fn parse_memory(value: &str) -> Result<MemoryConfig, OptionError> {
     let options = Options::parse(&MEMORY, value)?;
     let shared = options.toggle("shared")?.unwrap_or(false);
     let hugepages = options.toggle("hugepages")?.unwrap_or(false);
+    let thp = options.toggle("thp")?.unwrap_or(true);
     let size = match options.get("size") {
         Some(size) => parse_memory_size(size, hugepages)?,
         None => DEFAULT_MEMORY_SIZE,
@@ -254,6 +255,7 @@ fn parse_memory(value: &str) -> Result<MemoryConfig, OptionError> {
         size,
         shared,
         hugepages,
+        thp,
     })
 }
 

@@ -55,6 +55,13 @@ pub struct MemoryJson {
     pub shared: bool,
     #[serde(default)]
     pub hugepages: bool,
+    /// Cloud Hypervisor's default: on.
+    #[serde(default = "default_thp")]
+    pub thp: bool,
+}
+
+fn default_thp() -> bool {
+    true
 }
 
 impl Default for MemoryJson {
@@ -63,6 +70,7 @@ impl Default for MemoryJson {
             size: DEFAULT_MEMORY_SIZE,
             shared: false,
             hugepages: false,
+            thp: true,
         }
     }
 }
@@ -259,6 +267,7 @@ impl TryFrom<VmConfigJson> for VmConfig {
                 size: memory.size,
                 shared: memory.shared,
                 hugepages: memory.hugepages,
+                thp: memory.thp,
             },
             payload: PayloadConfig {
                 kernel,
@@ -485,6 +494,7 @@ impl From<&VmConfig> for VmConfigJson {
                 size: config.memory.size,
                 shared: config.memory.shared,
                 hugepages: config.memory.hugepages,
+                thp: config.memory.thp,
             },
             payload: PayloadJson {
                 firmware: None,

@@ -41,8 +41,6 @@ pub enum DeviceManagerError {
     GedIrq(#[source] VmError),
     #[error("Failed to connect the real-time clock's interrupt")]
     RtcIrq(#[source] VmError),
-    #[error("Failed to start the real-time clock's timer thread")]
-    RtcTimer(#[source] std::io::Error),
     #[error("Failed to place a device on a bus")]
     Bus(#[source] BusError),
     #[error("Failed to add a PCI device")]
@@ -207,8 +205,11 @@ impl DeviceManager {
         let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(DeviceManagerError::EventFd)?;
         vm.register_irqfd(&irq, RTC_IRQ)
             .map_err(DeviceManagerError::RtcIrq)?;
-        let rtc = Cmos::new(irq).map_err(DeviceManagerError::RtcTimer)?;
-        self.add_port_device(Arc::new(Mutex::new(rtc)), PORT_CMOS, PORT_CMOS_LEN)?;
+        self.add_port_device(
+            Arc::new(Mutex::new(Cmos::new(irq))),
+            PORT_CMOS,
+            PORT_CMOS_LEN,
+        )?;
         Ok(PlatformDevices {
             serial,
             acpi_events,

@@ -464,31 +464,46 @@ impl Shared {
     }
 }
 
-/// The RTC on the I/O bus, with the thread that raises its interrupts.
+/// The RTC on the I/O bus, with the thread that raises its interrupts,
+/// started when the guest first enables one (most guests never do: a
+/// VM's start-up spends nothing on it).
 pub struct Cmos {
     shared: Arc<Shared>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     timer: Option<JoinHandle<()>>,
+    /// Starting the timer failed once: said once, not tried again.
+    timer_failed: bool,
 }
 
 impl Cmos {
     /// The chip showing the host's time; `irq` is IRQ 8's irqfd.
-    pub fn new(irq: EventFd) -> std::io::Result<Self> {
-        let shared = Arc::new(Shared {
-            rtc: Mutex::new(Rtc::new(host_now())),
-            changed: Condvar::new(),
-            irq,
-        });
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let timer = std::thread::Builder::new().name("rtc".into()).spawn({
-            let (shared, stop) = (shared.clone(), stop.clone());
-            move || timer(&shared, &stop)
-        })?;
-        Ok(Self {
-            shared,
-            stop,
-            timer: Some(timer),
-        })
+    pub fn new(irq: EventFd) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                rtc: Mutex::new(Rtc::new(host_now())),
+                changed: Condvar::new(),
+                irq,
+            }),
+            stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            timer: None,
+            timer_failed: false,
+        }
+    }
+
+    fn start_timer(&mut self) {
+        let (shared, stop) = (self.shared.clone(), self.stop.clone());
+        match std::thread::Builder::new()
+            .name("rtc".into())
+            .spawn(move || timer(&shared, &stop))
+        {
+            Ok(handle) => self.timer = Some(handle),
+            Err(e) => {
+                self.timer_failed = true;
+                log::error!(
+                    "RTC: cannot start its timer thread ({e}): its interrupts will not come"
+                );
+            }
+        }
     }
 }
 
@@ -550,7 +565,11 @@ impl BusDevice for Cmos {
             reprogrammed |= port == DATA_PORT;
             rose |= rtc.write(port, byte, now);
         }
+        let wants_timer = rtc.ram[REG_B] & (B_PIE | B_AIE | B_UIE) != 0;
         drop(rtc);
+        if wants_timer && self.timer.is_none() && !self.timer_failed {
+            self.start_timer();
+        }
         if rose {
             self.shared.raise();
         }
@@ -860,7 +879,11 @@ mod tests {
     #[test]
     fn the_timer_raises_irq_8_for_the_alarm() {
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let mut cmos = Cmos::new(irq.try_clone().unwrap()).unwrap();
+        let mut cmos = Cmos::new(irq.try_clone().unwrap());
+        assert!(
+            cmos.timer.is_none(),
+            "no timer before an interrupt is enabled"
+        );
         cmos.write(0, &[0x0e, 0x5a]);
         let mut byte = [0];
         cmos.write(0, &[0x0e]);
@@ -870,6 +893,7 @@ mod tests {
             cmos.write(0, &[i as u8, 0xc0]);
         }
         cmos.write(0, &[REG_B as u8, B_AIE | B_24_HOUR]);
+        assert!(cmos.timer.is_some());
         // Hang detectors: the alarm is due within a second each time.
         for _ in 0..2 {
             assert!(irq_within(&irq, 5000), "no alarm interrupt");

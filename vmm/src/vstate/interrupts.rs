@@ -325,6 +325,7 @@ mod tests {
             size: 2 << 20,
             shared: false,
             hugepages: false,
+            thp: true,
         })
         .ok()?;
         match Vm::new(&memory) {

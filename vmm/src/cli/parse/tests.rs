@@ -49,6 +49,7 @@ fn defaults() {
                 size: 512 * MIB,
                 shared: false,
                 hugepages: false,
+                thp: true,
             },
             payload: PayloadConfig {
                 kernel: "/boot/vmlinux".into(),
@@ -118,13 +119,16 @@ fn cpus_refused(#[case] value: &str, #[case] message: &str) {
 #[case("size=1G,shared=off,hugepages=on", GIB, false, true)]
 #[case("hugepages=on,shared=on,size=4M", 4 * MIB, true, true)]
 #[case("shared=on", 512 * MIB, true, false)]
+#[case("size=64M,thp=off", 64 * MIB, false, false)]
+#[case("thp=on,shared=on", 512 * MIB, true, false)]
 fn memory(#[case] value: &str, #[case] size: u64, #[case] shared: bool, #[case] hugepages: bool) {
     assert_eq!(
         parse_ok(&["--memory", value]).memory,
         MemoryConfig {
             size,
             shared,
-            hugepages
+            hugepages,
+            thp: !value.contains("thp=off"),
         }
     );
 }

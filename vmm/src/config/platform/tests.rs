@@ -10,6 +10,7 @@ fn config() -> VmConfig {
             size: 512 << 20,
             shared: true,
             hugepages: false,
+            thp: true,
         },
         payload: PayloadConfig {
             kernel: "/k".into(),

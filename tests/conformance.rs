@@ -400,6 +400,30 @@ fn a_zero_timeout_is_a_usage_error() {
     assert!(out.is_empty(), "no checks run: {out}");
 }
 
+/// Found as a backend author would use the runner: an absolute host path
+/// for the vsock host socket works on a KVM host but, nested, timed out
+/// with nothing saying why. Nested, it is now refused before anything
+/// runs, naming what to write instead; on a KVM host it means what it
+/// says, and the runner goes on to start the backend.
+#[test]
+fn a_host_socket_path_that_cannot_work_nested_is_refused_at_once() {
+    let nested = test_infra::LinuxTier::detect() == test_infra::LinuxTier::Nested;
+    let (code, out, err) = conformance(&[
+        "--virtio-id",
+        "vsock",
+        "--guest",
+        "linux",
+        "--vsock-host-socket",
+        "/root/vs/vm.vsock",
+        "--",
+        "/bin/false",
+    ]);
+    assert_eq!(code, Some(2), "{out}\n{err}");
+    assert!(out.is_empty(), "no checks run: {out}");
+    let refused = err.contains("write --vsock-host-socket {dir}/vm.vsock");
+    assert_eq!(refused, nested, "nested={nested}: {err}");
+}
+
 /// A backend that exits at once was reported as "did not create the
 /// socket within 10s" (after 0.03 s); the report now says it exited, how,
 /// and what it printed.

@@ -9,6 +9,7 @@
 pub mod backend;
 pub mod catalogue;
 pub mod kernel_log;
+pub mod means;
 pub mod preflight;
 pub mod progress;
 pub mod report;

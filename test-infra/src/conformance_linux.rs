@@ -14,7 +14,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::conformance::{kernel_log, Check, Status};
+use crate::conformance::{kernel_log, means, Check, Status};
 use crate::linux::GuestInit;
 use crate::probe::ProbeReport;
 use crate::scenario::{shell_quote, Scenario, ScenarioRun};
@@ -424,11 +424,13 @@ fn judge(
         },
         elapsed,
     ));
-    checks.push(check(
-        name_static(name),
-        type_outcome(name, spec, &guest, run),
-        elapsed,
-    ));
+    let type_check = name_static(name);
+    checks.push(
+        match means::missing_means(type_check, spec.vsock_host_socket.as_deref()) {
+            Some(why) => skip(type_check, why),
+            None => check(type_check, type_outcome(name, spec, &guest, run), elapsed),
+        },
+    );
     checks.push(kernel_log_check(modules, name, &guest, elapsed));
     checks
 }
@@ -680,15 +682,12 @@ fn type_outcome(
         }
         "vsock" => {
             let echo = guest.all("vsock").find_map(|r| r.get("echo"));
-            match (echo, &spec.vsock_host_socket) {
-                (_, None) => Err(
-                    "give --vsock-host-socket (the backend's uds-path) to check a connection"
-                        .into(),
-                ),
-                (Some(e), Some(_)) if e.contains("conformance-7f3a-vsock") => Ok(format!(
+            // Without --vsock-host-socket it is skipped (`means`).
+            match echo {
+                Some(e) if e.contains("conformance-7f3a-vsock") => Ok(format!(
                     "guest connected to the host (CID 2, port 5000): {e}"
                 )),
-                (e, Some(_)) => Err(format!("no echo through the backend: {e:?}")),
+                e => Err(format!("no echo through the backend: {e:?}")),
             }
         }
         "sound" => {

@@ -37,7 +37,7 @@ use test_infra::guest::quote;
 use test_infra::process::Child;
 use test_infra::vmm::{GuestRun, VmmCommand};
 use test_infra::ProbeReport;
-use test_infra::{paths, reaper};
+use test_infra::{paths, reaper, LinuxTier};
 
 /// For the backend to create its socket: a hang detector (a backend that
 /// exits first is told at once), generous for a loaded machine.
@@ -354,6 +354,17 @@ fn run(args: &Args) -> Result<Vec<Check>, String> {
         .ok_or("give --virtio-id (or --list-checks)")?;
     let device_type =
         virtio_types::VirtioDeviceType::new(virtio_id).ok_or("device ID 0 is reserved")?;
+    // Refused before anything runs: nested, this path could only time out.
+    let linux_wanted = args
+        .guest
+        .map_or(conformance_linux::has_tier(virtio_id), |g| {
+            g != GuestKind::Probe
+        });
+    if let (true, Some(path)) = (linux_wanted, &args.vsock_host_socket) {
+        if let Some(why) = conformance::means::host_socket_problem(path, LinuxTier::detect()) {
+            return Err(why);
+        }
+    }
     let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
     reaper::remove_at_end(dir.path());
     let mut runner = Runner {
@@ -385,6 +396,7 @@ fn run(args: &Args) -> Result<Vec<Check>, String> {
     if guest != GuestKind::Both {
         runner.progress.stage(&format!("guests: {guest:?}"));
     }
+
     let mut config_bytes = None;
     if guest != GuestKind::Linux {
         let generic = runner.boot("probe.run=pci,virtio,config")?;

@@ -3,9 +3,19 @@
 
 use std::path::{Path, PathBuf};
 
-/// The workspace root (this crate lives one level below it).
+/// The workspace root (this crate, and the integration tests', live one
+/// level below it). Under nextest, where the tests run: a test from an
+/// archive (ci/partition) runs in a checkout at another path than the
+/// one it was built in, which nextest gives as `CARGO_MANIFEST_DIR`.
+/// Elsewhere where this crate was built: a program started by hand (the
+/// conformance runner, the bench) may run inside someone else's cargo
+/// project.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let runtime = std::env::var_os("NEXTEST")
+        .and(std::env::var_os("CARGO_MANIFEST_DIR"))
+        .map(PathBuf::from);
+    let manifest_dir = runtime.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."))

@@ -1,8 +1,10 @@
 //! `vmm` as a library: the rooms of the program, so that `main.rs` stays
 //! the process (arguments -> configuration -> build -> run -> status) and
 //! the fuzz targets in `fuzz/` can drive the device models and parsers
-//! without KVM. Public are only the modules `main` uses and, with the
-//! `fuzzing` feature, `fuzzing`: what the fuzz targets need.
+//! without KVM. Public are only the modules `main` uses, `snapshot` (the
+//! on-disk format that `vm.snapshot` and `--restore` are being built on,
+//! complete and tested on its own) and, with the `fuzzing` feature,
+//! `fuzzing`: what the fuzz targets need.
 
 pub mod api;
 mod arch;
@@ -21,6 +23,7 @@ mod lifecycle;
 pub mod logger;
 mod pci;
 pub mod signals;
+pub mod snapshot;
 mod terminal;
 pub mod util;
 mod virtio;

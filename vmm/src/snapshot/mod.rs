@@ -28,6 +28,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::vstate::memory::GuestMemory;
+/// What KVM holds of the VM and its vCPUs, as a snapshot saves it.
+pub use crate::vstate::saved::{saved_msr_indices, StateError, VcpuState, VmState};
 
 /// What this VMM writes and reads; another version is refused by name.
 pub const FORMAT_VERSION: u32 = 1;

@@ -3,6 +3,7 @@
 
 pub mod interrupts;
 pub mod memory;
+pub mod saved;
 pub mod vcpu;
 pub mod vcpu_control;
 pub mod vm;

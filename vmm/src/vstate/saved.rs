@@ -1,0 +1,328 @@
+//! What KVM holds of a VM and its vCPUs, as plain serialisable values: a
+//! paused VM's state for a snapshot, and how to put it back into a new
+//! VM. The device models keep their own.
+
+use kvm_bindings::{
+    kvm_clock_data, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_msr_entry,
+    kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, Msrs,
+    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("Failed to read the {what} of vCPU {id}")]
+    VcpuGet {
+        id: u8,
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("Failed to restore the {what} of vCPU {id}")]
+    VcpuSet {
+        id: u8,
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("Failed to read the VM's {what}")]
+    VmGet {
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("Failed to restore the VM's {what}")]
+    VmSet {
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("KVM took {written} of vCPU {id}'s {count} MSRs (not {index:#x})")]
+    Msrs {
+        id: u8,
+        written: usize,
+        count: usize,
+        index: u32,
+    },
+    #[error("Too many MSRs for one KVM call")]
+    MsrList(#[source] vmm_sys_util::fam::Error),
+}
+
+/// One vCPU, everything KVM keeps of it that a guest can see.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VcpuState {
+    pub regs: kvm_regs,
+    pub sregs: kvm_sregs,
+    pub xsave: kvm_xsave,
+    pub xcrs: kvm_xcrs,
+    pub lapic: kvm_lapic_state,
+    pub msrs: Vec<kvm_msr_entry>,
+    pub mp_state: kvm_mp_state,
+    pub events: kvm_vcpu_events,
+    pub debug_regs: kvm_debugregs,
+}
+
+/// The VM's in-kernel devices and clock.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmState {
+    pub pic_master: kvm_irqchip,
+    pub pic_slave: kvm_irqchip,
+    pub ioapic: kvm_irqchip,
+    pub pit: kvm_pit_state2,
+    pub clock: kvm_clock_data,
+}
+
+/// The MSRs KVM can save for its guests on this host: those in its index
+/// list that a vCPU reads back one at a time (some in the list are
+/// readable only under conditions a snapshot does not meet).
+pub fn saved_msr_indices(kvm: &Kvm, vcpu: &VcpuFd) -> Result<Vec<u32>, StateError> {
+    let list = kvm
+        .get_msr_index_list()
+        .map_err(|source| StateError::VmGet {
+            what: "MSR index list",
+            source,
+        })?;
+    Ok(list
+        .as_slice()
+        .iter()
+        .copied()
+        .filter(|&index| {
+            let entry = kvm_msr_entry {
+                index,
+                ..Default::default()
+            };
+            Msrs::from_entries(&[entry])
+                .ok()
+                .and_then(|mut one| vcpu.get_msrs(&mut one).ok())
+                == Some(1)
+        })
+        .collect())
+}
+
+impl VcpuState {
+    /// Reads vCPU `id`'s state; `msr_indices` from `saved_msr_indices`.
+    pub fn save(vcpu: &VcpuFd, id: u8, msr_indices: &[u32]) -> Result<Self, StateError> {
+        let get = |what| move |source| StateError::VcpuGet { id, what, source };
+        let entries: Vec<kvm_msr_entry> = msr_indices
+            .iter()
+            .map(|&index| kvm_msr_entry {
+                index,
+                ..Default::default()
+            })
+            .collect();
+        let mut msrs = Msrs::from_entries(&entries).map_err(StateError::MsrList)?;
+        let read = vcpu.get_msrs(&mut msrs).map_err(get("MSRs"))?;
+        if read != entries.len() {
+            return Err(StateError::Msrs {
+                id,
+                written: read,
+                count: entries.len(),
+                index: entries.get(read).map_or(0, |e| e.index),
+            });
+        }
+        Ok(Self {
+            // Events first: reading them settles what KVM was about to
+            // inject, as QEMU and Firecracker order it.
+            events: vcpu.get_vcpu_events().map_err(get("pending events"))?,
+            mp_state: vcpu.get_mp_state().map_err(get("MP state"))?,
+            regs: vcpu.get_regs().map_err(get("registers"))?,
+            sregs: vcpu.get_sregs().map_err(get("segment registers"))?,
+            xsave: vcpu.get_xsave().map_err(get("XSAVE area"))?,
+            xcrs: vcpu.get_xcrs().map_err(get("XCRs"))?,
+            lapic: vcpu.get_lapic().map_err(get("local APIC"))?,
+            debug_regs: vcpu.get_debug_regs().map_err(get("debug registers"))?,
+            msrs: msrs.as_slice().to_vec(),
+        })
+    }
+
+    /// Puts the state into a new vCPU of a new VM, whose CPUID is already
+    /// the saved one. The order matters to KVM: segment registers (the
+    /// mode) before registers, MSRs (the TSC, the APIC base) before the
+    /// local APIC, the events and MP state last.
+    pub fn restore(&self, vcpu: &VcpuFd, id: u8) -> Result<(), StateError> {
+        let set = |what| move |source| StateError::VcpuSet { id, what, source };
+        vcpu.set_sregs(&self.sregs)
+            .map_err(set("segment registers"))?;
+        vcpu.set_regs(&self.regs).map_err(set("registers"))?;
+        // SAFETY: a legacy-sized XSAVE area read from KVM by `save`, for a
+        // vCPU with the same CPUID: KVM reads no more than it wrote.
+        unsafe { vcpu.set_xsave(&self.xsave) }.map_err(set("XSAVE area"))?;
+        vcpu.set_xcrs(&self.xcrs).map_err(set("XCRs"))?;
+        let msrs = Msrs::from_entries(&self.msrs).map_err(StateError::MsrList)?;
+        let written = vcpu.set_msrs(&msrs).map_err(set("MSRs"))?;
+        if written != self.msrs.len() {
+            return Err(StateError::Msrs {
+                id,
+                written,
+                count: self.msrs.len(),
+                index: self.msrs.get(written).map_or(0, |e| e.index),
+            });
+        }
+        vcpu.set_lapic(&self.lapic).map_err(set("local APIC"))?;
+        vcpu.set_debug_regs(&self.debug_regs)
+            .map_err(set("debug registers"))?;
+        vcpu.set_mp_state(self.mp_state).map_err(set("MP state"))?;
+        vcpu.set_vcpu_events(&self.events)
+            .map_err(set("pending events"))?;
+        Ok(())
+    }
+}
+
+impl VmState {
+    pub fn save(vm: &VmFd) -> Result<Self, StateError> {
+        let chip = |chip_id| {
+            let mut chip = kvm_irqchip {
+                chip_id,
+                ..Default::default()
+            };
+            vm.get_irqchip(&mut chip)
+                .map(|()| chip)
+                .map_err(|source| StateError::VmGet {
+                    what: "interrupt controllers",
+                    source,
+                })
+        };
+        Ok(Self {
+            pic_master: chip(KVM_IRQCHIP_PIC_MASTER)?,
+            pic_slave: chip(KVM_IRQCHIP_PIC_SLAVE)?,
+            ioapic: chip(KVM_IRQCHIP_IOAPIC)?,
+            pit: vm.get_pit2().map_err(|source| StateError::VmGet {
+                what: "PIT",
+                source,
+            })?,
+            clock: vm.get_clock().map_err(|source| StateError::VmGet {
+                what: "clock",
+                source,
+            })?,
+        })
+    }
+
+    /// Into a new VM with its irqchip and PIT created, before its vCPUs
+    /// run.
+    pub fn restore(&self, vm: &VmFd) -> Result<(), StateError> {
+        let set = |what| move |source| StateError::VmSet { what, source };
+        for chip in [&self.pic_master, &self.pic_slave, &self.ioapic] {
+            vm.set_irqchip(chip).map_err(set("interrupt controllers"))?;
+        }
+        vm.set_pit2(&self.pit).map_err(set("PIT"))?;
+        // KVM takes the clock value only; the flags it reported say how
+        // it was read and are not for setting.
+        let clock = kvm_clock_data {
+            clock: self.clock.clock,
+            ..Default::default()
+        };
+        vm.set_clock(&clock).map_err(set("clock"))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vstate::vm::Vm;
+
+    /// KVM tests run where /dev/kvm exists and say so loudly elsewhere.
+    fn vm_or_skip(test: &str) -> Option<Vm> {
+        let memory = crate::vstate::memory::create_guest_memory(&crate::config::MemoryConfig {
+            size: 2 << 20,
+            shared: false,
+            hugepages: false,
+            thp: false,
+        })
+        .ok()?;
+        match Vm::new(&memory) {
+            Ok(vm) => Some(vm),
+            Err(e) => {
+                eprintln!("SKIPPED {test}: no usable KVM here: {e}");
+                None
+            }
+        }
+    }
+
+    /// A vCPU given unusual values, saved, and put into a vCPU of another
+    /// VM, reads back the same; and the state survives JSON.
+    #[test]
+    fn a_vcpu_s_state_moves_to_another_vm() {
+        let (Some(first), Some(second)) = (
+            vm_or_skip("a_vcpu_s_state_moves_to_another_vm"),
+            vm_or_skip("a_vcpu_s_state_moves_to_another_vm"),
+        ) else {
+            return;
+        };
+        let cpuid = first
+            .kvm()
+            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .unwrap();
+        let source = first.fd().create_vcpu(0).unwrap();
+        source.set_cpuid2(&cpuid).unwrap();
+        let mut regs = source.get_regs().unwrap();
+        regs.rax = 0x1234_5678_9abc_def0;
+        regs.rip = 0xfff0;
+        regs.rflags = 0x2;
+        source.set_regs(&regs).unwrap();
+        // IA32_SYSENTER_EIP, an MSR every x86 KVM saves.
+        let sysenter = kvm_msr_entry {
+            index: 0x176,
+            data: 0xfeed_f00d,
+            ..Default::default()
+        };
+        source
+            .set_msrs(&Msrs::from_entries(&[sysenter]).unwrap())
+            .unwrap();
+        let indices = saved_msr_indices(first.kvm(), &source).unwrap();
+        assert!(indices.contains(&0x176), "{indices:x?}");
+        let saved = VcpuState::save(&source, 0, &indices).unwrap();
+        let json = serde_json::to_string(&saved).unwrap();
+        let saved: VcpuState = serde_json::from_str(&json).unwrap();
+
+        let target = second.fd().create_vcpu(0).unwrap();
+        target.set_cpuid2(&cpuid).unwrap();
+        saved.restore(&target, 0).unwrap();
+        let back = target.get_regs().unwrap();
+        assert_eq!((back.rax, back.rip), (regs.rax, regs.rip));
+        let mut msr = Msrs::from_entries(&[kvm_msr_entry {
+            index: 0x176,
+            ..Default::default()
+        }])
+        .unwrap();
+        target.get_msrs(&mut msr).unwrap();
+        assert_eq!(msr.as_slice()[0].data, 0xfeed_f00d);
+    }
+
+    /// The IOAPIC's routing and the clock move with the VM.
+    #[test]
+    fn a_vm_s_irqchip_and_clock_move_to_another_vm() {
+        let (Some(first), Some(second)) = (
+            vm_or_skip("a_vm_s_irqchip_and_clock_move_to_another_vm"),
+            vm_or_skip("a_vm_s_irqchip_and_clock_move_to_another_vm"),
+        ) else {
+            return;
+        };
+        let mut ioapic = kvm_irqchip {
+            chip_id: KVM_IRQCHIP_IOAPIC,
+            ..Default::default()
+        };
+        first.fd().get_irqchip(&mut ioapic).unwrap();
+        // SAFETY: the IOAPIC's member of the union, for chip_id IOAPIC.
+        unsafe { ioapic.chip.ioapic.redirtbl[5].bits = 0x31 };
+        first.fd().set_irqchip(&ioapic).unwrap();
+        let saved = VmState::save(first.fd()).unwrap();
+        let json = serde_json::to_string(&saved).unwrap();
+        let saved: VmState = serde_json::from_str(&json).unwrap();
+        saved.restore(second.fd()).unwrap();
+        let mut back = kvm_irqchip {
+            chip_id: KVM_IRQCHIP_IOAPIC,
+            ..Default::default()
+        };
+        second.fd().get_irqchip(&mut back).unwrap();
+        // SAFETY: as above.
+        assert_eq!(unsafe { back.chip.ioapic.redirtbl[5].bits } & 0xff, 0x31);
+        let clock = second.fd().get_clock().unwrap().clock;
+        assert!(
+            clock >= saved.clock.clock,
+            "{clock} < {}",
+            saved.clock.clock
+        );
+    }
+}

@@ -319,22 +319,8 @@ mod tests {
     use kvm_bindings::{kvm_irqchip, kvm_lapic_state};
     use std::time::{Duration, Instant};
 
-    /// KVM tests run where /dev/kvm exists and say so loudly elsewhere.
     fn vm_or_skip(test: &str) -> Option<Vm> {
-        let memory = crate::vstate::memory::create_guest_memory(&crate::config::MemoryConfig {
-            size: 2 << 20,
-            shared: false,
-            hugepages: false,
-            thp: true,
-        })
-        .ok()?;
-        match Vm::new(&memory) {
-            Ok(vm) => Some(vm),
-            Err(e) => {
-                eprintln!("SKIPPED {test}: no usable KVM here: {e}");
-                None
-            }
-        }
+        crate::vstate::vm::test_vm_or_skip(test)
     }
 
     fn wait_for(mut done: impl FnMut() -> bool) -> bool {

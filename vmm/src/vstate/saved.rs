@@ -222,22 +222,8 @@ mod tests {
     use super::*;
     use crate::vstate::vm::Vm;
 
-    /// KVM tests run where /dev/kvm exists and say so loudly elsewhere.
     fn vm_or_skip(test: &str) -> Option<Vm> {
-        let memory = crate::vstate::memory::create_guest_memory(&crate::config::MemoryConfig {
-            size: 2 << 20,
-            shared: false,
-            hugepages: false,
-            thp: false,
-        })
-        .ok()?;
-        match Vm::new(&memory) {
-            Ok(vm) => Some(vm),
-            Err(e) => {
-                eprintln!("SKIPPED {test}: no usable KVM here: {e}");
-                None
-            }
-        }
+        crate::vstate::vm::test_vm_or_skip(test)
     }
 
     /// A vCPU given unusual values, saved, and put into a vCPU of another

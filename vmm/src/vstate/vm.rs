@@ -131,3 +131,23 @@ fn register_memory(fd: &VmFd, slots: &[kvm_userspace_memory_region]) -> Result<(
     }
     Ok(())
 }
+
+/// A small VM for tests that need KVM; where /dev/kvm is unusable they
+/// say so loudly and pass.
+#[cfg(test)]
+pub(crate) fn test_vm_or_skip(test: &str) -> Option<Vm> {
+    let memory = crate::vstate::memory::create_guest_memory(&crate::config::MemoryConfig {
+        size: 2 << 20,
+        shared: false,
+        hugepages: false,
+        thp: false,
+    })
+    .ok()?;
+    match Vm::new(&memory) {
+        Ok(vm) => Some(vm),
+        Err(e) => {
+            eprintln!("SKIPPED {test}: no usable KVM here: {e}");
+            None
+        }
+    }
+}

@@ -94,37 +94,21 @@ fn dsdt() -> Vec<u8> {
         ],
     )
     .to_aml_bytes(&mut aml);
-    Device::new(
-        "_SB_.COM1".into(),
-        vec![
-            &Name::new("_HID".into(), &EISAName::new("PNP0501")),
-            &Name::new("_UID".into(), &aml::ZERO),
-            &Name::new(
-                "_CRS".into(),
-                &ResourceTemplate::new(vec![
-                    &IO::new(PORT_COM1, PORT_COM1, 1, PORT_COM1_LEN as u8),
-                    &Interrupt::new(true, true, false, false, COM1_IRQ),
-                ]),
-            ),
-        ],
-    )
-    .to_aml_bytes(&mut aml);
+    isa_device(
+        &mut aml,
+        "_SB_.COM1",
+        "PNP0501",
+        (PORT_COM1, PORT_COM1_LEN),
+        COM1_IRQ,
+    );
     // Where Linux's rtc_cmos finds the clock and its interrupt, as on a PC.
-    Device::new(
-        "_SB_.RTC_".into(),
-        vec![
-            &Name::new("_HID".into(), &EISAName::new("PNP0B00")),
-            &Name::new("_UID".into(), &aml::ZERO),
-            &Name::new(
-                "_CRS".into(),
-                &ResourceTemplate::new(vec![
-                    &IO::new(PORT_CMOS, PORT_CMOS, 1, PORT_CMOS_LEN as u8),
-                    &Interrupt::new(true, true, false, false, RTC_IRQ),
-                ]),
-            ),
-        ],
-    )
-    .to_aml_bytes(&mut aml);
+    isa_device(
+        &mut aml,
+        "_SB_.RTC_",
+        "PNP0B00",
+        (PORT_CMOS, PORT_CMOS_LEN),
+        RTC_IRQ,
+    );
     power_button(&mut aml);
     Name::new(
         Path::new("_S5_"),
@@ -135,6 +119,26 @@ fn dsdt() -> Vec<u8> {
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     dsdt.append_slice(&aml);
     dsdt.as_slice().to_vec()
+}
+
+/// A legacy device at fixed ports on an ISA interrupt (edge, active
+/// high), as PC firmware describes its own.
+fn isa_device(aml: &mut Vec<u8>, path: &str, hid: &str, (port, len): (u16, u16), irq: u32) {
+    Device::new(
+        path.into(),
+        vec![
+            &Name::new("_HID".into(), &EISAName::new(hid)),
+            &Name::new("_UID".into(), &aml::ZERO),
+            &Name::new(
+                "_CRS".into(),
+                &ResourceTemplate::new(vec![
+                    &IO::new(port, port, 1, len as u8),
+                    &Interrupt::new(true, true, false, false, irq),
+                ]),
+            ),
+        ],
+    )
+    .to_aml_bytes(aml);
 }
 
 /// The power button of a hardware-reduced platform: a `PNP0C0C` device

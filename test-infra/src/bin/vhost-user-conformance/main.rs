@@ -46,9 +46,10 @@ use test_infra::{paths, reaper, LinuxTier};
 /// For the backend to create its socket: a hang detector (a backend that
 /// exits first is told at once), generous for a loaded machine.
 const SOCKET_DEADLINE: Duration = Duration::from_secs(30);
-/// For each request of the pre-flight (microseconds for a working
-/// backend).
-const PREFLIGHT_DEADLINE: Duration = Duration::from_secs(5);
+/// For each request of the pre-flight: a hang detector, like the socket's
+/// (microseconds for a working backend, yet a mock relaying a reply with
+/// 250 descriptors went past 5 s beside a CI run's nested tests).
+const PREFLIGHT_DEADLINE: Duration = Duration::from_secs(30);
 
 type Stderr = std::io::Stderr;
 

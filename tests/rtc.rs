@@ -69,9 +69,10 @@ fn an_update_cycle_and_the_alarm_and_periodic_interrupts(kvm: Option<KvmHost>) {
     let Some(_kvm) = kvm else { return };
     let (report, _, _) = run_rtc_probe();
     for (key, want) in [
-        ("uip_seen", "true"),
-        ("uip_ended", "true"),
         ("second_advanced", "true"),
+        // An update in progress ends (the unit tests time UIP's window
+        // exactly; a guest's poll may miss it when descheduled).
+        ("uip_after_update", "false"),
         ("interrupts", "1"),
         // IRQF, AF and UF.
         ("c", "0xb0"),
@@ -99,8 +100,7 @@ fn cmos_ram_keeps_bytes_and_the_guest_sets_the_time(kvm: Option<KvmHost>) {
 }
 
 /// QEMU's microvm names no century register in its FADT; everything else
-/// the probe reports is the same (UIP aside: QEMU shows it only while an
-/// update timer of its own is armed, which the probe does not see).
+/// the probe judges is the same.
 #[rstest]
 fn same_facts_as_qemu(kvm: Option<KvmHost>) {
     let Some(_kvm) = kvm else { return };
@@ -121,6 +121,7 @@ fn same_facts_as_qemu(kvm: Option<KvmHost>) {
         ("clock", "b"),
         ("clock", "d"),
         ("update", "second_advanced"),
+        ("update", "uip_after_update"),
         ("update", "interrupts"),
         ("update", "c"),
         ("periodic", "interrupts"),

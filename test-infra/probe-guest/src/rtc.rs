@@ -156,8 +156,10 @@ pub fn rtc_test(ctx: &mut Ctx) -> Result<(), Failure> {
         chip.get(REG_D)
     );
 
-    // One update cycle: UIP rises and falls, the second moves, and an
-    // alarm that matches any time interrupts.
+    // One update cycle: the second moves, UIP is clear right after it (an
+    // update in progress ends), and an alarm that matches any time
+    // interrupts. Whether the poll caught UIP's 244 us is reported, not
+    // judged: a vCPU descheduled at that moment misses it.
     chip.get(REG_C);
     for alarm in [SECONDS_ALARM, MINUTES_ALARM, HOURS_ALARM] {
         chip.set(alarm, 0xc0);
@@ -165,27 +167,26 @@ pub fn rtc_test(ctx: &mut Ctx) -> Result<(), Failure> {
     let seen = boot::irq_count(RTC_VECTOR);
     let second = chip.get(SECONDS);
     chip.set(REG_B, b | B_AIE);
-    io::outb(port, REG_A);
-    let (mut uip_seen, mut uip_ended) = (false, false);
-    let deadline = ctx.clock.deadline_ms(1500);
-    while !uip_ended && !ctx.clock.expired(deadline) {
-        let uip = io::inb(port + 1) & A_UIP != 0;
-        uip_ended = uip_seen && !uip;
-        uip_seen |= uip;
+    let (mut uip_seen, mut advanced) = (false, false);
+    // Deadlines here detect a hang: an update comes every second.
+    let deadline = ctx.clock.deadline_ms(5000);
+    while !advanced && !ctx.clock.expired(deadline) {
+        uip_seen |= chip.get(REG_A) & A_UIP != 0;
+        advanced = chip.get(SECONDS) != second;
     }
-    let advanced = chip.get(SECONDS) != second;
-    let interrupts = chip.interrupts_after(seen, 1000, ctx);
+    let uip_after_update = chip.get(REG_A) & A_UIP != 0;
+    let interrupts = chip.interrupts_after(seen, 5000, ctx);
     let c = chip.get(REG_C);
     chip.set(REG_B, b);
     record!(
-        "rtc update uip_seen={} uip_ended={} second_advanced={} interrupts={} c=0x{:02x}",
-        uip_seen,
-        uip_ended,
+        "rtc update second_advanced={} uip_after_update={} interrupts={} c=0x{:02x} uip_seen={}",
         advanced,
+        uip_after_update,
         interrupts.min(1),
         // The periodic flag rises with or without its interrupt on the
         // chip, but not in QEMU.
-        c & (C_IRQF | C_AF | C_UF)
+        c & (C_IRQF | C_AF | C_UF),
+        uip_seen
     );
 
     // The periodic interrupt at 2 Hz (rate 15).
@@ -193,7 +194,7 @@ pub fn rtc_test(ctx: &mut Ctx) -> Result<(), Failure> {
     chip.set(REG_A, (a & !0x0f) | 0x0f);
     let seen = boot::irq_count(RTC_VECTOR);
     chip.set(REG_B, b | B_PIE);
-    let interrupts = chip.interrupts_after(seen, 1000, ctx);
+    let interrupts = chip.interrupts_after(seen, 5000, ctx);
     let c = chip.get(REG_C);
     chip.set(REG_B, b);
     chip.set(REG_A, a);
@@ -232,15 +233,16 @@ pub fn rtc_test(ctx: &mut Ctx) -> Result<(), Failure> {
     let five = chip.encode(5);
     chip.set(REG_A, a);
     io::outb(port, SECONDS);
-    let deadline = ctx.clock.deadline_ms(1500);
+    let deadline = ctx.clock.deadline_ms(5000);
     while io::inb(port + 1) == five && !ctx.clock.expired(deadline) {}
     let first_update_ms = (ctx.clock.now_us() - released) / 1000;
     let set = chip.time(ctx)?;
     record!(
         "rtc set time={} first_update={}",
         set,
-        // Half a second, give or take the probe being descheduled.
-        if (400..=700).contains(&first_update_ms) {
+        // Half a second, not a whole one: a descheduled probe only sees
+        // it later, and 400 ms of that is needed to be wrong.
+        if (450..=900).contains(&first_update_ms) {
             "half-second"
         } else {
             "other"

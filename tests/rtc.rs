@@ -99,8 +99,10 @@ fn cmos_ram_keeps_bytes_and_the_guest_sets_the_time(kvm: Option<KvmHost>) {
     );
 }
 
-/// QEMU's microvm names no century register in its FADT; everything else
-/// the probe judges is the same.
+/// QEMU's microvm names no century register in its FADT, and with an
+/// alarm armed it latches UIP until its own update timer runs, which on a
+/// loaded host is after the second has moved (4 runs in 15 here); the
+/// rest of what the probe judges is the same.
 #[rstest]
 fn same_facts_as_qemu(kvm: Option<KvmHost>) {
     let Some(_kvm) = kvm else { return };
@@ -121,7 +123,6 @@ fn same_facts_as_qemu(kvm: Option<KvmHost>) {
         ("clock", "b"),
         ("clock", "d"),
         ("update", "second_advanced"),
-        ("update", "uip_after_update"),
         ("update", "interrupts"),
         ("update", "c"),
         ("periodic", "interrupts"),

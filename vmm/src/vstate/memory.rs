@@ -119,49 +119,34 @@ struct AlignedPlacement {
     spacer: Option<(*mut libc::c_void, usize)>,
 }
 
+/// A fresh PROT_NONE mapping of `len` bytes where the kernel places it.
+fn reserve(len: usize) -> Option<*mut libc::c_void> {
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+    // SAFETY: a new mapping at an address the kernel chooses; it aliases
+    // nothing, and only the caller refers to it.
+    let addr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_NONE, flags, -1, 0) };
+    (addr != libc::MAP_FAILED).then_some(addr)
+}
+
 impl AlignedPlacement {
     fn prepare(len: usize) -> Self {
         let huge = HUGE_PAGE_SIZE as usize;
-        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
         let Some(probe_len) = len.checked_add(huge) else {
             return Self { spacer: None };
         };
-        // SAFETY: a fresh PROT_NONE mapping the kernel places; unmapped
-        // at once, nothing refers to it.
-        let probe = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                probe_len,
-                libc::PROT_NONE,
-                flags,
-                -1,
-                0,
-            )
-        };
-        if probe == libc::MAP_FAILED {
+        let Some(probe) = reserve(probe_len) else {
             return Self { spacer: None };
-        }
-        // SAFETY: exactly the mapping made above.
+        };
+        // SAFETY: exactly the mapping `reserve` made; nothing refers to it.
         unsafe { libc::munmap(probe, probe_len) };
         // The probe ended at the gap's top; the spacer takes the top
         // `probe % 2 MiB` bytes, so `len` below it starts aligned.
         let spacer_len = probe as usize % huge;
-        if spacer_len == 0 {
-            return Self { spacer: None };
-        }
-        // SAFETY: as for the probe; it is unmapped on drop.
-        let spacer = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                spacer_len,
-                libc::PROT_NONE,
-                flags,
-                -1,
-                0,
-            )
-        };
         Self {
-            spacer: (spacer != libc::MAP_FAILED).then_some((spacer, spacer_len)),
+            spacer: (spacer_len != 0)
+                .then(|| reserve(spacer_len))
+                .flatten()
+                .map(|spacer| (spacer, spacer_len)),
         }
     }
 }

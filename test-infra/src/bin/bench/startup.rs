@@ -3,7 +3,7 @@
 
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -62,7 +62,7 @@ fn run_once(mut command: Command) -> Result<Sample, String> {
     })
 }
 
-pub fn startup(runs: usize, ch: Option<&PathBuf>, vmm: &PathBuf, probe: &PathBuf) {
+pub fn startup(runs: usize, ch: Option<&PathBuf>, vmm: &Path, probe: &Path) {
     println!("## Start-up: process start to the probe's first serial byte and to result=pass\n");
     let qemu = paths::find_program("qemu-system-x86_64");
     let cmdline = "probe.run=boot";
@@ -70,19 +70,9 @@ pub fn startup(runs: usize, ch: Option<&PathBuf>, vmm: &PathBuf, probe: &PathBuf
     let mut rows = Vec::new();
     for size_mib in [512u64, 16384] {
         let mut peers: Vec<(&str, Command)> = Vec::new();
-        let mut c = Command::new(vmm);
-        c.arg("--kernel").arg(probe).args(["--cmdline", cmdline]);
-        c.args([
-            "--memory",
-            &format!("size={size_mib}M"),
-            "--serial",
-            "tty",
-            "--console",
-            "off",
-        ]);
-        peers.push(("vmm", c));
-        if let Some(ch) = ch {
-            let mut c = Command::new(ch);
+        // vmm and Cloud Hypervisor take the same command line.
+        let ch_style = |binary: &Path| {
+            let mut c = Command::new(binary);
             c.arg("--kernel").arg(probe).args(["--cmdline", cmdline]);
             c.args([
                 "--memory",
@@ -92,7 +82,11 @@ pub fn startup(runs: usize, ch: Option<&PathBuf>, vmm: &PathBuf, probe: &PathBuf
                 "--console",
                 "off",
             ]);
-            peers.push(("cloud-hypervisor", c));
+            c
+        };
+        peers.push(("vmm", ch_style(vmm)));
+        if let Some(ch) = ch {
+            peers.push(("cloud-hypervisor", ch_style(ch)));
         }
         if let Some(qemu) = &qemu {
             let mut c = Command::new(qemu);

@@ -36,6 +36,26 @@ pub fn sha256_hex(bytes: &[u8]) -> Result<String, String> {
         .ok_or_else(|| "sha256sum printed nothing".to_string())
 }
 
+/// The sha256 of the file at `path`, from `sha256sum`.
+pub fn sha256_file(path: &std::path::Path) -> Result<String, String> {
+    let output = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .map_err(|e| format!("running sha256sum: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "sha256sum {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .next()
+        .map(str::to_string)
+        .ok_or_else(|| "sha256sum printed nothing".to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

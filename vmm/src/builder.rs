@@ -14,6 +14,7 @@ use crate::arch::x86_64::{acpi, boot, regs};
 use crate::config::{ConsoleOutput, DiskBackend, DiskConfig, GenericVhostUserConfig, VmConfig};
 use crate::device_manager::{DeviceManager, DeviceManagerError};
 use crate::files::{open_output, FileError, FilesInUse};
+use crate::snapshot::{Snapshot, SnapshotError, StateError};
 use crate::terminal::{Pty, RawMode, WindowSize};
 use crate::virtio::block::disk::{DiskError, DiskFile};
 use crate::virtio::block::{self, Block, BlockParams};
@@ -70,6 +71,26 @@ pub enum BuildError {
     Boot(#[source] boot::BootError),
     #[error("Internal error: {0}")]
     Internal(&'static str),
+    #[error("Failed to read the snapshot")]
+    Snapshot(#[source] SnapshotError),
+    #[error("Cannot restore from {}", dir.display())]
+    RestoreState {
+        dir: PathBuf,
+        #[source]
+        source: StateError,
+    },
+    #[error("The snapshot has {saved} vCPUs, its configuration {configured}")]
+    VcpuCount { saved: usize, configured: u8 },
+}
+
+/// How the VM starts: booted from its payload, or restored from a
+/// snapshot (paused unless `resume`).
+pub enum Start<'a> {
+    Boot,
+    Restore {
+        snapshot: &'a Snapshot,
+        resume: bool,
+    },
 }
 
 /// How this build stands to the configuration's earlier ones.
@@ -81,12 +102,29 @@ pub fn build_vm(
     config: &VmConfig,
     mut in_use: FilesInUse,
     terminals: &mut Terminals,
+    start: Start,
 ) -> Result<Vmm, BuildError> {
     let cpus = config.cpus.boot;
     let memory = create_guest_memory(&config.memory).map_err(BuildError::Memory)?;
+    let saved = match &start {
+        Start::Boot => None,
+        Start::Restore { snapshot, .. } => {
+            let saved = snapshot.vm_state().map_err(BuildError::Snapshot)?;
+            if saved.vcpus.len() != usize::from(cpus) {
+                return Err(BuildError::VcpuCount {
+                    saved: saved.vcpus.len(),
+                    configured: cpus,
+                });
+            }
+            snapshot
+                .load_memory(&memory)
+                .map_err(BuildError::Snapshot)?;
+            Some(saved)
+        }
+    };
     let vm = Vm::new(&memory).map_err(BuildError::Vm)?;
     let exit = Arc::new(VmExit::new().map_err(BuildError::EventFd)?);
-    let vcpus = (0..cpus)
+    let mut vcpus = (0..cpus)
         .map(|id| Vcpu::new(&vm, id))
         .collect::<Result<Vec<_>, _>>()
         .map_err(BuildError::Vcpu)?;
@@ -94,13 +132,13 @@ pub fn build_vm(
     let serial_end = terminals.open("--serial", &config.serial, &mut in_use)?;
     let console_end = terminals.open("--console", &config.console, &mut in_use)?;
 
-    let mut devices = DeviceManager::new(&vm, &memory)?;
+    let mut devices = DeviceManager::new(&vm, &memory, saved.as_ref().map(|s| s.devices.clone()))?;
     let (serial_output, serial_input) = match serial_end {
         Some(end) => (Some(end.output), end.input),
         None => (None, None),
     };
-    let mut platform = devices.add_legacy_devices(&vm, &exit, serial_output)?;
-    let serial = platform.serial.take();
+    let platform = devices.add_legacy_devices(&vm, &exit, serial_output)?;
+    let serial = platform.serial.clone();
     for device in &config.generic_vhost_user {
         add_vhost_user(&mut devices, vhost_user_params(device), &memory)?;
     }
@@ -117,16 +155,33 @@ pub fn build_vm(
     }
     let devices = devices.finish(platform)?;
 
-    let rsdp = acpi::create_acpi_tables(&memory, cpus).map_err(BuildError::Acpi)?;
-    let entry = load_payload(&memory, config, rsdp)?;
     let cpuid = vm
         .kvm()
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(BuildError::Cpuid)?;
-    for vcpu in &vcpus {
-        let boot_entry = (vcpu.id() == 0).then_some(entry);
-        vcpu.configure(&cpuid, cpus, boot_entry)
-            .map_err(BuildError::Vcpu)?;
+    if let (Some(saved), Start::Restore { snapshot, .. }) = (&saved, &start) {
+        let restore_error = |source| BuildError::RestoreState {
+            dir: snapshot.dir().to_owned(),
+            source,
+        };
+        // Memory holds the tables and the payload as the guest left them.
+        saved.vm.restore(vm.fd()).map_err(restore_error)?;
+        for (vcpu, state) in vcpus.iter_mut().zip(&saved.vcpus) {
+            let mut host = cpuid.clone();
+            crate::arch::x86_64::cpuid::fix_up(&mut host, vcpu.id(), cpus);
+            state.check_cpu(&host, vcpu.id()).map_err(restore_error)?;
+            vcpu.configure(&cpuid, cpus, None)
+                .map_err(BuildError::Vcpu)?;
+            vcpu.restore_state(state).map_err(restore_error)?;
+        }
+    } else {
+        let rsdp = acpi::create_acpi_tables(&memory, cpus).map_err(BuildError::Acpi)?;
+        let entry = load_payload(&memory, config, rsdp)?;
+        for vcpu in &mut vcpus {
+            let boot_entry = (vcpu.id() == 0).then_some(entry);
+            vcpu.configure(&cpuid, cpus, boot_entry)
+                .map_err(BuildError::Vcpu)?;
+        }
     }
 
     Ok(Vmm::new(VmParts {
@@ -137,6 +192,8 @@ pub fn build_vm(
         exit,
         serial: serial.map(|s| (s, serial_input)),
         config: config.clone(),
+        restored: saved.is_some(),
+        paused: matches!(start, Start::Restore { resume: false, .. }),
     }))
 }
 

@@ -75,6 +75,16 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
 }
 
+/// Where a restore comes from and how it ends (`--restore`, `vm.restore`,
+/// with Cloud Hypervisor's keys `source_url` and `resume`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreConfig {
+    /// The snapshot directory (`source_url=file:///DIR`).
+    pub source: PathBuf,
+    /// Run at once rather than wait paused for vm.resume.
+    pub resume: bool,
+}
+
 impl VmConfig {
     /// Every file the VM reads, or writes as a disk, with the option that
     /// names it and whether the guest writes it: no output may be one of

@@ -5,10 +5,13 @@
 //! configuration until `vm.create` brings one. A request that ends or
 //! starts a VM is answered once that is done.
 
+mod restore;
+
 use std::os::fd::AsRawFd;
 
+pub use self::restore::{open as open_restore, Restore, RestoreError};
 use crate::api::{Answer, ApiEndpoint, ApiReply, ApiRequest};
-use crate::builder::{build_vm, BuildError, Terminals};
+use crate::builder::{build_vm, BuildError, Start, Terminals};
 use crate::config::VmConfig;
 use crate::event_loop::EventLoop;
 use crate::events;
@@ -47,6 +50,8 @@ pub struct Control<'a> {
     /// reboot keeps the user's pty and the console file's content) and
     /// dropped with it, after its last VM, giving the terminal back.
     terminals: Terminals,
+    /// The snapshot the next build restores (`--restore`, `vm.restore`).
+    restore: Option<Restore>,
 }
 
 /// What ends the wait of a VMM without a VM.
@@ -61,6 +66,7 @@ impl<'a> Control<'a> {
         files: FilesInUse,
         signals: &'a TerminationSignals,
         api: Option<ApiEndpoint>,
+        restore: Option<Restore>,
     ) -> Self {
         Self {
             config,
@@ -68,6 +74,7 @@ impl<'a> Control<'a> {
             signals,
             api,
             terminals: Terminals::default(),
+            restore,
         }
     }
 
@@ -87,13 +94,24 @@ impl<'a> Control<'a> {
             let Some(config) = &self.config else {
                 return Ok(ExitReason::ApiShutdown);
             };
-            let vm = match build_vm(config, self.files.clone(), &mut self.terminals) {
+            // A restore is once: a reboot after it boots the payload.
+            let restoring = self.restore.take();
+            let start = match &restoring {
+                Some(restore) => Start::Restore {
+                    snapshot: &restore.snapshot,
+                    resume: restore.resume,
+                },
+                None => Start::Boot,
+            };
+            let built = build_vm(config, self.files.clone(), &mut self.terminals, start);
+            drop(restoring);
+            let vm = match built {
                 Ok(vm) => vm,
                 Err(e) => {
                     let Some(answer) = booting.take() else {
                         return Err(e.into());
                     };
-                    log::error!("vm.boot: {}", error_chain(&e));
+                    log::error!("vm.boot or vm.restore: {}", error_chain(&e));
                     answer.send(ApiReply::error(500, &[error_chain(&e)]));
                     match self.wait_for_boot()? {
                         Next::Boot(answer) => booting = Some(answer),
@@ -140,6 +158,27 @@ impl<'a> Control<'a> {
             self.terminals = Terminals::default();
             events::emit("vm", "deleted", &[]);
         }
+    }
+
+    /// `vm.restore`: the snapshot checked, its configuration created as
+    /// `vm.create` would, and the VM built from it next.
+    fn restore(&mut self, source: &crate::config::RestoreConfig) -> Result<(), ApiReply> {
+        if self.config.is_some() {
+            return Err(ApiReply::error(
+                409,
+                &["a VM is created already: vm.delete removes it first".into()],
+            ));
+        }
+        let (config, restore) = open_restore(source).map_err(|e| {
+            log::error!("vm.restore: {}", error_chain(&e));
+            ApiReply::error(400, &[error_chain(&e)])
+        })?;
+        let reply = self.create(config);
+        if reply.status != 204 {
+            return Err(reply);
+        }
+        self.restore = Some(restore);
+        Ok(())
     }
 
     /// `vm.create`: the configuration's inputs are known before the VM
@@ -213,6 +252,18 @@ impl<'a> Control<'a> {
                         }
                         ApiRequest::VmmPing => answer.send(ApiReply::json(&ping())),
                         ApiRequest::VmCreate(config) => answer.send(self.create(*config)),
+                        ApiRequest::VmRestore(source) => match self.restore(&source) {
+                            Ok(()) => {
+                                for (_, later) in requests {
+                                    later.send(ApiReply::error(
+                                        503,
+                                        &["the VM is being restored: try again".into()],
+                                    ));
+                                }
+                                return Ok(Next::Boot(answer));
+                            }
+                            Err(reply) => answer.send(reply),
+                        },
                         ApiRequest::VmDelete => {
                             self.delete();
                             answer.send(ApiReply::no_content());
@@ -232,6 +283,7 @@ impl<'a> Control<'a> {
                         | ApiRequest::VmResume
                         | ApiRequest::VmShutdown
                         | ApiRequest::VmReboot
+                        | ApiRequest::VmSnapshot { .. }
                         | ApiRequest::VmPowerButton => answer.send(if created {
                             ApiReply::error(
                                 409,

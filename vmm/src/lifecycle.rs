@@ -2,6 +2,10 @@
 //! they pause and resume with it, and say what they counted. The device
 //! manager holds every device as one of these, by id, from boot to the end.
 
+/// Why a device's state could not be saved or restored: each device's own
+/// error, whatever its type.
+pub type PersistError = Box<dyn std::error::Error + Send + Sync>;
+
 /// A counter's name (Cloud Hypervisor's where it has one) and value.
 pub type Counter = (&'static str, u64);
 
@@ -15,4 +19,9 @@ pub trait ManagedDevice: Send {
     fn resume(&mut self);
     /// What `vm.counters` shows for the device, since it was created.
     fn counters(&self) -> Vec<Counter>;
+    /// The device's state for a snapshot, taken while the VM is paused.
+    fn save(&mut self) -> Result<serde_json::Value, PersistError>;
+    /// A snapshot's state, into the device as built from the same
+    /// configuration, before the guest runs.
+    fn restore(&mut self, saved: &serde_json::Value) -> Result<(), PersistError>;
 }

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use vmm::control::{Control, ControlError};
+use vmm::control::{self, Control, ControlError};
 use vmm::files::FilesInUse;
 use vmm::util::{error_chain, escape_controls};
 use vmm::{api, cli, config, events, logger, signals, vm_exit};
@@ -35,9 +35,18 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let config = match args.vm_config() {
-        Ok(config) => config,
-        Err(e) => {
+    let (config, restore) = match (args.vm_config(), args.restore()) {
+        (Ok(config), Ok(None)) => (config, None),
+        // Checked whole, and its configuration read, before anything
+        // else is opened.
+        (Ok(_), Ok(Some(restore))) => match control::open_restore(&restore) {
+            Ok((config, restore)) => (Some(config), Some(restore)),
+            Err(e) => {
+                eprintln!("vmm: error: {}", error_chain(&e));
+                return ExitCode::from(EXIT_START_FAILED);
+            }
+        },
+        (Err(e), _) | (_, Err(e)) => {
             eprintln!("vmm: error: {}", error_chain(&e));
             return ExitCode::from(EXIT_USAGE);
         }
@@ -85,7 +94,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_START_FAILED);
         }
     };
-    let ran = Control::new(config, in_use, &signals, api).run();
+    let ran = Control::new(config, in_use, &signals, api, restore).run();
     events::flush(std::time::Duration::from_secs(2));
     match ran {
         Ok(reason) => {

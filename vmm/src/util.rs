@@ -70,6 +70,22 @@ pub fn to_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Bytes in a snapshot's JSON as one hex string, not an array of numbers
+/// (`#[serde(with = "crate::util::hex_bytes")]`).
+pub mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&super::to_hex(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        super::parse_hex(&text)
+            .ok_or_else(|| serde::de::Error::custom("not an even number of hex digits"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

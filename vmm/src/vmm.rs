@@ -8,6 +8,8 @@
 //! outside KVM_RUN first (so no guest access is half done), then pauses
 //! the devices; a resume goes the other way.
 
+mod persist;
+
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::AsRawFd;
@@ -26,7 +28,7 @@ use crate::event_loop::EventLoop;
 use crate::events;
 use crate::signals::TerminationSignals;
 use crate::terminal;
-use crate::util::lock;
+use crate::util::{error_chain, lock};
 use crate::vm_exit::{ExitReason, VmExit};
 use crate::vstate::memory::GuestMemory;
 use crate::vstate::vcpu::{install_kick_handler, ExitCounts, Vcpu};
@@ -87,14 +89,15 @@ pub struct Vmm {
     /// Exits to vmm by kind, for `vm.counters`.
     exits: Arc<ExitCounts>,
     state: VmState,
+    restored: bool,
     devices: Devices,
     config: VmConfig,
     exit: Arc<VmExit>,
     serial: Option<Arc<Mutex<Serial>>>,
     /// What the guest types into the UART: stdin or a pty.
     serial_input: Option<File>,
-    _vm: Vm,
-    _memory: GuestMemory,
+    vm: Vm,
+    memory: GuestMemory,
 }
 
 /// What `Vmm::new` takes beside the VM: the parts the builder made.
@@ -106,6 +109,11 @@ pub struct VmParts {
     pub exit: Arc<VmExit>,
     pub serial: Option<(Arc<Mutex<Serial>>, Option<File>)>,
     pub config: VmConfig,
+    /// Built from a snapshot rather than booted.
+    pub restored: bool,
+    /// A restored VM that waits for vm.resume: its vCPUs park before
+    /// they first run.
+    pub paused: bool,
 }
 
 impl Vmm {
@@ -114,19 +122,28 @@ impl Vmm {
             Some((serial, input)) => (Some(serial), input),
             None => (None, None),
         };
+        let control = Arc::new(VcpuControl::default());
+        if parts.paused {
+            control.request_pause();
+        }
         Self {
             vcpus: parts.vcpus,
             threads: Vec::new(),
-            control: Arc::new(VcpuControl::default()),
+            control,
             exits: Arc::default(),
-            state: VmState::Running,
+            state: if parts.paused {
+                VmState::Paused
+            } else {
+                VmState::Running
+            },
+            restored: parts.restored,
             devices: parts.devices,
             config: parts.config,
             exit: parts.exit,
             serial,
             serial_input,
-            _vm: parts.vm,
-            _memory: parts.memory,
+            vm: parts.vm,
+            memory: parts.memory,
         }
     }
 
@@ -170,7 +187,15 @@ impl Vmm {
                 .map_err(RunError::Epoll)?;
         }
 
-        events::emit("vm", "booting", &[]);
+        events::emit(
+            "vm",
+            if self.restored {
+                "restoring"
+            } else {
+                "booting"
+            },
+            &[],
+        );
         let vcpus = std::mem::take(&mut self.vcpus);
         for mut vcpu in vcpus {
             let buses = self.devices.buses.clone();
@@ -197,7 +222,11 @@ impl Vmm {
             }
         }
 
-        events::emit("vm", "booted", &[]);
+        events::emit("vm", if self.restored { "restored" } else { "booted" }, &[]);
+        if self.state == VmState::Paused {
+            self.control.wait_parked(self.threads.len());
+            events::emit("vm", "paused", &[]);
+        }
         let mut deferred = None;
         while !self.exit.is_requested() {
             let ready = match sources.wait() {
@@ -262,6 +291,15 @@ impl Vmm {
             ApiRequest::VmPause => self.pause(),
             ApiRequest::VmResume => self.resume(),
             ApiRequest::VmPowerButton => return Some(self.power_button()),
+            ApiRequest::VmSnapshot { destination_url } => {
+                return Some(match self.snapshot(&destination_url) {
+                    Ok(()) => ApiReply::no_content(),
+                    Err(e) => {
+                        log::error!("vm.snapshot: {}", error_chain(&e));
+                        ApiReply::error(e.status(), &[error_chain(&e)])
+                    }
+                })
+            }
             ApiRequest::VmBoot => Err(InvalidState {
                 state: self.state,
                 action: "boot",
@@ -269,6 +307,10 @@ impl Vmm {
             ApiRequest::VmCreate(_) => Err(InvalidState {
                 state: self.state,
                 action: "create another VM (vm.delete first)",
+            }),
+            ApiRequest::VmRestore(_) => Err(InvalidState {
+                state: self.state,
+                action: "restore another VM (vm.delete first)",
             }),
             ApiRequest::VmmShutdown
             | ApiRequest::VmShutdown

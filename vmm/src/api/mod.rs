@@ -42,6 +42,12 @@ pub enum ApiRequest {
     /// A configuration in Cloud Hypervisor's JSON, checked as it came.
     VmCreate(Box<crate::config::VmConfig>),
     VmDelete,
+    /// Cloud Hypervisor's `VmSnapshotConfig`.
+    VmSnapshot {
+        destination_url: String,
+    },
+    /// Cloud Hypervisor's `RestoreConfig`, checked as it came.
+    VmRestore(crate::config::RestoreConfig),
 }
 
 /// An HTTP status and, unless empty, a JSON body.

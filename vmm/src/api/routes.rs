@@ -77,13 +77,75 @@ impl HttpError {
 
 const PREFIX: &str = "/api/v1/";
 
+/// Cloud Hypervisor's `RestoreConfig`, as ch-remote sends it whole: the
+/// keys for what vmm does not do (network and VFIO descriptors, NUMA
+/// zones, lazy or prefaulted memory) are taken at their defaults only.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestoreBody {
+    source_url: String,
+    #[serde(default)]
+    resume: bool,
+    #[serde(default)]
+    prefault: bool,
+    #[serde(default)]
+    memory_restore_mode: Option<String>,
+    #[serde(default)]
+    net_fds: Option<Vec<serde_json::Value>>,
+    #[serde(default)]
+    vfio_fds: Option<Vec<serde_json::Value>>,
+    #[serde(default)]
+    iommufd_fd: Option<i64>,
+    #[serde(default)]
+    zone_updates: Vec<serde_json::Value>,
+}
+
+impl RestoreBody {
+    fn into_config(self) -> Result<crate::config::RestoreConfig, String> {
+        let unsupported = [
+            (self.prefault, "prefault"),
+            (
+                self.memory_restore_mode
+                    .as_deref()
+                    .is_some_and(|m| m != "Copy" && m != "copy"),
+                "memory_restore_mode (only copy)",
+            ),
+            (self.net_fds.is_some_and(|v| !v.is_empty()), "net_fds"),
+            (self.vfio_fds.is_some_and(|v| !v.is_empty()), "vfio_fds"),
+            (self.iommufd_fd.is_some(), "iommufd_fd"),
+            (!self.zone_updates.is_empty(), "zone_updates"),
+        ];
+        if let Some((_, key)) = unsupported.iter().find(|(given, _)| *given) {
+            return Err(format!("{key}: not supported by vmm"));
+        }
+        let source = crate::snapshot::file_url_path(&self.source_url).ok_or_else(|| {
+            format!(
+                "source_url: {:?} is not a file:// URL of an absolute path",
+                self.source_url
+            )
+        })?;
+        Ok(crate::config::RestoreConfig {
+            source,
+            resume: self.resume,
+        })
+    }
+}
+
+/// Cloud Hypervisor's `VmSnapshotConfig`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotBody {
+    destination_url: String,
+}
+
 /// The request `method` on `path` (query string ignored) asks for.
 pub fn route(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, HttpError> {
     let path = path.split_once('?').map_or(path, |(path, _)| path);
     let name = path
         .strip_prefix(PREFIX)
         .ok_or_else(|| HttpError::NotFound(path.to_owned()))?;
-    // vm.create alone takes a body; its request is made from it below.
+    // vm.create, vm.snapshot and vm.restore take a body; their requests
+    // are made from it below.
     let (request, allowed) = match name {
         "vmm.ping" => (Some(ApiRequest::VmmPing), "GET"),
         "vm.info" => (Some(ApiRequest::VmInfo), "GET"),
@@ -96,7 +158,7 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, HttpEr
         "vm.boot" => (Some(ApiRequest::VmBoot), "PUT"),
         "vm.delete" => (Some(ApiRequest::VmDelete), "PUT"),
         "vmm.shutdown" => (Some(ApiRequest::VmmShutdown), "PUT"),
-        "vm.create" => (None, "PUT"),
+        "vm.create" | "vm.snapshot" | "vm.restore" => (None, "PUT"),
         _ => return Err(HttpError::NotFound(path.to_owned())),
     };
     if method != allowed {
@@ -109,12 +171,27 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, HttpEr
     let Some(request) = request else {
         // Checked here, on the client's thread: a bad body never reaches
         // the VMM thread.
+        let bad_body = |problem: String| HttpError::BadBody {
+            path: path.to_owned(),
+            problem,
+        };
+        if name == "vm.restore" {
+            return serde_json::from_slice::<RestoreBody>(body)
+                .map_err(|e| e.to_string())
+                .and_then(RestoreBody::into_config)
+                .map(ApiRequest::VmRestore)
+                .map_err(bad_body);
+        }
+        if name == "vm.snapshot" {
+            return serde_json::from_slice::<SnapshotBody>(body)
+                .map(|body| ApiRequest::VmSnapshot {
+                    destination_url: body.destination_url,
+                })
+                .map_err(|e| bad_body(e.to_string()));
+        }
         return VmConfig::from_json(body)
             .map(|config| ApiRequest::VmCreate(Box::new(config)))
-            .map_err(|e| HttpError::BadBody {
-                path: path.to_owned(),
-                problem: e.to_string(),
-            });
+            .map_err(|e| bad_body(e.to_string()));
     };
     if !body.is_empty() {
         return Err(HttpError::UnexpectedBody {

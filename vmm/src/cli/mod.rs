@@ -200,7 +200,7 @@ pub struct Args {
     /// With it, ch-remote and curl --unix-socket drive the running VM
     /// (/api/v1/vmm.ping, vm.info, vm.counters, vm.pause, vm.resume,
     /// vm.shutdown, vm.boot, vm.reboot, vm.power-button, vm.create, vm.delete,
-    /// vmm.shutdown). Given without --kernel, vmm starts without a VM:
+    /// vm.snapshot, vm.restore, vmm.shutdown). Given without --kernel, vmm starts without a VM:
     /// vm.create brings its configuration as Cloud Hypervisor's VmConfig
     /// JSON, and vm.boot starts it.
     /// path=PATH creates the socket, readable and writable by its owner
@@ -210,12 +210,33 @@ pub struct Args {
     #[arg(long, value_name = "path=PATH|fd=N", value_parser = Utf8, verbatim_doc_comment)]
     pub api_socket: Option<String>,
 
+    /// Restore a VM from a snapshot instead of booting one
+    ///
+    /// source_url=file:///DIR  the snapshot directory (vm.snapshot's
+    ///                         destination_url): its configuration, memory
+    ///                         and every device's state
+    /// resume=on|off           run at once (default off: the VM waits
+    ///                         paused for vm.resume)
+    ///
+    /// The snapshot is checked whole (version, each file's size and
+    /// checksum) before anything runs, and never modified. The VM options
+    /// (--kernel, --cpus, --disk, ...) come from the snapshot and may not
+    /// be given.
+    #[arg(
+        long,
+        value_name = "source_url=file:///DIR[,resume=on|off]",
+        value_parser = Utf8,
+        verbatim_doc_comment
+    )]
+    pub restore: Option<String>,
+
     /// Write what happens as JSON lines: path=PATH or fd=N
     ///
     /// One object per line in Cloud Hypervisor's event shape: timestamp
     /// (secs and nanos since vmm started), source, event, properties. The
     /// VM's created, booting, booted, pausing, paused, resuming, resumed,
-    /// power-button, shutdown, rebooting and deleted; each device's activated, reset and needs-reset, and a
+    /// snapshotting, snapshotted, restoring, restored, power-button,
+    /// shutdown, rebooting and deleted; each device's activated, reset and needs-reset, and a
     /// vhost-user backend's disconnected and reconnected, with its id. A
     /// reader that falls behind never slows the VM: events beyond 4096
     /// waiting are dropped, counted in vm.counters, and said in an

@@ -94,13 +94,19 @@ impl<'a> Options<'a> {
         self.form.error(format!("missing {key}="))
     }
 
-    /// `on` or `off`.
+    /// What Cloud Hypervisor's toggles take: `on`, `off`, `true`, `false`
+    /// in any case (an empty value, which it takes for off, is refused
+    /// with every other empty value).
     pub fn toggle(&self, key: &'static str) -> Result<Option<bool>, OptionError> {
-        match self.get(key) {
-            None => Ok(None),
-            Some("on") => Ok(Some(true)),
-            Some("off") => Ok(Some(false)),
-            Some(other) => Err(self.form.invalid(key, other, "on or off", None)),
+        let Some(value) = self.get(key) else {
+            return Ok(None);
+        };
+        match value.to_ascii_lowercase().as_str() {
+            "on" | "true" => Ok(Some(true)),
+            "off" | "false" => Ok(Some(false)),
+            _ => Err(self
+                .form
+                .invalid(key, value, "on, off, true or false", None)),
         }
     }
 }

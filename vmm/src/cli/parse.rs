@@ -53,6 +53,8 @@ pub enum OptionError {
     NoKernel,
     #[error("{options} given without --kernel: expected --kernel to boot the VM they describe (with --api-socket alone, vm.create brings the whole configuration)")]
     VmOptionsWithoutKernel { options: String },
+    #[error("{options} given with --restore: the snapshot holds the VM's configuration")]
+    VmOptionsWithRestore { options: String },
 }
 
 fn spelled_for_the_command_line(e: &ConfigError) -> String {
@@ -98,6 +100,11 @@ const API_SOCKET: OptionForm = OptionForm {
     name: "--api-socket",
     keys: &["path", "fd"],
     form: "path=PATH or fd=N",
+};
+const RESTORE: OptionForm = OptionForm {
+    name: "--restore",
+    keys: &["source_url", "resume"],
+    form: "source_url=file:///DIR[,resume=on|off]",
 };
 const EVENT_MONITOR: OptionForm = OptionForm {
     name: "--event-monitor",
@@ -165,6 +172,27 @@ impl Args {
             .transpose()
     }
 
+    /// The snapshot to restore, if any.
+    pub fn restore(&self) -> Result<Option<RestoreConfig>, OptionError> {
+        let Some(value) = self.restore.as_deref() else {
+            return Ok(None);
+        };
+        let options = Options::parse(&RESTORE, value)?;
+        let url = options.require("source_url")?;
+        let source = crate::snapshot::file_url_path(url).ok_or_else(|| {
+            RESTORE.invalid(
+                "source_url",
+                url,
+                "a file:// URL of an absolute path, e.g. file:///var/snap",
+                None,
+            )
+        })?;
+        Ok(Some(RestoreConfig {
+            source,
+            resume: options.toggle("resume")?.unwrap_or(false),
+        }))
+    }
+
     /// Where events go, if anywhere.
     pub fn event_monitor(&self) -> Result<Option<PathOrFd>, OptionError> {
         self.event_monitor
@@ -178,6 +206,18 @@ impl Args {
     /// The VM the command line describes; None when vmm starts without
     /// one, waiting for `vm.create` on its API socket.
     pub fn vm_config(&self) -> Result<Option<VmConfig>, OptionError> {
+        if self.restore.is_some() {
+            let mut given = self.vm_options_given.clone();
+            if self.kernel.is_some() {
+                given.insert(0, "--kernel".into());
+            }
+            if !given.is_empty() {
+                return Err(OptionError::VmOptionsWithRestore {
+                    options: given.join(", "),
+                });
+            }
+            return Ok(None);
+        }
         if self.kernel.is_some() || self.api_socket.is_none() {
             return VmConfig::try_from(self).map(Some);
         }

@@ -5,6 +5,7 @@
 //! every device by id with its PCI address, for pause and `vm.info`.
 
 mod allocator;
+mod persist;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -14,6 +15,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use self::allocator::BarAllocator;
+pub use self::persist::{DevicesSnapshot, RestoreError, SaveError};
 use crate::arch::x86_64::layout::*;
 use crate::bus::{Bus, BusError, SharedDevice};
 use crate::devices::acpi_ged::{acpi_ged, GedEvents};
@@ -59,16 +61,19 @@ pub enum DeviceManagerError {
     },
     #[error("No room for device {id}'s BAR in the PCI window")]
     PciWindowFull { id: String },
+    #[error("Failed to restore the devices' state")]
+    Restore(#[source] RestoreError),
 }
 
 /// The serial device, shared with the run loop that feeds it input.
 pub type SharedSerial = Arc<Mutex<Serial>>;
 
 /// What the VMM drives of the platform devices: the UART's input, and
-/// the ACPI events (for `finish`).
+/// the ACPI events and the RTC (for `finish`).
 pub struct PlatformDevices {
     pub serial: Option<SharedSerial>,
     pub acpi_events: GedEvents,
+    cmos: Arc<Mutex<Cmos>>,
 }
 
 /// A device of the VM, as the VMM finds it after boot.
@@ -85,6 +90,16 @@ pub struct Devices {
     nodes: Vec<DeviceNode>,
     /// The ACPI events the VMM raises (the power button).
     pub acpi_events: GedEvents,
+    /// The platform devices with a state of their own, for snapshots.
+    platform: Platform,
+}
+
+/// The platform devices that keep a state (the debug exit port, the ACPI
+/// power registers and the i8042 keep none: each write acts at once).
+struct Platform {
+    serial: Option<SharedSerial>,
+    cmos: Arc<Mutex<Cmos>>,
+    host_bridge: Arc<Mutex<HostBridge>>,
 }
 
 /// The buses and the PCI segment refer to each other (ECAM reaches the
@@ -138,15 +153,31 @@ pub struct DeviceManager {
     router: Arc<MsiRouter>,
     bars: BarAllocator,
     nodes: Vec<DeviceNode>,
+    host_bridge: Arc<Mutex<HostBridge>>,
+    /// The states a restore puts into the devices as they are added;
+    /// each is taken once, and `finish` refuses any left over.
+    saved: Option<DevicesSnapshot>,
 }
 
 impl DeviceManager {
-    /// Empty buses and a segment holding the host bridge.
-    pub fn new(vm: &Vm, memory: &GuestMemoryMmap) -> Result<Self, DeviceManagerError> {
+    /// Empty buses and a segment holding the host bridge. `saved`: the
+    /// devices' states from a snapshot, for a restore.
+    pub fn new(
+        vm: &Vm,
+        memory: &GuestMemoryMmap,
+        saved: Option<DevicesSnapshot>,
+    ) -> Result<Self, DeviceManagerError> {
         let mmio = Bus::new();
         let mut segment = PciSegment::new(mmio.clone());
+        let mut bridge = HostBridge::new();
+        if let Some(saved) = &saved {
+            bridge
+                .restore(&saved.pci_host_bridge)
+                .map_err(|e| DeviceManagerError::Restore(RestoreError::HostBridge(e)))?;
+        }
+        let host_bridge = Arc::new(Mutex::new(bridge));
         segment
-            .add(Arc::new(Mutex::new(HostBridge::new())))
+            .add(host_bridge.clone())
             .map_err(DeviceManagerError::Pci)?;
         Ok(Self {
             vm_fd: vm.shared_fd(),
@@ -160,6 +191,8 @@ impl DeviceManager {
                 (PCI_MMIO64_START, PCI_MMIO64_SIZE),
             ),
             nodes: Vec::new(),
+            host_bridge,
+            saved,
         })
     }
 
@@ -176,7 +209,17 @@ impl DeviceManager {
                 let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(DeviceManagerError::EventFd)?;
                 vm.register_irqfd(&irq, COM1_IRQ)
                     .map_err(DeviceManagerError::SerialIrq)?;
-                let serial = Arc::new(Mutex::new(Serial::new(irq, out)));
+                let mut serial = Serial::new(irq, out);
+                if let Some(saved) = &self.saved {
+                    let state = saved
+                        .serial
+                        .as_ref()
+                        .ok_or(DeviceManagerError::Restore(RestoreError::Missing("serial")))?;
+                    serial
+                        .restore(state)
+                        .map_err(|e| DeviceManagerError::Restore(RestoreError::Serial(e)))?;
+                }
+                let serial = Arc::new(Mutex::new(serial));
                 self.add_port_device(serial.clone(), PORT_COM1, PORT_COM1_LEN)?;
                 Some(serial)
             }
@@ -196,6 +239,9 @@ impl DeviceManager {
         vm.register_irqfd(&irq, GED_IRQ)
             .map_err(DeviceManagerError::GedIrq)?;
         let (ged, acpi_events) = acpi_ged(irq);
+        if let Some(saved) = &self.saved {
+            acpi_events.restore_pending(saved.acpi_ged_pending);
+        }
         self.add_port_device(Arc::new(Mutex::new(ged)), PORT_ACPI_GED, PORT_ACPI_GED_LEN)?;
         self.add_port_device(
             Arc::new(Mutex::new(I8042::new(exit.clone()))),
@@ -205,14 +251,17 @@ impl DeviceManager {
         let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(DeviceManagerError::EventFd)?;
         vm.register_irqfd(&irq, RTC_IRQ)
             .map_err(DeviceManagerError::RtcIrq)?;
-        self.add_port_device(
-            Arc::new(Mutex::new(Cmos::new(irq))),
-            PORT_CMOS,
-            PORT_CMOS_LEN,
-        )?;
+        let mut cmos = Cmos::new(irq);
+        if let Some(saved) = &self.saved {
+            cmos.restore(&saved.rtc)
+                .map_err(|e| DeviceManagerError::Restore(RestoreError::Rtc(e)))?;
+        }
+        let cmos = Arc::new(Mutex::new(cmos));
+        self.add_port_device(cmos.clone(), PORT_CMOS, PORT_CMOS_LEN)?;
         Ok(PlatformDevices {
             serial,
             acpi_events,
+            cmos,
         })
     }
 
@@ -259,11 +308,27 @@ impl DeviceManager {
             .allocate_bar64(virtio_pci::BAR_SIZE)
             .ok_or_else(|| DeviceManagerError::PciWindowFull { id: id.clone() })?;
         transport.place_bar(bar);
+        let saved = self.take_saved_pci(&id)?;
+        if let Some(saved) = &saved {
+            ManagedDevice::restore(&mut transport, &saved.state).map_err(|source| {
+                DeviceManagerError::Restore(RestoreError::Device {
+                    id: id.clone(),
+                    source,
+                })
+            })?;
+        }
         let transport = Arc::new(Mutex::new(transport));
         let bdf = self
             .segment
             .add(transport.clone())
             .map_err(DeviceManagerError::Pci)?;
+        if let Some(saved) = saved.filter(|s| s.bdf != bdf.to_string()) {
+            return Err(DeviceManagerError::Restore(RestoreError::Moved {
+                id,
+                saved: saved.bdf,
+                built: bdf.to_string(),
+            }));
+        }
         log::info!("{id}: virtio-pci at {bdf}, BAR 0 at {bar:#x}");
         self.nodes.push(DeviceNode {
             id,
@@ -276,6 +341,11 @@ impl DeviceManager {
     /// Opens the segment's configuration space (ECAM and ports
     /// 0xcf8/0xcfc): the buses for the vCPUs, and the devices by id.
     pub fn finish(self, platform: PlatformDevices) -> Result<Devices, DeviceManagerError> {
+        if let Some(left) = self.saved.as_ref().and_then(|s| s.pci.keys().next()) {
+            return Err(DeviceManagerError::Restore(RestoreError::Unknown(
+                left.clone(),
+            )));
+        }
         let segment = Arc::new(self.segment);
         self.mmio
             .insert(
@@ -298,6 +368,11 @@ impl DeviceManager {
             },
             nodes: self.nodes,
             acpi_events: platform.acpi_events,
+            platform: Platform {
+                serial: platform.serial,
+                cmos: platform.cmos,
+                host_bridge: self.host_bridge,
+            },
         })
     }
 }

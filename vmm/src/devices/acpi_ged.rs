@@ -40,6 +40,18 @@ pub struct GedEvents {
 }
 
 impl GedEvents {
+    /// The events the guest has not read yet.
+    pub fn pending(&self) -> u8 {
+        self.pending.load(Ordering::Acquire)
+    }
+
+    /// Events a snapshot saved as not read: the guest reads them when it
+    /// takes the interrupt, which its IOAPIC state (restored by KVM) has
+    /// pending or not.
+    pub fn restore_pending(&self, pending: u8) {
+        self.pending.store(pending, Ordering::Release);
+    }
+
     /// A press of the power button: the event bit, then the edge.
     pub fn power_button(&self) -> std::io::Result<()> {
         self.pending.fetch_or(EVENT_POWER_BUTTON, Ordering::AcqRel);

@@ -3,7 +3,8 @@
 
 use std::io::{self, Write};
 
-use vm_superio::{Serial as Uart, Trigger};
+use serde::{Deserialize, Serialize};
+use vm_superio::{Serial as Uart, SerialState, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::BusDevice;
@@ -40,12 +41,90 @@ pub struct Serial {
     failed_output: bool,
 }
 
+/// The UART's registers and the input the guest has not read, as a
+/// snapshot keeps them: vm-superio's `SerialState`, field for field
+/// (vm-superio-ser, which would serialise it, pins an older vm-superio).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialSnapshot {
+    pub baud_divisor_low: u8,
+    pub baud_divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    pub in_buffer: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SerialError {
+    #[error("The saved UART state does not fit the UART: {0}")]
+    Restore(String),
+}
+
 impl Serial {
     pub fn new(interrupt: EventFd, out: Box<dyn Write + Send>) -> Self {
         Self {
             uart: Uart::new(IrqTrigger(interrupt), FlushingWriter(out)),
             failed_output: false,
         }
+    }
+
+    pub fn save(&self) -> SerialSnapshot {
+        let s = self.uart.state();
+        SerialSnapshot {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
+    }
+
+    /// The saved registers and input, on this UART's interrupt and output;
+    /// an interrupt the state has pending is raised again.
+    pub fn restore(&mut self, saved: &SerialSnapshot) -> Result<(), SerialError> {
+        let state = SerialState {
+            baud_divisor_low: saved.baud_divisor_low,
+            baud_divisor_high: saved.baud_divisor_high,
+            interrupt_enable: saved.interrupt_enable,
+            interrupt_identification: saved.interrupt_identification,
+            line_control: saved.line_control,
+            line_status: saved.line_status,
+            modem_control: saved.modem_control,
+            modem_status: saved.modem_status,
+            scratch: saved.scratch,
+            in_buffer: saved.in_buffer.clone(),
+        };
+        // vm-superio's FIFO: checked before the output moves, so that a
+        // refused state leaves this UART as it was.
+        const FIFO_SIZE: usize = 64;
+        if saved.in_buffer.len() > FIFO_SIZE {
+            return Err(SerialError::Restore(format!(
+                "{} bytes of input, the FIFO holds {FIFO_SIZE}",
+                saved.in_buffer.len()
+            )));
+        }
+        // vm-superio builds a UART from a state only with new parts: the
+        // interrupt and output are ours, taken over from the one we had.
+        let irq = self
+            .uart
+            .interrupt_evt()
+            .0
+            .try_clone()
+            .map_err(|e| SerialError::Restore(e.to_string()))?;
+        let out = std::mem::replace(self.uart.writer_mut(), FlushingWriter(Box::new(io::sink())));
+        self.uart = Uart::from_state(&state, IrqTrigger(irq), vm_superio::serial::NoEvents, out)
+            .map_err(|e| SerialError::Restore(format!("{e:?}")))?;
+        Ok(())
     }
 
     /// Input for the guest (from the host terminal).
@@ -114,5 +193,41 @@ mod tests {
         let mut data = [0u8];
         serial.read(0, &mut data);
         assert_eq!(data[0], b'x');
+    }
+
+    fn serial() -> (Serial, EventFd) {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        (
+            Serial::new(irq.try_clone().unwrap(), Box::new(io::sink())),
+            irq,
+        )
+    }
+
+    /// Registers and unread input move to another UART, whose pending
+    /// data interrupt is raised again; a FIFO fuller than vm-superio's is
+    /// refused and leaves the UART as it was.
+    #[test]
+    fn a_uart_s_state_moves_to_another() {
+        let (mut a, _) = serial();
+        a.write(3, &[0x03]);
+        a.write(7, &[0x5a]);
+        a.write(1, &[0x01]);
+        a.enqueue_input(b"hi");
+        let saved = a.save();
+        assert_eq!(saved.in_buffer, b"hi");
+        let (mut b, irq) = serial();
+        b.restore(&saved).unwrap();
+        assert_eq!(b.save(), saved);
+        assert!(irq.read().is_ok(), "the data interrupt is raised again");
+        let mut byte = [0];
+        b.read(0, &mut byte);
+        assert_eq!(byte, [b'h']);
+
+        let mut full = saved.clone();
+        full.in_buffer = vec![0; 65];
+        assert!(b.restore(&full).is_err());
+        let mut byte = [0];
+        b.read(0, &mut byte);
+        assert_eq!(byte, [b'i'], "the refused state changed the UART");
     }
 }

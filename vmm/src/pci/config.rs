@@ -75,6 +75,27 @@ pub const CLASS_HOST_BRIDGE: PciClass = PciClass {
     prog_if: 0x00,
 };
 
+/// What a snapshot keeps of a configuration space: the registers as the
+/// guest left them (BAR addresses, command, capabilities' fields) and
+/// which BARs it was sizing. The layout (write masks, BAR sizes,
+/// capabilities) comes from the device as built.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigSpaceSnapshot {
+    #[serde(with = "crate::util::hex_bytes")]
+    pub regs: Vec<u8>,
+    pub sizing: Vec<bool>,
+}
+
+/// Why a saved configuration space does not fit the device built.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigRestoreError {
+    #[error("{found} bytes of configuration space saved, the device has {expected}")]
+    Size { expected: usize, found: usize },
+    #[error("the saved device is {saved}, this one is {built}: not the same device")]
+    Identity { saved: String, built: String },
+}
+
 pub struct ConfigSpace {
     regs: Box<[u8; CONFIG_SPACE_SIZE]>,
     write_mask: Box<[u8; CONFIG_SPACE_SIZE]>,
@@ -109,6 +130,57 @@ impl ConfigSpace {
         space.set_write_mask_u16(COMMAND, (1 << 1) | (1 << 2) | (1 << 10));
         space.write_mask[INTERRUPT_LINE] = 0xff;
         space
+    }
+
+    pub fn save(&self) -> ConfigSpaceSnapshot {
+        ConfigSpaceSnapshot {
+            regs: self.regs.to_vec(),
+            sizing: self.sizing.to_vec(),
+        }
+    }
+
+    /// The guest's registers back, into a device built the same way: its
+    /// vendor, device, class, revision and subsystem must be the saved
+    /// ones.
+    pub fn restore(&mut self, saved: &ConfigSpaceSnapshot) -> Result<(), ConfigRestoreError> {
+        let size = |found| ConfigRestoreError::Size {
+            expected: CONFIG_SPACE_SIZE,
+            found,
+        };
+        let regs: &[u8; CONFIG_SPACE_SIZE] = saved
+            .regs
+            .as_slice()
+            .try_into()
+            .map_err(|_| size(saved.regs.len()))?;
+        let sizing: [bool; BAR_COUNT] = saved
+            .sizing
+            .as_slice()
+            .try_into()
+            .map_err(|_| size(saved.sizing.len()))?;
+        let identity = |regs: &[u8; CONFIG_SPACE_SIZE]| {
+            let word = |at: usize| u16::from_le_bytes([regs[at], regs[at + 1]]);
+            format!(
+                "{:04x}:{:04x} class {:02x}{:02x}{:02x} rev {} subsystem {:04x}:{:04x}",
+                word(VENDOR_ID),
+                word(DEVICE_ID),
+                regs[CLASS_PROG + 2],
+                regs[CLASS_PROG + 1],
+                regs[CLASS_PROG],
+                regs[REVISION_ID],
+                word(SUBSYSTEM_VENDOR_ID),
+                word(SUBSYSTEM_ID)
+            )
+        };
+        let (saved_id, built_id) = (identity(regs), identity(&self.regs));
+        if saved_id != built_id {
+            return Err(ConfigRestoreError::Identity {
+                saved: saved_id,
+                built: built_id,
+            });
+        }
+        *self.regs = *regs;
+        self.sizing = sizing;
+        Ok(())
     }
 
     pub fn set_u16(&mut self, offset: usize, value: u16) {

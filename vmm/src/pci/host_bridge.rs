@@ -1,7 +1,7 @@
 //! The host bridge at 00:00.0: a function that only identifies itself, so
 //! that guests find a PCI root where the ACPI tables say there is one.
 
-use super::config::{ConfigSpace, CLASS_HOST_BRIDGE};
+use super::config::{ConfigRestoreError, ConfigSpace, ConfigSpaceSnapshot, CLASS_HOST_BRIDGE};
 use super::{BarReprogram, PciDevice};
 
 /// Intel's ID for a generic host bridge, as Cloud Hypervisor presents.
@@ -17,6 +17,16 @@ impl HostBridge {
         Self {
             config: ConfigSpace::new(VENDOR_INTEL, DEVICE_HOST_BRIDGE, CLASS_HOST_BRIDGE, 0),
         }
+    }
+}
+
+impl HostBridge {
+    pub fn save(&self) -> ConfigSpaceSnapshot {
+        self.config.save()
+    }
+
+    pub fn restore(&mut self, saved: &ConfigSpaceSnapshot) -> Result<(), ConfigRestoreError> {
+        self.config.restore(saved)
     }
 }
 

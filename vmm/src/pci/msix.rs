@@ -57,6 +57,25 @@ impl Entry {
     }
 }
 
+/// What a snapshot keeps of MSI-X: every vector's entry (address low and
+/// high, data, control), the control word's two bits, and the vectors
+/// with a signal pending behind their mask.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MsixSnapshot {
+    pub entries: Vec<[u32; 4]>,
+    pub enabled: bool,
+    pub function_masked: bool,
+    pub pending: Vec<u16>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{saved} MSI-X vectors saved, the device has {built}")]
+pub struct MsixRestoreError {
+    saved: usize,
+    built: usize,
+}
+
 pub struct Msix {
     entries: Vec<Entry>,
     vectors: Arc<dyn MsiInterruptGroup>,
@@ -79,6 +98,56 @@ impl Msix {
             enabled: false,
             function_masked: false,
         }
+    }
+
+    pub fn save(&self) -> MsixSnapshot {
+        MsixSnapshot {
+            entries: self
+                .entries
+                .iter()
+                .map(|e| [e.addr_lo, e.addr_hi, e.data, e.control])
+                .collect(),
+            enabled: self.enabled,
+            function_masked: self.function_masked,
+            pending: (0..self.entries.len())
+                .filter(|&i| self.masked(i) && self.vectors.pending(i))
+                .map(|i| i as u16)
+                .collect(),
+        }
+    }
+
+    /// Routes every vector as saved, and raises the pending ones again
+    /// (they stay pending: they are masked).
+    pub fn restore(&mut self, saved: &MsixSnapshot) -> Result<(), MsixRestoreError> {
+        if saved.entries.len() != self.entries.len() {
+            return Err(MsixRestoreError {
+                saved: saved.entries.len(),
+                built: self.entries.len(),
+            });
+        }
+        for (entry, &[addr_lo, addr_hi, data, control]) in
+            self.entries.iter_mut().zip(&saved.entries)
+        {
+            *entry = Entry {
+                addr_lo,
+                addr_hi,
+                data,
+                control,
+            };
+        }
+        self.enabled = saved.enabled;
+        self.function_masked = saved.function_masked;
+        for i in 0..self.entries.len() {
+            self.apply(i);
+        }
+        for &vector in &saved.pending {
+            if usize::from(vector) < self.entries.len() && self.masked(usize::from(vector)) {
+                if let Err(e) = self.vectors.trigger(usize::from(vector)) {
+                    log::error!("MSI-X: {}", error_chain(&e));
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn count(&self) -> u16 {

@@ -27,9 +27,27 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::device_manager::DevicesSnapshot;
 use crate::vstate::memory::GuestMemory;
 /// What KVM holds of the VM and its vCPUs, as a snapshot saves it.
-pub use crate::vstate::saved::{saved_msr_indices, StateError, VcpuState, VmState};
+pub use crate::vstate::saved::{StateError, VcpuState, VmState};
+
+/// `state.json`'s state: KVM's VM and every vCPU (by id), and the devices.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmSnapshot {
+    pub vm: VmState,
+    pub vcpus: Vec<VcpuState>,
+    pub devices: DevicesSnapshot,
+}
+
+/// The directory a `file://` URL names (Cloud Hypervisor's
+/// `destination_url` and `source_url`); None for any other URL or a
+/// relative path.
+pub fn file_url_path(url: &str) -> Option<PathBuf> {
+    let path = Path::new(url.strip_prefix("file://")?);
+    path.is_absolute().then(|| path.to_owned())
+}
 
 /// What this VMM writes and reads; another version is refused by name.
 pub const FORMAT_VERSION: u32 = 1;
@@ -90,8 +108,11 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> SnapshotError + '_ {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileDigest {
-    pub size: u64,
+    // In name order, as every map in the body: the body's JSON is then
+    // canonical (keys sorted, compact), and any JSON tool that writes it
+    // so computes the same checksum.
     pub crc32: u32,
+    pub size: u64,
 }
 
 /// `state.json`: the version, what the VMM saved, every other file's
@@ -112,8 +133,10 @@ struct StateBody {
 }
 
 impl StateBody {
-    /// The checksum of the body's JSON. serde_json's maps are sorted, so
-    /// the same body always serialises the same way.
+    /// The checksum of the body's canonical JSON: compact, every key in
+    /// name order (serde_json's maps are sorted; the structs' fields are
+    /// declared in name order), so the same body always serialises the
+    /// same way.
     fn crc32(&self) -> u32 {
         crc32fast::hash(&serde_json::to_vec(self).unwrap_or_default())
     }
@@ -296,6 +319,27 @@ impl Snapshot {
     /// What the VMM saved in `state.json`.
     pub fn state(&self) -> &serde_json::Value {
         &self.state
+    }
+
+    /// `state.json`'s state as the VM's.
+    pub fn vm_state(&self) -> Result<VmSnapshot, SnapshotError> {
+        VmSnapshot::deserialize(&self.state).map_err(|source| SnapshotError::Json {
+            path: self.dir.join(STATE_FILE),
+            source,
+        })
+    }
+
+    /// The file `name`, which `open` checked, as it is.
+    pub fn read_file(&self, name: &str) -> Result<Vec<u8>, SnapshotError> {
+        let path = self.dir.join(name);
+        if !self.files.contains_key(name) {
+            return Err(SnapshotError::Unlisted { path });
+        }
+        fs::read(&path).map_err(io_error(&path))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The JSON file `name`, which `open` checked.

@@ -122,6 +122,21 @@ impl VirtioInterrupt {
         self.state.isr.swap(0, Ordering::SeqCst)
     }
 
+    /// The ISR and whether the device asked for a reset, for a snapshot.
+    pub(super) fn saved(&self) -> (u8, bool) {
+        (
+            self.state.isr.load(Ordering::SeqCst),
+            self.state.needs_reset.load(Ordering::SeqCst),
+        )
+    }
+
+    /// A snapshot's ISR and reset request, in a transport being restored
+    /// (the guest was told of both before the snapshot).
+    pub(super) fn restore(&self, isr: u8, needs_reset: bool) {
+        self.state.isr.store(isr, Ordering::SeqCst);
+        self.state.needs_reset.store(needs_reset, Ordering::SeqCst);
+    }
+
     /// The driver reset the device: nothing is pending any more.
     pub(super) fn reset(&self) {
         self.state.isr.store(0, Ordering::SeqCst);

@@ -3,11 +3,11 @@
 //! VM. The device models keep their own.
 
 use kvm_bindings::{
-    kvm_clock_data, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_msr_entry,
-    kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, Msrs,
-    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+    kvm_clock_data, kvm_cpuid_entry2, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
+    kvm_msr_entry, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
+    CpuId, Msrs, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
 };
-use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{VcpuFd, VmFd};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -47,11 +47,23 @@ pub enum StateError {
     },
     #[error("Too many MSRs for one KVM call")]
     MsrList(#[source] vmm_sys_util::fam::Error),
+    #[error("Too many CPUID entries for one KVM call")]
+    CpuidList(#[source] vmm_sys_util::fam::Error),
+    #[error("vCPU {id} ran with CPU features this host's KVM does not offer: CPUID leaf {leaf:#x}.{subleaf} {register} bits {missing:#010x}")]
+    CpuFeatures {
+        id: u8,
+        leaf: u32,
+        subleaf: u32,
+        register: &'static str,
+        missing: u32,
+    },
 }
 
 /// One vCPU, everything KVM keeps of it that a guest can see.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct VcpuState {
+    /// What the guest was told it runs on: a restore gives it the same.
+    pub cpuid: Vec<kvm_cpuid_entry2>,
     pub regs: kvm_regs,
     pub sregs: kvm_sregs,
     pub xsave: kvm_xsave,
@@ -73,18 +85,54 @@ pub struct VmState {
     pub clock: kvm_clock_data,
 }
 
-/// The MSRs KVM can save for its guests on this host: those in its index
-/// list that a vCPU reads back one at a time (some in the list are
-/// readable only under conditions a snapshot does not meet).
-pub fn saved_msr_indices(kvm: &Kvm, vcpu: &VcpuFd) -> Result<Vec<u32>, StateError> {
-    let list = kvm
-        .get_msr_index_list()
-        .map_err(|source| StateError::VmGet {
-            what: "MSR index list",
-            source,
-        })?;
-    Ok(list
-        .as_slice()
+/// The CPUID leaves (and subleaves) that say which instructions a guest
+/// may use.
+const FEATURE_LEAVES: [(u32, u32); 5] = [(0x1, 0), (0x7, 0), (0x7, 1), (0xd, 1), (0x8000_0001, 0)];
+
+/// Feature bits KVM keeps following the guest's own control registers
+/// (OSXSAVE, OSPKE, the APIC's enable): what the guest did, not what the
+/// CPU offers.
+fn guest_controlled(leaf: u32, register: usize) -> u32 {
+    match (leaf, register) {
+        (0x1, 2) => 1 << 27,
+        (0x1, 3) => 1 << 9,
+        (0x7, 2) => 1 << 22,
+        _ => 0,
+    }
+}
+
+/// The first feature `saved` (a vCPU's CPUID in a snapshot) has that
+/// `host` (what this host's KVM offers the same vCPU) lacks, as leaf,
+/// subleaf, register name and the missing bits.
+pub fn missing_cpu_features(
+    saved: &[kvm_cpuid_entry2],
+    host: &[kvm_cpuid_entry2],
+) -> Option<(u32, u32, &'static str, u32)> {
+    let find = |entries: &[kvm_cpuid_entry2], leaf: u32, subleaf: u32| {
+        entries
+            .iter()
+            .find(|e| e.function == leaf && e.index == subleaf)
+            .map(|e| [e.eax, e.ebx, e.ecx, e.edx])
+            .unwrap_or_default()
+    };
+    for (leaf, subleaf) in FEATURE_LEAVES {
+        let (saved, host) = (find(saved, leaf, subleaf), find(host, leaf, subleaf));
+        for (register, name) in ["EAX", "EBX", "ECX", "EDX"].into_iter().enumerate() {
+            let missing = saved[register] & !host[register] & !guest_controlled(leaf, register);
+            if missing != 0 {
+                return Some((leaf, subleaf, name, missing));
+            }
+        }
+    }
+    None
+}
+
+/// The MSRs KVM can save for its guests on this host: those of its index
+/// list (`Kvm::get_msr_index_list`) that a vCPU reads back one at a time
+/// (some in the list are readable only under conditions a snapshot does
+/// not meet).
+pub fn saved_msr_indices(candidates: &[u32], vcpu: &VcpuFd) -> Vec<u32> {
+    candidates
         .iter()
         .copied()
         .filter(|&index| {
@@ -97,12 +145,19 @@ pub fn saved_msr_indices(kvm: &Kvm, vcpu: &VcpuFd) -> Result<Vec<u32>, StateErro
                 .and_then(|mut one| vcpu.get_msrs(&mut one).ok())
                 == Some(1)
         })
-        .collect())
+        .collect()
 }
 
 impl VcpuState {
-    /// Reads vCPU `id`'s state; `msr_indices` from `saved_msr_indices`.
-    pub fn save(vcpu: &VcpuFd, id: u8, msr_indices: &[u32]) -> Result<Self, StateError> {
+    /// Reads vCPU `id`'s state; `msr_indices` from `saved_msr_indices`,
+    /// `cpuid` what the VMM gave the vCPU (KVM_GET_CPUID2 is not that on
+    /// every KVM: PVM's answers with the host's own).
+    pub fn save(
+        vcpu: &VcpuFd,
+        id: u8,
+        msr_indices: &[u32],
+        cpuid: &[kvm_cpuid_entry2],
+    ) -> Result<Self, StateError> {
         let get = |what| move |source| StateError::VcpuGet { id, what, source };
         let entries: Vec<kvm_msr_entry> = msr_indices
             .iter()
@@ -122,6 +177,7 @@ impl VcpuState {
             });
         }
         Ok(Self {
+            cpuid: cpuid.to_vec(),
             // Events first: reading them settles what KVM was about to
             // inject, as QEMU and Firecracker order it.
             events: vcpu.get_vcpu_events().map_err(get("pending events"))?,
@@ -136,12 +192,31 @@ impl VcpuState {
         })
     }
 
-    /// Puts the state into a new vCPU of a new VM, whose CPUID is already
-    /// the saved one. The order matters to KVM: segment registers (the
-    /// mode) before registers, MSRs (the TSC, the APIC base) before the
-    /// local APIC, the events and MP state last.
+    /// Refuses a state whose CPU offered what `host` (this host's CPUID
+    /// for the same vCPU) does not: the guest would fault on the first
+    /// instruction it chose by it.
+    pub fn check_cpu(&self, host: &CpuId, id: u8) -> Result<(), StateError> {
+        match missing_cpu_features(&self.cpuid, host.as_slice()) {
+            None => Ok(()),
+            Some((leaf, subleaf, register, missing)) => Err(StateError::CpuFeatures {
+                id,
+                leaf,
+                subleaf,
+                register,
+                missing,
+            }),
+        }
+    }
+
+    /// Puts the state into a new vCPU of a new VM that has not run. The
+    /// order matters to KVM: CPUID first (it decides which state is
+    /// valid), segment registers (the mode) before registers, MSRs (the
+    /// TSC, the APIC base) before the local APIC, the events and MP state
+    /// last.
     pub fn restore(&self, vcpu: &VcpuFd, id: u8) -> Result<(), StateError> {
         let set = |what| move |source| StateError::VcpuSet { id, what, source };
+        let cpuid = CpuId::from_entries(&self.cpuid).map_err(StateError::CpuidList)?;
+        vcpu.set_cpuid2(&cpuid).map_err(set("CPUID"))?;
         vcpu.set_sregs(&self.sregs)
             .map_err(set("segment registers"))?;
         vcpu.set_regs(&self.regs).map_err(set("registers"))?;
@@ -256,9 +331,10 @@ mod tests {
         source
             .set_msrs(&Msrs::from_entries(&[sysenter]).unwrap())
             .unwrap();
-        let indices = saved_msr_indices(first.kvm(), &source).unwrap();
+        let candidates = first.kvm().get_msr_index_list().unwrap();
+        let indices = saved_msr_indices(candidates.as_slice(), &source);
         assert!(indices.contains(&0x176), "{indices:x?}");
-        let saved = VcpuState::save(&source, 0, &indices).unwrap();
+        let saved = VcpuState::save(&source, 0, &indices, cpuid.as_slice()).unwrap();
         let json = serde_json::to_string(&saved).unwrap();
         let saved: VcpuState = serde_json::from_str(&json).unwrap();
 
@@ -274,6 +350,39 @@ mod tests {
         .unwrap();
         target.get_msrs(&mut msr).unwrap();
         assert_eq!(msr.as_slice()[0].data, 0xfeed_f00d);
+    }
+
+    fn leaf(function: u32, index: u32, regs: [u32; 4]) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            eax: regs[0],
+            ebx: regs[1],
+            ecx: regs[2],
+            edx: regs[3],
+            ..Default::default()
+        }
+    }
+
+    /// A saved CPU with a feature the host lacks is named by leaf,
+    /// register and bits; the bits the guest itself controls (OSXSAVE)
+    /// and leaves that say nothing of features do not count.
+    #[test]
+    fn missing_cpu_features_are_found_by_leaf_and_register() {
+        let host = [
+            leaf(1, 0, [0, 0, 0x0000_00ff, 0]),
+            leaf(7, 0, [0, 0x10, 0, 0]),
+        ];
+        let same = [
+            leaf(1, 0, [0, 0, 0x0000_000f | 1 << 27, 0]),
+            leaf(0xb, 0, [7; 4]),
+        ];
+        assert_eq!(missing_cpu_features(&same, &host), None);
+        let more = [leaf(1, 0, [0, 0, 0x0f, 0]), leaf(7, 0, [0, 0x30, 0, 0])];
+        assert_eq!(
+            missing_cpu_features(&more, &host),
+            Some((7, 0, "EBX", 0x20))
+        );
     }
 
     /// The IOAPIC's routing and the clock move with the VM.

@@ -6,9 +6,10 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use kvm_bindings::{kvm_run, CpuId, Msrs};
+use kvm_bindings::{kvm_cpuid_entry2, kvm_run, CpuId, Msrs};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
+use super::saved::{saved_msr_indices, StateError, VcpuState};
 use super::vcpu_control::VcpuControl;
 use super::vm::Vm;
 use crate::arch::x86_64::{cpuid, regs};
@@ -161,6 +162,12 @@ pub fn handle_exit(exit: VcpuExit, buses: &Buses, id: u8) -> Action {
 pub struct Vcpu {
     id: u8,
     fd: VcpuFd,
+    /// The VM's MSR index list, and those of them this vCPU reads back
+    /// (found at its first save).
+    msr_candidates: Vec<u32>,
+    msr_indices: Option<Vec<u32>>,
+    /// What `configure` (or a restore) gave the vCPU, for its snapshot.
+    cpuid: Vec<kvm_cpuid_entry2>,
 }
 
 impl Vcpu {
@@ -169,7 +176,30 @@ impl Vcpu {
             .fd()
             .create_vcpu(u64::from(id))
             .map_err(|source| VcpuError::Create { id, source })?;
-        Ok(Self { id, fd })
+        Ok(Self {
+            id,
+            fd,
+            msr_candidates: vm.msr_index_list().to_vec(),
+            msr_indices: None,
+            cpuid: Vec::new(),
+        })
+    }
+
+    /// Everything KVM keeps of this vCPU; only while it is out of KVM_RUN
+    /// with nothing pending (parked, or not started).
+    pub fn save_state(&mut self) -> Result<VcpuState, StateError> {
+        let indices = self
+            .msr_indices
+            .get_or_insert_with(|| saved_msr_indices(&self.msr_candidates, &self.fd));
+        VcpuState::save(&self.fd, self.id, indices, &self.cpuid)
+    }
+
+    /// Into this vCPU, before it first runs (in place of `configure`'s
+    /// boot state).
+    pub fn restore_state(&mut self, state: &VcpuState) -> Result<(), StateError> {
+        state.restore(&self.fd, self.id)?;
+        self.cpuid = state.cpuid.clone();
+        Ok(())
     }
 
     pub fn id(&self) -> u8 {
@@ -179,7 +209,7 @@ impl Vcpu {
     /// Sets CPUID, MSRs, FPU and LAPIC; the boot vCPU also gets its entry
     /// state. Application processors wait in KVM for the guest's INIT/SIPI.
     pub fn configure(
-        &self,
+        &mut self,
         supported_cpuid: &CpuId,
         count: u8,
         boot: Option<regs::BootEntry>,
@@ -189,6 +219,7 @@ impl Vcpu {
         let mut cpuid = supported_cpuid.clone();
         cpuid::fix_up(&mut cpuid, id, count);
         self.fd.set_cpuid2(&cpuid).map_err(err("CPUID"))?;
+        self.cpuid = cpuid.as_slice().to_vec();
 
         let entries = regs::boot_msrs();
         let msrs = Msrs::from_entries(&entries).map_err(VcpuError::Msrs)?;
@@ -242,7 +273,7 @@ impl Vcpu {
         while !exit.is_requested() {
             if control.pause_wanted() {
                 if settled {
-                    control.park();
+                    control.park(id, &mut || self.save_state());
                     continue;
                 }
                 // Enter once to complete the exit; KVM returns at once.

@@ -1,11 +1,17 @@
-//! What the VMM wants of its vCPU threads (run or pause) and where they
-//! are: a pause is answered once every thread is parked outside KVM_RUN
-//! or has ended, and a resume lets them all go. Threads read it between
-//! two KVM_RUNs; the VMM kicks them out of KVM_RUN to make them look.
+//! What the VMM wants of its vCPU threads (run, pause, save their state)
+//! and where they are: a pause is answered once every thread is parked
+//! outside KVM_RUN or has ended, and a resume lets them all go. Threads
+//! read it between two KVM_RUNs; the VMM kicks them out of KVM_RUN to make
+//! them look. A parked thread saves its vCPU when asked: a vCPU's ioctls
+//! belong to the thread that runs it.
 
 use std::sync::{Condvar, Mutex};
 
+use super::saved::{StateError, VcpuState};
 use crate::util::lock;
+
+/// One parked vCPU's answer to a save.
+pub type Saved = (u8, Result<VcpuState, StateError>);
 
 #[derive(Debug, Default)]
 struct State {
@@ -14,6 +20,10 @@ struct State {
     stopping: bool,
     parked: usize,
     ended: usize,
+    /// Raised by the VMM for each save; a parked thread that has not
+    /// answered this round saves its vCPU into `saved`.
+    save_round: u64,
+    saved: Vec<Saved>,
 }
 
 #[derive(Debug, Default)]
@@ -29,12 +39,25 @@ impl VcpuControl {
     }
 
     /// On a vCPU thread, outside KVM_RUN with nothing pending: waits while
-    /// a pause is wanted.
-    pub fn park(&self) {
+    /// a pause is wanted, saving vCPU `id` with `save` whenever asked.
+    pub fn park(&self, id: u8, save: &mut dyn FnMut() -> Result<VcpuState, StateError>) {
         let mut state = lock(&self.state);
         state.parked += 1;
+        let mut answered = state.save_round;
         self.changed.notify_all();
         while state.pause && !state.stopping {
+            if state.save_round != answered {
+                answered = state.save_round;
+                // The VMM waits; nothing else needs the lock meanwhile.
+                drop(state);
+                let result = save();
+                state = lock(&self.state);
+                if state.save_round == answered {
+                    state.saved.push((id, result));
+                    self.changed.notify_all();
+                }
+                continue;
+            }
             state = match self.changed.wait(state) {
                 Ok(state) => state,
                 Err(poisoned) => poisoned.into_inner(),
@@ -66,6 +89,23 @@ impl VcpuControl {
         }
     }
 
+    /// With every thread parked (after `wait_parked`): each saves its vCPU.
+    /// The answers of the threads parked, in no particular order; a thread
+    /// that has ended gives none.
+    pub fn save_parked(&self) -> Vec<Saved> {
+        let mut state = lock(&self.state);
+        state.save_round += 1;
+        state.saved.clear();
+        self.changed.notify_all();
+        while state.saved.len() < state.parked && !state.stopping {
+            state = match self.changed.wait(state) {
+                Ok(state) => state,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+        }
+        std::mem::take(&mut state.saved)
+    }
+
     /// Lets parked threads go, without waiting for them: one that has not
     /// left its park when the next pause comes stays in it, still counted
     /// as parked, and it is (it has not run the guest since).
@@ -88,6 +128,16 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
+    /// What the test threads answer a save with: no KVM here.
+    fn unsaved(id: u8) -> StateError {
+        StateError::Msrs {
+            id,
+            written: 0,
+            count: 0,
+            index: 0,
+        }
+    }
+
     /// Threads that count while running and park when asked: while
     /// paused no count moves; resumed, all move again.
     #[test]
@@ -100,7 +150,7 @@ mod tests {
                 std::thread::spawn(move || {
                     while !lock(&control.state).stopping {
                         if control.pause_wanted() {
-                            control.park();
+                            control.park(i as u8, &mut || Err(unsaved(i as u8)));
                             continue;
                         }
                         counts[i].fetch_add(1, Ordering::SeqCst);
@@ -117,6 +167,16 @@ mod tests {
             let before = snapshot();
             std::thread::sleep(Duration::from_millis(5));
             assert_eq!(snapshot(), before, "a parked thread ran");
+            let mut saved: Vec<u8> = control
+                .save_parked()
+                .into_iter()
+                .map(|(id, result)| {
+                    assert!(matches!(result, Err(StateError::Msrs { id: e, .. }) if e == id));
+                    id
+                })
+                .collect();
+            saved.sort_unstable();
+            assert_eq!(saved, [0, 1, 2], "each parked thread saves once");
             control.resume();
             let resumed = snapshot();
             while snapshot()

@@ -31,6 +31,8 @@ pub enum VmError {
     CreateIrqChip(#[source] kvm_ioctls::Error),
     #[error("Failed to create the in-kernel PIT")]
     CreatePit(#[source] kvm_ioctls::Error),
+    #[error("Failed to read KVM's MSR index list")]
+    MsrIndexList(#[source] kvm_ioctls::Error),
     #[error("Failed to register guest memory at {addr:#x}")]
     SetMemoryRegion {
         addr: u64,
@@ -47,6 +49,8 @@ pub enum VmError {
 
 pub struct Vm {
     kvm: Kvm,
+    /// The MSRs KVM says it saves and restores, for the vCPUs' snapshots.
+    msr_index_list: Vec<u32>,
     /// Shared with devices that register ioeventfds, irqfds and MSI routes
     /// while the guest runs (BAR moves, MSI-X programming).
     fd: Arc<VmFd>,
@@ -78,14 +82,24 @@ impl Vm {
             ..Default::default()
         };
         fd.create_pit2(pit).map_err(VmError::CreatePit)?;
+        let msr_index_list = kvm
+            .get_msr_index_list()
+            .map_err(VmError::MsrIndexList)?
+            .as_slice()
+            .to_vec();
         Ok(Self {
             kvm,
+            msr_index_list,
             fd: Arc::new(fd),
         })
     }
 
     pub fn kvm(&self) -> &Kvm {
         &self.kvm
+    }
+
+    pub fn msr_index_list(&self) -> &[u32] {
+        &self.msr_index_list
     }
 
     pub fn fd(&self) -> &VmFd {

@@ -121,6 +121,9 @@ fn cpus_refused(#[case] value: &str, #[case] message: &str) {
 #[case("shared=on", 512 * MIB, true, false)]
 #[case("size=64M,thp=off", 64 * MIB, false, false)]
 #[case("thp=on,shared=on", 512 * MIB, true, false)]
+// Cloud Hypervisor's toggles also take true and false, in any case.
+#[case("shared=true,hugepages=FALSE", 512 * MIB, true, false)]
+#[case("shared=On,hugepages=OFF", 512 * MIB, true, false)]
 fn memory(#[case] value: &str, #[case] size: u64, #[case] shared: bool, #[case] hugepages: bool) {
     assert_eq!(
         parse_ok(&["--memory", value]).memory,
@@ -157,8 +160,11 @@ fn memory(#[case] value: &str, #[case] size: u64, #[case] shared: bool, #[case] 
 #[case("size=5000", "invalid size \"5000\": expected a multiple of 4K")]
 #[case("size=2097153", "expected a multiple of 4K")]
 #[case("size=3M,hugepages=on", "expected a multiple of 2M with hugepages=on")]
-#[case("size=1G,shared=yes", "invalid shared \"yes\": expected on or off")]
-#[case("size=1G,hugepages=ON", "invalid hugepages \"ON\"")]
+#[case(
+    "size=1G,shared=yes",
+    "invalid shared \"yes\": expected on, off, true or false"
+)]
+#[case("size=1G,hugepages=1", "invalid hugepages \"1\"")]
 #[case("1G", "\"1G\" is not key=value: expected size=SIZE")]
 #[case("size=1G,", "empty item")]
 #[case("size=1G,size=2G", "size= is given twice")]
@@ -597,7 +603,10 @@ fn disks(#[case] value: &str, #[case] backend: DiskBackend) {
 
 #[rstest]
 #[case("readonly=on", "missing path=: expected path=PATH")]
-#[case("path=/d,readonly=yes", "invalid readonly \"yes\": expected on or off")]
+#[case(
+    "path=/d,readonly=yes",
+    "invalid readonly \"yes\": expected on, off, true or false"
+)]
 #[case("/d.img", "\"/d.img\" is not key=value")]
 #[case("path=/d,bogus=x", "unknown key \"bogus\"")]
 #[case(

@@ -23,8 +23,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use vmm_sys_util::eventfd::EventFd;
 
-pub use self::rtc::CENTURY;
 use self::rtc::{Nanos, Rtc, B_AIE, B_PIE, B_UIE, DATA_PORT, REG_B, REG_C};
+pub use self::rtc::{RtcSnapshot, CENTURY};
 use crate::bus::BusDevice;
 use crate::util::lock;
 
@@ -55,6 +55,12 @@ impl Shared {
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum CmosError {
+    #[error("The saved RTC state has not 128 bytes of RAM or its index is beyond them")]
+    Restore,
+}
+
 /// The RTC on the I/O bus, with the thread that raises its interrupts,
 /// started when the guest first enables one (most guests never do: a
 /// VM's start-up spends nothing on it).
@@ -79,6 +85,23 @@ impl Cmos {
             timer: None,
             timer_failed: false,
         }
+    }
+
+    pub fn save(&self) -> RtcSnapshot {
+        lock(&self.shared.rtc).save(host_now())
+    }
+
+    /// The saved chip in place of this one; the timer starts if the
+    /// guest had an interrupt enabled.
+    pub fn restore(&mut self, saved: &RtcSnapshot) -> Result<(), CmosError> {
+        let rtc = Rtc::restore(saved, host_now()).ok_or(CmosError::Restore)?;
+        let wants_timer = rtc.ram[REG_B] & (B_PIE | B_AIE | B_UIE) != 0;
+        *lock(&self.shared.rtc) = rtc;
+        self.shared.changed.notify_all();
+        if wants_timer && self.timer.is_none() && !self.timer_failed {
+            self.start_timer();
+        }
+        Ok(())
     }
 
     fn start_timer(&mut self) {

@@ -66,6 +66,21 @@ const INDEX_PORT: u64 = 0;
 pub(super) const DATA_PORT: u64 = 1;
 const NMI_DISABLE: u8 = 0x80;
 
+/// What a snapshot keeps of the chip: the RAM and registers, where the
+/// guest set its clock from the host's, and the events not yet read. The
+/// clock goes on from the host's time at restore, as a powered-off PC's
+/// does; the periodic and update events of the gap are not owed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RtcSnapshot {
+    pub ram: Vec<u8>,
+    pub index: u8,
+    /// Guest time minus host time, in nanoseconds.
+    pub offset: i128,
+    pub weekday_shift: u8,
+    pub flags: u8,
+}
+
 /// The chip's state; every method takes the host's time, so tests drive
 /// it with a clock of their own.
 pub struct Rtc {
@@ -100,6 +115,36 @@ impl Rtc {
             flags: 0,
             accounted: now,
         }
+    }
+
+    /// The events up to `now` are accounted first, so none is lost.
+    pub fn save(&mut self, now: Nanos) -> RtcSnapshot {
+        self.advance(now);
+        RtcSnapshot {
+            ram: self.ram.to_vec(),
+            index: self.index as u8,
+            offset: self.offset,
+            weekday_shift: self.weekday_shift,
+            flags: self.flags,
+        }
+    }
+
+    /// None: the saved RAM is not the chip's 128 bytes, or the index is
+    /// beyond it.
+    pub fn restore(saved: &RtcSnapshot, now: Nanos) -> Option<Self> {
+        let ram: [u8; 128] = saved.ram.as_slice().try_into().ok()?;
+        let index = usize::from(saved.index);
+        if index >= ram.len() {
+            return None;
+        }
+        Some(Self {
+            ram,
+            index,
+            offset: saved.offset,
+            weekday_shift: saved.weekday_shift,
+            flags: saved.flags,
+            accounted: now,
+        })
     }
 
     fn divider_runs(a: u8) -> bool {

@@ -279,3 +279,36 @@ proptest::proptest! {
         }
     }
 }
+
+/// A chip the guest set an hour ahead, with CMOS RAM written and an
+/// alarm flag unread, saved and restored five seconds later: an hour
+/// ahead still (five seconds on), the RAM and the flag as they were.
+#[test]
+fn a_saved_chip_restores_with_the_guest_s_time_and_ram() {
+    let mut rtc = Rtc::new(t0());
+    set(&mut rtc, REG_B, B_SET | B_24_HOUR, t0());
+    set(&mut rtc, 4, 0x20, t0());
+    set(&mut rtc, REG_B, B_24_HOUR, t0());
+    set(&mut rtc, 0x40, 0xab, t0());
+    set(&mut rtc, SECONDS_ALARM, 0xc0, t0());
+    set(&mut rtc, MINUTES_ALARM, 0xc0, t0());
+    set(&mut rtc, HOURS_ALARM, 0xc0, t0());
+    let at = t0() + 2 * NANOS_PER_SEC;
+    let saved = rtc.save(at);
+    assert_ne!(saved.flags & C_AF, 0, "the alarm flag is saved unread");
+    let saved: RtcSnapshot = serde_json::from_str(&serde_json::to_string(&saved).unwrap()).unwrap();
+
+    let later = at + 5 * NANOS_PER_SEC;
+    let mut back = Rtc::restore(&saved, later).unwrap();
+    assert_eq!(clock(&mut back, later), clock(&mut rtc, later));
+    assert_eq!(get(&mut back, 4, later), 0x20);
+    assert_eq!(get(&mut back, 0x40, later), 0xab);
+    assert_ne!(get(&mut back, REG_C, later) & C_AF, 0);
+
+    let mut short = saved.clone();
+    short.ram.pop();
+    assert!(Rtc::restore(&short, later).is_none());
+    let mut beyond = saved;
+    beyond.index = 128;
+    assert!(Rtc::restore(&beyond, later).is_none());
+}

@@ -34,7 +34,8 @@ const QUEUE_DESC: usize = 32;
 const QUEUE_DRIVER: usize = 40;
 const QUEUE_DEVICE: usize = 48;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct QueueState {
     pub max: u16,
     pub size: u16,
@@ -67,6 +68,33 @@ pub enum Action {
     Reset,
     /// DRIVER_OK was set (after FEATURES_OK).
     Activate,
+}
+
+/// What a snapshot keeps of the common configuration: all the driver
+/// wrote and the device status; what the device offers comes from the
+/// device as built.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommonSnapshot {
+    pub device_feature_select: u32,
+    pub driver_feature_select: u32,
+    pub driver_features: u64,
+    pub msix_config: u16,
+    pub status: u8,
+    pub generation: u8,
+    pub queue_select: u16,
+    pub queues: Vec<QueueState>,
+}
+
+/// Why a saved common configuration does not fit the device built.
+#[derive(Debug, thiserror::Error)]
+pub enum CommonRestoreError {
+    #[error("the driver acked features {acked:#x}, the device offers {offered:#x} now")]
+    Features { acked: u64, offered: u64 },
+    #[error("{saved} queues saved, the device has {built}")]
+    QueueCount { saved: usize, built: usize },
+    #[error("queue {index}: {saved} entries saved, the device allows {max}")]
+    QueueSize { index: usize, saved: u16, max: u16 },
 }
 
 pub struct CommonConfig {
@@ -110,6 +138,54 @@ impl CommonConfig {
             queues: self.queues.iter().map(|q| QueueState::new(q.max)).collect(),
             ..CommonConfig::new(features, &[], self.vectors)
         };
+    }
+
+    pub fn save(&self) -> CommonSnapshot {
+        CommonSnapshot {
+            device_feature_select: self.device_feature_select,
+            driver_feature_select: self.driver_feature_select,
+            driver_features: self.driver_features,
+            msix_config: self.msix_config,
+            status: self.status,
+            generation: self.generation,
+            queue_select: self.queue_select,
+            queues: self.queues.clone(),
+        }
+    }
+
+    /// What the driver set, back into a device offering what it acked
+    /// and the same queues.
+    pub fn restore(&mut self, saved: &CommonSnapshot) -> Result<(), CommonRestoreError> {
+        if saved.driver_features & !self.features_offered != 0 {
+            return Err(CommonRestoreError::Features {
+                acked: saved.driver_features,
+                offered: self.features_offered,
+            });
+        }
+        if saved.queues.len() != self.queues.len() {
+            return Err(CommonRestoreError::QueueCount {
+                saved: saved.queues.len(),
+                built: self.queues.len(),
+            });
+        }
+        for (index, (built, q)) in self.queues.iter().zip(&saved.queues).enumerate() {
+            if q.max != built.max || q.size > built.max {
+                return Err(CommonRestoreError::QueueSize {
+                    index,
+                    saved: q.size.max(q.max),
+                    max: built.max,
+                });
+            }
+        }
+        self.device_feature_select = saved.device_feature_select;
+        self.driver_feature_select = saved.driver_feature_select;
+        self.driver_features = saved.driver_features;
+        self.msix_config = saved.msix_config;
+        self.status = saved.status;
+        self.generation = saved.generation;
+        self.queue_select = saved.queue_select;
+        self.queues = saved.queues.clone();
+        Ok(())
     }
 
     /// Sets DEVICE_NEEDS_RESET; true if it was not set already.

@@ -2,8 +2,11 @@
 //! the device only while the driver has it running, and `vm.counters`
 //! gets the transport's counts before the device's.
 
+use serde::Deserialize;
+
+use super::persist::TransportSnapshot;
 use super::VirtioPciDevice;
-use crate::lifecycle::{Counter, ManagedDevice};
+use crate::lifecycle::{Counter, ManagedDevice, PersistError};
 use crate::util::error_chain;
 use crate::virtio::VirtioDevice;
 
@@ -41,6 +44,16 @@ impl<D: VirtioDevice> ManagedDevice for VirtioPciDevice<D> {
         ];
         counters.extend(self.device.counters());
         counters
+    }
+
+    fn save(&mut self) -> Result<serde_json::Value, PersistError> {
+        Ok(serde_json::to_value(self.save_transport()?)?)
+    }
+
+    fn restore(&mut self, saved: &serde_json::Value) -> Result<(), PersistError> {
+        let saved = TransportSnapshot::deserialize(saved)?;
+        self.restore_transport(&saved)?;
+        Ok(())
     }
 
     fn resume(&mut self) {

@@ -8,6 +8,7 @@
 
 pub mod common;
 mod lifecycle;
+mod persist;
 
 use std::sync::Arc;
 

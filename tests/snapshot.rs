@@ -1,0 +1,336 @@
+//! Snapshot and restore with the probe guest: a ticking guest paused,
+//! written to a snapshot, its vmm gone, and restored by new vmm processes
+//! (from the command line and through `vm.restore`) goes on from the tick
+//! it had reached, every tick once; restoring twice from one snapshot
+//! works both times; a bad snapshot is refused by name and left as it was.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rstest::rstest;
+use test_infra::api::{curl, wait_for_socket, Reply};
+use test_infra::digest::sha256_file;
+use test_infra::host::{kvm, KvmHost};
+use test_infra::process::Child;
+use test_infra::tempdir;
+use test_infra::vmm::VmmCommand;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// `cmd` with `--api-socket DIR/NAME`, once it listens.
+fn start(dir: &Path, name: &str, mut cmd: VmmCommand) -> (Child, PathBuf) {
+    let socket = dir.join(name);
+    cmd.arg("--api-socket")
+        .arg(format!("path={}", socket.display()));
+    let child = cmd.spawn(dir).expect("vmm starts");
+    wait_for_socket(&socket, WAIT).expect("the API socket");
+    (child, socket)
+}
+
+/// The tick numbers in `output`, in order.
+fn ticks(output: &str) -> Vec<u64> {
+    output
+        .lines()
+        .filter_map(|l| l.strip_prefix("probe: tick "))
+        .map(|n| n.trim().parse().expect("a tick number"))
+        .collect()
+}
+
+fn wait_ticks(child: &mut Child, count: usize) {
+    assert!(
+        child.wait_until(WAIT, |c| ticks(&c.stdout_so_far()).len() >= count),
+        "the guest did not tick: {}",
+        child.stderr_so_far()
+    );
+}
+
+fn assert_no_content(reply: &Reply, what: &str) {
+    assert_eq!(reply.status, 204, "{what}: {reply:?}");
+}
+
+/// Every file of a snapshot, by name, with its size and sha256: to show
+/// none was touched.
+fn contents(dir: &Path) -> Vec<(String, u64, String)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .expect("the snapshot directory")
+        .map(|e| {
+            let e = e.expect("an entry");
+            let name = e.file_name().to_string_lossy().into_owned();
+            let len = e.metadata().expect("metadata").len();
+            (name, len, sha256_file(&e.path()).expect("sha256"))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// A probe ticking every 10 ms in 64 MiB, paused after some ticks and
+/// snapshotted to DIR/snap; its vmm shut down. Returns what the guest
+/// printed.
+fn ticking_snapshot(dir: &Path) -> (PathBuf, String) {
+    let mut cmd = VmmCommand::probe("probe.run=tick").expect("probe");
+    cmd.arg("--memory").arg("size=64M");
+    let (mut child, socket) = start(dir, "first.sock", cmd);
+    wait_ticks(&mut child, 5);
+    let snap = dir.join("snap");
+    let url = format!(r#"{{"destination_url":"file://{}"}}"#, snap.display());
+    let running = curl(&socket, "PUT", "vm.snapshot", Some(&url));
+    assert_eq!(running.status, 409, "snapshot of a running VM: {running:?}");
+    assert!(running.body.contains("vm.pause first"), "{running:?}");
+    assert!(!snap.exists(), "a refused snapshot left {}", snap.display());
+
+    assert_no_content(&curl(&socket, "PUT", "vm.pause", None), "pause");
+    assert_no_content(&curl(&socket, "PUT", "vm.snapshot", Some(&url)), "snapshot");
+    let written = contents(&snap);
+    let again = curl(&socket, "PUT", "vm.snapshot", Some(&url));
+    assert_eq!(
+        again.status, 409,
+        "a second snapshot over the first: {again:?}"
+    );
+    assert_eq!(contents(&snap), written, "the first snapshot was touched");
+    let relative = curl(
+        &socket,
+        "PUT",
+        "vm.snapshot",
+        Some(r#"{"destination_url":"file://snap2"}"#),
+    );
+    assert_eq!(relative.status, 400, "{relative:?}");
+
+    assert_no_content(&curl(&socket, "PUT", "vmm.shutdown", None), "vmm.shutdown");
+    let out = child.wait(WAIT).expect("vmm exits");
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    (snap, out.stdout)
+}
+
+/// The ticks of the first run and then the restored one: one sequence,
+/// each number once. A tick line the pause cut in two is finished by the
+/// restored guest.
+fn assert_goes_on(before: &str, after: &str) {
+    let all = ticks(&format!("{before}{after}"));
+    let first = ticks(before);
+    assert!(first.len() >= 5, "{before}");
+    assert!(
+        ticks(after).len() >= 5,
+        "the restored guest did not tick: {after}"
+    );
+    let expected: Vec<u64> = (all[0]..all[0] + all.len() as u64).collect();
+    assert_eq!(
+        all, expected,
+        "the ticks do not go on from the snapshot:\n{before}---\n{after}"
+    );
+}
+
+#[rstest]
+fn a_restored_guest_goes_on_from_its_snapshot_every_time(kvm: Option<KvmHost>) {
+    let Some(_kvm) = kvm else { return };
+    let dir = tempdir();
+    let (snap, before) = ticking_snapshot(dir.path());
+    let saved = contents(&snap);
+
+    // From the command line, running at once.
+    let mut restore = VmmCommand::bare();
+    restore
+        .arg("--restore")
+        .arg(format!("source_url=file://{},resume=on", snap.display()));
+    let (mut child, socket) = start(dir.path(), "second.sock", restore);
+    wait_ticks(&mut child, 5);
+    let info = curl(&socket, "GET", "vm.info", None).json();
+    assert_eq!(info["state"], "Running", "{info}");
+    assert_no_content(&curl(&socket, "PUT", "vmm.shutdown", None), "vmm.shutdown");
+    let out = child.wait(WAIT).expect("vmm exits");
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    assert_goes_on(&before, &out.stdout);
+
+    // Again from the same snapshot, paused until vm.resume.
+    let mut restore = VmmCommand::bare();
+    restore
+        .arg("--restore")
+        .arg(format!("source_url=file://{}", snap.display()));
+    let (mut child, socket) = start(dir.path(), "third.sock", restore);
+    let info = curl(&socket, "GET", "vm.info", None).json();
+    assert_eq!(info["state"], "Paused", "{info}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        ticks(&child.stdout_so_far()).is_empty(),
+        "a paused restore ran: {}",
+        child.stdout_so_far()
+    );
+    assert_no_content(&curl(&socket, "PUT", "vm.resume", None), "resume");
+    wait_ticks(&mut child, 5);
+    assert_no_content(&curl(&socket, "PUT", "vmm.shutdown", None), "vmm.shutdown");
+    let out = child.wait(WAIT).expect("vmm exits");
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    assert_goes_on(&before, &out.stdout);
+
+    assert_eq!(contents(&snap), saved, "a restore touched the snapshot");
+}
+
+/// `vm.restore` on a vmm started with only `--api-socket`, as ch-remote
+/// sends it (Cloud Hypervisor's whole `RestoreConfig`).
+#[rstest]
+fn vm_restore_brings_a_vm_into_an_empty_vmm(kvm: Option<KvmHost>) {
+    let Some(_kvm) = kvm else { return };
+    let dir = tempdir();
+    let (snap, before) = ticking_snapshot(dir.path());
+    let (mut child, socket) = start(dir.path(), "empty.sock", VmmCommand::bare());
+    let body = |extra: &str| {
+        format!(
+            r#"{{"source_url":"file://{}","prefault":false,"memory_restore_mode":"Copy","net_fds":null,"vfio_fds":null,"iommufd_fd":null,"resume":false,"zone_updates":[]{extra}}}"#,
+            snap.display()
+        )
+    };
+    let refused = curl(&socket, "PUT", "vm.restore", Some(&body(r#","bogus":1"#)));
+    assert_eq!(refused.status, 400, "{refused:?}");
+    let prefault = body("").replace(r#""prefault":false"#, r#""prefault":true"#);
+    let refused = curl(&socket, "PUT", "vm.restore", Some(&prefault));
+    assert_eq!(refused.status, 400, "{refused:?}");
+    assert!(refused.body.contains("prefault"), "{refused:?}");
+
+    assert_no_content(
+        &curl(&socket, "PUT", "vm.restore", Some(&body(""))),
+        "vm.restore",
+    );
+    let info = curl(&socket, "GET", "vm.info", None).json();
+    assert_eq!(info["state"], "Paused", "{info}");
+    let again = curl(&socket, "PUT", "vm.restore", Some(&body("")));
+    assert_eq!(again.status, 409, "{again:?}");
+    assert_no_content(&curl(&socket, "PUT", "vm.resume", None), "resume");
+    wait_ticks(&mut child, 5);
+    assert_no_content(&curl(&socket, "PUT", "vmm.shutdown", None), "vmm.shutdown");
+    let out = child.wait(WAIT).expect("vmm exits");
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    assert_goes_on(&before, &out.stdout);
+}
+
+/// What a damaged snapshot gets: `--restore` fails with status 1 and one
+/// line naming what is wrong, and the snapshot is left as it was.
+#[rstest]
+fn a_bad_snapshot_is_refused_by_name_and_left_alone(kvm: Option<KvmHost>) {
+    let Some(_kvm) = kvm else { return };
+    let dir = tempdir();
+    let (snap, _) = ticking_snapshot(dir.path());
+    type Damage = fn(&Path);
+    let cases: [(&str, Damage, &str); 6] = [
+        (
+            "truncated state.json",
+            |d| truncate(&d.join("state.json"), 100),
+            "state.json: not valid JSON",
+        ),
+        (
+            "a byte of state.json changed",
+            |d| flip_digit(&d.join("state.json")),
+            "state.json: checksum",
+        ),
+        (
+            "a short memory file",
+            |d| {
+                let path = d.join("memory-ranges");
+                let len = std::fs::metadata(&path).expect("memory").len();
+                truncate(&path, len - 4096);
+            },
+            "memory-ranges",
+        ),
+        (
+            "another format version",
+            |d| {
+                let path = d.join("state.json");
+                let text = std::fs::read_to_string(&path).expect("state.json");
+                let changed = text.replacen("\"version\": 1", "\"version\": 7", 1);
+                assert_ne!(text, changed, "no version field");
+                std::fs::write(&path, changed).expect("write");
+            },
+            "format version 7, this vmm reads version 1",
+        ),
+        (
+            "a CPU with every feature of CPUID leaf 7",
+            |d| {
+                resign(&d.join("state.json"), |state| {
+                    for vcpu in state["vcpus"].as_array_mut().expect("vcpus") {
+                        // kvm_cpuid_entry2 as its bytes: function, index,
+                        // flags, then EAX, EBX (at 16), ECX, EDX.
+                        for entry in vcpu["cpuid"].as_array_mut().expect("cpuid") {
+                            let bytes = entry.as_array_mut().expect("an entry's bytes");
+                            let word = |at: usize| {
+                                (at..at + 4).fold(0u32, |w, i| {
+                                    w | (bytes[i].as_u64().expect("a byte") as u32)
+                                        << (8 * (i - at))
+                                })
+                            };
+                            if (word(0), word(4)) == (7, 0) {
+                                for byte in &mut bytes[16..20] {
+                                    *byte = 255.into();
+                                }
+                            }
+                        }
+                    }
+                })
+            },
+            "CPU features this host's KVM does not offer: CPUID leaf 0x7.0 EBX",
+        ),
+        (
+            "config.json gone",
+            |d| std::fs::remove_file(d.join("config.json")).expect("remove"),
+            "config.json",
+        ),
+    ];
+    for (what, damage, expected) in cases {
+        let copy = dir.path().join(format!("bad-{}", what.replace(' ', "-")));
+        copy_dir(&snap, &copy);
+        damage(&copy);
+        let damaged = contents(&copy);
+        let mut restore = VmmCommand::bare();
+        restore
+            .arg("--restore")
+            .arg(format!("source_url=file://{},resume=on", copy.display()));
+        let out = restore.run(dir.path()).expect("vmm runs").output;
+        assert_eq!(out.code(), Some(1), "{what}: {}", out.describe());
+        let errors: Vec<&str> = out
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("vmm: error:"))
+            .collect();
+        assert_eq!(errors.len(), 1, "{what}: {}", out.describe());
+        assert!(
+            errors[0].contains(expected) && errors[0].contains(&*copy.to_string_lossy()),
+            "{what}: expected {expected:?} and the path in {:?}",
+            errors[0]
+        );
+        assert_eq!(contents(&copy), damaged, "{what}: the snapshot was touched");
+    }
+}
+
+/// Changes what state.json saved and signs it again, as a snapshot of
+/// another machine would be: only what is checked beyond the checksums
+/// can refuse it.
+fn resign(path: &Path, change: impl FnOnce(&mut serde_json::Value)) {
+    let text = std::fs::read_to_string(path).expect("state.json");
+    let mut file: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    change(&mut file["body"]["state"]);
+    let crc = crc32fast::hash(&serde_json::to_vec(&file["body"]).expect("JSON"));
+    file["crc32"] = crc.into();
+    std::fs::write(path, serde_json::to_vec_pretty(&file).expect("JSON")).expect("write");
+}
+
+fn truncate(path: &Path, len: u64) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_len(len))
+        .expect("truncate");
+}
+
+/// Changes one digit inside state.json's body: still JSON, another value.
+fn flip_digit(path: &Path) {
+    let mut bytes = std::fs::read(path).expect("state.json");
+    let at = bytes.iter().rposition(u8::is_ascii_digit).expect("a digit");
+    bytes[at] = if bytes[at] == b'1' { b'2' } else { b'1' };
+    std::fs::write(path, bytes).expect("write");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir(to).expect("a copy");
+    for entry in std::fs::read_dir(from).expect("the snapshot") {
+        let entry = entry.expect("an entry");
+        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+    }
+}

@@ -20,7 +20,7 @@ use libfuzzer_sys::fuzz_target;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm::fuzzing::{
     msix_vectors, ActivateContext, FakeIoEvents, FakeMsiGroup, ManagedDevice, MsiInterruptGroup,
-    PciDevice, VirtioDevice, VirtioInterrupt, VirtioPciDevice, BAR_SIZE,
+    PciDevice, QueuePlace, VirtioDevice, VirtioInterrupt, VirtioPciDevice, BAR_SIZE,
 };
 use vmm_fuzz::{le, Width};
 
@@ -47,6 +47,8 @@ struct FuzzDevice {
     /// Activated (successfully or not) since the last reset.
     activated: bool,
     paused: bool,
+    /// The queues of its last activation (or of a restore).
+    running: Vec<usize>,
 }
 
 impl VirtioDevice for FuzzDevice {
@@ -110,6 +112,7 @@ impl VirtioDevice for FuzzDevice {
         }
         assert!(!self.paused, "activated while paused");
         self.activated = true;
+        self.running = context.queues.iter().map(|q| q.index).collect();
         if self.fail.load(Ordering::Relaxed) {
             return Err(Failed);
         }
@@ -138,6 +141,34 @@ impl VirtioDevice for FuzzDevice {
         if self.fail.load(Ordering::Relaxed) {
             return Err(Failed);
         }
+        Ok(())
+    }
+    /// Every queue it runs, somewhere along its ring.
+    fn queue_places(&self) -> Result<Vec<QueuePlace>, Failed> {
+        assert!(
+            self.paused,
+            "asked for queue places while running (or never run)"
+        );
+        Ok(self
+            .running
+            .iter()
+            .map(|&index| QueuePlace {
+                index,
+                next_avail: index as u16 * 3,
+                next_used: index as u16,
+            })
+            .collect())
+    }
+    fn save_state(&mut self) -> Result<serde_json::Value, Failed> {
+        assert!(self.paused || !self.activated, "saved while running");
+        if self.fail.load(Ordering::Relaxed) {
+            return Err(Failed);
+        }
+        Ok(serde_json::json!({ "running": self.running }))
+    }
+    fn restore_state(&mut self, state: &serde_json::Value) -> Result<(), Failed> {
+        assert!(!self.activated, "restored into a running device");
+        self.running = serde_json::from_value(state["running"].clone()).map_err(|_| Failed)?;
         Ok(())
     }
 }
@@ -193,6 +224,9 @@ enum Op {
     /// The VM pauses or resumes.
     Pause,
     Resume,
+    /// A snapshot of the paused transport, restored into a new one built
+    /// the same way, which saves the same again.
+    Snapshot,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -253,6 +287,7 @@ fuzz_target!(|input: Input| {
         interrupt: interrupt.clone(),
         activated: false,
         paused: false,
+        running: Vec::new(),
     };
     let Ok(mut dev) = VirtioPciDevice::new(
         device,
@@ -277,6 +312,7 @@ fuzz_target!(|input: Input| {
                 | Op::Signal { .. }
                 | Op::Pause
                 | Op::Resume
+                | Op::Snapshot
         );
         if paused && from_the_driver {
             continue;
@@ -344,6 +380,36 @@ fuzz_target!(|input: Input| {
             Op::Resume => {
                 dev.resume();
                 paused = false;
+            }
+            Op::Snapshot => {
+                if !paused {
+                    continue;
+                }
+                let Ok(saved) = ManagedDevice::save(&mut dev) else {
+                    assert!(fail.load(Ordering::Relaxed), "a healthy device not saved");
+                    continue;
+                };
+                let twin = FuzzDevice {
+                    device_type,
+                    queues: queues.clone(),
+                    features: input.features | 1 << 32,
+                    config: config.clone(),
+                    fail: Arc::new(AtomicBool::new(false)),
+                    interrupt: Arc::new(Mutex::new(None)),
+                    activated: false,
+                    paused: false,
+                    running: Vec::new(),
+                };
+                let mut twin = VirtioPciDevice::new(
+                    twin,
+                    memory(),
+                    Arc::new(FakeMsiGroup::new(vectors)),
+                    Box::new(FakeIoEvents::default()),
+                )
+                .expect("built once already");
+                ManagedDevice::restore(&mut twin, &saved).expect("its own snapshot restores");
+                let again = ManagedDevice::save(&mut twin).expect("a restored device saves");
+                assert_eq!(again, saved, "a restored transport saves what it was given");
             }
         }
 

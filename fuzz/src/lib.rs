@@ -237,6 +237,15 @@ impl vmm::fuzzing::VirtioDevice for NullDevice {
     fn resume(&mut self) -> Result<(), Never> {
         Ok(())
     }
+    fn queue_places(&self) -> Result<Vec<vmm::fuzzing::QueuePlace>, Never> {
+        Ok(Vec::new())
+    }
+    fn save_state(&mut self) -> Result<serde_json::Value, Never> {
+        Ok(serde_json::Value::Null)
+    }
+    fn restore_state(&mut self, _state: &serde_json::Value) -> Result<(), Never> {
+        Ok(())
+    }
 }
 
 /// A virtio-pci function with `NullDevice` behind it, fake vectors and

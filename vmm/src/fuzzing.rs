@@ -24,4 +24,4 @@ pub use crate::virtio::block::request::{
 pub use crate::virtio::console::fuzzing::ConsoleQueues;
 pub use crate::virtio::pci::{msix_vectors, VirtioPciDevice, BAR_SIZE};
 pub use crate::virtio::vhost_user::get_config::{get_config, Error as GetConfigError, MAX_SIZE};
-pub use crate::virtio::{ActivateContext, ActiveQueue, VirtioDevice, VirtioInterrupt};
+pub use crate::virtio::{ActivateContext, ActiveQueue, QueuePlace, VirtioDevice, VirtioInterrupt};

@@ -196,6 +196,11 @@ impl Vmm {
             },
             &[],
         );
+        // A restored VM's running devices wait paused, as saved; one that
+        // runs at once starts them before its vCPUs.
+        if self.restored && self.state == VmState::Running {
+            self.devices.resume();
+        }
         let vcpus = std::mem::take(&mut self.vcpus);
         for mut vcpu in vcpus {
             let buses = self.devices.buses.clone();

@@ -15,7 +15,11 @@ use std::sync::{Arc, Mutex};
 use vmm_sys_util::epoll::EventSet;
 
 use super::worker::{Source, Worker};
-use super::{ActivateContext, ActiveQueue, VirtioDevice, VIRTIO_F_VERSION_1};
+use serde::Deserialize;
+
+use super::{
+    ActivateContext, ActiveQueue, PlaceSlot, QueuePlace, VirtioDevice, VIRTIO_F_VERSION_1,
+};
 use crate::terminal::{self, WindowSize};
 use crate::util::lock;
 
@@ -46,6 +50,19 @@ pub enum ConsoleError {
     Pause(#[source] io::Error),
     #[error("The driver did not enable both of the console's queues")]
     Queues,
+    #[error("the console's worker has ended: where its queues stand is not known")]
+    NoPlace,
+    #[error("the saved console state is not its input as hex: {0}")]
+    State(String),
+}
+
+/// What a snapshot keeps of the console beyond its queues: the input read
+/// from the host that the guest has not taken yet.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsoleState {
+    #[serde(with = "crate::util::hex_bytes")]
+    pending_input: Vec<u8>,
 }
 
 /// Where the guest's output goes, shared by the worker and emergency
@@ -136,6 +153,7 @@ pub struct Console {
     size: Size,
     queue_sizes: [u16; 2],
     worker: Option<Worker>,
+    places: [PlaceSlot; 2],
 }
 
 impl Console {
@@ -160,6 +178,7 @@ impl Console {
             size,
             queue_sizes: [QUEUE_SIZE; 2],
             worker: None,
+            places: Default::default(),
         }
     }
 }
@@ -281,6 +300,7 @@ impl VirtioDevice for Console {
             interrupt: context.interrupt,
             control: None,
             failed: false,
+            places: self.places.clone(),
         };
         self.worker = Some(
             Worker::spawn(&format!("{}-io", self.id), &sources, handler)
@@ -297,6 +317,9 @@ impl VirtioDevice for Console {
     /// Output and input wait in their rings and the terminal while the
     /// worker is parked.
     fn pause(&mut self) -> Result<(), ConsoleError> {
+        for place in &self.places {
+            *lock(place) = None;
+        }
         match &self.worker {
             Some(worker) => worker.pause().map_err(ConsoleError::Pause),
             None => Ok(()),
@@ -307,6 +330,29 @@ impl VirtioDevice for Console {
         if let Some(worker) = &self.worker {
             worker.resume();
         }
+        Ok(())
+    }
+
+    fn queue_places(&self) -> Result<Vec<QueuePlace>, ConsoleError> {
+        self.places
+            .iter()
+            .map(|slot| (*lock(slot)).ok_or(ConsoleError::NoPlace))
+            .collect()
+    }
+
+    fn save_state(&mut self) -> Result<serde_json::Value, ConsoleError> {
+        let state = ConsoleState {
+            pending_input: lock(&self.pending).iter().copied().collect(),
+        };
+        serde_json::to_value(state).map_err(|e| ConsoleError::State(e.to_string()))
+    }
+
+    /// The input the guest had not taken, delivered first when the
+    /// worker starts.
+    fn restore_state(&mut self, state: &serde_json::Value) -> Result<(), ConsoleError> {
+        let state =
+            ConsoleState::deserialize(state).map_err(|e| ConsoleError::State(e.to_string()))?;
+        *lock(&self.pending) = state.pending_input.into();
         Ok(())
     }
 

@@ -68,6 +68,30 @@ pub struct ActiveQueue {
     pub call: EventFd,
 }
 
+/// Where a running queue stands: the next available entry the device
+/// takes and the next used entry it writes. A paused device says it for a
+/// snapshot; a restore activates the device at it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueuePlace {
+    pub index: usize,
+    pub next_avail: u16,
+    pub next_used: u16,
+}
+
+/// Where a paused worker leaves its queue's place for the device to read
+/// (None until it has paused since the slot was cleared).
+pub type PlaceSlot = std::sync::Arc<std::sync::Mutex<Option<QueuePlace>>>;
+
+/// A queue's place as it stands.
+pub fn place_of(index: usize, queue: &Queue) -> QueuePlace {
+    QueuePlace {
+        index,
+        next_avail: queue.next_avail(),
+        next_used: queue.next_used(),
+    }
+}
+
 /// Everything a device needs once the driver is ready, in one value.
 pub struct ActivateContext {
     pub mem: GuestMemoryMmap,
@@ -117,6 +141,14 @@ pub trait VirtioDevice: Send {
     fn pause(&mut self) -> Result<(), Self::Error>;
     /// Goes on from where `pause` stopped.
     fn resume(&mut self) -> Result<(), Self::Error>;
+    /// While paused: where each queue it runs stands, by index.
+    fn queue_places(&self) -> Result<Vec<QueuePlace>, Self::Error>;
+    /// While paused: what the device holds beyond its queues' places (the
+    /// console's input not yet delivered), for a snapshot; `Null` for a
+    /// device that holds nothing more.
+    fn save_state(&mut self) -> Result<serde_json::Value, Self::Error>;
+    /// Before an activation at saved places: what `save_state` gave.
+    fn restore_state(&mut self, state: &serde_json::Value) -> Result<(), Self::Error>;
     /// What the device counts of its own (requests, bytes, reconnects),
     /// for `vm.counters`; the transport adds config accesses, resets and
     /// config interrupts to it.

@@ -24,7 +24,11 @@ use self::disk::{DiskFile, SECTOR_SIZE};
 use self::queue::{BlockCounts, QueueHandler, QueueParams};
 use self::request::{DiskInfo, ID_BYTES, MAX_DISCARD_SECTORS, MAX_DISCARD_SEGMENTS};
 use super::worker::Worker;
-use super::{ActivateContext, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+use super::{
+    ActivateContext, PlaceSlot, QueuePlace, VirtioDevice, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX,
+};
+use crate::util::lock;
 
 /// The VIRTIO device ID of a block device.
 pub const DEVICE_TYPE: u32 = 2;
@@ -46,6 +50,10 @@ pub enum BlockError {
         #[source]
         source: std::io::Error,
     },
+    #[error("queue {index}'s worker has ended: where the queue stands is not known")]
+    NoPlace { index: usize },
+    #[error("a disk holds no state beyond its queues, the snapshot has {0}")]
+    State(String),
 }
 
 /// What the builder hands the device: plain values and an open image.
@@ -68,6 +76,8 @@ pub struct Block {
     features: u64,
     config: [u8; CONFIG_LEN],
     workers: Vec<Worker>,
+    /// Each running queue's place, left by its worker when it pauses.
+    places: Vec<PlaceSlot>,
     /// Shared by every queue's worker, kept across resets.
     counts: Arc<BlockCounts>,
 }
@@ -129,6 +139,7 @@ impl Block {
             features,
             config,
             workers: Vec::new(),
+            places: Vec::new(),
             counts: Arc::default(),
         }
     }
@@ -215,6 +226,7 @@ impl VirtioDevice for Block {
 
     fn activate(&mut self, context: ActivateContext) -> Result<(), BlockError> {
         self.workers.clear();
+        self.places.clear();
         let info = Arc::new(DiskInfo {
             capacity: self.capacity,
             readonly: self.readonly,
@@ -228,6 +240,7 @@ impl VirtioDevice for Block {
         };
         for active in context.queues {
             let index = active.index;
+            let place = PlaceSlot::default();
             let handler = QueueHandler::new(QueueParams {
                 id: self.id.clone(),
                 index,
@@ -240,12 +253,14 @@ impl VirtioDevice for Block {
                 interrupt: context.interrupt.clone(),
                 io_threads,
                 counts: self.counts.clone(),
+                place: place.clone(),
             })
             .map_err(|source| BlockError::Worker { index, source })?;
             let sources = handler.sources();
             let worker = Worker::spawn(&format!("{}-q{index}", self.id), &sources, handler)
                 .map_err(|source| BlockError::Worker { index, source })?;
             self.workers.push(worker);
+            self.places.push(place);
         }
         log::info!(
             "{}: {} queue(s) active, {} sectors{}",
@@ -260,12 +275,16 @@ impl VirtioDevice for Block {
     fn reset(&mut self) -> Result<(), BlockError> {
         // Dropping a worker joins its thread: no request is in flight after.
         self.workers.clear();
+        self.places.clear();
         Ok(())
     }
 
     /// Each queue's worker completes what its I/O threads hold, then
-    /// parks with its ring where it is.
+    /// parks with its ring where it is (and says where).
     fn pause(&mut self) -> Result<(), BlockError> {
+        for place in &self.places {
+            *lock(place) = None;
+        }
         for (index, worker) in self.workers.iter().enumerate() {
             worker
                 .pause()
@@ -283,6 +302,25 @@ impl VirtioDevice for Block {
 
     fn counters(&self) -> Vec<crate::lifecycle::Counter> {
         self.counts.counters()
+    }
+
+    fn queue_places(&self) -> Result<Vec<QueuePlace>, BlockError> {
+        self.places
+            .iter()
+            .enumerate()
+            .map(|(i, slot)| (*lock(slot)).ok_or(BlockError::NoPlace { index: i }))
+            .collect()
+    }
+
+    fn save_state(&mut self) -> Result<serde_json::Value, BlockError> {
+        Ok(serde_json::Value::Null)
+    }
+
+    fn restore_state(&mut self, state: &serde_json::Value) -> Result<(), BlockError> {
+        if state.is_null() {
+            return Ok(());
+        }
+        Err(BlockError::State(state.to_string()))
     }
 }
 

@@ -23,7 +23,7 @@ use super::disk::{Disk, DiskFile};
 use super::request::{self, Completion, DiskInfo, Moved, Refusal};
 use crate::util::lock;
 use crate::virtio::worker::{EventHandler, Source};
-use crate::virtio::{pop_chain, VirtioInterrupt};
+use crate::virtio::{place_of, pop_chain, PlaceSlot, VirtioInterrupt};
 
 /// Bad requests logged per queue before the log goes quiet, so a hostile
 /// driver cannot flood it.
@@ -92,6 +92,8 @@ pub struct QueueHandler<D: Disk = DiskFile> {
     pool: Option<Pool>,
     /// Requests handed to the pool and not yet completed.
     in_flight: usize,
+    /// Where the queue stands each time the worker pauses.
+    place: PlaceSlot,
 }
 
 /// The queue and what completing a request touches, apart from guest
@@ -119,6 +121,7 @@ pub struct QueueParams<D: Disk = DiskFile> {
     /// 0: every request on the worker thread.
     pub io_threads: usize,
     pub counts: Arc<BlockCounts>,
+    pub place: PlaceSlot,
 }
 
 impl<D: Disk + 'static> QueueHandler<D> {
@@ -150,6 +153,7 @@ impl<D: Disk + 'static> QueueHandler<D> {
             failed: false,
             pool,
             in_flight: 0,
+            place: p.place,
         })
     }
 
@@ -302,10 +306,12 @@ impl<D: Disk + 'static> EventHandler for QueueHandler<D> {
         }
     }
 
+    /// Nothing in flight, then the queue's place for a snapshot.
     fn pause(&mut self) {
         if let Err(e) = self.finish_in_flight() {
             self.fail(e);
         }
+        *lock(&self.place) = Some(place_of(self.ring.index, &self.ring.queue));
     }
 }
 
@@ -410,6 +416,7 @@ pub mod fuzzing {
                 interrupt,
                 io_threads: 0,
                 counts: Arc::default(),
+                place: PlaceSlot::default(),
             })?;
             Ok(BlockQueue { handler })
         }
@@ -492,6 +499,7 @@ mod tests {
             interrupt: interrupt.clone(),
             io_threads,
             counts: Arc::default(),
+            place: PlaceSlot::default(),
         })
         .unwrap();
         let (done, finished) = mpsc::channel();

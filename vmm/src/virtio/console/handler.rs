@@ -14,7 +14,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
 use crate::virtio::worker::{Control, EventHandler, Source};
-use crate::virtio::{pop_chain, VirtioInterrupt};
+use crate::virtio::{place_of, pop_chain, PlaceSlot, VirtioInterrupt};
 
 /// Where input comes from. A regular file (or /dev/null) cannot be
 /// waited on: it is read whenever there is room instead.
@@ -48,6 +48,9 @@ pub(super) struct ConsoleHandler {
     pub(super) interrupt: VirtioInterrupt,
     pub(super) control: Option<Control>,
     pub(super) failed: bool,
+    /// Where the receive and transmit queues stand each time the worker
+    /// pauses.
+    pub(super) places: [PlaceSlot; 2],
 }
 
 impl ConsoleHandler {
@@ -252,6 +255,12 @@ impl ConsoleHandler {
 }
 
 impl EventHandler for ConsoleHandler {
+    /// Everything is done in `ready`: only the queues' places to leave.
+    fn pause(&mut self) {
+        *lock(&self.places[0]) = Some(place_of(super::RECEIVEQ, &self.rx));
+        *lock(&self.places[1]) = Some(place_of(super::TRANSMITQ, &self.tx));
+    }
+
     fn start(&mut self, control: Control) {
         self.control = Some(control);
         if self.announce_size {
@@ -314,6 +323,7 @@ impl ConsoleHandler {
             interrupt,
             control: None,
             failed: false,
+            places: Default::default(),
         })
     }
 }

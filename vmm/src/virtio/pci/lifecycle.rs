@@ -56,8 +56,23 @@ impl<D: VirtioDevice> ManagedDevice for VirtioPciDevice<D> {
         Ok(())
     }
 
+    /// A restored device's resume is its activation where it was saved.
     fn resume(&mut self) {
         if !std::mem::take(&mut self.paused) {
+            return;
+        }
+        if let Some(places) = self.restored_places.take() {
+            self.activate(&places);
+            // What the driver made available and kicked before the
+            // snapshot is served now, as after a pause.
+            for (kick, _) in self
+                .kicks
+                .iter()
+                .zip(&self.common.queues)
+                .filter(|(_, q)| q.enabled)
+            {
+                let _ = kick.write(1);
+            }
             return;
         }
         if let Err(e) = self.device.resume() {

@@ -17,7 +17,10 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use self::common::{Action, CommonConfig, QueueState};
-use super::{ActivateContext, ActiveQueue, VirtioDevice, VirtioInterrupt, VIRTIO_RING_F_EVENT_IDX};
+use super::{
+    ActivateContext, ActiveQueue, QueuePlace, VirtioDevice, VirtioInterrupt,
+    VIRTIO_RING_F_EVENT_IDX,
+};
 use crate::interrupt::{IoEventRegistry, MsiInterruptGroup};
 use crate::pci::config::{
     ConfigSpace, ConfigSpaceError, PciClass, COMMAND, COMMAND_MEMORY, SUBSYSTEM_ID,
@@ -166,6 +169,9 @@ pub struct VirtioPciDevice<D: VirtioDevice> {
     activated: bool,
     /// The device was paused (it was running when the VM paused).
     paused: bool,
+    /// A restored running device: where its queues stood, for the
+    /// activation its resume brings.
+    restored_places: Option<Vec<QueuePlace>>,
     counts: TransportCounts,
 }
 
@@ -266,6 +272,7 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
             config_failing: false,
             activated: false,
             paused: false,
+            restored_places: None,
             counts: TransportCounts::default(),
         })
     }
@@ -346,7 +353,7 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
                 match action {
                     Action::None => {}
                     Action::Reset => self.reset(),
-                    Action::Activate => self.activate(),
+                    Action::Activate => self.activate(&[]),
                 }
             }
             o if (DEVICE_CFG_OFFSET..DEVICE_CFG_OFFSET + DEVICE_CFG_MAX).contains(&o) => {
@@ -438,14 +445,16 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
         self.common.generation = self.common.generation.wrapping_add(changes);
     }
 
-    fn activate(&mut self) {
+    /// DRIVER_OK: the device gets the enabled queues, from their start
+    /// or, restored, at `places`.
+    fn activate(&mut self, places: &[QueuePlace]) {
         let queues = self
             .common
             .queues
             .iter()
             .enumerate()
             .filter(|(_, q)| q.enabled)
-            .map(|(index, q)| self.active_queue(index, q))
+            .map(|(index, q)| self.active_queue(index, q, places))
             .collect::<Result<Vec<_>, _>>();
         let result = match queues {
             Ok(queues) => {
@@ -474,8 +483,14 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
         }
     }
 
-    /// Queue `index` as the driver set it up, with its kick and call.
-    fn active_queue(&self, index: usize, q: &QueueState) -> Result<ActiveQueue, ActivateError> {
+    /// Queue `index` as the driver set it up, with its kick and call, at
+    /// its place in `places` if there (a restore) and else at its start.
+    fn active_queue(
+        &self,
+        index: usize,
+        q: &QueueState,
+        places: &[QueuePlace],
+    ) -> Result<ActiveQueue, ActivateError> {
         let invalid = |source| ActivateError::Queue { index, source };
         let mut queue = Queue::new(q.max).map_err(invalid)?;
         queue.try_set_size(q.size).map_err(invalid)?;
@@ -489,6 +504,10 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
             .try_set_used_ring_address(GuestAddress(q.used))
             .map_err(invalid)?;
         queue.set_event_idx(self.common.driver_features & VIRTIO_RING_F_EVENT_IDX != 0);
+        if let Some(place) = places.iter().find(|p| p.index == index) {
+            queue.set_next_avail(place.next_avail);
+            queue.set_next_used(place.next_used);
+        }
         queue.set_ready(true);
         let call = self
             .msix
@@ -541,6 +560,7 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
         self.config_failing = false;
         self.activated = false;
         self.paused = false;
+        self.restored_places = None;
         // Stale kicks would reach the backend at the next activation.
         for fd in self.kicks.iter().chain(&self.unrouted_calls) {
             let _ = fd.read();

@@ -1,8 +1,11 @@
 //! What a snapshot keeps of a virtio-pci transport: the PCI configuration
 //! space (BARs, command, capabilities), MSI-X (table, control, pending
 //! vectors), the common configuration the driver wrote, and the ISR and
-//! reset request. A restored transport places its BAR and its kicks where
-//! the guest had them before the device is put on the bus.
+//! reset request; and, for a device the driver set running, where each
+//! queue stands and what the device holds beyond that. A restored
+//! transport places its BAR and its kicks where the guest had them before
+//! the device is put on the bus; a running device comes back paused, and
+//! its resume is its activation at the saved places.
 
 use serde::{Deserialize, Serialize};
 
@@ -10,8 +13,9 @@ use super::{VirtioPciDevice, BAR};
 use crate::pci::config::{ConfigRestoreError, ConfigSpaceSnapshot};
 use crate::pci::msix::{MsixRestoreError, MsixSnapshot};
 use crate::pci::PciDevice;
+use crate::util::error_chain;
 use crate::virtio::pci::common::{CommonRestoreError, CommonSnapshot};
-use crate::virtio::VirtioDevice;
+use crate::virtio::{QueuePlace, VirtioDevice};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -21,15 +25,24 @@ pub struct TransportSnapshot {
     pub common: CommonSnapshot,
     pub isr: u8,
     pub needs_reset: bool,
+    /// None: the driver had not set the device running.
+    pub running: Option<RunningSnapshot>,
+}
+
+/// A running device, paused: its queues' places and its own state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunningSnapshot {
+    pub queues: Vec<QueuePlace>,
+    pub device: serde_json::Value,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportSaveError {
-    /// The queues' places live in the device's workers or its backend;
-    /// until they are saved, a running device is refused rather than
-    /// saved without them.
-    #[error("{id}: the driver has the device running, and saving a running device's queues is not supported yet")]
-    Running { id: String },
+    #[error("{id}: the device runs: it is saved only while the VM is paused")]
+    NotPaused { id: String },
+    #[error("{id}: {message}")]
+    Device { id: String, message: String },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,17 +53,35 @@ pub enum TransportRestoreError {
     Msix(#[from] MsixRestoreError),
     #[error("virtio common configuration")]
     Common(#[from] CommonRestoreError),
-    #[error("the snapshot has the device running, which this vmm does not restore yet")]
-    Running,
+    #[error("the snapshot's device status and running state disagree")]
+    Inconsistent,
+    #[error("the device refused its saved state: {0}")]
+    Device(String),
 }
 
 impl<D: VirtioDevice> VirtioPciDevice<D> {
     pub fn save_transport(&mut self) -> Result<TransportSnapshot, TransportSaveError> {
-        if self.activated {
-            return Err(TransportSaveError::Running {
-                id: self.id().to_owned(),
-            });
-        }
+        let running = if self.activated {
+            let id = self.id().to_owned();
+            if !self.paused {
+                return Err(TransportSaveError::NotPaused { id });
+            }
+            let device = |e: D::Error| TransportSaveError::Device {
+                id: id.clone(),
+                message: error_chain(&e),
+            };
+            // Restored and not resumed since: where the snapshot had them.
+            let queues = match &self.restored_places {
+                Some(places) => places.clone(),
+                None => self.device.queue_places().map_err(device)?,
+            };
+            Some(RunningSnapshot {
+                queues,
+                device: self.device.save_state().map_err(device)?,
+            })
+        } else {
+            None
+        };
         self.sync_device_state();
         let (isr, needs_reset) = self.interrupt.saved();
         Ok(TransportSnapshot {
@@ -59,6 +90,7 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
             common: self.common.save(),
             isr,
             needs_reset,
+            running,
         })
     }
 
@@ -68,8 +100,9 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
         &mut self,
         saved: &TransportSnapshot,
     ) -> Result<(), TransportRestoreError> {
-        if saved.common.status & super::common::STATUS_DRIVER_OK != 0 {
-            return Err(TransportRestoreError::Running);
+        let driver_ok = saved.common.status & super::common::STATUS_DRIVER_OK != 0;
+        if driver_ok != saved.running.is_some() {
+            return Err(TransportRestoreError::Inconsistent);
         }
         self.config.restore(&saved.config_space)?;
         self.common.restore(&saved.common)?;
@@ -82,6 +115,15 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
             .find(|m| m.bar == BAR)
             .map(|m| m.addr);
         self.move_notify(notify);
+        if let Some(running) = &saved.running {
+            self.device
+                .restore_state(&running.device)
+                .map_err(|e| TransportRestoreError::Device(error_chain(&e)))?;
+            // Paused, as it was saved: its resume activates it there.
+            self.activated = true;
+            self.paused = true;
+            self.restored_places = Some(running.queues.clone());
+        }
         Ok(())
     }
 }

@@ -27,6 +27,10 @@ struct Calls {
     /// "pause" and "resume", in the order they came.
     lifecycle: Vec<&'static str>,
     fail_config: bool,
+    /// Each activation's queues' (index, next avail, next used).
+    places: Vec<Vec<(usize, u16, u16)>>,
+    /// What `restore_state` was given.
+    restored: Vec<serde_json::Value>,
     /// The last activation's kicks, calls and interrupt handle.
     kicks: Vec<EventFd>,
     calls: Vec<EventFd>,
@@ -91,6 +95,12 @@ impl VirtioDevice for FakeDevice {
             .collect();
         let mut calls = self.calls.lock().unwrap();
         calls.activations.push((context.features, started));
+        let places = context
+            .queues
+            .iter()
+            .map(|q| (q.index, q.queue.next_avail(), q.queue.next_used()))
+            .collect();
+        calls.places.push(places);
         let (kicks, irqfds) = context.queues.into_iter().map(|q| (q.kick, q.call)).unzip();
         calls.kicks = kicks;
         calls.calls = irqfds;
@@ -107,6 +117,26 @@ impl VirtioDevice for FakeDevice {
     }
     fn resume(&mut self) -> Result<(), Gone> {
         self.calls.lock().unwrap().lifecycle.push("resume");
+        Ok(())
+    }
+    /// Each running queue 7 in and 5 out, as if it had served some.
+    fn queue_places(&self) -> Result<Vec<QueuePlace>, Gone> {
+        let calls = self.calls.lock().unwrap();
+        let last = calls.places.last().cloned().unwrap_or_default();
+        Ok(last
+            .iter()
+            .map(|&(index, _, _)| QueuePlace {
+                index,
+                next_avail: 7,
+                next_used: 5,
+            })
+            .collect())
+    }
+    fn save_state(&mut self) -> Result<serde_json::Value, Gone> {
+        Ok(serde_json::json!({ "held": "bytes" }))
+    }
+    fn restore_state(&mut self, state: &serde_json::Value) -> Result<(), Gone> {
+        self.calls.lock().unwrap().restored.push(state.clone());
         Ok(())
     }
 }
@@ -327,6 +357,15 @@ fn no_device_cap_without_a_window_and_bad_ids_refused() {
         }
         fn resume(&mut self) -> Result<(), Gone> {
             Ok(())
+        }
+        fn queue_places(&self) -> Result<Vec<QueuePlace>, Gone> {
+            self.0.queue_places()
+        }
+        fn save_state(&mut self) -> Result<serde_json::Value, Gone> {
+            self.0.save_state()
+        }
+        fn restore_state(&mut self, state: &serde_json::Value) -> Result<(), Gone> {
+            self.0.restore_state(state)
         }
     }
     let err = VirtioPciDevice::new(
@@ -660,7 +699,10 @@ fn a_saved_transport_restores_into_a_new_one() {
 
     let mut b = rig(&[256, 256], 40);
     b.dev.restore_transport(&saved).unwrap();
-    assert_eq!(b.dev.save_transport().unwrap(), saved);
+    assert!(
+        b.dev.save_transport().unwrap() == saved,
+        "saved again as it came"
+    );
     assert_eq!(b.ioevents.addrs(), vec![0x1_c000_3000, 0x1_c000_3004]);
     assert_eq!(b.status(), a.status());
     for offset in [BAR0, BAR0 + 4, COMMAND] {
@@ -703,4 +745,41 @@ fn a_transport_refuses_what_it_cannot_save_or_restore() {
     );
     a.bring_up((1 << 32) | (1 << 29));
     assert!(a.dev.save_transport().is_err(), "a running device saved");
+}
+
+/// A running device saved while paused comes back paused, with its own
+/// state given back; its resume is its activation at the saved places,
+/// with each queue kicked once for what waited.
+#[test]
+fn a_running_device_restores_paused_and_resumes_where_it_stood() {
+    use crate::lifecycle::ManagedDevice;
+    let mut a = rig(&[256, 256], 40);
+    a.dev.place_bar(0xc000_0000);
+    a.bring_up((1 << 32) | (1 << 29));
+    ManagedDevice::pause(&mut a.dev);
+    let saved = a.dev.save_transport().unwrap();
+    let running = saved.running.clone().expect("saved running");
+    assert_eq!(running.queues.len(), 2);
+    assert_eq!(running.device, serde_json::json!({ "held": "bytes" }));
+
+    let mut b = rig(&[256, 256], 40);
+    b.dev.restore_transport(&saved).unwrap();
+    assert_eq!(
+        b.calls.lock().unwrap().restored,
+        vec![running.device.clone()]
+    );
+    assert!(
+        b.calls.lock().unwrap().activations.is_empty(),
+        "activated paused"
+    );
+    let again = b.dev.save_transport().unwrap();
+    assert_eq!(again.running, saved.running, "saved again as it came");
+    assert!(again == saved, "saved again as it came");
+    ManagedDevice::resume(&mut b.dev);
+    let calls = b.calls.lock().unwrap();
+    assert_eq!(calls.places, vec![vec![(0, 7, 5), (1, 7, 5)]]);
+    assert_eq!(calls.activations[0].0, (1 << 32) | (1 << 29));
+    for kick in &calls.kicks {
+        assert_eq!(kick.read().unwrap(), 1, "each queue kicked once");
+    }
 }

@@ -67,6 +67,10 @@ pub enum Error {
     NotShared { addr: u64 },
     #[error("queue {queue}: ring at {addr:#x}+{len:#x} is not in guest memory")]
     BadRingAddress { queue: usize, addr: u64, len: u64 },
+    #[error("queue {queue} was not stopped by the pause: where it stands is not known")]
+    NotStopped { queue: usize },
+    #[error("saving a running vhost-user device (its backend's state and config window) is not supported yet")]
+    SnapshotUnsupported,
 }
 
 /// How a request can fail: the vhost crate's frontend, or our own

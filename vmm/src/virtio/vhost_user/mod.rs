@@ -19,8 +19,11 @@ use std::path::PathBuf;
 use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag};
 use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo};
+use virtio_queue::QueueT;
 use virtio_types::VirtioDeviceType;
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{
+    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+};
 
 pub use self::connection::Timeouts;
 use self::connection::{connect, peer_hung_up, Connection, Link};
@@ -28,7 +31,7 @@ pub use self::error::Error;
 use self::error::RequestError;
 use self::watchdog::Watchdog;
 use super::{
-    ActivateContext, ActiveQueue, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1,
+    ActivateContext, ActiveQueue, QueuePlace, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
 };
 use crate::util::error_chain;
@@ -547,6 +550,44 @@ impl VirtioDevice for GenericVhostUser {
     /// Stops every ring the vhost-user way (`rings.rs`).
     fn pause(&mut self) -> Result<(), Error> {
         self.stop_rings()
+    }
+
+    /// The next available index is where GET_VRING_BASE said the backend
+    /// stopped; the next used one is the ring's own, which only the
+    /// backend writes and which it no longer touches.
+    fn queue_places(&self) -> Result<Vec<QueuePlace>, Error> {
+        self.rings
+            .iter()
+            .map(|ring| {
+                let (_, next_avail) = self
+                    .paused
+                    .iter()
+                    .find(|(q, _)| *q == ring.index)
+                    .copied()
+                    .ok_or(Error::NotStopped { queue: ring.index })?;
+                let used_idx = GuestAddress(ring.queue.used_ring()).checked_add(2);
+                let next_used = used_idx
+                    .and_then(|at| self.memory.read_obj::<[u8; 2]>(at).ok())
+                    .ok_or(Error::BadRingAddress {
+                        queue: ring.index,
+                        addr: ring.queue.used_ring(),
+                        len: 4,
+                    })?;
+                Ok(QueuePlace {
+                    index: ring.index,
+                    next_avail,
+                    next_used: u16::from_le_bytes(next_used),
+                })
+            })
+            .collect()
+    }
+
+    fn save_state(&mut self) -> Result<serde_json::Value, Error> {
+        Err(Error::SnapshotUnsupported)
+    }
+
+    fn restore_state(&mut self, _state: &serde_json::Value) -> Result<(), Error> {
+        Err(Error::SnapshotUnsupported)
     }
 
     fn resume(&mut self) -> Result<(), Error> {

@@ -11,6 +11,7 @@ use rstest::rstest;
 use test_infra::api::{curl, wait_for_socket, Reply};
 use test_infra::digest::sha256_file;
 use test_infra::host::{kvm, KvmHost};
+use test_infra::mock::MockOptions;
 use test_infra::process::Child;
 use test_infra::tempdir;
 use test_infra::vmm::VmmCommand;
@@ -410,4 +411,137 @@ fn a_disk_s_io_goes_on_across_a_restore(kvm: Option<KvmHost>) {
         .map(|i| first[first.len() - 1] + 1 + i)
         .collect();
     assert_eq!(then, expected, "rounds before: {first:?}");
+}
+
+/// A guest echoing through the generic vhost-user device (the mock
+/// reverses what queue 0 brings onto queue 1) is snapshotted mid-run; vmm
+/// and the backend are killed, and a new vmm restores against a new
+/// backend process. With DEVICE_STATE the backend's own state goes with
+/// the snapshot (the count of buffers it echoed, the message it held);
+/// without, the snapshot says so and the rings still restart at their
+/// saved places. Either way the guest's echo checks go on passing, round
+/// after round.
+#[rstest]
+#[case::with_device_state(true)]
+#[case::without_device_state(false)]
+fn a_vhost_user_device_goes_on_against_a_new_backend(
+    kvm: Option<KvmHost>,
+    #[case] device_state: bool,
+) {
+    let Some(_kvm) = kvm else { return };
+    let dir = tempdir();
+    let options = || {
+        let options = MockOptions::new("echo");
+        if device_state {
+            options
+        } else {
+            options.no_device_state()
+        }
+    };
+    let mock = options().start(dir.path()).expect("the mock starts");
+    let mut cmd =
+        VmmCommand::probe("probe.run=echo probe.repeat=0 probe.echo.rounds=2000").expect("probe");
+    cmd.arg("--memory")
+        .arg("size=64M,shared=on")
+        .arg("--generic-vhost-user")
+        .arg(format!("{},id=echo", mock.device("33", &[64, 64])));
+    let (mut child, socket) = start(dir.path(), "first.sock", cmd);
+    assert!(
+        child.wait_until(WAIT, |c| !rounds(&c.stdout_so_far()).is_empty()),
+        "no echo rounds: {}\n{}",
+        child.stdout_so_far(),
+        mock.log()
+    );
+    let snap = dir.path().join("snap");
+    let url = format!(r#"{{"destination_url":"file://{}"}}"#, snap.display());
+    // A snapshot finds the device running, unless the pause came between
+    // two of the guest's rounds (it resets the device at each): then the
+    // guest is let run a little and paused again.
+    let mut tries = 0;
+    let saved = loop {
+        assert_no_content(&curl(&socket, "PUT", "vm.pause", None), "pause");
+        let state = curl(&socket, "GET", "vm.info", None).json();
+        assert_eq!(state["state"], "Paused", "{state}");
+        assert_no_content(&curl(&socket, "PUT", "vm.snapshot", Some(&url)), "snapshot");
+        let saved: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(snap.join("state.json")).expect("state.json"))
+                .expect("JSON");
+        let device = saved["body"]["state"]["devices"]["pci"]["echo"]["state"].clone();
+        if !device["running"].is_null() {
+            break device;
+        }
+        tries += 1;
+        assert!(tries < 20, "the device was never running at a pause");
+        std::fs::remove_dir_all(&snap).expect("remove a snapshot of a stopped device");
+        assert_no_content(&curl(&socket, "PUT", "vm.resume", None), "resume");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_no_content(&curl(&socket, "PUT", "vmm.shutdown", None), "vmm.shutdown");
+    let before = child.wait(WAIT).expect("vmm exits");
+    assert_eq!(before.code(), Some(0), "{}", before.describe());
+    let first_log = mock.log();
+    drop(mock);
+
+    let backend_state = &saved["running"]["device"]["backend_state"];
+    let saved_line = first_log
+        .lines()
+        .find(|l| l.contains("saving the state: "))
+        .map(str::to_owned);
+    if device_state {
+        assert!(backend_state.is_string(), "{saved}");
+        assert!(saved_line.is_some(), "{first_log}");
+    } else {
+        assert!(backend_state.is_null(), "{saved}");
+        assert!(saved_line.is_none(), "{first_log}");
+    }
+    let queues = saved["running"]["queues"].as_array().expect("queue places");
+    assert_eq!(queues.len(), 2, "{saved}");
+
+    let mock = options().start(dir.path()).expect("a new mock starts");
+    let mut restore = VmmCommand::bare();
+    restore
+        .arg("--restore")
+        .arg(format!("source_url=file://{},resume=on", snap.display()));
+    let (mut child, socket) = start(dir.path(), "second.sock", restore);
+    assert!(
+        child.wait_until(WAIT, |c| rounds(&c.stdout_so_far()).len() >= 2),
+        "the restored guest's echoes did not go on: {}\n{}\n{}",
+        child.stdout_so_far(),
+        child.stderr_so_far(),
+        mock.log()
+    );
+    assert_no_content(&curl(&socket, "PUT", "vmm.shutdown", None), "vmm.shutdown");
+    let after = child.wait(WAIT).expect("vmm exits");
+    assert_eq!(after.code(), Some(0), "{}", after.describe());
+    assert!(
+        !after.stdout.contains("result=fail"),
+        "an echo came back wrong after the restore: {}",
+        after.stdout
+    );
+    let (first, then) = (rounds(&before.stdout), rounds(&after.stdout));
+    assert_eq!(
+        then[0],
+        first[first.len() - 1] + 1,
+        "{first:?} then {then:?}"
+    );
+    // The new backend took in exactly what the old one saved.
+    let log = mock.log();
+    if let Some(saved_line) = saved_line {
+        let counts = |line: &str, prefix: &str| {
+            line.split_once(prefix)
+                .map(|(_, rest)| rest.to_owned())
+                .unwrap_or_default()
+        };
+        let loaded = log
+            .lines()
+            .find(|l| l.contains("state loaded: "))
+            .unwrap_or_else(|| panic!("the new backend loaded no state: {log}"));
+        assert_eq!(
+            counts(loaded, "state loaded: "),
+            counts(&saved_line, "saving the state: "),
+            "saved and loaded states differ"
+        );
+    } else {
+        assert!(!log.contains("state loaded"), "{log}");
+    }
 }

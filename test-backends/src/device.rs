@@ -3,11 +3,17 @@
 //! array with writable ranges, shared by every connection of the process
 //! so that it persists across reconnects, as a real device's would.
 
+use std::fs::File;
+use std::io::{Read, Write};
 use std::ops::Range;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
-use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use serde::{Deserialize, Serialize};
+use vhost::vhost_user::message::{
+    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserProtocolFeatures,
+};
 use vhost_user_backend::{VhostUserBackendMut, VringRwLock, VringT};
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
@@ -63,6 +69,17 @@ impl ConfigSpace {
     }
 }
 
+/// What the device saves with DEVICE_STATE: how many buffers it echoed,
+/// the reversed message it holds for queue 1 (a request in flight), and
+/// its config space.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavedState {
+    echoed: u64,
+    pending: Option<Vec<u8>>,
+    config: Vec<u8>,
+}
+
 pub struct EchoDevice {
     pub queues: usize,
     pub queue_max: usize,
@@ -85,6 +102,13 @@ pub struct EchoDevice {
     /// as a device that needs a reset behaves. An error returned to
     /// vhost-user-backend would instead end the ring thread for good.
     broken: bool,
+    /// Offer VHOST_USER_PROTOCOL_F_DEVICE_STATE (`--no-device-state`
+    /// withholds it).
+    pub device_state: bool,
+    /// A state transfer's thread (the transfer must not block the
+    /// request), and what a load read, until CHECK_DEVICE_STATE.
+    transfer: Mutex<Option<JoinHandle<std::io::Result<Option<SavedState>>>>>,
+    loaded: Mutex<Option<SavedState>>,
 }
 
 /// The largest message the echo device takes (the probe sends at most
@@ -119,6 +143,29 @@ impl EchoDevice {
             stopped: false,
             block: None,
             broken: false,
+            device_state: true,
+            transfer: Mutex::new(None),
+            loaded: Mutex::new(None),
+        }
+    }
+
+    /// A state CHECK_DEVICE_STATE accepted, taken in before the device
+    /// serves or saves anything.
+    fn apply_loaded(&mut self) {
+        let loaded = self
+            .loaded
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(state) = loaded {
+            log::info!(
+                "state loaded: {} buffers echoed, {} bytes pending",
+                state.echoed,
+                state.pending.as_ref().map_or(0, Vec::len)
+            );
+            self.echoed = state.echoed;
+            self.pending = state.pending;
+            self.config().bytes = state.config;
         }
     }
 
@@ -146,6 +193,7 @@ impl EchoDevice {
     /// Serves the rings; a ring that fails leaves the device broken until
     /// the next reset, and the ring thread alive.
     fn process(&mut self, vrings: &[VringRwLock]) -> Result<()> {
+        self.apply_loaded();
         if self.stopped || self.broken {
             return Ok(());
         }
@@ -250,14 +298,85 @@ impl VhostUserBackendMut for EchoDevice {
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
         // The relay hides what the command line withholds.
-        VhostUserProtocolFeatures::MQ
+        let features = VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
-            | VhostUserProtocolFeatures::RESET_DEVICE
+            | VhostUserProtocolFeatures::RESET_DEVICE;
+        if self.device_state {
+            features | VhostUserProtocolFeatures::DEVICE_STATE
+        } else {
+            features
+        }
+    }
+
+    /// Save writes the state to `file` from a thread; load reads it from
+    /// one, and CHECK_DEVICE_STATE takes it in.
+    fn set_device_state_fd(
+        &mut self,
+        direction: VhostTransferStateDirection,
+        _phase: VhostTransferStatePhase,
+        mut file: File,
+    ) -> Result<Option<File>> {
+        self.apply_loaded();
+        let thread = match direction {
+            VhostTransferStateDirection::SAVE => {
+                let state = SavedState {
+                    echoed: self.echoed,
+                    pending: self.pending.clone(),
+                    config: self.config().bytes.clone(),
+                };
+                log::info!(
+                    "saving the state: {} buffers echoed, {} bytes pending",
+                    state.echoed,
+                    state.pending.as_ref().map_or(0, Vec::len)
+                );
+                let bytes = serde_json::to_vec(&state).map_err(std::io::Error::other)?;
+                std::thread::Builder::new()
+                    .name("state-save".into())
+                    .spawn(move || file.write_all(&bytes).map(|()| None))?
+            }
+            VhostTransferStateDirection::LOAD => std::thread::Builder::new()
+                .name("state-load".into())
+                .spawn(move || {
+                    let mut bytes = Vec::new();
+                    file.read_to_end(&mut bytes)?;
+                    serde_json::from_slice(&bytes)
+                        .map(Some)
+                        .map_err(std::io::Error::other)
+                })?,
+        };
+        *self.transfer.lock().unwrap_or_else(|p| p.into_inner()) = Some(thread);
+        Ok(None)
+    }
+
+    fn check_device_state(&self) -> Result<()> {
+        let thread = self
+            .transfer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let Some(thread) = thread else {
+            return Err(std::io::Error::other("no state transfer to check"));
+        };
+        let result = thread
+            .join()
+            .map_err(|_| std::io::Error::other("the transfer thread panicked"))?;
+        match result {
+            Ok(Some(state)) => {
+                *self.loaded.lock().unwrap_or_else(|p| p.into_inner()) = Some(state);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => {
+                log::warn!("state transfer failed: {e}");
+                Err(e)
+            }
+        }
     }
 
     fn reset_device(&mut self) {
+        self.apply_loaded();
         self.pending = None;
         self.broken = false;
     }

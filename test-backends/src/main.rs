@@ -105,6 +105,11 @@ struct Args {
     /// Do not offer VHOST_USER_PROTOCOL_F_REPLY_ACK.
     #[arg(long)]
     no_reply_ack: bool,
+    /// Do not offer VHOST_USER_PROTOCOL_F_DEVICE_STATE (by default the
+    /// device saves and loads how many buffers it echoed, the message it
+    /// holds for queue 1 and its config space).
+    #[arg(long)]
+    no_device_state: bool,
     /// A fault to inject (repeatable); see FAULTS below.
     #[arg(long, value_name = "WHEN:WHAT")]
     fault: Vec<Fault>,
@@ -324,6 +329,7 @@ fn serve(
         faults.clone(),
         connection,
     );
+    device.device_state = !args.no_device_state;
     if let Some(path) = &args.block {
         let file = std::fs::OpenOptions::new()
             .read(true)

@@ -89,6 +89,13 @@ impl MockOptions {
         self
     }
 
+    /// Withholds VHOST_USER_PROTOCOL_F_DEVICE_STATE: the backend's own
+    /// state cannot be saved.
+    pub fn no_device_state(mut self) -> Self {
+        self.args.push("--no-device-state".into());
+        self
+    }
+
     pub fn no_reply_ack(mut self) -> Self {
         self.args.push("--no-reply-ack".into());
         self

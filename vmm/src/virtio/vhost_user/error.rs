@@ -69,8 +69,10 @@ pub enum Error {
     BadRingAddress { queue: usize, addr: u64, len: u64 },
     #[error("queue {queue} was not stopped by the pause: where it stands is not known")]
     NotStopped { queue: usize },
-    #[error("saving a running vhost-user device (its backend's state and config window) is not supported yet")]
-    SnapshotUnsupported,
+    #[error("the restore is refused: {0}")]
+    RestoreRefused(String),
+    #[error("the backend's state transfer failed")]
+    StateTransfer(#[source] super::persist::TransferError),
 }
 
 /// How a request can fail: the vhost crate's frontend, or our own

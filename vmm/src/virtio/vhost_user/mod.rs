@@ -11,6 +11,7 @@
 mod connection;
 mod error;
 pub(crate) mod get_config;
+mod persist;
 mod rings;
 mod watchdog;
 
@@ -50,7 +51,8 @@ const WANTED_PROTOCOL: VhostUserProtocolFeatures = VhostUserProtocolFeatures::MQ
     .union(VhostUserProtocolFeatures::REPLY_ACK)
     .union(VhostUserProtocolFeatures::CONFIG)
     .union(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS)
-    .union(VhostUserProtocolFeatures::RESET_DEVICE);
+    .union(VhostUserProtocolFeatures::RESET_DEVICE)
+    .union(VhostUserProtocolFeatures::DEVICE_STATE);
 
 /// What the device is, as plain values; the configuration step has checked
 /// them (queue sizes and count, the window and the bytes in it).
@@ -108,6 +110,10 @@ pub struct GenericVhostUser {
     /// Connections made after the first, and those that failed.
     reconnects: u64,
     failed_reconnects: u64,
+    /// What SET_FEATURES gave the backend at the last DRIVER_OK.
+    acked: u64,
+    /// A restore's state, given to the backend, until the activation.
+    restored: Option<persist::Restored>,
 }
 
 impl GenericVhostUser {
@@ -147,6 +153,8 @@ impl GenericVhostUser {
             interrupt: None,
             reconnects: 0,
             failed_reconnects: 0,
+            acked: 0,
+            restored: None,
         };
         device.connect()?;
         if device.params.config_len_by_features {
@@ -488,11 +496,31 @@ impl VirtioDevice for GenericVhostUser {
         if backend_features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
             acked |= VHOST_USER_F_PROTOCOL_FEATURES;
         }
+        if let Some(restored) = self.restored.take() {
+            if restored.acked_features != acked {
+                log::warn!(
+                    "{}: restored with features {:#x}, the driver's now give {acked:#x}",
+                    self.params.id,
+                    restored.acked_features
+                );
+            }
+        }
         self.request("SET_FEATURES", |f| f.set_features(acked))?;
+        self.acked = acked;
         self.vring_enable = acked & VHOST_USER_F_PROTOCOL_FEATURES != 0;
         self.set_mem_table()?;
         self.paused.clear();
-        self.start_queues(&queues, |_| 0)?;
+        // 0 at DRIVER_OK; where the snapshot had them after a restore.
+        let bases: Vec<(usize, u16)> = queues
+            .iter()
+            .map(|q| (q.index, q.queue.next_avail()))
+            .collect();
+        self.start_queues(&queues, |index| {
+            bases
+                .iter()
+                .find(|(q, _)| *q == index)
+                .map_or(0, |(_, base)| *base)
+        })?;
         self.rings = queues;
         log::info!(
             "{}: started queues {:?} with features {acked:#x}",
@@ -582,12 +610,17 @@ impl VirtioDevice for GenericVhostUser {
             .collect()
     }
 
+    /// The acked features, the config window and, where the backend
+    /// offers DEVICE_STATE, its own state (`persist.rs`).
     fn save_state(&mut self) -> Result<serde_json::Value, Error> {
-        Err(Error::SnapshotUnsupported)
+        let saved = self.save()?;
+        serde_json::to_value(saved).map_err(|e| Error::RestoreRefused(e.to_string()))
     }
 
-    fn restore_state(&mut self, _state: &serde_json::Value) -> Result<(), Error> {
-        Err(Error::SnapshotUnsupported)
+    fn restore_state(&mut self, state: &serde_json::Value) -> Result<(), Error> {
+        let saved = <persist::VhostUserSnapshot as serde::Deserialize>::deserialize(state)
+            .map_err(|e| Error::RestoreRefused(format!("its saved state does not read: {e}")))?;
+        self.restore(&saved)
     }
 
     fn resume(&mut self) -> Result<(), Error> {

@@ -413,46 +413,34 @@ fn a_disk_s_io_goes_on_across_a_restore(kvm: Option<KvmHost>) {
     assert_eq!(then, expected, "rounds before: {first:?}");
 }
 
-/// A guest echoing through the generic vhost-user device (the mock
-/// reverses what queue 0 brings onto queue 1) is snapshotted mid-run; vmm
-/// and the backend are killed, and a new vmm restores against a new
-/// backend process. With DEVICE_STATE the backend's own state goes with
-/// the snapshot (the count of buffers it echoed, the message it held);
-/// without, the snapshot says so and the rings still restart at their
-/// saved places. Either way the guest's echo checks go on passing, round
-/// after round.
-#[rstest]
-#[case::with_device_state(true)]
-#[case::without_device_state(false)]
-fn a_vhost_user_device_goes_on_against_a_new_backend(
-    kvm: Option<KvmHost>,
-    #[case] device_state: bool,
-) {
-    let Some(_kvm) = kvm else { return };
-    let dir = tempdir();
-    let options = || {
-        let options = MockOptions::new("echo");
-        if device_state {
-            options
-        } else {
-            options.no_device_state()
-        }
-    };
-    let mock = options().start(dir.path()).expect("the mock starts");
+/// What `echoing_snapshot` leaves: the snapshot, the echo device's saved
+/// state, what the guest printed and the backend's log; vmm and the
+/// backend are gone.
+struct EchoingSnapshot {
+    snap: PathBuf,
+    device: serde_json::Value,
+    stdout: String,
+    backend_log: String,
+}
+
+/// A probe echoing through the mock `options` describes (device `echo`,
+/// custom type 33), snapshotted to DIR/snap while the device runs.
+fn echoing_snapshot(dir: &Path, options: MockOptions) -> EchoingSnapshot {
+    let mock = options.start(dir).expect("the mock starts");
     let mut cmd =
         VmmCommand::probe("probe.run=echo probe.repeat=0 probe.echo.rounds=2000").expect("probe");
     cmd.arg("--memory")
         .arg("size=64M,shared=on")
         .arg("--generic-vhost-user")
         .arg(format!("{},id=echo", mock.device("33", &[64, 64])));
-    let (mut child, socket) = start(dir.path(), "first.sock", cmd);
+    let (mut child, socket) = start(dir, "first.sock", cmd);
     assert!(
         child.wait_until(WAIT, |c| !rounds(&c.stdout_so_far()).is_empty()),
         "no echo rounds: {}\n{}",
         child.stdout_so_far(),
         mock.log()
     );
-    let snap = dir.path().join("snap");
+    let snap = dir.join("snap");
     let url = format!(r#"{{"destination_url":"file://{}"}}"#, snap.display());
     // A snapshot finds the device running, unless the pause came between
     // two of the guest's rounds (it resets the device at each): then the
@@ -482,6 +470,48 @@ fn a_vhost_user_device_goes_on_against_a_new_backend(
     let first_log = mock.log();
     drop(mock);
 
+    EchoingSnapshot {
+        snap,
+        device: saved,
+        stdout: before.stdout,
+        backend_log: first_log,
+    }
+}
+
+/// A guest echoing through the generic vhost-user device (the mock
+/// reverses what queue 0 brings onto queue 1) is snapshotted mid-run; vmm
+/// and the backend are killed, and a new vmm restores against a new
+/// backend process. With DEVICE_STATE the backend's own state goes with
+/// the snapshot (the count of buffers it echoed, the message it held);
+/// without, the snapshot says so and the rings still restart at their
+/// saved places. Either way the guest's echo checks go on passing, round
+/// after round. The new backend may listen elsewhere: the restore's
+/// `vhost_user_sockets` says where.
+#[rstest]
+#[case::with_device_state(true)]
+#[case::without_device_state(false)]
+fn a_vhost_user_device_goes_on_against_a_new_backend(
+    kvm: Option<KvmHost>,
+    #[case] device_state: bool,
+) {
+    let Some(_kvm) = kvm else { return };
+    let dir = tempdir();
+    let options = || {
+        let options = MockOptions::new("echo");
+        if device_state {
+            options
+        } else {
+            options.no_device_state()
+        }
+    };
+    let echoing = echoing_snapshot(dir.path(), options());
+    let (snap, saved, before, first_log) = (
+        echoing.snap,
+        echoing.device,
+        echoing.stdout,
+        echoing.backend_log,
+    );
+
     let backend_state = &saved["running"]["device"]["backend_state"];
     let saved_line = first_log
         .lines()
@@ -497,11 +527,25 @@ fn a_vhost_user_device_goes_on_against_a_new_backend(
     let queues = saved["running"]["queues"].as_array().expect("queue places");
     assert_eq!(queues.len(), 2, "{saved}");
 
-    let mock = options().start(dir.path()).expect("a new mock starts");
+    // With device state, the new backend listens at a new socket, which
+    // the restore names; without, where the old one did.
+    let (mock, sockets) = if device_state {
+        let mock = MockOptions::new("echo2")
+            .start(dir.path())
+            .expect("a new mock starts");
+        let sockets = format!(",vhost_user_sockets=[echo@{}]", mock.socket().display());
+        (mock, sockets)
+    } else {
+        (
+            options().start(dir.path()).expect("a new mock starts"),
+            String::new(),
+        )
+    };
     let mut restore = VmmCommand::bare();
-    restore
-        .arg("--restore")
-        .arg(format!("source_url=file://{},resume=on", snap.display()));
+    restore.arg("--restore").arg(format!(
+        "source_url=file://{},resume=on{sockets}",
+        snap.display()
+    ));
     let (mut child, socket) = start(dir.path(), "second.sock", restore);
     assert!(
         child.wait_until(WAIT, |c| rounds(&c.stdout_so_far()).len() >= 2),
@@ -518,7 +562,7 @@ fn a_vhost_user_device_goes_on_against_a_new_backend(
         "an echo came back wrong after the restore: {}",
         after.stdout
     );
-    let (first, then) = (rounds(&before.stdout), rounds(&after.stdout));
+    let (first, then) = (rounds(&before), rounds(&after.stdout));
     assert_eq!(
         then[0],
         first[first.len() - 1] + 1,
@@ -544,4 +588,70 @@ fn a_vhost_user_device_goes_on_against_a_new_backend(
     } else {
         assert!(!log.contains("state loaded"), "{log}");
     }
+}
+
+/// What a vhost-user restore cannot do is refused before the guest runs,
+/// with status 1 and one line naming the device and what failed, and the
+/// snapshot left as it was: no backend listening; a backend that fails
+/// the state's check (CHECK_DEVICE_STATE); one without DEVICE_STATE for a
+/// snapshot that has the old backend's state; a new socket for a device
+/// that is not there.
+#[rstest]
+fn a_vhost_user_restore_that_cannot_be_done_is_refused_by_name(kvm: Option<KvmHost>) {
+    let Some(_kvm) = kvm else { return };
+    let dir = tempdir();
+    let snap = echoing_snapshot(dir.path(), MockOptions::new("echo")).snap;
+    let saved = contents(&snap);
+    let restore = |extra: &str| {
+        let mut restore = VmmCommand::bare();
+        restore
+            .arg("--restore")
+            .arg(format!("source_url=file://{}{extra}", snap.display()));
+        let out = restore.run(dir.path()).expect("vmm runs").output;
+        assert_eq!(out.code(), Some(1), "{}", out.describe());
+        let errors: Vec<String> = out
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("vmm: error:"))
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(errors.len(), 1, "{}", out.describe());
+        errors[0].clone()
+    };
+
+    let error = restore("");
+    assert!(
+        error.contains("Nothing listens on vhost-user socket"),
+        "{error}"
+    );
+
+    let refusing = MockOptions::new("echo")
+        .refuse_state_load()
+        .start(dir.path())
+        .expect("the mock starts");
+    let error = restore("");
+    assert!(
+        error.contains("echo") && error.contains("CHECK_DEVICE_STATE"),
+        "{error}"
+    );
+    drop(refusing);
+
+    let stateless = MockOptions::new("echo")
+        .no_device_state()
+        .start(dir.path())
+        .expect("the mock starts");
+    let error = restore("");
+    assert!(error.contains("offers no DEVICE_STATE"), "{error}");
+    drop(stateless);
+
+    let error = restore(",vhost_user_sockets=[nothing@/tmp/none.sock]");
+    assert!(
+        error.contains("no vhost-user device has id \"nothing\""),
+        "{error}"
+    );
+    assert_eq!(
+        contents(&snap),
+        saved,
+        "a refused restore touched the snapshot"
+    );
 }

@@ -105,6 +105,9 @@ pub struct EchoDevice {
     /// Offer VHOST_USER_PROTOCOL_F_DEVICE_STATE (`--no-device-state`
     /// withholds it).
     pub device_state: bool,
+    /// `--refuse-state-load`: CHECK_DEVICE_STATE fails after a load, as a
+    /// backend's does when the state it read is not its own.
+    pub refuse_state_load: bool,
     /// A state transfer's thread (the transfer must not block the
     /// request), and what a load read, until CHECK_DEVICE_STATE.
     transfer: Mutex<Option<JoinHandle<std::io::Result<Option<SavedState>>>>>,
@@ -144,6 +147,7 @@ impl EchoDevice {
             block: None,
             broken: false,
             device_state: true,
+            refuse_state_load: false,
             transfer: Mutex::new(None),
             loaded: Mutex::new(None),
         }
@@ -363,6 +367,10 @@ impl VhostUserBackendMut for EchoDevice {
             .join()
             .map_err(|_| std::io::Error::other("the transfer thread panicked"))?;
         match result {
+            Ok(Some(_)) if self.refuse_state_load => {
+                log::warn!("refusing the state loaded (--refuse-state-load)");
+                Err(std::io::Error::other("state refused"))
+            }
             Ok(Some(state)) => {
                 *self.loaded.lock().unwrap_or_else(|p| p.into_inner()) = Some(state);
                 Ok(())

@@ -110,6 +110,10 @@ struct Args {
     /// holds for queue 1 and its config space).
     #[arg(long)]
     no_device_state: bool,
+    /// Fail CHECK_DEVICE_STATE after a state is loaded, as a backend does
+    /// whose state it cannot take.
+    #[arg(long)]
+    refuse_state_load: bool,
     /// A fault to inject (repeatable); see FAULTS below.
     #[arg(long, value_name = "WHEN:WHAT")]
     fault: Vec<Fault>,
@@ -330,6 +334,7 @@ fn serve(
         connection,
     );
     device.device_state = !args.no_device_state;
+    device.refuse_state_load = args.refuse_state_load;
     if let Some(path) = &args.block {
         let file = std::fs::OpenOptions::new()
             .read(true)

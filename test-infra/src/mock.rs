@@ -96,6 +96,12 @@ impl MockOptions {
         self
     }
 
+    /// Fails CHECK_DEVICE_STATE after loading a state.
+    pub fn refuse_state_load(mut self) -> Self {
+        self.args.push("--refuse-state-load".into());
+        self
+    }
+
     pub fn no_reply_ack(mut self) -> Self {
         self.args.push("--no-reply-ack".into());
         self

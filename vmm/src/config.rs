@@ -83,6 +83,34 @@ pub struct RestoreConfig {
     pub source: PathBuf,
     /// Run at once rather than wait paused for vm.resume.
     pub resume: bool,
+    /// New sockets for vhost-user devices, by device id: the backends of
+    /// the restored VM need not listen where the snapshot's did.
+    pub sockets: Vec<(String, PathBuf)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("no vhost-user device has id {0:?}")]
+pub struct NoSuchVhostUserDevice(pub String);
+
+impl VmConfig {
+    /// Device `id`'s vhost-user backend is at `socket` (a restore's
+    /// `vhost_user_sockets`).
+    pub fn set_socket(&mut self, id: &str, socket: PathBuf) -> Result<(), NoSuchVhostUserDevice> {
+        if let Some(device) = self.generic_vhost_user.iter_mut().find(|d| d.id == id) {
+            device.socket = socket;
+            return Ok(());
+        }
+        match self.disks.iter_mut().find(|d| d.id == id) {
+            Some(DiskConfig {
+                backend: DiskBackend::VhostUser { socket: at },
+                ..
+            }) => {
+                *at = socket;
+                Ok(())
+            }
+            _ => Err(NoSuchVhostUserDevice(id.to_owned())),
+        }
+    }
 }
 
 impl VmConfig {

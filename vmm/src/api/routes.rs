@@ -98,6 +98,16 @@ struct RestoreBody {
     iommufd_fd: Option<i64>,
     #[serde(default)]
     zone_updates: Vec<serde_json::Value>,
+    /// vmm's own: new sockets for vhost-user devices, by device id.
+    #[serde(default)]
+    vhost_user_sockets: Vec<SocketBody>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SocketBody {
+    id: String,
+    socket: std::path::PathBuf,
 }
 
 impl RestoreBody {
@@ -127,6 +137,11 @@ impl RestoreBody {
         Ok(crate::config::RestoreConfig {
             source,
             resume: self.resume,
+            sockets: self
+                .vhost_user_sockets
+                .into_iter()
+                .map(|s| (s.id, s.socket))
+                .collect(),
         })
     }
 }

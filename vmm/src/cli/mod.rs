@@ -217,6 +217,9 @@ pub struct Args {
     ///                         and every device's state
     /// resume=on|off           run at once (default off: the VM waits
     ///                         paused for vm.resume)
+    /// vhost_user_sockets=[ID@PATH,...]
+    ///                         the vhost-user backends of these devices
+    ///                         listen at new sockets
     ///
     /// The snapshot is checked whole (version, each file's size and
     /// checksum) before anything runs, and never modified. The VM options
@@ -224,7 +227,7 @@ pub struct Args {
     /// be given.
     #[arg(
         long,
-        value_name = "source_url=file:///DIR[,resume=on|off]",
+        value_name = "source_url=file:///DIR[,resume=on|off][,vhost_user_sockets=[ID@PATH,...]]",
         value_parser = Utf8,
         verbatim_doc_comment
     )]

@@ -103,8 +103,8 @@ const API_SOCKET: OptionForm = OptionForm {
 };
 const RESTORE: OptionForm = OptionForm {
     name: "--restore",
-    keys: &["source_url", "resume"],
-    form: "source_url=file:///DIR[,resume=on|off]",
+    keys: &["source_url", "resume", "vhost_user_sockets"],
+    form: "source_url=file:///DIR[,resume=on|off][,vhost_user_sockets=[ID@PATH,...]]",
 };
 const EVENT_MONITOR: OptionForm = OptionForm {
     name: "--event-monitor",
@@ -187,9 +187,14 @@ impl Args {
                 None,
             )
         })?;
+        let sockets = match options.get("vhost_user_sockets") {
+            Some(list) => parse_sockets(list)?,
+            None => Vec::new(),
+        };
         Ok(Some(RestoreConfig {
             source,
             resume: options.toggle("resume")?.unwrap_or(false),
+            sockets,
         }))
     }
 
@@ -435,6 +440,25 @@ fn parse_queue_sizes(value: &str) -> Result<Vec<u16>, OptionError> {
                 Err(e) if *e.kind() == IntErrorKind::PosOverflow => Err(invalid(None)),
                 Err(e) => Err(invalid(Some(e))),
             }
+        })
+        .collect()
+}
+
+/// `[ID@PATH,...]`, as Cloud Hypervisor's `net_fds=[ID@FDS,...]`.
+fn parse_sockets(value: &str) -> Result<Vec<(String, PathBuf)>, OptionError> {
+    const EXPECTED: &str =
+        "a list of device ids and socket paths, e.g. vhost_user_sockets=[fs0@/run/fs.sock]";
+    let invalid = || RESTORE.invalid("vhost_user_sockets", value, EXPECTED, None);
+    let list = value
+        .strip_prefix('[')
+        .and_then(|rest| rest.strip_suffix(']'))
+        .ok_or_else(invalid)?;
+    list.split(',')
+        .map(|item| match item.split_once('@') {
+            Some((id, path)) if !id.is_empty() && !path.is_empty() => {
+                Ok((id.to_owned(), PathBuf::from(path)))
+            }
+            _ => Err(invalid()),
         })
         .collect()
 }

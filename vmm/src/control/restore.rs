@@ -16,6 +16,12 @@ pub enum RestoreError {
         #[source]
         source: SchemaError,
     },
+    #[error("Cannot restore from {dir}: vhost_user_sockets")]
+    Socket {
+        dir: String,
+        #[source]
+        source: crate::config::NoSuchVhostUserDevice,
+    },
 }
 
 /// A snapshot opened and checked, and how to start from it.
@@ -32,10 +38,18 @@ pub fn open(restore: &RestoreConfig) -> Result<(VmConfig, Restore), RestoreError
     let bytes = snapshot
         .read_file(CONFIG_FILE)
         .map_err(|e| RestoreError::Snapshot(dir.clone(), e))?;
-    let config = VmConfig::from_json(&bytes).map_err(|source| RestoreError::Config {
+    let mut config = VmConfig::from_json(&bytes).map_err(|source| RestoreError::Config {
         dir: dir.clone(),
         source,
     })?;
+    for (id, socket) in &restore.sockets {
+        config
+            .set_socket(id, socket.clone())
+            .map_err(|e| RestoreError::Socket {
+                dir: dir.clone(),
+                source: e,
+            })?;
+    }
     // The state must read as this vmm's before anything is built.
     snapshot
         .vm_state()

@@ -760,3 +760,69 @@ fn the_api_socket_alone_starts_vmm_without_a_vm() {
     let args = Args::try_parse_noting(["vmm", "--api-socket", "/s", "--kernel", "/k"]).unwrap();
     assert!(args.vm_config().unwrap().is_some());
 }
+
+fn restore(value: &str) -> Result<Option<RestoreConfig>, OptionError> {
+    Args::try_parse_from(["vmm", "--restore", value])
+        .expect("clap accepts the arguments")
+        .restore()
+}
+
+#[test]
+fn restore_takes_a_file_url_resume_and_new_sockets() {
+    assert_eq!(
+        restore(
+            "source_url=file:///var/snap,resume=true,vhost_user_sockets=[fs0@/run/a.sock,echo@/b]"
+        )
+        .unwrap(),
+        Some(RestoreConfig {
+            source: PathBuf::from("/var/snap"),
+            resume: true,
+            sockets: vec![
+                ("fs0".into(), PathBuf::from("/run/a.sock")),
+                ("echo".into(), PathBuf::from("/b")),
+            ],
+        })
+    );
+    let plain = restore("source_url=file:///s").unwrap().unwrap();
+    assert!(!plain.resume && plain.sockets.is_empty());
+    assert!(Args::try_parse_from(["vmm"])
+        .unwrap()
+        .restore()
+        .unwrap()
+        .is_none());
+}
+
+#[rstest]
+#[case("resume=on", "missing source_url=")]
+#[case("source_url=/var/snap", "invalid source_url \"/var/snap\"")]
+#[case("source_url=file://snap", "a file:// URL of an absolute path")]
+#[case("source_url=file:///s,resume=maybe", "invalid resume")]
+#[case("source_url=file:///s,vhost_user_sockets=fs0@/a", "vhost_user_sockets")]
+#[case("source_url=file:///s,vhost_user_sockets=[fs0]", "vhost_user_sockets")]
+#[case("source_url=file:///s,vhost_user_sockets=[@/a]", "vhost_user_sockets")]
+#[case("source_url=file:///s,prefault=on", "prefault")]
+fn restore_refuses(#[case] value: &str, #[case] expected: &str) {
+    let err = restore(value).unwrap_err();
+    let text = crate::util::error_chain(&err);
+    assert!(text.contains(expected), "{value}: {text}");
+    assert!(text.starts_with("--restore"), "{value}: {text}");
+}
+
+#[test]
+fn vm_options_are_refused_beside_restore() {
+    let args = Args::try_parse_noting([
+        "vmm",
+        "--restore",
+        "source_url=file:///s",
+        "--kernel",
+        "/k",
+        "--disk",
+        "path=/d",
+    ])
+    .unwrap();
+    let err = args.vm_config().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "--kernel, --disk given with --restore: the snapshot holds the VM's configuration"
+    );
+}

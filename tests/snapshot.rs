@@ -655,3 +655,52 @@ fn a_vhost_user_restore_that_cannot_be_done_is_refused_by_name(kvm: Option<KvmHo
         "a refused restore touched the snapshot"
     );
 }
+
+/// Cloud Hypervisor's `ch-remote` (given as CH_REMOTE) snapshots and
+/// restores unchanged: `snapshot file:///DIR`, then `restore
+/// source_url=file:///DIR` on a vmm with only its API socket, and
+/// `resume`.
+#[rstest]
+fn ch_remote_snapshots_and_restores_unchanged(kvm: Option<KvmHost>) {
+    let Some(_kvm) = kvm else { return };
+    let Some(ch_remote) = std::env::var_os("CH_REMOTE") else {
+        eprintln!("ch_remote_snapshots_and_restores_unchanged: CH_REMOTE is not set; skipped");
+        return;
+    };
+    let run = |socket: &Path, command: &str| {
+        let out = std::process::Command::new(&ch_remote)
+            .arg("--api-socket")
+            .arg(socket)
+            .args(command.split(' '))
+            .output()
+            .expect("ch-remote runs");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "ch-remote {command}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let dir = tempdir();
+    let mut cmd = VmmCommand::probe("probe.run=tick").expect("probe");
+    cmd.arg("--memory").arg("size=64M");
+    let (mut child, socket) = start(dir.path(), "first.sock", cmd);
+    wait_ticks(&mut child, 5);
+    let snap = dir.path().join("snap");
+    run(&socket, "pause");
+    run(&socket, &format!("snapshot file://{}", snap.display()));
+    run(&socket, "shutdown-vmm");
+    let before = child.wait(WAIT).expect("vmm exits").stdout;
+
+    let (mut child, socket) = start(dir.path(), "second.sock", VmmCommand::bare());
+    run(
+        &socket,
+        &format!("restore source_url=file://{}", snap.display()),
+    );
+    run(&socket, "resume");
+    wait_ticks(&mut child, 5);
+    run(&socket, "shutdown-vmm");
+    let out = child.wait(WAIT).expect("vmm exits");
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    assert_goes_on(&before, &out.stdout);
+}

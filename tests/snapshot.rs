@@ -14,7 +14,9 @@ use test_infra::host::{kvm, KvmHost};
 use test_infra::mock::MockOptions;
 use test_infra::process::Child;
 use test_infra::tempdir;
+use test_infra::virtiofsd::Virtiofsd;
 use test_infra::vmm::VmmCommand;
+use test_infra::{Guest, Hypervisor};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -703,4 +705,80 @@ fn ch_remote_snapshots_and_restores_unchanged(kvm: Option<KvmHost>) {
     let out = child.wait(WAIT).expect("vmm exits");
     assert_eq!(out.code(), Some(0), "{}", out.describe());
     assert_goes_on(&before, &out.stdout);
+}
+
+/// A guest reading and writing through virtio-fs round after round is
+/// snapshotted; vmm and virtiofsd are killed, and a new vmm restores
+/// against a new virtiofsd (`--migration-mode=find-paths`), which loads
+/// the old one's state (the guest's FUSE session and the inodes it
+/// holds). The guest's rounds go on, and every read of the host's file
+/// hashes as the host's does.
+#[rstest]
+fn a_virtio_fs_guest_goes_on_against_a_new_virtiofsd(kvm: Option<KvmHost>) {
+    let Some(_kvm) = kvm else { return };
+    let dir = tempdir();
+    let share = dir.path().join("share");
+    std::fs::create_dir(&share).expect("share");
+    let input: Vec<u8> = (0..4u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(share.join("input.bin"), &input).expect("input");
+    let host_sha = test_infra::digest::sha256_hex(&input).expect("sha256");
+    let fs = Virtiofsd::start_migratable(dir.path(), "myfs", &share).expect("virtiofsd");
+    let guest = Guest::probe(
+        Hypervisor::Vmm,
+        "probe.run=fs probe.repeat=0 probe.fs.read=input.bin probe.fs.write=out.bin:1048576",
+    )
+    .virtiofs(&fs);
+    let (mut child, socket) = start(
+        dir.path(),
+        "first.sock",
+        guest.vmm_command().expect("command"),
+    );
+    assert!(
+        child.wait_until(WAIT, |c| rounds(&c.stdout_so_far()).len() >= 2),
+        "no rounds: {}\n{}",
+        child.stdout_so_far(),
+        fs.log()
+    );
+    let snap = dir.path().join("snap");
+    let url = format!(r#"{{"destination_url":"file://{}"}}"#, snap.display());
+    assert_no_content(&curl(&socket, "PUT", "vm.pause", None), "pause");
+    assert_no_content(&curl(&socket, "PUT", "vm.snapshot", Some(&url)), "snapshot");
+    assert_no_content(&curl(&socket, "PUT", "vmm.shutdown", None), "vmm.shutdown");
+    let before = child.wait(WAIT).expect("vmm exits").stdout;
+    drop(fs);
+
+    let fs = Virtiofsd::start_migratable(dir.path(), "myfs", &share).expect("a new virtiofsd");
+    let mut restore = VmmCommand::bare();
+    restore
+        .arg("--restore")
+        .arg(format!("source_url=file://{},resume=on", snap.display()));
+    let (mut child, socket) = start(dir.path(), "second.sock", restore);
+    assert!(
+        child.wait_until(WAIT, |c| rounds(&c.stdout_so_far()).len() >= 3),
+        "the restored guest's file I/O did not go on: {}\n{}\n{}",
+        child.stdout_so_far(),
+        child.stderr_so_far(),
+        fs.log()
+    );
+    assert_no_content(&curl(&socket, "PUT", "vmm.shutdown", None), "vmm.shutdown");
+    let after = child.wait(WAIT).expect("vmm exits");
+    assert_eq!(after.code(), Some(0), "{}", after.describe());
+    assert!(!after.stdout.contains("result=fail"), "{}", after.stdout);
+    let (first, then) = (rounds(&before), rounds(&after.stdout));
+    assert_eq!(
+        then[0],
+        first[first.len() - 1] + 1,
+        "{first:?} then {then:?}"
+    );
+    let reads: Vec<&str> = after
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("probe: fs read path=\"input.bin\""))
+        .collect();
+    assert!(reads.len() >= 2, "{}", after.stdout);
+    for read in reads {
+        assert!(read.ends_with(&format!("sha256={host_sha}")), "{read}");
+    }
 }

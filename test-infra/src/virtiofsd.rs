@@ -38,6 +38,22 @@ impl Virtiofsd {
 
     /// Starts virtiofsd sharing an existing directory.
     pub fn start_sharing(dir: &Path, tag: &str, shared_dir: &Path) -> Result<Virtiofsd, String> {
+        Self::start_with(dir, tag, shared_dir, &[])
+    }
+
+    /// As `start_sharing`, with `--migration-mode=find-paths`: it saves
+    /// and loads its state (the guest's open files, by path) through
+    /// vhost-user's DEVICE_STATE, for snapshots.
+    pub fn start_migratable(dir: &Path, tag: &str, shared_dir: &Path) -> Result<Virtiofsd, String> {
+        Self::start_with(dir, tag, shared_dir, &["--migration-mode=find-paths"])
+    }
+
+    fn start_with(
+        dir: &Path,
+        tag: &str,
+        shared_dir: &Path,
+        extra: &[&str],
+    ) -> Result<Virtiofsd, String> {
         let socket = dir.join(format!("{tag}.sock"));
         // A stale socket from an earlier run would make virtiofsd fail.
         let _ = std::fs::remove_file(&socket);
@@ -46,7 +62,8 @@ impl Virtiofsd {
             .arg(format!("--socket-path={}", socket.display()))
             .arg(format!("--shared-dir={}", shared_dir.display()))
             .arg(format!("--tag={tag}"))
-            .args(["--sandbox=none", "--cache=never", "--log-level=info"]);
+            .args(["--sandbox=none", "--cache=never", "--log-level=info"])
+            .args(extra);
         let mut child =
             Child::spawn(&format!("virtiofsd-{tag}"), command, dir).map_err(|e| e.to_string())?;
         if !child.wait_until(SOCKET_DEADLINE, |_| socket.exists()) {

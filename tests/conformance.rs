@@ -68,9 +68,16 @@ fn virtiofsd_passes_every_check(kvm: Option<KvmHost>) {
         "--sandbox=none",
     ]);
     assert_eq!(code, Some(0), "{out}\n{err}");
-    // The backend tier's 3, the generic tier's 9, the fs tier's 5.
+    // The backend tier's 3, the generic tier's 10, the fs tier's 5.
     assert!(
-        out.contains("17 checks: 17 passed, 0 warned, 0 failed, 0 skipped"),
+        out.contains("18 checks: 18 passed, 0 warned, 0 failed, 0 skipped"),
+        "{out}"
+    );
+    // virtiofsd 1.14 saves and loads its state through DEVICE_STATE.
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("generic  snapshot                 pass")
+                && l.contains("DEVICE_STATE offered")),
         "{out}"
     );
     assert!(
@@ -78,7 +85,7 @@ fn virtiofsd_passes_every_check(kvm: Option<KvmHost>) {
         "virtiofsd honours GET_CONFIG's offset: {out}"
     );
     let xml = std::fs::read_to_string(&junit).expect("junit written");
-    for attribute in ["tests=\"17\"", "failures=\"0\"", "skipped=\"0\""] {
+    for attribute in ["tests=\"18\"", "failures=\"0\"", "skipped=\"0\""] {
         assert!(xml.contains(attribute), "{attribute} not in {xml}");
     }
     // The fs tier wrote through the backend, read it back and removed it
@@ -118,7 +125,7 @@ fn assert_vhost_device_rng_passes(wrapper: &[&str]) {
     assert_eq!(code, Some(0), "{out}\n{err}");
     // rng has no config window: nothing for config-offset to read.
     assert!(
-        out.contains("13 checks: 12 passed, 0 warned, 0 failed, 1 skipped"),
+        out.contains("14 checks: 13 passed, 0 warned, 0 failed, 1 skipped"),
         "{out}"
     );
     assert!(
@@ -353,7 +360,8 @@ fn failing_mocks_fail_the_right_check(
 }
 
 /// A backend that does not start a second time fails the generic tier's
-/// reconnect, and only that check: the guest never gets its device back.
+/// reconnect and snapshot, and only those: the guest never gets its
+/// device back.
 #[rstest]
 fn a_backend_that_does_not_come_back_fails_the_reconnect_check(kvm: Option<KvmHost>) {
     let Some(_kvm) = kvm else { return };
@@ -370,10 +378,15 @@ fn a_backend_that_does_not_come_back_fails_the_reconnect_check(kvm: Option<KvmHo
         "{socket}",
     ]);
     assert_eq!(code, Some(1), "{out}\n{err}");
+    // The reconnect and the snapshot's restore each need the backend again.
     let failed: Vec<&str> = out.lines().filter(|l| l.contains(" fail ")).collect();
-    assert_eq!(failed.len(), 1, "{out}");
+    assert_eq!(failed.len(), 2, "{out}");
     assert!(
         failed[0].starts_with("generic  reconnect") && failed[0].contains("did not start again"),
+        "{out}"
+    );
+    assert!(
+        failed[1].starts_with("generic  snapshot") && failed[1].contains("did not start again"),
         "{out}"
     );
 }

@@ -88,6 +88,42 @@ pub fn raw(socket: &Path, request: &[u8]) -> String {
     String::from_utf8_lossy(&response).into_owned()
 }
 
+/// One request on a fresh connection, without curl and without panics
+/// (for the conformance runner): the status and the body, or why there
+/// is none.
+pub fn call(
+    socket: &Path,
+    method: &str,
+    name: &str,
+    body: Option<&str>,
+) -> Result<(u16, String), String> {
+    let body = body.unwrap_or("");
+    let request = format!(
+        "{method} /api/v1/{name} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = UnixStream::connect(socket)
+        .map_err(|e| format!("connecting to {}: {e}", socket.display()))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| format!("{method} {name}: {e}"))?;
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .map_err(|e| format!("{method} {name}: {e}"))?;
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = status_of(&response)
+        .ok_or_else(|| format!("{method} {name}: no status in {response:?}"))?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, body)| body)
+        .to_owned();
+    Ok((status, body))
+}
+
 /// The status of a raw response's first line.
 pub fn status_of(response: &str) -> Option<u16> {
     response.split_whitespace().nth(1)?.parse().ok()

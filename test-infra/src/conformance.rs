@@ -463,6 +463,84 @@ pub fn reconnect_check(run: &GuestRun) -> Check {
     Check::new("generic", "reconnect", status, detail).after(run.output.elapsed)
 }
 
+/// A guest snapshotted mid-run and restored against a new backend: what
+/// the first vmm's guest printed, the restored run, whether the device
+/// was running at the snapshot, and its saved state.
+pub struct SnapshotRun {
+    pub before: String,
+    pub after: GuestRun,
+    pub running: bool,
+    pub device: serde_json::Value,
+}
+
+/// The generic device's saved state in the snapshot at `dir`.
+pub fn snapshot_device(dir: &std::path::Path) -> Result<serde_json::Value, String> {
+    let path = dir.join("state.json");
+    let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let state: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    state["body"]["state"]["devices"]["pci"]
+        .as_object()
+        .and_then(|devices| devices.values().next())
+        .map(|device| device["state"].clone())
+        .ok_or_else(|| format!("{}: no device state", path.display()))
+}
+
+fn round_numbers(output: &str) -> Vec<u64> {
+    output
+        .lines()
+        .filter_map(|l| l.strip_prefix("probe: round "))
+        .filter_map(|n| n.trim().parse().ok())
+        .collect()
+}
+
+/// The generic tier's snapshot: the restored guest's rounds of device work
+/// follow the last one before the snapshot and none fails. Says whether
+/// the backend's own state went with the snapshot (DEVICE_STATE).
+pub fn snapshot_check(run: &SnapshotRun) -> Check {
+    let report = &run.after.report;
+    let (before, after) = (
+        round_numbers(&run.before),
+        round_numbers(&run.after.output.stdout),
+    );
+    let state = &run.device["running"]["device"]["backend_state"];
+    let device_state = match state.as_str() {
+        Some(hex) => format!("DEVICE_STATE offered: {} bytes of backend state saved and loaded", hex.len() / 2),
+        None if run.running => "no DEVICE_STATE: the backend's own state is not saved (its rings restart at their places)".to_owned(),
+        None => "the device was between two rounds at every pause: rings and backend state not exercised".to_owned(),
+    };
+    let outcome = if let Some(why) = start_up_error(&run.after) {
+        Err(format!("the restore failed: {why}"))
+    } else if let Some(why) = guest_failure(report) {
+        Err(format!("after the restore: {why}"))
+    } else if after.len() < 2 {
+        Err(format!(
+            "the restored guest did {} round(s) of device work (vmm exit status {:?})",
+            after.len(),
+            run.after.output.code()
+        ))
+    } else if before.last().map(|n| n + 1) != after.first().copied() {
+        Err(format!(
+            "the rounds do not go on: {:?} before, {:?} after",
+            before.last(),
+            after.first()
+        ))
+    } else {
+        Ok(format!(
+            "{} rounds after the restore; {device_state}",
+            after.len()
+        ))
+    };
+    let evidence = Evidence::new().with("device_state", device_state.clone());
+    let (status, detail) = match outcome {
+        Ok(seen) => (Status::Pass, seen),
+        Err(why) => (Status::Fail, why),
+    };
+    Check::new("generic", "snapshot", status, detail)
+        .with_evidence(evidence)
+        .after(run.after.output.elapsed)
+}
+
 pub fn skipped(tier: &'static str, name: &'static str, why: &str) -> Check {
     Check::new(tier, name, Status::Skip, why)
 }

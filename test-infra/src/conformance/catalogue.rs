@@ -39,6 +39,8 @@ pub const CHECKS: &[CheckInfo] = &[
     check("generic", "clean-exit", "the guest powers off and vmm exits 0"),
     check("generic", "reconnect",
         "the backend killed and started again under a running guest: DEVICE_NEEDS_RESET, then a working device; a backend the runner starts"),
+    check("generic", "snapshot",
+        "pause and snapshot while the device runs, vmm and the backend killed, restore against a new backend: the guest's device work goes on; says whether the backend offers DEVICE_STATE; a backend the runner starts"),
     check("fs", "fuse-init", "virtio-fs: a FUSE session starts (INIT)"),
     check("fs", "write-and-read-back", "virtio-fs: 64 KiB written to the share and read back"),
     check("fs", "list", "virtio-fs: the share's root directory listed"),

@@ -722,6 +722,12 @@ probe: result=fail reason=\"00:01.0: no DEVICE_NEEDS_RESET within 30000 ms\"
         let mut checks = generic_tier(&run(GOOD, "", 0), &fs());
         let nothing = run("", "", 0);
         checks.push(reconnect_check(&nothing));
+        checks.push(snapshot_check(&SnapshotRun {
+            before: String::new(),
+            after: run("", "", 0),
+            running: false,
+            device: serde_json::Value::Null,
+        }));
         checks.extend(fs_tier(&nothing));
         checks.extend(rng_tier(&nothing));
         checks.extend(echo_tier(&nothing));
@@ -741,6 +747,60 @@ probe: result=fail reason=\"00:01.0: no DEVICE_NEEDS_RESET within 30000 ms\"
             );
         }
         assert_eq!(checks.len(), catalogue::CHECKS.len());
+    }
+
+    /// The restored guest's rounds must follow the last one before the
+    /// snapshot; the line says what the backend's state was.
+    #[test]
+    fn a_snapshot_passes_only_when_the_rounds_go_on() {
+        let snapshot = |before: &str, after: &str, state: serde_json::Value| {
+            snapshot_check(&SnapshotRun {
+                before: before.to_owned(),
+                after: run(after, "", 0),
+                running: true,
+                device: serde_json::json!({ "running": { "device": { "backend_state": state } } }),
+            })
+        };
+        let good = snapshot(
+            "probe: round 3\nprobe: round 4\n",
+            "probe: round 5\nprobe: round 6\n",
+            serde_json::json!("0a0b"),
+        );
+        assert_eq!(good.status, Status::Pass, "{}", good.detail);
+        assert!(
+            good.detail.contains("2 bytes of backend state"),
+            "{}",
+            good.detail
+        );
+        let stateless = snapshot(
+            "probe: round 4\n",
+            "probe: round 5\nprobe: round 6\n",
+            serde_json::Value::Null,
+        );
+        assert_eq!(stateless.status, Status::Pass);
+        assert!(
+            stateless.detail.contains("no DEVICE_STATE"),
+            "{}",
+            stateless.detail
+        );
+        let gap = snapshot(
+            "probe: round 4\n",
+            "probe: round 9\nprobe: round 10\n",
+            serde_json::Value::Null,
+        );
+        assert_eq!(gap.status, Status::Fail);
+        let stopped = snapshot(
+            "probe: round 4\n",
+            "probe: round 5\n",
+            serde_json::Value::Null,
+        );
+        assert_eq!(stopped.status, Status::Fail, "one round is not going on");
+        let failing = snapshot(
+            "probe: round 4\n",
+            "probe: round 5\nprobe: round 6\nprobe: result=fail reason=\"echo\"\n",
+            serde_json::Value::Null,
+        );
+        assert_eq!(failing.status, Status::Fail);
     }
 
     #[test]

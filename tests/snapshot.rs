@@ -47,6 +47,47 @@ fn wait_ticks(child: &mut Child, count: usize) {
     );
 }
 
+/// `vm.pause`, then `vm.snapshot` to `snap`, each answered 204.
+fn pause_and_snapshot(socket: &Path, snap: &Path) {
+    let url = format!(r#"{{"destination_url":"file://{}"}}"#, snap.display());
+    assert_no_content(&curl(socket, "PUT", "vm.pause", None), "pause");
+    assert_no_content(&curl(socket, "PUT", "vm.snapshot", Some(&url)), "snapshot");
+}
+
+/// `vmm.shutdown` answered, and vmm gone with status 0.
+fn shut_down(child: Child, socket: &Path) -> test_infra::Output {
+    assert_no_content(&curl(socket, "PUT", "vmm.shutdown", None), "vmm.shutdown");
+    let out = child.wait(WAIT).expect("vmm exits");
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    out
+}
+
+/// A restore that must fail: status 1 and one error line, which it
+/// returns.
+fn refused_restore(dir: &Path, snap: &Path, extra: &str) -> String {
+    let out = restore_command(snap, extra)
+        .run(dir)
+        .expect("vmm runs")
+        .output;
+    assert_eq!(out.code(), Some(1), "{}", out.describe());
+    let errors: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("vmm: error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", out.describe());
+    errors[0].to_owned()
+}
+
+/// `vmm --restore source_url=file://SNAP` and `extra` keys.
+fn restore_command(snap: &Path, extra: &str) -> VmmCommand {
+    let mut restore = VmmCommand::bare();
+    restore
+        .arg("--restore")
+        .arg(format!("source_url=file://{}{extra}", snap.display()));
+    restore
+}
+
 fn assert_no_content(reply: &Reply, what: &str) {
     assert_eq!(reply.status, 204, "{what}: {reply:?}");
 }
@@ -99,9 +140,7 @@ fn ticking_snapshot(dir: &Path) -> (PathBuf, String) {
     );
     assert_eq!(relative.status, 400, "{relative:?}");
 
-    assert_no_content(&curl(&socket, "PUT", "vmm.shutdown", None), "vmm.shutdown");
-    let out = child.wait(WAIT).expect("vmm exits");
-    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    let out = shut_down(child, &socket);
     (snap, out.stdout)
 }
 
@@ -131,25 +170,16 @@ fn a_restored_guest_goes_on_from_its_snapshot_every_time(kvm: Option<KvmHost>) {
     let saved = contents(&snap);
 
     // From the command line, running at once.
-    let mut restore = VmmCommand::bare();
-    restore
-        .arg("--restore")
-        .arg(format!("source_url=file://{},resume=on", snap.display()));
+    let restore = restore_command(&snap, ",resume=on");
     let (mut child, socket) = start(dir.path(), "second.sock", restore);
     wait_ticks(&mut child, 5);
     let info = curl(&socket, "GET", "vm.info", None).json();
     assert_eq!(info["state"], "Running", "{info}");
-    assert_no_content(&curl(&socket, "PUT", "vmm.shutdown", None), "vmm.shutdown");
-    let out = child.wait(WAIT).expect("vmm exits");
-    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    let out = shut_down(child, &socket);
     assert_goes_on(&before, &out.stdout);
 
     // Again from the same snapshot, paused until vm.resume.
-    let mut restore = VmmCommand::bare();
-    restore
-        .arg("--restore")
-        .arg(format!("source_url=file://{}", snap.display()));
-    let (mut child, socket) = start(dir.path(), "third.sock", restore);
+    let (mut child, socket) = start(dir.path(), "third.sock", restore_command(&snap, ""));
     let info = curl(&socket, "GET", "vm.info", None).json();
     assert_eq!(info["state"], "Paused", "{info}");
     std::thread::sleep(Duration::from_millis(500));
@@ -160,9 +190,7 @@ fn a_restored_guest_goes_on_from_its_snapshot_every_time(kvm: Option<KvmHost>) {
     );
     assert_no_content(&curl(&socket, "PUT", "vm.resume", None), "resume");
     wait_ticks(&mut child, 5);
-    assert_no_content(&curl(&socket, "PUT", "vmm.shutdown", None), "vmm.shutdown");
-    let out = child.wait(WAIT).expect("vmm exits");
-    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    let out = shut_down(child, &socket);
     assert_goes_on(&before, &out.stdout);
 
     assert_eq!(contents(&snap), saved, "a restore touched the snapshot");
@@ -199,9 +227,7 @@ fn vm_restore_brings_a_vm_into_an_empty_vmm(kvm: Option<KvmHost>) {
     assert_eq!(again.status, 409, "{again:?}");
     assert_no_content(&curl(&socket, "PUT", "vm.resume", None), "resume");
     wait_ticks(&mut child, 5);
-    assert_no_content(&curl(&socket, "PUT", "vmm.shutdown", None), "vmm.shutdown");
-    let out = child.wait(WAIT).expect("vmm exits");
-    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    let out = shut_down(child, &socket);
     assert_goes_on(&before, &out.stdout);
 }
 
@@ -281,22 +307,10 @@ fn a_bad_snapshot_is_refused_by_name_and_left_alone(kvm: Option<KvmHost>) {
         copy_dir(&snap, &copy);
         damage(&copy);
         let damaged = contents(&copy);
-        let mut restore = VmmCommand::bare();
-        restore
-            .arg("--restore")
-            .arg(format!("source_url=file://{},resume=on", copy.display()));
-        let out = restore.run(dir.path()).expect("vmm runs").output;
-        assert_eq!(out.code(), Some(1), "{what}: {}", out.describe());
-        let errors: Vec<&str> = out
-            .stderr
-            .lines()
-            .filter(|l| l.starts_with("vmm: error:"))
-            .collect();
-        assert_eq!(errors.len(), 1, "{what}: {}", out.describe());
+        let error = refused_restore(dir.path(), &copy, ",resume=on");
         assert!(
-            errors[0].contains(expected) && errors[0].contains(&*copy.to_string_lossy()),
-            "{what}: expected {expected:?} and the path in {:?}",
-            errors[0]
+            error.contains(expected) && error.contains(&*copy.to_string_lossy()),
+            "{what}: expected {expected:?} and the path in {error:?}"
         );
         assert_eq!(contents(&copy), damaged, "{what}: the snapshot was touched");
     }
@@ -372,13 +386,9 @@ fn a_disk_s_io_goes_on_across_a_restore(kvm: Option<KvmHost>) {
         "no rounds of I/O: {}",
         child.stderr_so_far()
     );
-    assert_no_content(&curl(&socket, "PUT", "vm.pause", None), "pause");
     let snap = dir.path().join("snap");
-    let url = format!(r#"{{"destination_url":"file://{}"}}"#, snap.display());
-    assert_no_content(&curl(&socket, "PUT", "vm.snapshot", Some(&url)), "snapshot");
-    assert_no_content(&curl(&socket, "PUT", "vmm.shutdown", None), "vmm.shutdown");
-    let before = child.wait(WAIT).expect("vmm exits");
-    assert_eq!(before.code(), Some(0), "{}", before.describe());
+    pause_and_snapshot(&socket, &snap);
+    let before = shut_down(child, &socket);
 
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(snap.join("state.json")).expect("state.json"))
@@ -389,10 +399,7 @@ fn a_disk_s_io_goes_on_across_a_restore(kvm: Option<KvmHost>) {
         "the disk's queue was saved at its start: {queues}"
     );
 
-    let mut restore = VmmCommand::bare();
-    restore
-        .arg("--restore")
-        .arg(format!("source_url=file://{},resume=on", snap.display()));
+    let restore = restore_command(&snap, ",resume=on");
     let (mut child, socket) = start(dir.path(), "second.sock", restore);
     assert!(
         child.wait_until(WAIT, |c| rounds(&c.stdout_so_far()).len() >= 3),
@@ -400,9 +407,7 @@ fn a_disk_s_io_goes_on_across_a_restore(kvm: Option<KvmHost>) {
         child.stdout_so_far(),
         child.stderr_so_far()
     );
-    assert_no_content(&curl(&socket, "PUT", "vmm.shutdown", None), "vmm.shutdown");
-    let after = child.wait(WAIT).expect("vmm exits");
-    assert_eq!(after.code(), Some(0), "{}", after.describe());
+    let after = shut_down(child, &socket);
     assert!(
         !after.stdout.contains("result=fail"),
         "the guest found its disk wrong after the restore: {}",
@@ -466,9 +471,7 @@ fn echoing_snapshot(dir: &Path, options: MockOptions) -> EchoingSnapshot {
         assert_no_content(&curl(&socket, "PUT", "vm.resume", None), "resume");
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert_no_content(&curl(&socket, "PUT", "vmm.shutdown", None), "vmm.shutdown");
-    let before = child.wait(WAIT).expect("vmm exits");
-    assert_eq!(before.code(), Some(0), "{}", before.describe());
+    let before = shut_down(child, &socket);
     let first_log = mock.log();
     drop(mock);
 
@@ -543,11 +546,7 @@ fn a_vhost_user_device_goes_on_against_a_new_backend(
             String::new(),
         )
     };
-    let mut restore = VmmCommand::bare();
-    restore.arg("--restore").arg(format!(
-        "source_url=file://{},resume=on{sockets}",
-        snap.display()
-    ));
+    let restore = restore_command(&snap, &format!(",resume=on{sockets}"));
     let (mut child, socket) = start(dir.path(), "second.sock", restore);
     assert!(
         child.wait_until(WAIT, |c| rounds(&c.stdout_so_far()).len() >= 2),
@@ -556,9 +555,7 @@ fn a_vhost_user_device_goes_on_against_a_new_backend(
         child.stderr_so_far(),
         mock.log()
     );
-    assert_no_content(&curl(&socket, "PUT", "vmm.shutdown", None), "vmm.shutdown");
-    let after = child.wait(WAIT).expect("vmm exits");
-    assert_eq!(after.code(), Some(0), "{}", after.describe());
+    let after = shut_down(child, &socket);
     assert!(
         !after.stdout.contains("result=fail"),
         "an echo came back wrong after the restore: {}",
@@ -604,22 +601,7 @@ fn a_vhost_user_restore_that_cannot_be_done_is_refused_by_name(kvm: Option<KvmHo
     let dir = tempdir();
     let snap = echoing_snapshot(dir.path(), MockOptions::new("echo")).snap;
     let saved = contents(&snap);
-    let restore = |extra: &str| {
-        let mut restore = VmmCommand::bare();
-        restore
-            .arg("--restore")
-            .arg(format!("source_url=file://{}{extra}", snap.display()));
-        let out = restore.run(dir.path()).expect("vmm runs").output;
-        assert_eq!(out.code(), Some(1), "{}", out.describe());
-        let errors: Vec<String> = out
-            .stderr
-            .lines()
-            .filter(|l| l.starts_with("vmm: error:"))
-            .map(str::to_owned)
-            .collect();
-        assert_eq!(errors.len(), 1, "{}", out.describe());
-        errors[0].clone()
-    };
+    let restore = |extra: &str| refused_restore(dir.path(), &snap, extra);
 
     let error = restore("");
     assert!(
@@ -742,18 +724,12 @@ fn a_virtio_fs_guest_goes_on_against_a_new_virtiofsd(kvm: Option<KvmHost>) {
         fs.log()
     );
     let snap = dir.path().join("snap");
-    let url = format!(r#"{{"destination_url":"file://{}"}}"#, snap.display());
-    assert_no_content(&curl(&socket, "PUT", "vm.pause", None), "pause");
-    assert_no_content(&curl(&socket, "PUT", "vm.snapshot", Some(&url)), "snapshot");
-    assert_no_content(&curl(&socket, "PUT", "vmm.shutdown", None), "vmm.shutdown");
-    let before = child.wait(WAIT).expect("vmm exits").stdout;
+    pause_and_snapshot(&socket, &snap);
+    let before = shut_down(child, &socket).stdout;
     drop(fs);
 
     let fs = Virtiofsd::start_migratable(dir.path(), "myfs", &share).expect("a new virtiofsd");
-    let mut restore = VmmCommand::bare();
-    restore
-        .arg("--restore")
-        .arg(format!("source_url=file://{},resume=on", snap.display()));
+    let restore = restore_command(&snap, ",resume=on");
     let (mut child, socket) = start(dir.path(), "second.sock", restore);
     assert!(
         child.wait_until(WAIT, |c| rounds(&c.stdout_so_far()).len() >= 3),
@@ -762,9 +738,7 @@ fn a_virtio_fs_guest_goes_on_against_a_new_virtiofsd(kvm: Option<KvmHost>) {
         child.stderr_so_far(),
         fs.log()
     );
-    assert_no_content(&curl(&socket, "PUT", "vmm.shutdown", None), "vmm.shutdown");
-    let after = child.wait(WAIT).expect("vmm exits");
-    assert_eq!(after.code(), Some(0), "{}", after.describe());
+    let after = shut_down(child, &socket);
     assert!(!after.stdout.contains("result=fail"), "{}", after.stdout);
     let (first, then) = (rounds(&before), rounds(&after.stdout));
     assert_eq!(

@@ -88,40 +88,67 @@ pub fn raw(socket: &Path, request: &[u8]) -> String {
     String::from_utf8_lossy(&response).into_owned()
 }
 
-/// One request on a fresh connection, without curl and without panics
-/// (for the conformance runner): the status and the body, or why there
-/// is none.
-pub fn call(
-    socket: &Path,
+/// One request on `stream`, its answer read to the end of its body
+/// (by Content-Length: Cloud Hypervisor's server keeps the connection
+/// open): the status and the body.
+pub fn exchange(
+    stream: &mut UnixStream,
     method: &str,
     name: &str,
     body: Option<&str>,
 ) -> Result<(u16, String), String> {
     let body = body.unwrap_or("");
     let request = format!(
-        "{method} /api/v1/{name} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} /api/v1/{name} HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| format!("{method} {name}: write: {e}"))?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream
+            .read(&mut buf)
+            .map_err(|e| format!("{method} {name}: read: {e}"))?;
+        if n == 0 {
+            return Err(format!("{method} {name}: the server closed the connection"));
+        }
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+            continue;
+        };
+        let length = head
+            .lines()
+            .find_map(|l| {
+                l.split_once(':')
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                    .map(|(_, v)| v.trim().parse::<usize>().unwrap_or(0))
+            })
+            .unwrap_or(0);
+        if body.len() >= length {
+            let status =
+                status_of(head).ok_or_else(|| format!("{method} {name}: no status in {head:?}"))?;
+            return Ok((status, body[..length].to_owned()));
+        }
+    }
+}
+
+/// One request on a fresh connection, without curl and without panics
+/// (for the conformance runner and the benchmarks).
+pub fn call(
+    socket: &Path,
+    method: &str,
+    name: &str,
+    body: Option<&str>,
+) -> Result<(u16, String), String> {
     let mut stream = UnixStream::connect(socket)
         .map_err(|e| format!("connecting to {}: {e}", socket.display()))?;
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
         .map_err(|e| e.to_string())?;
-    stream
-        .write_all(request.as_bytes())
-        .map_err(|e| format!("{method} {name}: {e}"))?;
-    let mut response = Vec::new();
-    stream
-        .read_to_end(&mut response)
-        .map_err(|e| format!("{method} {name}: {e}"))?;
-    let response = String::from_utf8_lossy(&response).into_owned();
-    let status = status_of(&response)
-        .ok_or_else(|| format!("{method} {name}: no status in {response:?}"))?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, body)| body)
-        .to_owned();
-    Ok((status, body))
+    exchange(&mut stream, method, name, body)
 }
 
 /// The status of a raw response's first line.

@@ -2,7 +2,9 @@
 //! large as the RAM, with holes where pages hold only zeros, so that the
 //! file takes on disk what the guest touched. A memfd-backed region is
 //! read only where the memfd has data (SEEK_DATA): reading a memfd's hole
-//! through its mapping would allocate the page.
+//! through its mapping would allocate the page. An anonymous region is
+//! read only where /proc/self/pagemap shows a page present or swapped:
+//! a page the guest never touched has no data and is not read at all.
 
 use std::fs::File;
 use std::io;
@@ -52,6 +54,42 @@ fn data_ranges(fd: RawFd, start: u64, end: u64) -> io::Result<Vec<(u64, u64)>> {
     Ok(ranges)
 }
 
+/// PM_PRESENT and PM_SWAP of a /proc/self/pagemap entry.
+const PAGEMAP_PRESENT: u64 = 1 << 63;
+const PAGEMAP_SWAPPED: u64 = 1 << 62;
+
+/// The `[start, end)` offsets into the mapping at `host` of `len` bytes
+/// whose pages are present or swapped out (the others were never touched
+/// and read as zeros); None where the kernel's pagemap cannot be read.
+fn touched_ranges(host: *const u8, len: u64) -> Option<Vec<(u64, u64)>> {
+    let pagemap = File::open("/proc/self/pagemap").ok()?;
+    let first = host as u64 / PAGE as u64;
+    let pages = len.div_ceil(PAGE as u64);
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    let mut entries = vec![0u8; 8 * 65536];
+    let mut page = 0u64;
+    while page < pages {
+        let n = (pages - page).min(65536) as usize;
+        let bytes = &mut entries[..8 * n];
+        pagemap.read_exact_at(bytes, (first + page) * 8).ok()?;
+        for (i, entry) in bytes.chunks_exact(8).enumerate() {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(entry);
+            if u64::from_le_bytes(word) & (PAGEMAP_PRESENT | PAGEMAP_SWAPPED) == 0 {
+                continue;
+            }
+            let start = (page + i as u64) * PAGE as u64;
+            let end = (start + PAGE as u64).min(len);
+            match ranges.last_mut() {
+                Some(last) if last.1 == start => last.1 = end,
+                _ => ranges.push((start, end)),
+            }
+        }
+        page += n as u64;
+    }
+    Some(ranges)
+}
+
 /// Feeds the pages of `bytes` (at file offset `offset`, page aligned)
 /// that are not all zeros to `each`, with their page numbers.
 fn nonzero_pages(offset: u64, bytes: &[u8], mut each: impl FnMut(u64, &[u8])) {
@@ -98,7 +136,10 @@ pub(super) fn save(memory: &GuestMemory, path: &Path) -> Result<FileDigest, Snap
                     .map(|(a, b)| (a - base, b - base))
                     .collect()
             }
-            None => vec![(0, len)],
+            None => touched_ranges(region.as_ptr(), len).unwrap_or_else(|| {
+                log::debug!("/proc/self/pagemap unreadable: every page of guest memory is read");
+                vec![(0, len)]
+            }),
         };
         for (start, end) in ranges {
             let mut at = start;

@@ -5,7 +5,6 @@
 //! guest ticking. Against Cloud Hypervisor, same guest, same client, when
 //! it is given.
 
-use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -14,41 +13,9 @@ use std::time::{Duration, Instant};
 use test_infra::api::wait_for_socket;
 use test_infra::paths;
 
-/// One request on `stream`, its answer read to the end of its body;
-/// returns the status.
+/// One request on `stream`; returns the status.
 fn exchange(stream: &mut UnixStream, method: &str, name: &str) -> Result<u16, String> {
-    let request =
-        format!("{method} /api/v1/{name} HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .map_err(|e| format!("{name}: write: {e}"))?;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = stream
-            .read(&mut buf)
-            .map_err(|e| format!("{name}: read: {e}"))?;
-        if n == 0 {
-            return Err(format!("{name}: the server closed the connection"));
-        }
-        got.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&got);
-        let Some((head, body)) = text.split_once("\r\n\r\n") else {
-            continue;
-        };
-        let length = head
-            .lines()
-            .find_map(|l| l.strip_prefix("Content-Length:"))
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .unwrap_or(0);
-        if body.len() >= length {
-            return head
-                .split_whitespace()
-                .nth(1)
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| format!("{name}: no status in {head:?}"));
-        }
-    }
+    test_infra::api::exchange(stream, method, name, None).map(|(status, _)| status)
 }
 
 fn percentile(values: &mut [f64], p: f64) -> f64 {

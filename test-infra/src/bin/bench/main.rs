@@ -9,11 +9,12 @@
 //! notification round trip through the echo mock by queue size and device
 //! count, with `vmm`'s exits per round trip, and virtio-blk on one image
 //! (blk.rs), the API's round trips and pause latency (api.rs), and Linux
-//! to userspace under vmm, Cloud Hypervisor and QEMU (linux.rs). Last,
+//! to userspace under vmm, Cloud Hypervisor and QEMU (linux.rs), and
+//! snapshot and restore times and memory file sizes (snapshot.rs). Last,
 //! the wall time of the whole integration suite (built first, so only the
 //! run is timed).
 //!
-//! Usage: bench [--runs N] [--fs-runs N] [--only startup|fs|echo|blk|api|nested|linux|suite]
+//! Usage: bench [--runs N] [--fs-runs N] [--only startup|fs|echo|blk|api|nested|linux|snapshot|suite]
 //! [--cloud-hypervisor PATH] (or CLOUD_HYPERVISOR=PATH). `--runs` is per
 //! start-up row (default 20), per blk row and per Linux VMM (default 5). Ratios within one
 //! run are what count: the machines are shared and absolute figures are
@@ -25,6 +26,7 @@ mod echo;
 mod fs;
 mod linux;
 mod nested;
+mod snapshot;
 mod startup;
 
 use std::path::PathBuf;
@@ -77,7 +79,7 @@ fn main() {
             "--cloud-hypervisor" => ch = args.next().map(PathBuf::from),
             "-h" | "--help" => {
                 println!(
-                    "bench [--runs N] [--fs-runs N] [--only startup|fs|echo|blk|api|nested|linux|suite] [--cloud-hypervisor PATH]"
+                    "bench [--runs N] [--fs-runs N] [--only startup|fs|echo|blk|api|nested|linux|snapshot|suite] [--cloud-hypervisor PATH]"
                 );
                 return;
             }
@@ -122,6 +124,11 @@ fn main() {
     if wanted("linux") {
         if let Err(e) = linux::linux_bench(runs.unwrap_or(5), ch.as_ref()) {
             eprintln!("bench: linux: {e}");
+        }
+    }
+    if wanted("snapshot") {
+        if let Err(e) = snapshot::snapshot_bench(runs.unwrap_or(5), ch.as_ref()) {
+            eprintln!("bench: snapshot: {e}");
         }
     }
     if wanted("suite") {

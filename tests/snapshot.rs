@@ -756,3 +756,82 @@ fn a_virtio_fs_guest_goes_on_against_a_new_virtiofsd(kvm: Option<KvmHost>) {
         assert!(read.ends_with(&format!("sha256={host_sha}")), "{read}");
     }
 }
+
+/// The facts a round of `probe.run=pci,virtio` prints (every function's
+/// identity, BARs and MSI-X; every virtio device's features, queues,
+/// config window and status), by round number.
+fn facts_by_round(output: &str) -> Vec<(u64, Vec<String>)> {
+    let mut rounds: Vec<(u64, Vec<String>)> = Vec::new();
+    let mut current: Option<(u64, Vec<String>)> = None;
+    for line in output.lines() {
+        if let Some(n) = line.strip_prefix("probe: round ") {
+            if let Some(done) = current.take() {
+                rounds.push(done);
+            }
+            current = n.trim().parse().ok().map(|n| (n, Vec::new()));
+        } else if line.starts_with("probe: pci ") || line.starts_with("probe: virtio ") {
+            if let Some((_, facts)) = &mut current {
+                facts.push(line.to_owned());
+            }
+        }
+    }
+    // The last round may be cut short: only whole ones count.
+    rounds
+}
+
+/// A guest enumerating PCI and bringing every virtio device up, again
+/// and again, is snapshotted between two of its rounds' lines and
+/// restored (with a new backend for its generic vhost-user device): every
+/// whole round after the restore prints the very facts the rounds before
+/// it did, as QEMU's and vmm's guests are held to in the PCI tests.
+#[rstest]
+fn the_probe_sees_the_same_pci_and_virtio_facts_after_a_restore(kvm: Option<KvmHost>) {
+    let Some(_kvm) = kvm else { return };
+    let dir = tempdir();
+    let image = dir.path().join("disk.img");
+    std::fs::write(&image, vec![0u8; 1 << 20]).expect("image");
+    let mock = MockOptions::new("echo")
+        .start(dir.path())
+        .expect("the mock starts");
+    let mut cmd = VmmCommand::probe("probe.run=pci,virtio probe.repeat=0").expect("probe");
+    cmd.arg("--memory")
+        .arg("size=64M,shared=on")
+        .arg("--generic-vhost-user")
+        .arg(format!("{},id=echo", mock.device("33", &[64, 64])))
+        .arg("--disk")
+        .arg(format!("path={},id=data", image.display()));
+    let (mut child, socket) = start(dir.path(), "first.sock", cmd);
+    assert!(
+        child.wait_until(WAIT, |c| facts_by_round(&c.stdout_so_far()).len() >= 2),
+        "no rounds: {}",
+        child.stdout_so_far()
+    );
+    let snap = dir.path().join("snap");
+    pause_and_snapshot(&socket, &snap);
+    let before = shut_down(child, &socket).stdout;
+    drop(mock);
+
+    let mock = MockOptions::new("echo")
+        .start(dir.path())
+        .expect("a new mock");
+    let (mut child, socket) = start(
+        dir.path(),
+        "second.sock",
+        restore_command(&snap, ",resume=on"),
+    );
+    assert!(
+        child.wait_until(WAIT, |c| facts_by_round(&c.stdout_so_far()).len() >= 3),
+        "the restored guest's rounds did not go on: {}\n{}",
+        child.stdout_so_far(),
+        mock.log()
+    );
+    let after = shut_down(child, &socket).stdout;
+    assert!(!after.contains("result=fail"), "{after}");
+    let before = facts_by_round(&before);
+    let after = facts_by_round(&after);
+    let (_, facts) = &before[0];
+    assert!(facts.len() >= 5, "{facts:?}");
+    for (round, seen) in before.iter().chain(&after) {
+        assert_eq!(seen, facts, "round {round}");
+    }
+}

@@ -5,6 +5,7 @@ pub mod api;
 pub mod conformance;
 pub mod conformance_linux;
 pub mod console;
+pub mod created;
 pub mod digest;
 pub mod disk;
 pub mod disk_image;

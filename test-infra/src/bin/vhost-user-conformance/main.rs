@@ -38,6 +38,7 @@ use test_infra::conformance::backend::{Asked, NoAnswers, Plan};
 use test_infra::conformance::progress::Progress;
 use test_infra::conformance::{self, catalogue, preflight, Check, Expectation};
 use test_infra::conformance_linux::{self, LinuxTierSpec};
+use test_infra::created::CreationWatch;
 use test_infra::guest::quote;
 use test_infra::process::Child;
 use test_infra::vmm::{GuestRun, VmmCommand};
@@ -112,9 +113,14 @@ impl Runner<'_> {
             .ok_or("give a backend command after --, or --socket PATH")?;
         let mut command = Command::new(program);
         command.args(rest);
+        // Watched from before the start: a backend that serves one
+        // connection may create its socket, be reconnected to by a
+        // waiting vmm, and remove it as it exits between two looks.
+        let created = CreationWatch::new(&socket)
+            .map_err(|e| format!("watching for {}: {e}", socket.display()))?;
         let mut child = Child::spawn(name, command, self.dir)
             .map_err(|e| format!("starting {program}: {}", error_chain(&e)))?;
-        if !child.wait_until(SOCKET_DEADLINE, |_| socket.exists()) {
+        if !child.wait_until(SOCKET_DEADLINE, |_| socket.exists() || created.seen()) {
             // Its own failure, not a slow start: say how it ended.
             if let Some(status) = child.exit_status() {
                 return Err(format!(

@@ -108,9 +108,12 @@ pub fn exchange(
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
-        let n = stream
-            .read(&mut buf)
-            .map_err(|e| format!("{method} {name}: read: {e}"))?;
+        // A signal the caller handles (the conformance runner's) may cut
+        // the read short: it is read again.
+        let n = match stream.read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            read => read.map_err(|e| format!("{method} {name}: read: {e}"))?,
+        };
         if n == 0 {
             return Err(format!("{method} {name}: the server closed the connection"));
         }

@@ -178,8 +178,14 @@ fn a_restored_guest_goes_on_from_its_snapshot_every_time(kvm: Option<KvmHost>) {
     let out = shut_down(child, &socket);
     assert_goes_on(&before, &out.stdout);
 
-    // Again from the same snapshot, paused until vm.resume.
-    let (mut child, socket) = start(dir.path(), "third.sock", restore_command(&snap, ""));
+    // Again from the same snapshot, paused until vm.resume, with the
+    // event monitor telling it.
+    let events = dir.path().join("events.json");
+    let mut restore = restore_command(&snap, "");
+    restore
+        .arg("--event-monitor")
+        .arg(format!("path={}", events.display()));
+    let (mut child, socket) = start(dir.path(), "third.sock", restore);
     let info = curl(&socket, "GET", "vm.info", None).json();
     assert_eq!(info["state"], "Paused", "{info}");
     std::thread::sleep(Duration::from_millis(500));
@@ -192,6 +198,25 @@ fn a_restored_guest_goes_on_from_its_snapshot_every_time(kvm: Option<KvmHost>) {
     wait_ticks(&mut child, 5);
     let out = shut_down(child, &socket);
     assert_goes_on(&before, &out.stdout);
+    let said: Vec<String> = std::fs::read_to_string(&events)
+        .expect("events")
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("an event"))
+        .filter(|e| e["source"] == "vm")
+        .map(|e| e["event"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        said,
+        [
+            "restoring",
+            "restored",
+            "paused",
+            "resuming",
+            "resumed",
+            "shutdown"
+        ],
+        "the VM's events"
+    );
 
     assert_eq!(contents(&snap), saved, "a restore touched the snapshot");
 }

@@ -445,6 +445,20 @@ fn a_disk_s_io_goes_on_across_a_restore(kvm: Option<KvmHost>) {
     assert_eq!(then, expected, "rounds before: {first:?}");
 }
 
+/// The echoing guest's rounds, and its round trips in each: it does them
+/// all and powers off, so every echo it made can be counted.
+const ECHO_ROUNDS: u64 = 12;
+const ECHOES_PER_ROUND: u64 = 1000;
+
+/// The highest `echoed buffer N` a mock's log shows (0 for none).
+fn echoed(log: &str) -> u64 {
+    log.lines()
+        .filter_map(|l| l.split_once("echoed buffer ").map(|(_, n)| n.trim()))
+        .filter_map(|n| n.parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
 /// What `echoing_snapshot` leaves: the snapshot, the echo device's saved
 /// state, what the guest printed and the backend's log; vmm and the
 /// backend are gone.
@@ -459,8 +473,10 @@ struct EchoingSnapshot {
 /// custom type 33), snapshotted to DIR/snap while the device runs.
 fn echoing_snapshot(dir: &Path, options: MockOptions) -> EchoingSnapshot {
     let mock = options.start(dir).expect("the mock starts");
-    let mut cmd =
-        VmmCommand::probe("probe.run=echo probe.repeat=0 probe.echo.rounds=2000").expect("probe");
+    let mut cmd = VmmCommand::probe(&format!(
+        "probe.run=echo probe.repeat={ECHO_ROUNDS} probe.echo.rounds={ECHOES_PER_ROUND}"
+    ))
+    .expect("probe");
     cmd.arg("--memory")
         .arg("size=64M,shared=on")
         .arg("--generic-vhost-user")
@@ -514,9 +530,10 @@ fn echoing_snapshot(dir: &Path, options: MockOptions) -> EchoingSnapshot {
 /// backend process. With DEVICE_STATE the backend's own state goes with
 /// the snapshot (the count of buffers it echoed, the message it held);
 /// without, the snapshot says so and the rings still restart at their
-/// saved places. Either way the guest's echo checks go on passing, round
-/// after round. The new backend may listen elsewhere: the restore's
-/// `vhost_user_sockets` says where.
+/// saved places. Either way the guest finishes its rounds with every echo
+/// checked, and every round trip it made was served exactly once (the
+/// backends' counts add up to the guest's). The new backend may listen
+/// elsewhere: the restore's `vhost_user_sockets` says where.
 #[rstest]
 #[case::with_device_state(true)]
 #[case::without_device_state(false)]
@@ -572,19 +589,14 @@ fn a_vhost_user_device_goes_on_against_a_new_backend(
         )
     };
     let restore = restore_command(&snap, &format!(",resume=on{sockets}"));
-    let (mut child, socket) = start(dir.path(), "second.sock", restore);
+    let (child, _socket) = start(dir.path(), "second.sock", restore);
+    // The guest does its remaining rounds and powers off.
+    let after = child.wait(WAIT).expect("vmm exits");
     assert!(
-        child.wait_until(WAIT, |c| rounds(&c.stdout_so_far()).len() >= 2),
-        "the restored guest's echoes did not go on: {}\n{}\n{}",
-        child.stdout_so_far(),
-        child.stderr_so_far(),
+        after.stdout.contains("result=pass"),
+        "the restored guest's echoes did not all come back right: {}\n{}",
+        after.describe(),
         mock.log()
-    );
-    let after = shut_down(child, &socket);
-    assert!(
-        !after.stdout.contains("result=fail"),
-        "an echo came back wrong after the restore: {}",
-        after.stdout
     );
     let (first, then) = (rounds(&before), rounds(&after.stdout));
     assert_eq!(
@@ -592,6 +604,21 @@ fn a_vhost_user_device_goes_on_against_a_new_backend(
         first[first.len() - 1] + 1,
         "{first:?} then {then:?}"
     );
+    assert_eq!(then.last(), Some(&ECHO_ROUNDS), "{then:?}");
+    // Every round trip the guest made was served once: the backends'
+    // counts add up to the guest's, the new one going on from the old
+    // one's count when its state came with the snapshot.
+    let (old, new) = (echoed(&first_log), echoed(&mock.log()));
+    let total = ECHO_ROUNDS * ECHOES_PER_ROUND;
+    if device_state {
+        assert_eq!(new, total, "the old backend echoed {old}");
+    } else {
+        assert_eq!(
+            old + new,
+            total,
+            "the old backend echoed {old}, the new {new}"
+        );
+    }
     // The new backend took in exactly what the old one saved.
     let log = mock.log();
     if let Some(saved_line) = saved_line {

@@ -90,6 +90,8 @@ pub enum Start<'a> {
     Restore {
         snapshot: &'a Snapshot,
         resume: bool,
+        /// All of guest memory allocated before the guest runs.
+        prefault: bool,
     },
 }
 
@@ -108,13 +110,18 @@ pub fn build_vm(
     let memory = create_guest_memory(&config.memory).map_err(BuildError::Memory)?;
     let saved = match &start {
         Start::Boot => None,
-        Start::Restore { snapshot, .. } => {
+        Start::Restore {
+            snapshot, prefault, ..
+        } => {
             let saved = snapshot.vm_state().map_err(BuildError::Snapshot)?;
             if saved.vcpus.len() != usize::from(cpus) {
                 return Err(BuildError::VcpuCount {
                     saved: saved.vcpus.len(),
                     configured: cpus,
                 });
+            }
+            if *prefault {
+                crate::vstate::memory::prefault(&memory).map_err(BuildError::Memory)?;
             }
             snapshot
                 .load_memory(&memory)

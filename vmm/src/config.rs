@@ -83,6 +83,9 @@ pub struct RestoreConfig {
     pub source: PathBuf,
     /// Run at once rather than wait paused for vm.resume.
     pub resume: bool,
+    /// Allocate all of guest memory before the guest runs, not as it
+    /// touches it.
+    pub prefault: bool,
     /// New sockets for vhost-user devices, by device id: the backends of
     /// the restored VM need not listen where the snapshot's did.
     pub sockets: Vec<(String, PathBuf)>,

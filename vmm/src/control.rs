@@ -100,6 +100,7 @@ impl<'a> Control<'a> {
                 Some(restore) => Start::Restore {
                     snapshot: &restore.snapshot,
                     resume: restore.resume,
+                    prefault: restore.prefault,
                 },
                 None => Start::Boot,
             };

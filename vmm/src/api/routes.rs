@@ -79,7 +79,7 @@ const PREFIX: &str = "/api/v1/";
 
 /// Cloud Hypervisor's `RestoreConfig`, as ch-remote sends it whole: the
 /// keys for what vmm does not do (network and VFIO descriptors, NUMA
-/// zones, lazy or prefaulted memory) are taken at their defaults only.
+/// zones, memory restored lazily) are taken at their defaults only.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RestoreBody {
@@ -113,7 +113,6 @@ struct SocketBody {
 impl RestoreBody {
     fn into_config(self) -> Result<crate::config::RestoreConfig, String> {
         let unsupported = [
-            (self.prefault, "prefault"),
             (
                 self.memory_restore_mode
                     .as_deref()
@@ -137,6 +136,7 @@ impl RestoreBody {
         Ok(crate::config::RestoreConfig {
             source,
             resume: self.resume,
+            prefault: self.prefault,
             sockets: self
                 .vhost_user_sockets
                 .into_iter()

@@ -217,6 +217,8 @@ pub struct Args {
     ///                         and every device's state
     /// resume=on|off           run at once (default off: the VM waits
     ///                         paused for vm.resume)
+    /// prefault=on|off         allocate all of guest memory before the
+    ///                         guest runs (default off: as it touches it)
     /// vhost_user_sockets=[ID@PATH,...]
     ///                         the vhost-user backends of these devices
     ///                         listen at new sockets
@@ -227,7 +229,7 @@ pub struct Args {
     /// be given.
     #[arg(
         long,
-        value_name = "source_url=file:///DIR[,resume=on|off][,vhost_user_sockets=[ID@PATH,...]]",
+        value_name = "source_url=file:///DIR[,resume=on|off][,prefault=on|off][,vhost_user_sockets=[ID@PATH,...]]",
         value_parser = Utf8,
         verbatim_doc_comment
     )]

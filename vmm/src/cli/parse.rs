@@ -103,8 +103,8 @@ const API_SOCKET: OptionForm = OptionForm {
 };
 const RESTORE: OptionForm = OptionForm {
     name: "--restore",
-    keys: &["source_url", "resume", "vhost_user_sockets"],
-    form: "source_url=file:///DIR[,resume=on|off][,vhost_user_sockets=[ID@PATH,...]]",
+    keys: &["source_url", "resume", "prefault", "vhost_user_sockets"],
+    form: "source_url=file:///DIR[,resume=on|off][,prefault=on|off][,vhost_user_sockets=[ID@PATH,...]]",
 };
 const EVENT_MONITOR: OptionForm = OptionForm {
     name: "--event-monitor",
@@ -194,6 +194,7 @@ impl Args {
         Ok(Some(RestoreConfig {
             source,
             resume: options.toggle("resume")?.unwrap_or(false),
+            prefault: options.toggle("prefault")?.unwrap_or(false),
             sockets,
         }))
     }

@@ -28,6 +28,7 @@ pub enum RestoreError {
 pub struct Restore {
     pub snapshot: Snapshot,
     pub resume: bool,
+    pub prefault: bool,
 }
 
 /// The snapshot `restore` names, checked, and the VM configuration it holds.
@@ -59,6 +60,7 @@ pub fn open(restore: &RestoreConfig) -> Result<(VmConfig, Restore), RestoreError
         Restore {
             snapshot,
             resume: restore.resume,
+            prefault: restore.prefault,
         },
     ))
 }

@@ -777,6 +777,7 @@ fn restore_takes_a_file_url_resume_and_new_sockets() {
         Some(RestoreConfig {
             source: PathBuf::from("/var/snap"),
             resume: true,
+            prefault: true,
             sockets: vec![
                 ("fs0".into(), PathBuf::from("/run/a.sock")),
                 ("echo".into(), PathBuf::from("/b")),
@@ -784,7 +785,7 @@ fn restore_takes_a_file_url_resume_and_new_sockets() {
         })
     );
     let plain = restore("source_url=file:///s").unwrap().unwrap();
-    assert!(!plain.resume && plain.sockets.is_empty());
+    assert!(!plain.resume && !plain.prefault && plain.sockets.is_empty());
     assert!(Args::try_parse_from(["vmm"])
         .unwrap()
         .restore()
@@ -800,7 +801,11 @@ fn restore_takes_a_file_url_resume_and_new_sockets() {
 #[case("source_url=file:///s,vhost_user_sockets=fs0@/a", "vhost_user_sockets")]
 #[case("source_url=file:///s,vhost_user_sockets=[fs0]", "vhost_user_sockets")]
 #[case("source_url=file:///s,vhost_user_sockets=[@/a]", "vhost_user_sockets")]
-#[case("source_url=file:///s,prefault=on", "prefault")]
+#[case("source_url=file:///s,prefault=yes", "invalid prefault")]
+#[case(
+    "source_url=file:///s,memory_restore_mode=ondemand",
+    "memory_restore_mode"
+)]
 fn restore_refuses(#[case] value: &str, #[case] expected: &str) {
     let err = restore(value).unwrap_err();
     let text = crate::util::error_chain(&err);

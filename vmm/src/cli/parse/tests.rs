@@ -771,7 +771,7 @@ fn restore(value: &str) -> Result<Option<RestoreConfig>, OptionError> {
 fn restore_takes_a_file_url_resume_and_new_sockets() {
     assert_eq!(
         restore(
-            "source_url=file:///var/snap,resume=true,vhost_user_sockets=[fs0@/run/a.sock,echo@/b]"
+            "source_url=file:///var/snap,resume=true,prefault=on,vhost_user_sockets=[fs0@/run/a.sock,echo@/b]"
         )
         .unwrap(),
         Some(RestoreConfig {

@@ -242,6 +242,22 @@ fn vm_restore_brings_a_vm_into_an_empty_vmm(kvm: Option<KvmHost>) {
     assert_eq!(refused.status, 400, "{refused:?}");
     assert!(refused.body.contains("memory_restore_mode"), "{refused:?}");
 
+    // A snapshot of a CPU this host is not fails as the VM is built, and
+    // leaves no VM behind: a vm.boot would boot its payload afresh.
+    let foreign = dir.path().join("foreign");
+    copy_dir(&snap, &foreign);
+    resign(&foreign.join("state.json"), every_leaf_7_feature);
+    let foreign_body = body("").replace(
+        &format!("file://{}", snap.display()),
+        &format!("file://{}", foreign.display()),
+    );
+    let failed = curl(&socket, "PUT", "vm.restore", Some(&foreign_body));
+    assert_eq!(failed.status, 500, "{failed:?}");
+    assert!(failed.body.contains("CPU features"), "{failed:?}");
+    let none = curl(&socket, "GET", "vm.info", None);
+    assert_eq!(none.status, 409, "{none:?}");
+    assert!(none.body.contains("no VM is created"), "{none:?}");
+
     assert_no_content(
         &curl(&socket, "PUT", "vm.restore", Some(&body(""))),
         "vm.restore",
@@ -297,28 +313,7 @@ fn a_bad_snapshot_is_refused_by_name_and_left_alone(kvm: Option<KvmHost>) {
         ),
         (
             "a CPU with every feature of CPUID leaf 7",
-            |d| {
-                resign(&d.join("state.json"), |state| {
-                    for vcpu in state["vcpus"].as_array_mut().expect("vcpus") {
-                        // kvm_cpuid_entry2 as its bytes: function, index,
-                        // flags, then EAX, EBX (at 16), ECX, EDX.
-                        for entry in vcpu["cpuid"].as_array_mut().expect("cpuid") {
-                            let bytes = entry.as_array_mut().expect("an entry's bytes");
-                            let word = |at: usize| {
-                                (at..at + 4).fold(0u32, |w, i| {
-                                    w | (bytes[i].as_u64().expect("a byte") as u32)
-                                        << (8 * (i - at))
-                                })
-                            };
-                            if (word(0), word(4)) == (7, 0) {
-                                for byte in &mut bytes[16..20] {
-                                    *byte = 255.into();
-                                }
-                            }
-                        }
-                    }
-                })
-            },
+            |d| resign(&d.join("state.json"), every_leaf_7_feature),
             "CPU features this host's KVM does not offer: CPUID leaf 0x7.0 EBX",
         ),
         (
@@ -338,6 +333,28 @@ fn a_bad_snapshot_is_refused_by_name_and_left_alone(kvm: Option<KvmHost>) {
             "{what}: expected {expected:?} and the path in {error:?}"
         );
         assert_eq!(contents(&copy), damaged, "{what}: the snapshot was touched");
+    }
+}
+
+/// Every vCPU's CPUID leaf 7.0 EBX with every bit set: a CPU this host's
+/// KVM does not offer.
+fn every_leaf_7_feature(state: &mut serde_json::Value) {
+    for vcpu in state["vcpus"].as_array_mut().expect("vcpus") {
+        // kvm_cpuid_entry2 as its bytes: function, index, flags, then EAX,
+        // EBX (at 16), ECX, EDX.
+        for entry in vcpu["cpuid"].as_array_mut().expect("cpuid") {
+            let bytes = entry.as_array_mut().expect("an entry's bytes");
+            let word = |at: usize| {
+                (at..at + 4).fold(0u32, |w, i| {
+                    w | (bytes[i].as_u64().expect("a byte") as u32) << (8 * (i - at))
+                })
+            };
+            if (word(0), word(4)) == (7, 0) {
+                for byte in &mut bytes[16..20] {
+                    *byte = 255.into();
+                }
+            }
+        }
     }
 }
 

@@ -105,6 +105,7 @@ impl<'a> Control<'a> {
                 None => Start::Boot,
             };
             let built = build_vm(config, self.files.clone(), &mut self.terminals, start);
+            let restored = restoring.is_some();
             drop(restoring);
             let vm = match built {
                 Ok(vm) => vm,
@@ -113,6 +114,11 @@ impl<'a> Control<'a> {
                         return Err(e.into());
                     };
                     log::error!("vm.boot or vm.restore: {}", error_chain(&e));
+                    // A restore that failed leaves no VM behind: a vm.boot
+                    // after it would boot the snapshot's payload afresh.
+                    if restored {
+                        self.delete();
+                    }
                     answer.send(ApiReply::error(500, &[error_chain(&e)]));
                     match self.wait_for_boot()? {
                         Next::Boot(answer) => booting = Some(answer),

@@ -403,9 +403,10 @@ fn rounds(output: &str) -> Vec<u64> {
         .collect()
 }
 
-/// A guest writing, reading back and hashing its disk round after round
-/// through virtio-blk is snapshotted with requests on the ring and
-/// restored by a new vmm: the device comes back at the queue's saved
+/// A guest writing, reading back and hashing its disk (given by a path
+/// relative to vmm's directory) round after round through virtio-blk is
+/// snapshotted with requests on the ring and restored by a new vmm in
+/// another directory: the device comes back at the queue's saved
 /// place, so the next round follows the last and every check the guest
 /// makes of what it reads passes.
 #[rstest]
@@ -418,10 +419,12 @@ fn a_disk_s_io_goes_on_across_a_restore(kvm: Option<KvmHost>) {
         "probe.run=blk probe.repeat=0 probe.blk.write=0:8192 probe.blk.sha=0:8192",
     )
     .expect("probe");
+    // Relative to vmm's working directory: the snapshot must name the
+    // image itself, not whatever `disk.img` a restore's directory holds.
     cmd.arg("--memory")
         .arg("size=64M")
         .arg("--disk")
-        .arg(format!("path={},id=data", image.display()));
+        .arg("path=disk.img,id=data");
     let (mut child, socket) = start(dir.path(), "first.sock", cmd);
     assert!(
         child.wait_until(WAIT, |c| rounds(&c.stdout_so_far()).len() >= 2),
@@ -441,8 +444,22 @@ fn a_disk_s_io_goes_on_across_a_restore(kvm: Option<KvmHost>) {
         "the disk's queue was saved at its start: {queues}"
     );
 
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(snap.join("config.json")).expect("config.json"))
+            .expect("JSON");
+    assert_eq!(
+        config["disks"][0]["path"],
+        image.display().to_string(),
+        "{config}"
+    );
+
+    // Restored from another directory, which has a disk.img of its own.
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).expect("elsewhere");
+    let decoy = elsewhere.join("disk.img");
+    std::fs::write(&decoy, vec![0xffu8; 16 << 20]).expect("decoy");
     let restore = restore_command(&snap, ",resume=on");
-    let (mut child, socket) = start(dir.path(), "second.sock", restore);
+    let (mut child, socket) = start(&elsewhere, "second.sock", restore);
     assert!(
         child.wait_until(WAIT, |c| rounds(&c.stdout_so_far()).len() >= 3),
         "the restored guest's I/O did not go on: {}\n{}",
@@ -450,6 +467,13 @@ fn a_disk_s_io_goes_on_across_a_restore(kvm: Option<KvmHost>) {
         child.stderr_so_far()
     );
     let after = shut_down(child, &socket);
+    assert!(
+        std::fs::read(&decoy)
+            .expect("decoy")
+            .iter()
+            .all(|&b| b == 0xff),
+        "the restore wrote to the restoring directory's disk.img"
+    );
     assert!(
         !after.stdout.contains("result=fail"),
         "the guest found its disk wrong after the restore: {}",

@@ -96,6 +96,35 @@ pub struct RestoreConfig {
 pub struct NoSuchVhostUserDevice(pub String);
 
 impl VmConfig {
+    /// The configuration with every relative path made absolute against
+    /// `cwd`, for a snapshot: a restore from another directory must open
+    /// the same disk image, not a file of the same name there.
+    pub fn with_absolute_paths(&self, cwd: &Path) -> VmConfig {
+        let absolute = |path: &Path| cwd.join(path);
+        let mut config = self.clone();
+        config.payload.kernel = absolute(&config.payload.kernel);
+        if let Some(initramfs) = &mut config.payload.initramfs {
+            *initramfs = absolute(initramfs);
+        }
+        for output in [&mut config.serial, &mut config.console] {
+            if let ConsoleOutput::File(path) = output {
+                *path = absolute(path);
+            }
+        }
+        for device in &mut config.generic_vhost_user {
+            device.socket = absolute(&device.socket);
+        }
+        for disk in &mut config.disks {
+            match &mut disk.backend {
+                DiskBackend::Image { path, .. } => *path = absolute(path),
+                DiskBackend::VhostUser { socket } => *socket = absolute(socket),
+            }
+        }
+        config
+    }
+}
+
+impl VmConfig {
     /// Device `id`'s vhost-user backend is at `socket` (a restore's
     /// `vhost_user_sockets`).
     pub fn set_socket(&mut self, id: &str, socket: PathBuf) -> Result<(), NoSuchVhostUserDevice> {
@@ -524,5 +553,46 @@ impl GenericVhostUserConfig {
         let given = self.config.as_ref().map_or(0, |c| c.len());
         let given = u32::try_from(given).unwrap_or(u32::MAX);
         given.max(self.device_type.spec_config_size().unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every path a configuration names is made absolute against the
+    /// directory given; absolute ones stay as they are.
+    #[test]
+    fn relative_paths_become_absolute_for_a_snapshot() {
+        let config = VmConfig::from_json(
+            br#"{"payload":{"kernel":"vmlinux","initramfs":"/boot/initrd"},
+                 "memory":{"size":536870912,"shared":true},
+                 "serial":{"mode":"File","file":"serial.log"},"console":{"mode":"Off"},
+                 "disks":[{"path":"disk.img"},{"vhost_user":true,"vhost_socket":"blk.sock"}],
+                 "generic_vhost_user":[{"socket":"/run/fs.sock","device_type":26,"queue_sizes":[512,512]}]}"#,
+        )
+        .expect("a configuration");
+        let absolute = config.with_absolute_paths(Path::new("/work/vm"));
+        assert_eq!(absolute.payload.kernel, Path::new("/work/vm/vmlinux"));
+        assert_eq!(
+            absolute.payload.initramfs.as_deref(),
+            Some(Path::new("/boot/initrd"))
+        );
+        assert_eq!(
+            absolute.serial,
+            ConsoleOutput::File("/work/vm/serial.log".into())
+        );
+        assert!(matches!(
+            &absolute.disks[0].backend,
+            DiskBackend::Image { path, .. } if path == Path::new("/work/vm/disk.img")
+        ));
+        assert!(matches!(
+            &absolute.disks[1].backend,
+            DiskBackend::VhostUser { socket } if socket == Path::new("/work/vm/blk.sock")
+        ));
+        assert_eq!(
+            absolute.generic_vhost_user[0].socket,
+            Path::new("/run/fs.sock")
+        );
     }
 }

@@ -28,6 +28,10 @@ pub enum SnapshotFailed {
     Devices(#[source] SaveError),
     #[error("Failed to write the snapshot")]
     Write(#[source] SnapshotError),
+    #[error(
+        "Failed to read vmm's working directory, which the configuration's relative paths are in"
+    )]
+    WorkingDirectory(#[source] std::io::Error),
 }
 
 impl SnapshotFailed {
@@ -62,13 +66,11 @@ impl Vmm {
             vm: VmState::save(self.vm.fd()).map_err(SnapshotFailed::Vm)?,
             devices: self.devices.save().map_err(SnapshotFailed::Devices)?,
         };
-        write(
-            &destination,
-            &VmConfigJson::from(&self.config),
-            &self.memory,
-            &state,
-        )
-        .map_err(SnapshotFailed::Write)?;
+        // Relative paths were the vmm's working directory's; the restore
+        // may run anywhere.
+        let cwd = std::env::current_dir().map_err(SnapshotFailed::WorkingDirectory)?;
+        let config = VmConfigJson::from(&self.config.with_absolute_paths(&cwd));
+        write(&destination, &config, &self.memory, &state).map_err(SnapshotFailed::Write)?;
         log::info!("Snapshot written to {}", destination.display());
         events::emit("vm", "snapshotted", &[]);
         Ok(())

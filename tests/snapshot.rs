@@ -873,8 +873,9 @@ fn facts_by_round(output: &str) -> Vec<(u64, Vec<String>)> {
 }
 
 /// A guest enumerating PCI and bringing every virtio device up, again
-/// and again, is snapshotted between two of its rounds' lines and
-/// restored (with a new backend for its generic vhost-user device): every
+/// and again (virtio-fs through virtiofsd, a disk, and a generic
+/// vhost-user device), is snapshotted between two of its rounds' lines
+/// and restored with new backend processes: every
 /// whole round after the restore prints the very facts the rounds before
 /// it did, as QEMU's and vmm's guests are held to in the PCI tests.
 #[rstest]
@@ -886,10 +887,14 @@ fn the_probe_sees_the_same_pci_and_virtio_facts_after_a_restore(kvm: Option<KvmH
     let mock = MockOptions::new("echo")
         .start(dir.path())
         .expect("the mock starts");
-    let mut cmd = VmmCommand::probe("probe.run=pci,virtio probe.repeat=0").expect("probe");
-    cmd.arg("--memory")
-        .arg("size=64M,shared=on")
-        .arg("--generic-vhost-user")
+    let share = dir.path().join("share");
+    std::fs::create_dir(&share).expect("share");
+    let fs = Virtiofsd::start_migratable(dir.path(), "myfs", &share).expect("virtiofsd");
+    let mut cmd = Guest::probe(Hypervisor::Vmm, "probe.run=pci,virtio probe.repeat=0")
+        .virtiofs(&fs)
+        .vmm_command()
+        .expect("command");
+    cmd.arg("--generic-vhost-user")
         .arg(format!("{},id=echo", mock.device("33", &[64, 64])))
         .arg("--disk")
         .arg(format!("path={},id=data", image.display()));
@@ -903,10 +908,12 @@ fn the_probe_sees_the_same_pci_and_virtio_facts_after_a_restore(kvm: Option<KvmH
     pause_and_snapshot(&socket, &snap);
     let before = shut_down(child, &socket).stdout;
     drop(mock);
+    drop(fs);
 
     let mock = MockOptions::new("echo")
         .start(dir.path())
         .expect("a new mock");
+    let _fs = Virtiofsd::start_migratable(dir.path(), "myfs", &share).expect("a new virtiofsd");
     let (mut child, socket) = start(
         dir.path(),
         "second.sock",
@@ -923,7 +930,8 @@ fn the_probe_sees_the_same_pci_and_virtio_facts_after_a_restore(kvm: Option<KvmH
     let before = facts_by_round(&before);
     let after = facts_by_round(&after);
     let (_, facts) = &before[0];
-    assert!(facts.len() >= 5, "{facts:?}");
+    // The host bridge and three functions, and the three virtio devices.
+    assert!(facts.len() >= 7, "{facts:?}");
     for (round, seen) in before.iter().chain(&after) {
         assert_eq!(seen, facts, "round {round}");
     }

@@ -340,20 +340,24 @@ fn a_bad_snapshot_is_refused_by_name_and_left_alone(kvm: Option<KvmHost>) {
 /// KVM does not offer.
 fn every_leaf_7_feature(state: &mut serde_json::Value) {
     for vcpu in state["vcpus"].as_array_mut().expect("vcpus") {
-        // kvm_cpuid_entry2 as its bytes: function, index, flags, then EAX,
-        // EBX (at 16), ECX, EDX.
+        // Each kvm_cpuid_entry2 is the hex of its bytes: function, index,
+        // flags, then EAX, EBX (at byte 16), ECX, EDX.
         for entry in vcpu["cpuid"].as_array_mut().expect("cpuid") {
-            let bytes = entry.as_array_mut().expect("an entry's bytes");
-            let word = |at: usize| {
-                (at..at + 4).fold(0u32, |w, i| {
-                    w | (bytes[i].as_u64().expect("a byte") as u32) << (8 * (i - at))
-                })
-            };
+            let hex = entry.as_str().expect("an entry's hex").to_owned();
+            let mut bytes: Vec<u8> = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+                .collect();
+            let word =
+                |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
             if (word(0), word(4)) == (7, 0) {
-                for byte in &mut bytes[16..20] {
-                    *byte = 255.into();
-                }
+                bytes[16..20].fill(0xff);
             }
+            *entry = bytes
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+                .into();
         }
     }
 }

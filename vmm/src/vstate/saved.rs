@@ -59,30 +59,111 @@ pub enum StateError {
     },
 }
 
-/// One vCPU, everything KVM keeps of it that a guest can see.
+/// One vCPU, everything KVM keeps of it that a guest can see. Each of
+/// KVM's structs is one hex string of its bytes (`kvm_hex`).
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VcpuState {
     /// What the guest was told it runs on: a restore gives it the same.
+    #[serde(with = "kvm_hex::each")]
     pub cpuid: Vec<kvm_cpuid_entry2>,
+    #[serde(with = "kvm_hex")]
     pub regs: kvm_regs,
+    #[serde(with = "kvm_hex")]
     pub sregs: kvm_sregs,
+    #[serde(with = "kvm_hex")]
     pub xsave: kvm_xsave,
+    #[serde(with = "kvm_hex")]
     pub xcrs: kvm_xcrs,
+    #[serde(with = "kvm_hex")]
     pub lapic: kvm_lapic_state,
+    #[serde(with = "kvm_hex::each")]
     pub msrs: Vec<kvm_msr_entry>,
+    #[serde(with = "kvm_hex")]
     pub mp_state: kvm_mp_state,
+    #[serde(with = "kvm_hex")]
     pub events: kvm_vcpu_events,
+    #[serde(with = "kvm_hex")]
     pub debug_regs: kvm_debugregs,
 }
 
 /// The VM's in-kernel devices and clock.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VmState {
+    #[serde(with = "kvm_hex")]
     pub pic_master: kvm_irqchip,
+    #[serde(with = "kvm_hex")]
     pub pic_slave: kvm_irqchip,
+    #[serde(with = "kvm_hex")]
     pub ioapic: kvm_irqchip,
+    #[serde(with = "kvm_hex")]
     pub pit: kvm_pit_state2,
+    #[serde(with = "kvm_hex")]
     pub clock: kvm_clock_data,
+}
+
+/// KVM's structs in a snapshot as one hex string of their bytes each.
+/// kvm-bindings serialises them as their bytes too, which JSON writes as an
+/// array of numbers, three to four times the size; its own serialisation
+/// is what is turned into hex and back, so its rules (a shorter struct of
+/// an older kernel is zero-padded) still hold.
+mod kvm_hex {
+    use serde::de::{DeserializeOwned, Error as _};
+    use serde::ser::Error as _;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::util::{parse_hex, to_hex};
+
+    fn to_text<T: Serialize>(value: &T) -> Result<String, String> {
+        let bytes: Vec<u8> = serde_json::to_value(value)
+            .ok()
+            .and_then(|v| serde_json::from_value(v).ok())
+            .ok_or("not a byte array")?;
+        Ok(to_hex(&bytes))
+    }
+
+    fn from_text<T: DeserializeOwned>(text: &str) -> Result<T, String> {
+        let bytes = parse_hex(text).ok_or("not an even number of hex digits")?;
+        serde_json::from_value(serde_json::Value::from(bytes)).map_err(|e| e.to_string())
+    }
+
+    pub fn serialize<T: Serialize, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&to_text(value).map_err(S::Error::custom)?)
+    }
+
+    pub fn deserialize<'de, T: DeserializeOwned, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<T, D::Error> {
+        from_text(&String::deserialize(d)?).map_err(D::Error::custom)
+    }
+
+    /// A list of them, as a list of hex strings.
+    pub mod each {
+        use super::*;
+
+        pub fn serialize<T: Serialize, S: Serializer>(
+            values: &[T],
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            let texts = values
+                .iter()
+                .map(to_text)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(S::Error::custom)?;
+            texts.serialize(s)
+        }
+
+        pub fn deserialize<'de, T: DeserializeOwned, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Vec<T>, D::Error> {
+            Vec::<String>::deserialize(d)?
+                .iter()
+                .map(|text| from_text(text))
+                .collect::<Result<_, _>>()
+                .map_err(D::Error::custom)
+        }
+    }
 }
 
 /// The CPUID leaves (and subleaves) that say which instructions a guest

@@ -108,12 +108,13 @@ fn contents(dir: &Path) -> Vec<(String, u64, String)> {
     files
 }
 
-/// A probe ticking every 10 ms in 64 MiB, paused after some ticks and
+/// A probe ticking every 10 ms in 64 MiB on two vCPUs (the second
+/// waiting for a SIPI that never comes), paused after some ticks and
 /// snapshotted to DIR/snap; its vmm shut down. Returns what the guest
 /// printed.
 fn ticking_snapshot(dir: &Path) -> (PathBuf, String) {
     let mut cmd = VmmCommand::probe("probe.run=tick").expect("probe");
-    cmd.arg("--memory").arg("size=64M");
+    cmd.args(["--memory", "size=64M", "--cpus", "boot=2"]);
     let (mut child, socket) = start(dir, "first.sock", cmd);
     wait_ticks(&mut child, 5);
     let snap = dir.join("snap");
@@ -126,6 +127,13 @@ fn ticking_snapshot(dir: &Path) -> (PathBuf, String) {
     assert_no_content(&curl(&socket, "PUT", "vm.pause", None), "pause");
     assert_no_content(&curl(&socket, "PUT", "vm.snapshot", Some(&url)), "snapshot");
     let written = contents(&snap);
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(snap.join("state.json")).expect("state.json"))
+            .expect("JSON");
+    let vcpus = state["body"]["state"]["vcpus"]
+        .as_array()
+        .map_or(0, Vec::len);
+    assert_eq!(vcpus, 2, "each vCPU saved by its own thread");
     let again = curl(&socket, "PUT", "vm.snapshot", Some(&url));
     assert_eq!(
         again.status, 409,

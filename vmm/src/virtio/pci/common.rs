@@ -76,6 +76,9 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CommonSnapshot {
+    /// What the device offered then: the driver's register may hold bits
+    /// it never offered, which mean nothing.
+    pub features_offered: u64,
     pub device_feature_select: u32,
     pub driver_feature_select: u32,
     pub driver_features: u64,
@@ -142,6 +145,7 @@ impl CommonConfig {
 
     pub fn save(&self) -> CommonSnapshot {
         CommonSnapshot {
+            features_offered: self.features_offered,
             device_feature_select: self.device_feature_select,
             driver_feature_select: self.driver_feature_select,
             driver_features: self.driver_features,
@@ -153,12 +157,14 @@ impl CommonConfig {
         }
     }
 
-    /// What the driver set, back into a device offering what it acked
-    /// and the same queues.
+    /// What the driver set, back into a device offering what it acked of
+    /// what was offered then, and the same queues. The device's offer is
+    /// its own now.
     pub fn restore(&mut self, saved: &CommonSnapshot) -> Result<(), CommonRestoreError> {
-        if saved.driver_features & !self.features_offered != 0 {
+        let acked = saved.driver_features & saved.features_offered;
+        if acked & !self.features_offered != 0 {
             return Err(CommonRestoreError::Features {
-                acked: saved.driver_features,
+                acked,
                 offered: self.features_offered,
             });
         }

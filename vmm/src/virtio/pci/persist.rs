@@ -53,8 +53,6 @@ pub enum TransportRestoreError {
     Msix(#[from] MsixRestoreError),
     #[error("virtio common configuration")]
     Common(#[from] CommonRestoreError),
-    #[error("the snapshot's device status and running state disagree")]
-    Inconsistent,
     #[error("the device refused its saved state: {0}")]
     Device(String),
 }
@@ -100,10 +98,9 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
         &mut self,
         saved: &TransportSnapshot,
     ) -> Result<(), TransportRestoreError> {
-        let driver_ok = saved.common.status & super::common::STATUS_DRIVER_OK != 0;
-        if driver_ok != saved.running.is_some() {
-            return Err(TransportRestoreError::Inconsistent);
-        }
+        // Whether the device runs is what the transport had: the status
+        // register is only what the driver wrote (DRIVER_OK without
+        // FEATURES_OK activates nothing).
         self.config.restore(&saved.config_space)?;
         self.common.restore(&saved.common)?;
         self.msix.restore(&saved.msix)?;

@@ -730,9 +730,27 @@ fn a_transport_refuses_what_it_cannot_save_or_restore() {
     let saved = a.dev.save_transport().unwrap();
     let mut fewer = rig(&[256], 40);
     assert!(fewer.dev.restore_transport(&saved).is_err());
+    // A feature offered then and acked, which the device does not offer
+    // now, is refused; bits the driver wrote that were never offered mean
+    // nothing.
     let mut other = saved.clone();
+    other.common.features_offered |= 1 << 40;
     other.common.driver_features = 1 << 40;
     assert!(rig(&[256, 256], 40).dev.restore_transport(&other).is_err());
+    let mut unoffered = saved.clone();
+    unoffered.common.driver_features = 1 << 41;
+    assert!(rig(&[256, 256], 40)
+        .dev
+        .restore_transport(&unoffered)
+        .is_ok());
+    // DRIVER_OK written without FEATURES_OK activated nothing: restored
+    // as it was, not running.
+    let mut not_running = saved.clone();
+    not_running.common.status = STATUS_DRIVER_OK;
+    assert!(rig(&[256, 256], 40)
+        .dev
+        .restore_transport(&not_running)
+        .is_ok());
     let mut other = saved.clone();
     other.config_space.regs[2] ^= 1;
     let err = rig(&[256, 256], 40)

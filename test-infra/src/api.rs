@@ -154,6 +154,15 @@ pub fn call(
     exchange(&mut stream, method, name, body)
 }
 
+/// A PUT that must succeed (any 2xx status): the error names the request,
+/// the status and the body otherwise.
+pub fn put(socket: &Path, name: &str, body: Option<&str>) -> Result<(), String> {
+    match call(socket, "PUT", name, body)? {
+        (200..=299, _) => Ok(()),
+        (status, body) => Err(format!("{name}: {status} {body}")),
+    }
+}
+
 /// The status of a raw response's first line.
 pub fn status_of(response: &str) -> Option<u16> {
     response.split_whitespace().nth(1)?.parse().ok()

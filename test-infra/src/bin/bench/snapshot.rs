@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use test_infra::api::{call, wait_for_socket};
+use test_infra::api::{put, wait_for_socket};
 use test_infra::paths;
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -40,13 +40,6 @@ fn spawn(program: &Path, args: &[String]) -> Result<Child, String> {
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("{}: {e}", program.display()))
-}
-
-fn put(socket: &Path, name: &str, body: Option<&str>) -> Result<(), String> {
-    match call(socket, "PUT", name, body)? {
-        (200..=299, _) => Ok(()),
-        (status, body) => Err(format!("{name}: {status} {body}")),
-    }
 }
 
 fn stop(mut child: Child) {
